@@ -1,0 +1,743 @@
+//! Weir's configuration: one TOML file, read into raw structs that reject unknown keys, then
+//! validated into a [`Config`] value that is passed to whoever needs it (no global getter, so
+//! tests can run many gateways in one process).
+//!
+//! Paths in the file (store, TLS files, password files, policy files, signing key) are relative
+//! to the file's own directory, so a config works wherever it is started from.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TOML parser's message names the key, the line and the column.
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("target {target}: cannot read the upstream password: {message}")]
+    Credentials { target: String, message: String },
+}
+
+mod raw {
+    use super::*;
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct File {
+        #[serde(default)]
+        pub gateway: Gateway,
+        #[serde(default)]
+        pub identity: Identity,
+        #[serde(default)]
+        pub target: Vec<Target>,
+        #[serde(default)]
+        pub policy: Policy,
+        #[serde(default)]
+        pub masking: Masking,
+        #[serde(default)]
+        pub approvals: Approvals,
+        #[serde(default)]
+        pub audit: Audit,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Gateway {
+        pub postgres_listen: Option<String>,
+        pub mysql_listen: Option<String>,
+        pub http_listen: Option<String>,
+        pub store: Option<String>,
+        pub tls_cert: Option<String>,
+        pub tls_key: Option<String>,
+        pub max_message_size: Option<u64>,
+        pub max_connections: Option<usize>,
+        pub connect_timeout: Option<String>,
+        pub shutdown_timeout: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Identity {
+        pub issuer: Option<String>,
+        pub audience: Option<String>,
+        pub groups_claim: Option<String>,
+        #[serde(default, rename = "static")]
+        pub statics: Vec<StaticIdentity>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct StaticIdentity {
+        pub name: String,
+        pub kind: String,
+        #[serde(default)]
+        pub groups: Vec<String>,
+        pub token: String,
+        #[serde(default)]
+        pub attributes: BTreeMap<String, String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Target {
+        pub name: String,
+        pub engine: String,
+        pub environment: String,
+        pub upstream: String,
+        pub database: Option<String>,
+        pub user: String,
+        pub password_env: Option<String>,
+        pub password_file: Option<String>,
+        pub upstream_tls: Option<String>,
+        pub upstream_ca: Option<String>,
+        pub upstream_server_name: Option<String>,
+        #[serde(default)]
+        pub tables: BTreeMap<String, super::TableTags>,
+        #[serde(default)]
+        pub columns: BTreeMap<String, super::ColumnTags>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Policy {
+        #[serde(default = "yes")]
+        pub defaults: bool,
+        #[serde(default)]
+        pub files: Vec<String>,
+        pub admin_group: Option<String>,
+    }
+
+    impl Default for Policy {
+        fn default() -> Self {
+            Policy {
+                defaults: true,
+                files: Vec::new(),
+                admin_group: None,
+            }
+        }
+    }
+
+    fn yes() -> bool {
+        true
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Masking {
+        pub enabled: Option<bool>,
+        pub hash_key: Option<String>,
+        pub hash_key_file: Option<String>,
+        pub default_strategy: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Approvals {
+        pub timeout: Option<String>,
+        pub auto_repeat_window: Option<String>,
+        #[serde(default)]
+        pub approvers: Vec<String>,
+        pub slack_webhook: Option<String>,
+        pub webhook: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Audit {
+        pub signing_key: Option<String>,
+        #[serde(default)]
+        pub full_text_targets: Vec<String>,
+        pub checkpoint_interval: Option<String>,
+    }
+}
+
+/// Per-table tags (`[target.tables."schema.table"]`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TableTags {
+    pub sensitivity: Option<String>,
+    pub mask: Option<String>,
+}
+
+/// Per-column tags (`[target.columns."schema.table.column"]`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnTags {
+    pub sensitivity: Option<String>,
+    pub mask: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from; paths inside are resolved against its directory.
+    pub path: PathBuf,
+    pub gateway: Gateway,
+    pub identity: IdentityConfig,
+    pub targets: Vec<Target>,
+    pub policy: PolicyConfig,
+    pub approvals: ApprovalsConfig,
+    pub audit: AuditConfig,
+    pub masking: MaskingConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub postgres_listen: Option<SocketAddr>,
+    pub mysql_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub store: StoreUrl,
+    /// Both or neither: without them a self-signed pair is made beside the store.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub max_message_size: usize,
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl StoreUrl {
+    /// Directory where Weir keeps generated files (TLS pair, keys) beside the store.
+    pub fn state_dir(&self, config_dir: &Path) -> PathBuf {
+        match self {
+            StoreUrl::Sqlite(p) => p
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| config_dir.to_path_buf()),
+            StoreUrl::Postgres(_) => config_dir.to_path_buf(),
+        }
+    }
+}
+
+pub use weir_policy::IdentityKind;
+
+#[derive(Debug, Clone)]
+pub struct StaticIdentity {
+    pub name: String,
+    pub kind: IdentityKind,
+    pub groups: Vec<String>,
+    pub attributes: BTreeMap<String, String>,
+    /// The token as written in the file; hashed by whoever checks it.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct IdentityConfig {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub groups_claim: String,
+    pub statics: Vec<StaticIdentity>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Postgres,
+    Mysql,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Environment {
+    Production,
+    Staging,
+    Development,
+    Custom(String),
+}
+
+impl Environment {
+    pub fn parse(s: &str) -> Environment {
+        match s {
+            "production" | "prod" => Environment::Production,
+            "staging" => Environment::Staging,
+            "development" | "dev" => Environment::Development,
+            other => Environment::Custom(other.to_owned()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Environment::Production => "production",
+            Environment::Staging => "staging",
+            Environment::Development => "development",
+            Environment::Custom(s) => s,
+        }
+    }
+}
+
+/// How Weir protects its connection to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamTls {
+    /// Plain TCP (the default for loopback and private networks).
+    Disable,
+    /// TLS without certificate verification: encrypts, does not authenticate the server.
+    Require,
+    /// TLS, verified against `upstream_ca`, including the host name.
+    VerifyFull,
+}
+
+#[derive(Debug, Clone)]
+pub enum Credential {
+    Env(String),
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub engine: Engine,
+    pub environment: Environment,
+    /// `host:port` as written; resolved at connect time so DNS changes are followed.
+    pub upstream: String,
+    pub database: String,
+    pub user: String,
+    pub credential: Credential,
+    pub upstream_tls: UpstreamTls,
+    pub upstream_ca: Option<PathBuf>,
+    /// Name checked against the upstream certificate; defaults to the upstream host.
+    pub upstream_server_name: String,
+    pub tables: BTreeMap<String, TableTags>,
+    pub columns: BTreeMap<String, ColumnTags>,
+}
+
+impl Target {
+    /// Reads the upstream password now (not at load time), so a rotated secret file is
+    /// picked up by the next connection. The value never goes into a log or an error.
+    pub fn password(&self) -> Result<String, ConfigError> {
+        match &self.credential {
+            Credential::Env(var) => std::env::var(var).map_err(|_| ConfigError::Credentials {
+                target: self.name.clone(),
+                message: format!("environment variable {var} is not set"),
+            }),
+            Credential::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+                .map_err(|e| ConfigError::Credentials {
+                    target: self.name.clone(),
+                    message: format!("{}: {e}", path.display()),
+                }),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub defaults: bool,
+    /// Glob patterns as written, resolved against the config directory.
+    pub files: Vec<String>,
+    /// The group allowed to read server files and run programs (default `weir-admins`).
+    pub admin_group: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApprovalsConfig {
+    pub timeout: Duration,
+    pub auto_repeat_window: Duration,
+    pub approvers: Vec<String>,
+    pub slack_webhook: Option<String>,
+    pub webhook: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub signing_key: PathBuf,
+    pub full_text_targets: Vec<String>,
+    pub checkpoint_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MaskingConfig {
+    pub enabled: bool,
+    pub hash_key: Option<String>,
+    pub hash_key_file: Option<PathBuf>,
+    pub default_strategy: Option<String>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: raw::File = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let v = Validator { path, dir: &dir };
+        v.validate(raw)
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf()
+    }
+
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+
+    /// Directory for generated state (TLS pair, signing key default).
+    pub fn state_dir(&self) -> PathBuf {
+        self.gateway.store.state_dir(&self.dir())
+    }
+}
+
+/// Parses an identity kind as written in config and on the command line.
+pub fn parse_kind(s: &str) -> Option<IdentityKind> {
+    match s {
+        "human" => Some(IdentityKind::Human),
+        "service" => Some(IdentityKind::Service),
+        "agent" => Some(IdentityKind::Agent),
+        _ => None,
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    dir: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+
+    fn rel(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+
+    fn addr(&self, key: &str, v: Option<String>) -> Result<Option<SocketAddr>, ConfigError> {
+        v.map(|s| {
+            s.parse()
+                .map_err(|_| self.err(format!("[gateway] {key} = {s:?} is not an address like \"127.0.0.1:6432\"")))
+        })
+        .transpose()
+    }
+
+    fn duration(&self, key: &str, v: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => humantime::parse_duration(&s)
+                .map_err(|e| self.err(format!("{key} = {s:?} is not a duration like \"120s\" or \"1h\": {e}"))),
+        }
+    }
+
+    fn validate(&self, raw: raw::File) -> Result<Config, ConfigError> {
+        let g = raw.gateway;
+        let store = match g.store.as_deref() {
+            None => StoreUrl::Sqlite(self.rel("weir.db")),
+            Some(url) => {
+                if let Some(p) = url.strip_prefix("sqlite://") {
+                    if p.is_empty() {
+                        return Err(self.err("[gateway] store = \"sqlite://\" needs a file name"));
+                    }
+                    StoreUrl::Sqlite(self.rel(p))
+                } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                    StoreUrl::Postgres(url.to_owned())
+                } else {
+                    return Err(self.err(format!(
+                        "[gateway] store = {url:?}: expected sqlite://FILE or postgres://…"
+                    )));
+                }
+            }
+        };
+        let tls = match (g.tls_cert, g.tls_key) {
+            (Some(c), Some(k)) => Some((self.rel(&c), self.rel(&k))),
+            (None, None) => None,
+            _ => return Err(self.err("[gateway] tls_cert and tls_key go together: set both or neither")),
+        };
+        let max_message_size = match g.max_message_size {
+            None => 64 * 1024 * 1024,
+            Some(n) if (1024..=1 << 30).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(self.err(format!(
+                    "[gateway] max_message_size = {n}: must be between 1024 and 1073741824 bytes"
+                )))
+            }
+        };
+        let gateway = Gateway {
+            postgres_listen: self.addr("postgres_listen", g.postgres_listen)?,
+            mysql_listen: self.addr("mysql_listen", g.mysql_listen)?,
+            http_listen: self.addr("http_listen", g.http_listen)?,
+            store,
+            tls,
+            max_message_size,
+            max_connections: g.max_connections.unwrap_or(10_000),
+            connect_timeout: self.duration("[gateway] connect_timeout", g.connect_timeout, Duration::from_secs(10))?,
+            shutdown_timeout: self.duration("[gateway] shutdown_timeout", g.shutdown_timeout, Duration::from_secs(30))?,
+        };
+
+        let mut statics: Vec<StaticIdentity> = Vec::new();
+        for s in raw.identity.statics {
+            let kind = parse_kind(&s.kind).ok_or_else(|| {
+                self.err(format!(
+                    "[[identity.static]] {}: kind = {:?} must be human, service or agent",
+                    s.name, s.kind
+                ))
+            })?;
+            if s.name.is_empty() {
+                return Err(self.err("[[identity.static]]: name must not be empty"));
+            }
+            if s.token.len() < 8 {
+                return Err(self.err(format!(
+                    "[[identity.static]] {}: token must be at least 8 characters",
+                    s.name
+                )));
+            }
+            if statics.iter().any(|x| x.name == s.name) {
+                return Err(self.err(format!("[[identity.static]] {}: name appears twice", s.name)));
+            }
+            statics.push(StaticIdentity {
+                name: s.name,
+                kind,
+                groups: s.groups,
+                attributes: s.attributes,
+                token: s.token,
+            });
+        }
+        let identity = IdentityConfig {
+            issuer: raw.identity.issuer,
+            audience: raw.identity.audience,
+            groups_claim: raw.identity.groups_claim.unwrap_or_else(|| "groups".into()),
+            statics,
+        };
+
+        let mut targets: Vec<Target> = Vec::new();
+        for t in raw.target {
+            let name = t.name.clone();
+            let e = |m: String| self.err(format!("[[target]] {name}: {m}"));
+            if name.is_empty() {
+                return Err(self.err("[[target]]: name must not be empty"));
+            }
+            if targets.iter().any(|x| x.name == name) {
+                return Err(e("name appears twice".into()));
+            }
+            let engine = match t.engine.as_str() {
+                "postgres" | "postgresql" => Engine::Postgres,
+                "mysql" | "mariadb" => Engine::Mysql,
+                other => return Err(e(format!("engine = {other:?} must be postgres or mysql"))),
+            };
+            let credential = match (t.password_env, t.password_file) {
+                (Some(v), None) => Credential::Env(v),
+                (None, Some(f)) => Credential::File(self.rel(&f)),
+                _ => return Err(e("set exactly one of password_env or password_file".into())),
+            };
+            let upstream_tls = match t.upstream_tls.as_deref() {
+                None | Some("disable") => UpstreamTls::Disable,
+                Some("require") => UpstreamTls::Require,
+                Some("verify-full") => UpstreamTls::VerifyFull,
+                Some(o) => return Err(e(format!("upstream_tls = {o:?} must be disable, require or verify-full"))),
+            };
+            if upstream_tls == UpstreamTls::VerifyFull && t.upstream_ca.is_none() {
+                return Err(e("upstream_tls = \"verify-full\" needs upstream_ca (a PEM file of trusted CAs)".into()));
+            }
+            let host = t
+                .upstream
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
+                .ok_or_else(|| e(format!("upstream = {:?} must be host:port", t.upstream)))?;
+            for (key, tags) in &t.columns {
+                if key.split('.').count() != 3 {
+                    return Err(e(format!("columns.{key:?} must be \"schema.table.column\"")));
+                }
+                let _ = tags;
+            }
+            for key in t.tables.keys() {
+                if key.split('.').count() != 2 {
+                    return Err(e(format!("tables.{key:?} must be \"schema.table\"")));
+                }
+            }
+            targets.push(Target {
+                database: t.database.unwrap_or_else(|| name.clone()),
+                name,
+                engine,
+                environment: Environment::parse(&t.environment),
+                upstream: t.upstream,
+                user: t.user,
+                credential,
+                upstream_tls,
+                upstream_ca: t.upstream_ca.map(|p| self.rel(&p)),
+                upstream_server_name: t.upstream_server_name.unwrap_or(host),
+                tables: t.tables,
+                columns: t.columns,
+            });
+        }
+
+        let policy = PolicyConfig {
+            defaults: raw.policy.defaults,
+            files: raw.policy.files,
+            admin_group: raw.policy.admin_group.unwrap_or_else(|| "weir-admins".into()),
+        };
+        let a = raw.approvals;
+        let approvals = ApprovalsConfig {
+            timeout: self.duration("[approvals] timeout", a.timeout, Duration::from_secs(120))?,
+            auto_repeat_window: self.duration(
+                "[approvals] auto_repeat_window",
+                a.auto_repeat_window,
+                Duration::from_secs(3600),
+            )?,
+            approvers: if a.approvers.is_empty() { vec!["dba".into()] } else { a.approvers },
+            slack_webhook: a.slack_webhook,
+            webhook: a.webhook,
+        };
+        let audit = AuditConfig {
+            signing_key: self.rel(raw.audit.signing_key.as_deref().unwrap_or("audit.key")),
+            full_text_targets: raw.audit.full_text_targets,
+            checkpoint_interval: self.duration(
+                "[audit] checkpoint_interval",
+                raw.audit.checkpoint_interval,
+                Duration::from_secs(60),
+            )?,
+        };
+        let m = raw.masking;
+        let masking = MaskingConfig {
+            enabled: m.enabled.unwrap_or(true),
+            hash_key: m.hash_key,
+            hash_key_file: m.hash_key_file.map(|p| self.rel(&p)),
+            default_strategy: m.default_strategy,
+        };
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            gateway,
+            identity,
+            targets,
+            policy,
+            approvals,
+            audit,
+            masking,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTRACT: &str = r#"
+[gateway]
+postgres_listen = "127.0.0.1:6432"
+mysql_listen    = "127.0.0.1:3307"
+http_listen     = "127.0.0.1:8080"
+store           = "sqlite://weir.db"
+tls_cert = "cert.pem"
+tls_key  = "key.pem"
+
+[identity]
+issuer = "https://idp.example.com"
+audience = "weir"
+groups_claim = "groups"
+
+[[identity.static]]
+name = "alice"
+kind = "human"
+groups = ["developers"]
+token = "alice-demo-token"
+
+[[target]]
+name = "shop"
+engine = "postgres"
+environment = "production"
+upstream = "127.0.0.1:5432"
+database = "shop"
+user = "postgres"
+password_env = "SHOP_DB_PASSWORD"
+[target.tables."public.customers"]
+sensitivity = "pii"
+[target.columns."public.customers.notes"]
+mask = "redact"
+
+[policy]
+defaults = true
+files = ["policy/*.cedar"]
+
+[approvals]
+timeout = "120s"
+auto_repeat_window = "1h"
+approvers = ["dba"]
+
+[audit]
+signing_key = "audit.key"
+"#;
+
+    #[test]
+    fn the_contract_example_loads() {
+        let c = Config::parse(Path::new("/etc/weir/weir.toml"), CONTRACT).unwrap();
+        assert_eq!(c.gateway.store, StoreUrl::Sqlite("/etc/weir/weir.db".into()));
+        assert_eq!(c.targets[0].environment, Environment::Production);
+        assert_eq!(c.targets[0].upstream_server_name, "127.0.0.1");
+        assert_eq!(c.identity.statics[0].kind, IdentityKind::Human);
+        assert_eq!(c.approvals.timeout, Duration::from_secs(120));
+        assert_eq!(c.audit.signing_key, PathBuf::from("/etc/weir/audit.key"));
+        assert_eq!(
+            c.targets[0].tables["public.customers"].sensitivity.as_deref(),
+            Some("pii")
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = "[gateway]\npostgres_listen = \"127.0.0.1:1\"\nlisten_postgres = \"x\"\n";
+        let err = Config::parse(Path::new("w.toml"), text).unwrap_err().to_string();
+        assert!(err.contains("w.toml"), "{err}");
+        assert!(err.contains("listen_postgres"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_in_target_is_named() {
+        let text = "[[target]]\nname=\"a\"\nengine=\"postgres\"\nenvironment=\"dev\"\nupstream=\"h:1\"\nuser=\"u\"\npassword_env=\"P\"\npasword_file=\"x\"\n";
+        let err = Config::parse(Path::new("w.toml"), text).unwrap_err().to_string();
+        assert!(err.contains("pasword_file") && err.contains("line 8"), "{err}");
+    }
+
+    #[test]
+    fn credentials_need_exactly_one_reference() {
+        let text = "[[target]]\nname=\"a\"\nengine=\"postgres\"\nenvironment=\"dev\"\nupstream=\"h:1\"\nuser=\"u\"\n";
+        let err = Config::parse(Path::new("w.toml"), text).unwrap_err().to_string();
+        assert!(err.contains("password_env or password_file"), "{err}");
+    }
+
+    #[test]
+    fn password_is_read_from_file_without_newline() {
+        let dir = std::env::temp_dir().join(format!("weir-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pw"), "s3cret\n").unwrap();
+        let text = "[[target]]\nname=\"a\"\nengine=\"postgres\"\nenvironment=\"dev\"\nupstream=\"h:1\"\nuser=\"u\"\npassword_file=\"pw\"\n";
+        let c = Config::parse(&dir.join("weir.toml"), text).unwrap();
+        assert_eq!(c.targets[0].password().unwrap(), "s3cret");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

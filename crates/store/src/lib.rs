@@ -1,0 +1,264 @@
+//! Weir's state store: tokens today; approvals, grants and the audit trail as they arrive.
+//!
+//! [`Store`] is the interface the rest of Weir uses. It is synchronous on purpose: the async
+//! layer calls it from a blocking thread, and a PostgreSQL implementation (for several
+//! gateways sharing state) can implement the same trait with a blocking client or a small
+//! runtime of its own. The embedded default is SQLite in WAL mode ([`SqliteStore`]), which lets
+//! the CLI and a running `weir serve` use the same file at once.
+//!
+//! Invariant: a token is never stored, only its SHA-256. Tokens carry 256 bits of randomness,
+//! so a fast hash is the right tool (a slow password hash protects low-entropy secrets).
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use weir_policy::IdentityKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("store: {0}")]
+    Unsupported(String),
+    #[error("store: corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// A token's record, without the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: i64,
+    pub name: String,
+    pub kind: IdentityKind,
+    pub groups: Vec<String>,
+    pub created_at: u64,
+    pub expires_at: Option<u64>,
+    pub revoked_at: Option<u64>,
+}
+
+impl TokenRecord {
+    pub fn is_active(&self, now: u64) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| now < e)
+    }
+}
+
+pub struct NewToken<'a> {
+    pub name: &'a str,
+    pub kind: IdentityKind,
+    pub groups: &'a [String],
+    pub ttl: Option<Duration>,
+    pub hash: [u8; 32],
+}
+
+pub trait Store: Send + Sync {
+    fn create_token(&self, token: NewToken<'_>) -> Result<TokenRecord, StoreError>;
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Revokes every active token of `name`; returns how many.
+    fn revoke_tokens(&self, name: &str) -> Result<usize, StoreError>;
+    /// The record whose token hashes to `hash`, active or not.
+    fn find_token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError>;
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn kind_str(k: IdentityKind) -> &'static str {
+    k.as_str()
+}
+
+fn parse_kind(s: &str) -> Result<IdentityKind, StoreError> {
+    match s {
+        "human" => Ok(IdentityKind::Human),
+        "service" => Ok(IdentityKind::Service),
+        "agent" => Ok(IdentityKind::Agent),
+        other => Err(StoreError::Corrupt(format!("identity kind {other:?}"))),
+    }
+}
+
+/// The embedded store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tokens (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    groups      TEXT NOT NULL,
+    hash        BLOB NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER,
+    revoked_at  INTEGER
+);
+CREATE INDEX IF NOT EXISTS tokens_name ON tokens(name);
+";
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let conn = Connection::open(path)?;
+        // WAL lets readers (the CLI) and the writer (the gateway) work at once; the busy
+        // timeout makes concurrent writers wait for each other instead of failing.
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        // A poisoned lock means a panic elsewhere while holding it; the connection itself is
+        // still consistent (SQLite transactions are atomic), so keep going.
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn)
+    }
+}
+
+fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, String, String, i64, Option<i64>, Option<i64>)> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+    ))
+}
+
+type RawRecord = (i64, String, String, String, i64, Option<i64>, Option<i64>);
+
+fn to_record(r: RawRecord) -> Result<TokenRecord, StoreError> {
+    let (id, name, kind, groups, created, expires, revoked) = r;
+    Ok(TokenRecord {
+        id,
+        name,
+        kind: parse_kind(&kind)?,
+        groups: groups
+            .split(',')
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        created_at: created.unsigned_abs(),
+        expires_at: expires.map(i64::unsigned_abs),
+        revoked_at: revoked.map(i64::unsigned_abs),
+    })
+}
+
+const SELECT: &str =
+    "SELECT id, name, kind, groups, created_at, expires_at, revoked_at FROM tokens";
+
+impl Store for SqliteStore {
+    fn create_token(&self, t: NewToken<'_>) -> Result<TokenRecord, StoreError> {
+        let now = now_secs();
+        let expires = t.ttl.map(|d| now.saturating_add(d.as_secs()));
+        let groups = t.groups.join(",");
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO tokens (name, kind, groups, hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    t.name,
+                    kind_str(t.kind),
+                    groups,
+                    &t.hash[..],
+                    now as i64,
+                    expires.map(|e| e as i64)
+                ],
+            )?;
+            let id = c.last_insert_rowid();
+            Ok(TokenRecord {
+                id,
+                name: t.name.to_owned(),
+                kind: t.kind,
+                groups: t.groups.to_vec(),
+                created_at: now,
+                expires_at: expires,
+                revoked_at: None,
+            })
+        })
+    }
+
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!("{SELECT} ORDER BY id"))?;
+            let rows = stmt.query_map([], row_to_record)?;
+            rows.map(|r| to_record(r?)).collect()
+        })
+    }
+
+    fn revoke_tokens(&self, name: &str) -> Result<usize, StoreError> {
+        let now = now_secs() as i64;
+        self.with(|c| {
+            Ok(c.execute(
+                "UPDATE tokens SET revoked_at = ?1 WHERE name = ?2 AND revoked_at IS NULL",
+                params![now, name],
+            )?)
+        })
+    }
+
+    fn find_token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
+        self.with(|c| {
+            let raw = c
+                .query_row(&format!("{SELECT} WHERE hash = ?1"), [&hash[..]], row_to_record)
+                .optional()?;
+            raw.map(to_record).transpose()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_created_found_and_revoked() {
+        let dir = std::env::temp_dir().join(format!("weir-store-{}", std::process::id()));
+        let store = SqliteStore::open(&dir.join("w.db")).unwrap();
+        let groups = vec!["ci".to_owned()];
+        let rec = store
+            .create_token(NewToken {
+                name: "bot",
+                kind: IdentityKind::Service,
+                groups: &groups,
+                ttl: None,
+                hash: [7; 32],
+            })
+            .unwrap();
+        let found = store.find_token(&[7; 32]).unwrap().unwrap();
+        assert_eq!(found, rec);
+        assert!(found.is_active(now_secs()));
+        assert_eq!(store.revoke_tokens("bot").unwrap(), 1);
+        assert!(!store.find_token(&[7; 32]).unwrap().unwrap().is_active(now_secs()));
+        assert!(store.find_token(&[8; 32]).unwrap().is_none());
+        assert_eq!(store.list_tokens().unwrap().len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn expired_token_is_inactive() {
+        let rec = TokenRecord {
+            id: 1,
+            name: "x".into(),
+            kind: IdentityKind::Agent,
+            groups: vec![],
+            created_at: 10,
+            expires_at: Some(20),
+            revoked_at: None,
+        };
+        assert!(rec.is_active(19));
+        assert!(!rec.is_active(20));
+    }
+}
