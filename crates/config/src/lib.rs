@@ -441,17 +441,28 @@ impl Validator<'_> {
 
     fn addr(&self, key: &str, v: Option<String>) -> Result<Option<SocketAddr>, ConfigError> {
         v.map(|s| {
-            s.parse()
-                .map_err(|_| self.err(format!("[gateway] {key} = {s:?} is not an address like \"127.0.0.1:6432\"")))
+            s.parse().map_err(|_| {
+                self.err(format!(
+                    "[gateway] {key} = {s:?} is not an address like \"127.0.0.1:6432\""
+                ))
+            })
         })
         .transpose()
     }
 
-    fn duration(&self, key: &str, v: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    fn duration(
+        &self,
+        key: &str,
+        v: Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
         match v {
             None => Ok(default),
-            Some(s) => humantime::parse_duration(&s)
-                .map_err(|e| self.err(format!("{key} = {s:?} is not a duration like \"120s\" or \"1h\": {e}"))),
+            Some(s) => humantime::parse_duration(&s).map_err(|e| {
+                self.err(format!(
+                    "{key} = {s:?} is not a duration like \"120s\" or \"1h\": {e}"
+                ))
+            }),
         }
     }
 
@@ -477,7 +488,11 @@ impl Validator<'_> {
         let tls = match (g.tls_cert, g.tls_key) {
             (Some(c), Some(k)) => Some((self.rel(&c), self.rel(&k))),
             (None, None) => None,
-            _ => return Err(self.err("[gateway] tls_cert and tls_key go together: set both or neither")),
+            _ => {
+                return Err(
+                    self.err("[gateway] tls_cert and tls_key go together: set both or neither")
+                )
+            }
         };
         let max_message_size = match g.max_message_size {
             None => 64 * 1024 * 1024,
@@ -496,8 +511,16 @@ impl Validator<'_> {
             tls,
             max_message_size,
             max_connections: g.max_connections.unwrap_or(10_000),
-            connect_timeout: self.duration("[gateway] connect_timeout", g.connect_timeout, Duration::from_secs(10))?,
-            shutdown_timeout: self.duration("[gateway] shutdown_timeout", g.shutdown_timeout, Duration::from_secs(30))?,
+            connect_timeout: self.duration(
+                "[gateway] connect_timeout",
+                g.connect_timeout,
+                Duration::from_secs(10),
+            )?,
+            shutdown_timeout: self.duration(
+                "[gateway] shutdown_timeout",
+                g.shutdown_timeout,
+                Duration::from_secs(30),
+            )?,
         };
 
         let mut statics: Vec<StaticIdentity> = Vec::new();
@@ -518,7 +541,10 @@ impl Validator<'_> {
                 )));
             }
             if statics.iter().any(|x| x.name == s.name) {
-                return Err(self.err(format!("[[identity.static]] {}: name appears twice", s.name)));
+                return Err(self.err(format!(
+                    "[[identity.static]] {}: name appears twice",
+                    s.name
+                )));
             }
             statics.push(StaticIdentity {
                 name: s.name,
@@ -559,10 +585,17 @@ impl Validator<'_> {
                 None | Some("disable") => UpstreamTls::Disable,
                 Some("require") => UpstreamTls::Require,
                 Some("verify-full") => UpstreamTls::VerifyFull,
-                Some(o) => return Err(e(format!("upstream_tls = {o:?} must be disable, require or verify-full"))),
+                Some(o) => {
+                    return Err(e(format!(
+                        "upstream_tls = {o:?} must be disable, require or verify-full"
+                    )))
+                }
             };
             if upstream_tls == UpstreamTls::VerifyFull && t.upstream_ca.is_none() {
-                return Err(e("upstream_tls = \"verify-full\" needs upstream_ca (a PEM file of trusted CAs)".into()));
+                return Err(e(
+                    "upstream_tls = \"verify-full\" needs upstream_ca (a PEM file of trusted CAs)"
+                        .into(),
+                ));
             }
             let host = t
                 .upstream
@@ -571,7 +604,9 @@ impl Validator<'_> {
                 .ok_or_else(|| e(format!("upstream = {:?} must be host:port", t.upstream)))?;
             for (key, tags) in &t.columns {
                 if key.split('.').count() != 3 {
-                    return Err(e(format!("columns.{key:?} must be \"schema.table.column\"")));
+                    return Err(e(format!(
+                        "columns.{key:?} must be \"schema.table.column\""
+                    )));
                 }
                 let _ = tags;
             }
@@ -599,7 +634,10 @@ impl Validator<'_> {
         let policy = PolicyConfig {
             defaults: raw.policy.defaults,
             files: raw.policy.files,
-            admin_group: raw.policy.admin_group.unwrap_or_else(|| "weir-admins".into()),
+            admin_group: raw
+                .policy
+                .admin_group
+                .unwrap_or_else(|| "weir-admins".into()),
         };
         let a = raw.approvals;
         let approvals = ApprovalsConfig {
@@ -609,7 +647,11 @@ impl Validator<'_> {
                 a.auto_repeat_window,
                 Duration::from_secs(3600),
             )?,
-            approvers: if a.approvers.is_empty() { vec!["dba".into()] } else { a.approvers },
+            approvers: if a.approvers.is_empty() {
+                vec!["dba".into()]
+            } else {
+                a.approvers
+            },
             slack_webhook: a.slack_webhook,
             webhook: a.webhook,
         };
@@ -695,14 +737,19 @@ signing_key = "audit.key"
     #[test]
     fn the_contract_example_loads() {
         let c = Config::parse(Path::new("/etc/weir/weir.toml"), CONTRACT).unwrap();
-        assert_eq!(c.gateway.store, StoreUrl::Sqlite("/etc/weir/weir.db".into()));
+        assert_eq!(
+            c.gateway.store,
+            StoreUrl::Sqlite("/etc/weir/weir.db".into())
+        );
         assert_eq!(c.targets[0].environment, Environment::Production);
         assert_eq!(c.targets[0].upstream_server_name, "127.0.0.1");
         assert_eq!(c.identity.statics[0].kind, IdentityKind::Human);
         assert_eq!(c.approvals.timeout, Duration::from_secs(120));
         assert_eq!(c.audit.signing_key, PathBuf::from("/etc/weir/audit.key"));
         assert_eq!(
-            c.targets[0].tables["public.customers"].sensitivity.as_deref(),
+            c.targets[0].tables["public.customers"]
+                .sensitivity
+                .as_deref(),
             Some("pii")
         );
     }
@@ -710,7 +757,9 @@ signing_key = "audit.key"
     #[test]
     fn unknown_key_is_named_with_its_line() {
         let text = "[gateway]\npostgres_listen = \"127.0.0.1:1\"\nlisten_postgres = \"x\"\n";
-        let err = Config::parse(Path::new("w.toml"), text).unwrap_err().to_string();
+        let err = Config::parse(Path::new("w.toml"), text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("w.toml"), "{err}");
         assert!(err.contains("listen_postgres"), "{err}");
         assert!(err.contains("line 3"), "{err}");
@@ -719,14 +768,21 @@ signing_key = "audit.key"
     #[test]
     fn unknown_key_in_target_is_named() {
         let text = "[[target]]\nname=\"a\"\nengine=\"postgres\"\nenvironment=\"dev\"\nupstream=\"h:1\"\nuser=\"u\"\npassword_env=\"P\"\npasword_file=\"x\"\n";
-        let err = Config::parse(Path::new("w.toml"), text).unwrap_err().to_string();
-        assert!(err.contains("pasword_file") && err.contains("line 8"), "{err}");
+        let err = Config::parse(Path::new("w.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pasword_file") && err.contains("line 8"),
+            "{err}"
+        );
     }
 
     #[test]
     fn credentials_need_exactly_one_reference() {
         let text = "[[target]]\nname=\"a\"\nengine=\"postgres\"\nenvironment=\"dev\"\nupstream=\"h:1\"\nuser=\"u\"\n";
-        let err = Config::parse(Path::new("w.toml"), text).unwrap_err().to_string();
+        let err = Config::parse(Path::new("w.toml"), text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("password_env or password_file"), "{err}");
     }
 

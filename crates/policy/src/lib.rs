@@ -113,7 +113,12 @@ impl Policy {
         Policy {}
     }
 
-    pub fn decide(&self, _who: &Identity, _target: &TargetInfo, analysis: &Arc<Analysis>) -> Decision {
+    pub fn decide(
+        &self,
+        _who: &Identity,
+        _target: &TargetInfo,
+        analysis: &Arc<Analysis>,
+    ) -> Decision {
         Decision {
             analysis: Arc::clone(analysis),
             verdicts: analysis.statements.iter().map(|_| Verdict::Allow).collect(),

@@ -1,1 +1,148 @@
-//! placeholder
+//! The gateway's I/O layer: listeners, sessions, upstream connections, TLS, cancel requests.
+//!
+//! This is the only crate (with the `weir` binary) that touches sockets or an async runtime.
+//! Everything it decides, it asks of the pure stage crates: `weir-wire` to frame and decode,
+//! `weir-analyze` to analyze, `weir-policy` to decide, `weir-mask` to transform results,
+//! `weir-audit` for the events it hands to an [`audit::AuditSink`].
+
+pub mod audit;
+pub mod auth;
+pub mod cancel;
+mod io;
+mod session;
+pub mod stream;
+pub mod tls;
+mod track;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tracing::{error, info, warn};
+use weir_config::Config;
+use weir_policy::Policy;
+use weir_store::Store;
+
+use crate::audit::AuditSink;
+use crate::auth::Authenticator;
+use crate::cancel::CancelRegistry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("no [gateway] postgres_listen address is configured")]
+    NoListener,
+}
+
+/// State every session shares. Read-only after start, except the cancel registry.
+pub struct Shared {
+    pub config: Config,
+    pub auth: Authenticator,
+    pub policy: Policy,
+    pub audit: Arc<dyn AuditSink>,
+    pub cancels: CancelRegistry,
+    pub tls_acceptor: tokio_rustls::TlsAcceptor,
+    /// Client TLS configuration per target name (None: plain TCP).
+    pub upstream_tls: HashMap<String, Option<Arc<rustls::ClientConfig>>>,
+}
+
+/// A bound, not yet running, gateway.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+}
+
+impl Gateway {
+    pub async fn bind(
+        config: Config,
+        store: Arc<dyn Store>,
+        policy: Policy,
+        audit: Arc<dyn AuditSink>,
+    ) -> Result<Gateway, GatewayError> {
+        let addr = config
+            .gateway
+            .postgres_listen
+            .ok_or(GatewayError::NoListener)?;
+        let server_tls = tls::server_config(&config)?;
+        let mut upstream_tls = HashMap::new();
+        for t in &config.targets {
+            upstream_tls.insert(t.name.clone(), tls::upstream_config(t)?);
+        }
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| GatewayError::Bind { addr, source })?;
+        let shared = Arc::new(Shared {
+            auth: Authenticator::new(&config, store),
+            config,
+            policy,
+            audit,
+            cancels: CancelRegistry::default(),
+            tls_acceptor: tokio_rustls::TlsAcceptor::from(server_tls),
+            upstream_tls,
+        });
+        Ok(Gateway { shared, listener })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until `shutdown` turns true, then waits for open sessions to end
+    /// (up to `[gateway] shutdown_timeout`).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let max = self.shared.config.gateway.max_connections;
+        let slots = Arc::new(Semaphore::new(max));
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                            warn!(%peer, max, "connection limit reached; refusing");
+                            drop(tcp);
+                            continue;
+                        };
+                        let shared = Arc::clone(&self.shared);
+                        tasks.spawn(async move {
+                            session::run(tcp, peer, shared).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        error!(cause = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        drop(self.listener);
+        let open = tasks.len();
+        if open > 0 {
+            info!(open, "draining sessions");
+        }
+        let deadline = self.shared.config.gateway.shutdown_timeout;
+        let drained = tokio::time::timeout(deadline, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                left = tasks.len(),
+                "shutdown timeout: closing remaining sessions"
+            );
+            tasks.shutdown().await;
+        }
+    }
+}

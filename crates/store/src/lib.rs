@@ -119,7 +119,10 @@ impl SqliteStore {
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         // A poisoned lock means a panic elsewhere while holding it; the connection itself is
         // still consistent (SQLite transactions are atomic), so keep going.
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -127,7 +130,9 @@ impl SqliteStore {
     }
 }
 
-fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, String, String, i64, Option<i64>, Option<i64>)> {
+fn row_to_record(
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(i64, String, String, String, i64, Option<i64>, Option<i64>)> {
     Ok((
         row.get(0)?,
         row.get(1)?,
@@ -212,7 +217,11 @@ impl Store for SqliteStore {
     fn find_token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
         self.with(|c| {
             let raw = c
-                .query_row(&format!("{SELECT} WHERE hash = ?1"), [&hash[..]], row_to_record)
+                .query_row(
+                    &format!("{SELECT} WHERE hash = ?1"),
+                    [&hash[..]],
+                    row_to_record,
+                )
                 .optional()?;
             raw.map(to_record).transpose()
         })
@@ -241,7 +250,11 @@ mod tests {
         assert_eq!(found, rec);
         assert!(found.is_active(now_secs()));
         assert_eq!(store.revoke_tokens("bot").unwrap(), 1);
-        assert!(!store.find_token(&[7; 32]).unwrap().unwrap().is_active(now_secs()));
+        assert!(!store
+            .find_token(&[7; 32])
+            .unwrap()
+            .unwrap()
+            .is_active(now_secs()));
         assert!(store.find_token(&[8; 32]).unwrap().is_none());
         assert_eq!(store.list_tokens().unwrap().len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -9,12 +9,19 @@ use crate::{Cursor, WireError};
 pub enum Authentication {
     Ok,
     CleartextPassword,
-    Md5Password { salt: [u8; 4] },
-    Sasl { mechanisms: Vec<Bytes> },
+    Md5Password {
+        salt: [u8; 4],
+    },
+    Sasl {
+        mechanisms: Vec<Bytes>,
+    },
     SaslContinue(Bytes),
     SaslFinal(Bytes),
     /// Kerberos, GSSAPI, SSPI: methods Weir does not speak to an upstream.
-    Other { code: i32, data: Bytes },
+    Other {
+        code: i32,
+        data: Bytes,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +87,8 @@ impl Fields {
     }
 
     pub fn with(mut self, code: u8, value: &str) -> Fields {
-        self.0.push((code, Bytes::copy_from_slice(value.as_bytes())));
+        self.0
+            .push((code, Bytes::copy_from_slice(value.as_bytes())));
         self
     }
 }
@@ -88,12 +96,22 @@ impl Fields {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     Authentication(Authentication),
-    BackendKeyData { process_id: i32, secret_key: Bytes },
-    ParameterStatus { name: Bytes, value: Bytes },
+    BackendKeyData {
+        process_id: i32,
+        secret_key: Bytes,
+    },
+    ParameterStatus {
+        name: Bytes,
+        value: Bytes,
+    },
     ReadyForQuery(TxStatus),
     ErrorResponse(Fields),
     NoticeResponse(Fields),
-    NotificationResponse { process_id: i32, channel: Bytes, payload: Bytes },
+    NotificationResponse {
+        process_id: i32,
+        channel: Bytes,
+        payload: Bytes,
+    },
     RowDescription(Vec<FieldDescription>),
     DataRow(Vec<Option<Bytes>>),
     CommandComplete(Bytes),
@@ -104,13 +122,25 @@ pub enum Message {
     PortalSuspended,
     EmptyQueryResponse,
     ParameterDescription(Vec<u32>),
-    CopyInResponse { format: u8, columns: Vec<i16> },
-    CopyOutResponse { format: u8, columns: Vec<i16> },
-    CopyBothResponse { format: u8, columns: Vec<i16> },
+    CopyInResponse {
+        format: u8,
+        columns: Vec<i16>,
+    },
+    CopyOutResponse {
+        format: u8,
+        columns: Vec<i16>,
+    },
+    CopyBothResponse {
+        format: u8,
+        columns: Vec<i16>,
+    },
     CopyData(Bytes),
     CopyDone,
     FunctionCallResponse(Option<Bytes>),
-    NegotiateProtocolVersion { newest_minor: i32, unsupported: Vec<Bytes> },
+    NegotiateProtocolVersion {
+        newest_minor: i32,
+        unsupported: Vec<Bytes>,
+    },
 }
 
 impl Message {
@@ -153,12 +183,12 @@ impl Message {
                 name: c.cstr()?,
                 value: c.cstr()?,
             },
-            b'Z' => Message::ReadyForQuery(TxStatus::from_byte(c.u8()?).ok_or(
-                WireError::Invalid {
+            b'Z' => {
+                Message::ReadyForQuery(TxStatus::from_byte(c.u8()?).ok_or(WireError::Invalid {
                     tag: t,
                     what: "transaction status",
-                },
-            )?),
+                })?)
+            }
             b'E' => Message::ErrorResponse(read_fields(&mut c)?),
             b'N' => Message::NoticeResponse(read_fields(&mut c)?),
             b'A' => Message::NotificationResponse {

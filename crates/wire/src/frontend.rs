@@ -63,7 +63,10 @@ pub enum Message {
     Parse(Parse),
     Bind(Bind),
     Describe(Target, Bytes),
-    Execute { portal: Bytes, max_rows: i32 },
+    Execute {
+        portal: Bytes,
+        max_rows: i32,
+    },
     Close(Target, Bytes),
     Sync,
     Flush,

@@ -1,0 +1,110 @@
+//! Client authentication: the password a client sends is a Weir token (or, later, an OIDC ID
+//! token) that must belong to the identity named as the user.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use weir_config::Config;
+use weir_policy::Identity;
+use weir_store::Store;
+
+/// Why a client was refused. Every variant reaches the client as the same SQLSTATE 28P01
+/// with the same text, so a caller cannot probe which names exist.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token was given")]
+    Missing,
+    #[error("unknown token")]
+    Unknown,
+    #[error("token belongs to another identity")]
+    WrongIdentity,
+    #[error("token was revoked")]
+    Revoked,
+    #[error("token expired")]
+    Expired,
+    #[error("store unavailable: {0}")]
+    Store(String),
+}
+
+struct StaticEntry {
+    hash: [u8; 32],
+    identity: Identity,
+}
+
+pub struct Authenticator {
+    statics: HashMap<String, StaticEntry>,
+    store: Arc<dyn Store>,
+}
+
+pub fn hash_token(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+impl Authenticator {
+    pub fn new(config: &Config, store: Arc<dyn Store>) -> Authenticator {
+        let statics = config
+            .identity
+            .statics
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    StaticEntry {
+                        hash: hash_token(s.token.as_bytes()),
+                        identity: Identity {
+                            name: s.name.clone(),
+                            kind: s.kind,
+                            groups: s.groups.clone(),
+                            attributes: s.attributes.clone(),
+                            source: "static",
+                        },
+                    },
+                )
+            })
+            .collect();
+        Authenticator { statics, store }
+    }
+
+    /// Verifies `token` for `user`. Runs the store lookup on a blocking thread.
+    pub async fn verify(&self, user: &str, token: &[u8]) -> Result<Identity, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let hash = hash_token(token);
+        if let Some(entry) = self.statics.get(user) {
+            if constant_time_eq(&entry.hash, &hash) {
+                return Ok(entry.identity.clone());
+            }
+        }
+        let store = Arc::clone(&self.store);
+        let record = tokio::task::spawn_blocking(move || store.find_token(&hash))
+            .await
+            .map_err(|e| AuthError::Store(e.to_string()))?
+            .map_err(|e| AuthError::Store(e.to_string()))?
+            .ok_or(AuthError::Unknown)?;
+        if record.name != user {
+            return Err(AuthError::WrongIdentity);
+        }
+        if record.revoked_at.is_some() {
+            return Err(AuthError::Revoked);
+        }
+        if !record.is_active(weir_store::now_secs()) {
+            return Err(AuthError::Expired);
+        }
+        Ok(Identity {
+            name: record.name,
+            kind: record.kind,
+            groups: record.groups,
+            attributes: Default::default(),
+            source: "token",
+        })
+    }
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}

@@ -1,0 +1,84 @@
+//! Cancel requests. Weir gives every client its own (process id, secret) pair and maps it to
+//! the upstream's, so a client never learns the upstream's key and cannot cancel anyone else's
+//! query.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use weir_wire::startup::StartupPacket;
+
+#[derive(Debug, Clone)]
+pub struct UpstreamKey {
+    /// `host:port` of the upstream that holds the session.
+    pub addr: String,
+    pub process_id: i32,
+    pub secret_key: Bytes,
+}
+
+struct Entry {
+    secret: [u8; 4],
+    upstream: UpstreamKey,
+}
+
+#[derive(Default)]
+pub struct CancelRegistry {
+    map: Mutex<HashMap<i32, Entry>>,
+}
+
+impl CancelRegistry {
+    /// Issues a fresh key for a session; returns (process id, secret).
+    pub fn register(&self, upstream: UpstreamKey) -> (i32, [u8; 4]) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let mut raw = [0u8; 8];
+            if getrandom::fill(&mut raw).is_err() {
+                // No randomness means no unguessable key: fall back to a counter-like value
+                // but keep the secret zeroed, which no cancel will match (see `lookup`).
+                raw = [0; 8];
+            }
+            let [a, b, c, d, e, f, g, h] = raw;
+            let pid = i32::from_be_bytes([a & 0x7f, b, c, d]).max(1);
+            if map.contains_key(&pid) {
+                continue;
+            }
+            let secret = [e, f, g, h];
+            map.insert(pid, Entry { secret, upstream });
+            return (pid, secret);
+        }
+    }
+
+    pub fn unregister(&self, pid: i32) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&pid);
+    }
+
+    pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<UpstreamKey> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.get(&pid)?;
+        if entry.secret == [0; 4] || secret.len() != 4 {
+            return None;
+        }
+        let diff = entry
+            .secret
+            .iter()
+            .zip(secret.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+        (diff == 0).then(|| entry.upstream.clone())
+    }
+}
+
+/// Sends a CancelRequest for `key` to its upstream. Like libpq, on a fresh plain connection.
+pub async fn send_cancel(key: &UpstreamKey) -> std::io::Result<()> {
+    let mut stream = tokio::net::TcpStream::connect(&key.addr).await?;
+    let mut out = BytesMut::new();
+    StartupPacket::Cancel {
+        process_id: key.process_id,
+        secret_key: key.secret_key.clone(),
+    }
+    .encode(&mut out);
+    stream.write_all(&out).await?;
+    stream.shutdown().await?;
+    Ok(())
+}

@@ -1,0 +1,1038 @@
+//! One client connection, from the first byte to the last.
+//!
+//! Stages, in order: startup (TLS, cancel, parameters) → authenticate the token → open the
+//! upstream → relay. The relay runs two halves in one task:
+//!
+//! - the **frontend half** reads client messages and buffers one complete request (a Query,
+//!   or extended-protocol messages up to Sync or Flush), analyzes and decides it, appends its
+//!   audit events and waits for them to be recorded, and only then forwards it — or, when it
+//!   is denied, forwards a stand-in that makes the server abort the transaction (see
+//!   [`crate::track::Op::Abort`]);
+//! - the **backend half** reads server messages, passes each through the request's result
+//!   stage and the [`Tracker`], and writes them to the client, streaming: it holds at most
+//!   one read buffer and one incomplete message, whatever the result size.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn, Instrument};
+use weir_analyze::Analysis;
+use weir_audit::Event;
+use weir_config::Target;
+use weir_mask::{ResultStage, Rewrite};
+use weir_policy::{Decision, Identity, TargetInfo, Verdict};
+use weir_wire::backend::{Authentication, Fields, Message as Backend, TxStatus};
+use weir_wire::frontend::{Message as Frontend, Target as DescribeTarget};
+use weir_wire::startup::StartupPacket;
+use weir_wire::{Header, WireError};
+
+use crate::cancel::UpstreamKey;
+use crate::io::{read_frame, FrameError};
+use crate::stream::Stream;
+use crate::track::{Action, Due, Entry, Op, Pending, Tracker};
+use crate::upstream::{self, UpstreamError};
+use crate::Shared;
+
+/// Most prepared statements (and portals) one session may hold. Each is kept with its
+/// analysis, so the count must be bounded; PostgreSQL itself has no limit.
+const MAX_PREPARED: usize = 10_000;
+/// Requests in flight between the two halves; bounds memory when a client pipelines.
+const PIPELINE_DEPTH: usize = 1024;
+/// Read buffer size for both directions.
+const READ_CHUNK: usize = 64 * 1024;
+/// The portal name Weir executes in place of a denied request. It cannot exist: Weir never
+/// forwards a Bind that names it.
+const ABORT_PORTAL: &[u8] = b"weir\x1fdenied";
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// A session-ending failure, reported to the client as a FATAL error when it still listens.
+#[derive(Debug)]
+struct Fatal {
+    code: &'static str,
+    message: String,
+}
+
+impl Fatal {
+    fn new(code: &'static str, message: impl Into<String>) -> Fatal {
+        Fatal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn protocol(e: impl std::fmt::Display) -> Fatal {
+        Fatal::new("08P01", format!("weir: protocol violation: {e}"))
+    }
+
+    fn frame(&self) -> BytesMut {
+        Backend::error(Fields::new("FATAL", self.code, &self.message))
+    }
+}
+
+impl From<FrameError> for Fatal {
+    fn from(e: FrameError) -> Self {
+        Fatal::protocol(e)
+    }
+}
+
+pub async fn run(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("session", id = session, peer = %peer);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let mut client = Stream::Plain(tcp);
+        let mut buf = BytesMut::with_capacity(1024);
+        match startup(&mut client, &mut buf, peer, session, &shared).await {
+            Ok(()) => {}
+            Err(f) => {
+                debug!(code = f.code, message = %f.message, "session refused");
+                let _ = client.write_all(&f.frame()).await;
+                let _ = client.shutdown().await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Reads the first packet(s): TLS negotiation, cancel requests, then the startup message.
+async fn startup(
+    client: &mut Stream,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+    session: u64,
+    shared: &Arc<Shared>,
+) -> Result<(), Fatal> {
+    let timeout = shared.config.gateway.connect_timeout;
+    loop {
+        let packet = tokio::time::timeout(timeout, read_startup(client, buf))
+            .await
+            .map_err(|_| Fatal::new("08006", "weir: startup timed out"))??;
+        match packet {
+            StartupPacket::SslRequest => {
+                if client.is_tls() {
+                    return Err(Fatal::protocol("SSLRequest inside TLS"));
+                }
+                // Bytes after SSLRequest and before the handshake would be read as if they
+                // came over TLS (CVE-2021-23214): refuse them.
+                if !buf.is_empty() {
+                    return Err(Fatal::protocol("unexpected data after SSLRequest"));
+                }
+                let Stream::Plain(mut tcp) = std::mem::replace(client, Stream::Closed) else {
+                    return Err(Fatal::protocol("TLS state"));
+                };
+                tcp.write_all(b"S").await.map_err(Fatal::protocol)?;
+                let tls = tokio::time::timeout(timeout, shared.tls_acceptor.accept(tcp))
+                    .await
+                    .map_err(|_| Fatal::new("08006", "weir: TLS handshake timed out"))?
+                    .map_err(|e| Fatal::new("08006", format!("weir: TLS handshake failed: {e}")))?;
+                *client = Stream::Server(Box::new(tls));
+            }
+            StartupPacket::GssEncRequest => {
+                if !buf.is_empty() {
+                    return Err(Fatal::protocol("unexpected data after GSSENCRequest"));
+                }
+                client.write_all(b"N").await.map_err(Fatal::protocol)?;
+            }
+            StartupPacket::Cancel {
+                process_id,
+                secret_key,
+            } => {
+                if let Some(key) = shared.cancels.lookup(process_id, &secret_key) {
+                    if let Err(e) = crate::cancel::send_cancel(&key).await {
+                        warn!(cause = %e, "could not forward a cancel request");
+                    }
+                }
+                // A cancel request gets no answer, whatever happened.
+                let _ = client.shutdown().await;
+                return Ok(());
+            }
+            startup @ StartupPacket::Startup { .. } => {
+                return authenticate(client, buf, startup, peer, session, shared).await;
+            }
+        }
+    }
+}
+
+async fn read_startup(client: &mut Stream, buf: &mut BytesMut) -> Result<StartupPacket, Fatal> {
+    loop {
+        if let Some(len) = StartupPacket::frame_len(buf).map_err(Fatal::protocol)? {
+            if buf.len() >= len {
+                let frame = buf.split_to(len).freeze();
+                return StartupPacket::decode(frame).map_err(Fatal::protocol);
+            }
+            buf.reserve(len - buf.len());
+        }
+        let n = client.read_buf(buf).await.map_err(Fatal::protocol)?;
+        if n == 0 {
+            return Err(Fatal::protocol("connection closed during startup"));
+        }
+    }
+}
+
+/// Startup parameters a client may pass on to the upstream. Everything else is dropped or,
+/// for `options` and `replication`, refused: settings given there would bypass policy.
+fn forwardable(name: &str) -> bool {
+    matches!(
+        name,
+        "application_name"
+            | "client_encoding"
+            | "DateStyle"
+            | "datestyle"
+            | "TimeZone"
+            | "timezone"
+            | "IntervalStyle"
+            | "intervalstyle"
+            | "extra_float_digits"
+            | "search_path"
+            | "lc_messages"
+            | "lc_monetary"
+            | "lc_numeric"
+            | "lc_time"
+            | "bytea_output"
+            | "standard_conforming_strings"
+            | "statement_timeout"
+            | "lock_timeout"
+            | "idle_in_transaction_session_timeout"
+            | "geqo"
+    )
+}
+
+async fn authenticate(
+    client: &mut Stream,
+    buf: &mut BytesMut,
+    startup: StartupPacket,
+    peer: SocketAddr,
+    session: u64,
+    shared: &Arc<Shared>,
+) -> Result<(), Fatal> {
+    let StartupPacket::Startup { minor, params } = &startup else {
+        return Err(Fatal::protocol("expected a startup message"));
+    };
+    let user = startup
+        .param("user")
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            Fatal::new(
+                "28000",
+                "weir: no user name given: connect with user=<identity>",
+            )
+        })?
+        .to_owned();
+    let database = startup.param("database").unwrap_or(&user).to_owned();
+    if startup
+        .param("replication")
+        .is_some_and(|r| r != "false" && r != "0" && r != "off")
+    {
+        return Err(Fatal::new(
+            "42501",
+            "weir: denied by weir.protocol.replication: replication connections bypass statement policy",
+        ));
+    }
+    if startup
+        .param("options")
+        .is_some_and(|o| !o.trim().is_empty())
+    {
+        return Err(Fatal::new(
+            "0A000",
+            "weir: the startup parameter \"options\" is not accepted: settings given there would bypass policy; use SET after connecting",
+        ));
+    }
+    let target = shared
+        .config
+        .target(&database)
+        .cloned()
+        .ok_or_else(|| Fatal::new("3D000", format!("weir: no target named \"{database}\"")))?;
+    if target.engine != weir_config::Engine::Postgres {
+        return Err(Fatal::new(
+            "0A000",
+            format!("weir: target \"{database}\" is not a PostgreSQL target"),
+        ));
+    }
+    // The token is a bearer secret: never accept it in clear over a network.
+    if !client.is_tls() && !peer.ip().is_loopback() {
+        return Err(Fatal::new(
+            "28000",
+            "weir: connections from other hosts must use TLS (sslmode=require)",
+        ));
+    }
+
+    let mut out = BytesMut::new();
+    Backend::Authentication(Authentication::CleartextPassword).encode(&mut out);
+    client.write_all(&out).await.map_err(Fatal::protocol)?;
+    let (tag, body) = tokio::time::timeout(
+        shared.config.gateway.connect_timeout,
+        read_frame(client, buf, weir_wire::MAX_STARTUP_PACKET_SIZE),
+    )
+    .await
+    .map_err(|_| Fatal::new("08006", "weir: authentication timed out"))??;
+    if tag != b'p' {
+        return Err(Fatal::protocol("expected a password message"));
+    }
+    let token = body.strip_suffix(&[0]).unwrap_or(&body);
+    let identity = match shared.auth.verify(&user, token).await {
+        Ok(id) => id,
+        Err(e) => {
+            info!(user = %user, target = %database, reason = %e, "authentication failed");
+            let _ = shared
+                .audit
+                .append(Event::AuthFailed {
+                    claimed: user.clone(),
+                    client_addr: peer.to_string(),
+                    target: database.clone(),
+                    reason: e.to_string(),
+                })
+                .wait()
+                .await;
+            return Err(Fatal::new(
+                "28P01",
+                format!("weir: authentication failed for \"{user}\": the password must be a valid Weir token or ID token for this identity"),
+            ));
+        }
+    };
+
+    let client_params: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| forwardable(k))
+        .cloned()
+        .collect();
+    let tls_cfg = shared.upstream_tls.get(&target.name).cloned().flatten();
+    let upstream = upstream::connect(upstream::ConnectParams {
+        target: &target,
+        tls: tls_cfg,
+        client_params,
+        max_message: shared.config.gateway.max_message_size,
+        timeout: shared.config.gateway.connect_timeout,
+    })
+    .await
+    .map_err(|e| match e {
+        UpstreamError::Refused(fields) => {
+            let code = fields.code().unwrap_or("08006").to_owned();
+            let msg = fields
+                .get(b'M')
+                .map(|m| String::from_utf8_lossy(m).into_owned())
+                .unwrap_or_default();
+            warn!(target = %target.name, code = %code, message = %msg, "upstream refused the session");
+            Fatal {
+                code: static_code(&code),
+                message: format!("weir: upstream of target \"{}\": {msg}", target.name),
+            }
+        }
+        other => {
+            warn!(target = %target.name, cause = %other, "cannot open the upstream session");
+            Fatal::new(
+                "08006",
+                format!("weir: cannot connect to target \"{}\"; the gateway log has the cause", target.name),
+            )
+        }
+    })?;
+
+    let key = UpstreamKey {
+        addr: target.upstream.clone(),
+        process_id: upstream.process_id,
+        secret_key: upstream.secret_key.clone(),
+    };
+    let (pid, secret) = shared.cancels.register(key);
+    let result = serve(
+        client, buf, upstream, *minor, params, pid, secret, identity, target, peer, session, shared,
+    )
+    .await;
+    shared.cancels.unregister(pid);
+    result
+}
+
+/// SQLSTATEs are five ASCII characters; keep the ones the upstream sends that clients act on.
+fn static_code(code: &str) -> &'static str {
+    match code {
+        "53300" => "53300",
+        "3D000" => "3D000",
+        "57P03" => "57P03",
+        "53000" => "53000",
+        _ => "08006",
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    client: &mut Stream,
+    buf: &mut BytesMut,
+    upstream: upstream::Upstream,
+    minor: u16,
+    params: &[(String, String)],
+    pid: i32,
+    secret: [u8; 4],
+    identity: Identity,
+    target: Target,
+    peer: SocketAddr,
+    session: u64,
+    shared: &Arc<Shared>,
+) -> Result<(), Fatal> {
+    let mut out = BytesMut::new();
+    Backend::Authentication(Authentication::Ok).encode(&mut out);
+    let unsupported: Vec<Bytes> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| Bytes::copy_from_slice(k.as_bytes()))
+        .collect();
+    if minor > 0 || !unsupported.is_empty() {
+        Backend::NegotiateProtocolVersion {
+            newest_minor: 0,
+            unsupported,
+        }
+        .encode(&mut out);
+    }
+    out.extend_from_slice(&upstream.startup_frames);
+    Backend::BackendKeyData {
+        process_id: pid,
+        secret_key: Bytes::copy_from_slice(&secret),
+    }
+    .encode(&mut out);
+    Backend::ReadyForQuery(TxStatus::Idle).encode(&mut out);
+    client.write_all(&out).await.map_err(Fatal::protocol)?;
+
+    let tls = client.is_tls();
+    info!(identity = %identity.name, kind = identity.kind.as_str(), target = %target.name, tls, "session started");
+    let opened = shared.audit.append(Event::ConnectionOpened {
+        session,
+        identity: identity.name.clone(),
+        identity_kind: identity.kind.as_str(),
+        client_addr: peer.to_string(),
+        target: target.name.clone(),
+        tls,
+    });
+    if let Err(e) = opened.wait().await {
+        return Err(Fatal::new(
+            "58000",
+            format!("weir: cannot record the connection, so it is refused: {e}"),
+        ));
+    }
+
+    let ctx = Context {
+        session,
+        target_info: TargetInfo {
+            name: target.name.clone(),
+            environment: target.environment.as_str().to_owned(),
+        },
+        identity,
+        shared: Arc::clone(shared),
+    };
+    let upstream::Upstream {
+        stream: up,
+        leftover,
+        ..
+    } = upstream;
+    let pending_client = std::mem::take(buf);
+    let client_stream = std::mem::replace(client, Stream::Closed);
+    let (mut cr, mut cw) = tokio::io::split(client_stream);
+    let (mut ur, mut uw) = tokio::io::split(up);
+    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+    let requests = AtomicU64::new(0);
+
+    let mut front = FrontendHalf::new(&ctx, tx, pending_client, &requests);
+    let mut back = BackendHalf {
+        ctx: &ctx,
+        rx,
+        tracker: Tracker::default(),
+        buf: leftover,
+    };
+    let reason = tokio::select! {
+        r = front.run(&mut cr, &mut uw) => r,
+        r = back.run(&mut ur, &mut cw) => r,
+    };
+    let (reason, fatal) = match reason {
+        Ok(why) => (why.to_owned(), None),
+        Err(f) => (f.message.clone(), Some(f)),
+    };
+    if let Some(f) = &fatal {
+        let _ = cw.write_all(&f.frame()).await;
+    }
+    let _ = cw.shutdown().await;
+    let _ = uw.shutdown().await;
+    info!(reason = %reason, "session ended");
+    let _ = shared
+        .audit
+        .append(Event::ConnectionClosed {
+            session,
+            identity: ctx.identity.name.clone(),
+            target: ctx.target_info.name.clone(),
+            requests: requests.load(Ordering::Relaxed),
+            reason,
+        })
+        .wait()
+        .await;
+    Ok(())
+}
+
+struct Context {
+    session: u64,
+    identity: Identity,
+    target_info: TargetInfo,
+    shared: Arc<Shared>,
+}
+
+/// A statement that a request carries, for the audit record.
+struct Item {
+    via: &'static str,
+    decision: Arc<Decision>,
+}
+
+/// The frontend half: client → decide → upstream.
+struct FrontendHalf<'a> {
+    ctx: &'a Context,
+    tx: mpsc::Sender<Entry>,
+    buf: BytesMut,
+    /// Messages of the request being assembled, as received.
+    batch: BytesMut,
+    ops: VecDeque<Op>,
+    items: Vec<Item>,
+    /// The analysis of each prepared statement, by name (the unnamed one is "").
+    statements: HashMap<Bytes, Arc<Decision>>,
+    /// Which statement each portal was bound from.
+    portals: HashMap<Bytes, Arc<Decision>>,
+    /// After a denied request that ended with Flush: drop messages until Sync, as the
+    /// server does after an error.
+    skip_until_sync: bool,
+    requests: &'a AtomicU64,
+}
+
+impl<'a> FrontendHalf<'a> {
+    fn new(
+        ctx: &'a Context,
+        tx: mpsc::Sender<Entry>,
+        buf: BytesMut,
+        requests: &'a AtomicU64,
+    ) -> FrontendHalf<'a> {
+        FrontendHalf {
+            ctx,
+            tx,
+            buf,
+            batch: BytesMut::new(),
+            ops: VecDeque::new(),
+            items: Vec::new(),
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            skip_until_sync: false,
+            requests,
+        }
+    }
+
+    async fn run<R, W>(&mut self, cr: &mut R, uw: &mut W) -> Result<&'static str, Fatal>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let max = self.ctx.shared.config.gateway.max_message_size;
+        let mut out = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            // Every complete message in the buffer is handled before reading more.
+            while let Some(h) = Header::parse(&self.buf, max).map_err(Fatal::protocol)? {
+                if self.buf.len() < h.frame_len() {
+                    self.buf.reserve(h.frame_len() - self.buf.len());
+                    break;
+                }
+                let frame = self.buf.split_to(h.frame_len());
+                if self.on_frame(h.tag, frame, &mut out).await? {
+                    if !out.is_empty() {
+                        uw.write_all(&out).await.map_err(|e| {
+                            Fatal::new("08006", format!("weir: upstream write failed: {e}"))
+                        })?;
+                    }
+                    return Ok("client terminated");
+                }
+            }
+            if !out.is_empty() {
+                uw.write_all(&out).await.map_err(|e| {
+                    Fatal::new("08006", format!("weir: upstream write failed: {e}"))
+                })?;
+                out.clear();
+            }
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let n = match cr.read_buf(&mut self.buf).await {
+                Ok(n) => n,
+                // TLS clients often close without close_notify: that is a disconnect too.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => {
+                    return Err(Fatal::new(
+                        "08006",
+                        format!("weir: client read failed: {e}"),
+                    ))
+                }
+            };
+            if n == 0 {
+                // The client vanished without Terminate: end the upstream session too.
+                let mut term = BytesMut::new();
+                Frontend::Terminate.encode(&mut term);
+                let _ = uw.write_all(&term).await;
+                return Ok("client disconnected");
+            }
+        }
+    }
+
+    /// Handles one client message. Returns true when the session should end.
+    async fn on_frame(
+        &mut self,
+        tag: u8,
+        frame: BytesMut,
+        out: &mut BytesMut,
+    ) -> Result<bool, Fatal> {
+        let frame = frame.freeze();
+        let body = frame.slice(Header::SIZE..);
+        let msg = Frontend::decode(tag, body).map_err(|e| match e {
+            WireError::UnknownTag { .. } => Fatal::protocol(e),
+            other => Fatal::protocol(other),
+        })?;
+        if self.skip_until_sync && !matches!(msg, Frontend::Sync | Frontend::Terminate) {
+            return Ok(false);
+        }
+        match msg {
+            Frontend::CopyData(_) | Frontend::CopyDone | Frontend::CopyFail(_) => {
+                // COPY FROM STDIN data follows a statement that was already decided; the
+                // server ignores these messages outside COPY. Keep them in order.
+                if self.batch.is_empty() {
+                    out.extend_from_slice(&frame);
+                } else {
+                    self.batch.extend_from_slice(&frame);
+                }
+            }
+            Frontend::Terminate => {
+                self.finish_batch(out, BatchEnd::Sync).await?;
+                out.extend_from_slice(&frame);
+                return Ok(true);
+            }
+            Frontend::FunctionCall(_) => {
+                // The fastpath interface calls a function by OID, out of sight of statement
+                // analysis (lo_export and friends): refuse it, as a denied request.
+                let fields = Fields::new(
+                    "ERROR",
+                    "42501",
+                    "weir: denied by weir.protocol.function_call: the fastpath function-call interface is not allowed; call the function in SQL",
+                );
+                self.deny_now(out, fields, BatchEnd::Sync).await?;
+            }
+            Frontend::Password(_) => {
+                return Err(Fatal::protocol("password message after authentication"))
+            }
+            Frontend::Query(sql) => {
+                self.batch.extend_from_slice(&frame);
+                self.ops.push_back(Op::Query);
+                let decision = self.decide(&sql)?;
+                self.items.push(Item {
+                    via: "query",
+                    decision,
+                });
+                self.finish_batch(out, BatchEnd::Sync).await?;
+            }
+            Frontend::Sync => {
+                if self.skip_until_sync {
+                    self.skip_until_sync = false;
+                }
+                self.batch.extend_from_slice(&frame);
+                self.ops.push_back(Op::Sync);
+                self.finish_batch(out, BatchEnd::Sync).await?;
+            }
+            Frontend::Flush => {
+                self.batch.extend_from_slice(&frame);
+                self.finish_batch(out, BatchEnd::Flush).await?;
+            }
+            Frontend::Parse(p) => {
+                self.batch.extend_from_slice(&frame);
+                self.ops.push_back(Op::Parse);
+                let decision = self.decide(&p.query)?;
+                if !p.name.is_empty()
+                    && !self.statements.contains_key(&p.name)
+                    && self.statements.len() >= MAX_PREPARED
+                {
+                    return Err(Fatal::new(
+                        "54000",
+                        format!(
+                            "weir: more than {MAX_PREPARED} prepared statements in one session"
+                        ),
+                    ));
+                }
+                if !matches!(
+                    decision.overall(),
+                    Verdict::Allow | Verdict::AllowBounded { .. }
+                ) {
+                    self.items.push(Item {
+                        via: "parse",
+                        decision: Arc::clone(&decision),
+                    });
+                }
+                self.statements.insert(p.name, decision);
+            }
+            Frontend::Bind(b) => {
+                self.batch.extend_from_slice(&frame);
+                self.ops.push_back(Op::Bind);
+                if let Some(d) = self.statements.get(&b.statement).cloned() {
+                    if !b.portal.is_empty()
+                        && !self.portals.contains_key(&b.portal)
+                        && self.portals.len() >= MAX_PREPARED
+                    {
+                        return Err(Fatal::new(
+                            "54000",
+                            format!("weir: more than {MAX_PREPARED} portals in one session"),
+                        ));
+                    }
+                    self.portals.insert(b.portal, d);
+                }
+            }
+            Frontend::Describe(t, _) => {
+                self.batch.extend_from_slice(&frame);
+                self.ops.push_back(match t {
+                    DescribeTarget::Statement => Op::DescribeStatement,
+                    DescribeTarget::Portal => Op::DescribePortal,
+                });
+            }
+            Frontend::Execute { portal, .. } => {
+                self.batch.extend_from_slice(&frame);
+                self.ops.push_back(Op::Execute);
+                let decision = match self.portals.get(&portal) {
+                    Some(d) => Arc::clone(d),
+                    // A portal Weir did not see bound: a cursor declared in SQL (whose
+                    // DECLARE was decided) or a client error the server will report.
+                    None => {
+                        let label =
+                            format!("-- execute portal {}", String::from_utf8_lossy(&portal));
+                        self.decide(label.as_bytes())?
+                    }
+                };
+                self.items.push(Item {
+                    via: "execute",
+                    decision,
+                });
+            }
+            Frontend::Close(t, name) => {
+                self.batch.extend_from_slice(&frame);
+                self.ops.push_back(Op::Close);
+                match t {
+                    DescribeTarget::Statement => self.statements.remove(&name),
+                    DescribeTarget::Portal => self.portals.remove(&name),
+                };
+            }
+        }
+        if self.batch.len() > self.ctx.shared.config.gateway.max_message_size {
+            return Err(Fatal::new(
+                "54000",
+                "weir: request too large: send Sync or Flush more often, or raise [gateway] max_message_size",
+            ));
+        }
+        Ok(false)
+    }
+
+    /// Analyze + decide one SQL text. Analysis failure fails closed: the request is denied.
+    fn decide(&self, sql: &[u8]) -> Result<Arc<Decision>, Fatal> {
+        let shared = &self.ctx.shared;
+        let decision = match weir_analyze::analyze(sql) {
+            Ok(analysis) => {
+                shared
+                    .policy
+                    .decide(&self.ctx.identity, &self.ctx.target_info, &analysis)
+            }
+            Err(e) => Decision {
+                analysis: Arc::new(Analysis {
+                    sql: Arc::from(String::from_utf8_lossy(sql).as_ref()),
+                    statements: Vec::new(),
+                }),
+                verdicts: vec![Verdict::Deny {
+                    rule: "weir.analyze".into(),
+                    reason: e.to_string(),
+                }],
+            },
+        };
+        Ok(Arc::new(decision))
+    }
+
+    /// The request is complete: audit it, then forward it or its denial.
+    async fn finish_batch(&mut self, out: &mut BytesMut, end: BatchEnd) -> Result<(), Fatal> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let id = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let items = std::mem::take(&mut self.items);
+        let verdict = items
+            .iter()
+            .map(|i| i.decision.overall())
+            .max_by_key(|v| severity(v))
+            .cloned()
+            .unwrap_or(Verdict::Allow);
+
+        // Write-ahead: every statement's event is recorded before anything is forwarded.
+        let shared = &self.ctx.shared;
+        let mut acks = Vec::with_capacity(items.len());
+        for item in &items {
+            let v = item.decision.overall();
+            acks.push(
+                shared.audit.append(Event::Statement {
+                    session: self.ctx.session,
+                    request: id,
+                    identity: self.ctx.identity.name.clone(),
+                    target: self.ctx.target_info.name.clone(),
+                    via: item.via,
+                    sql: item.decision.analysis.sql.to_string(),
+                    kinds: item
+                        .decision
+                        .analysis
+                        .statements
+                        .iter()
+                        .map(|s| s.kind.as_str())
+                        .collect(),
+                    decision: v.label(),
+                    rule: v.rule().map(str::to_owned),
+                }),
+            );
+        }
+        let mut audit_failure = None;
+        for ack in acks {
+            if let Err(e) = ack.wait().await {
+                audit_failure = Some(e);
+            }
+        }
+        if let Some(e) = audit_failure {
+            warn!(cause = %e, "audit write failed; request refused");
+            let fields = Fields::new("ERROR", "58000", &format!("weir: the statement was not run because it could not be recorded in the audit trail ({e})"));
+            self.batch.clear();
+            self.ops.clear();
+            return self.deny_now(out, fields, end).await;
+        }
+
+        match &verdict {
+            Verdict::Allow | Verdict::AllowBounded { .. } => {
+                let stage = items
+                    .first()
+                    .map(|i| ResultStage::for_decision(&i.decision))
+                    .unwrap_or_default();
+                let ops = std::mem::take(&mut self.ops);
+                let pending = Pending::new(id, ops, stage);
+                self.send(Entry::Request(pending)).await?;
+                out.extend_from_slice(&self.batch);
+                self.batch.clear();
+                Ok(())
+            }
+            Verdict::Deny { rule, reason } => {
+                let fields = Fields::new(
+                    "ERROR",
+                    "42501",
+                    &format!("weir: denied by {rule}: {reason}"),
+                );
+                self.batch.clear();
+                self.ops.clear();
+                self.deny_now(out, fields, end).await
+            }
+            Verdict::RequireApproval { rule, reason } => {
+                let fields = Fields::new(
+                    "ERROR",
+                    "42501",
+                    &format!("weir: denied by {rule}: approval required: {reason}"),
+                )
+                .with(b'H', "approvals are not enabled on this gateway yet; ask an operator to run the statement");
+                self.batch.clear();
+                self.ops.clear();
+                self.deny_now(out, fields, end).await
+            }
+        }
+    }
+
+    /// Forwards the stand-in for a denied request: the server aborts the transaction as for
+    /// any failed statement, and the client sees Weir's error in its place.
+    async fn deny_now(
+        &mut self,
+        out: &mut BytesMut,
+        fields: Fields,
+        end: BatchEnd,
+    ) -> Result<(), Fatal> {
+        let id = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut ops: VecDeque<Op> = VecDeque::from([Op::Abort]);
+        Frontend::Execute {
+            portal: Bytes::from_static(ABORT_PORTAL),
+            max_rows: 0,
+        }
+        .encode(out);
+        match end {
+            BatchEnd::Sync => {
+                Frontend::Sync.encode(out);
+                ops.push_back(Op::Sync);
+            }
+            BatchEnd::Flush => {
+                Frontend::Flush.encode(out);
+                self.skip_until_sync = true;
+            }
+        }
+        let mut pending = Pending::new(id, ops, ResultStage::Passthrough);
+        pending.denial = Some(Backend::error(fields).freeze());
+        pending.audited = false;
+        self.send(Entry::Request(pending)).await
+    }
+
+    async fn send(&self, entry: Entry) -> Result<(), Fatal> {
+        self.tx
+            .send(entry)
+            .await
+            .map_err(|_| Fatal::new("08006", "weir: session is closing"))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum BatchEnd {
+    Sync,
+    Flush,
+}
+
+fn severity(v: &Verdict) -> u8 {
+    match v {
+        Verdict::Allow => 0,
+        Verdict::AllowBounded { .. } => 1,
+        Verdict::RequireApproval { .. } => 2,
+        Verdict::Deny { .. } => 3,
+    }
+}
+
+/// The backend half: upstream → result stage → client.
+struct BackendHalf<'a> {
+    ctx: &'a Context,
+    rx: mpsc::Receiver<Entry>,
+    tracker: Tracker,
+    buf: BytesMut,
+}
+
+impl BackendHalf<'_> {
+    async fn run<R, W>(&mut self, ur: &mut R, cw: &mut W) -> Result<&'static str, Fatal>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let max = self.ctx.shared.config.gateway.max_message_size;
+        let mut due: Vec<Due> = Vec::new();
+        let mut rx_open = true;
+        loop {
+            self.drain_entries(&mut due);
+            self.process(cw, max, &mut due).await?;
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                biased;
+                entry = self.rx.recv(), if rx_open => match entry {
+                    Some(e) => self.tracker.push(e, &mut due),
+                    None => rx_open = false,
+                },
+                n = ur.read_buf(&mut self.buf) => {
+                    let n = n.map_err(|e| Fatal::new("08006", format!("weir: upstream read failed: {e}")))?;
+                    if n == 0 {
+                        return Err(Fatal::new("08006", "weir: the upstream server closed the connection"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain_entries(&mut self, due: &mut Vec<Due>) {
+        // Entries are sent before their request is written upstream, so every response in
+        // the buffer has its entry in the channel by now.
+        while let Ok(e) = self.rx.try_recv() {
+            self.tracker.push(e, due);
+        }
+    }
+
+    /// Writes every complete message in the buffer to the client, rewritten where the result
+    /// stage says so, followed by whatever became due.
+    async fn process<W: AsyncWrite + Unpin>(
+        &mut self,
+        cw: &mut W,
+        max: usize,
+        due: &mut Vec<Due>,
+    ) -> Result<(), Fatal> {
+        // `kept` is the length of the prefix of `buf` that goes out unchanged.
+        let mut kept = 0usize;
+        loop {
+            let rest = self.buf.get(kept..).unwrap_or(&[]);
+            let Some(h) = Header::parse(rest, max).map_err(|e| {
+                Fatal::new("08P01", format!("weir: upstream protocol violation: {e}"))
+            })?
+            else {
+                break;
+            };
+            if rest.len() < h.frame_len() {
+                self.buf.reserve(h.frame_len() - rest.len());
+                break;
+            }
+            let body = rest.get(Header::SIZE..h.frame_len()).unwrap_or(&[]);
+            let mut replace: Option<Bytes> = None;
+            if let Some(stage) = self.tracker.stage() {
+                if !stage.is_passthrough() {
+                    if let Rewrite::Replace(b) = stage.on_message(h.tag, body) {
+                        replace = Some(b.freeze());
+                    }
+                }
+            }
+            if let Action::Replace(b) = self.tracker.on_message(h.tag, body, due) {
+                replace = Some(b);
+            }
+            match replace {
+                None => kept += h.frame_len(),
+                Some(bytes) => {
+                    self.flush_prefix(cw, kept).await?;
+                    self.buf.advance(h.frame_len());
+                    kept = 0;
+                    write(cw, &bytes).await?;
+                }
+            }
+            if !due.is_empty() {
+                self.flush_prefix(cw, kept).await?;
+                kept = 0;
+                self.handle_due(due);
+            }
+        }
+        self.flush_prefix(cw, kept).await?;
+        if !due.is_empty() {
+            self.handle_due(due);
+        }
+        Ok(())
+    }
+
+    async fn flush_prefix<W: AsyncWrite + Unpin>(
+        &mut self,
+        cw: &mut W,
+        n: usize,
+    ) -> Result<(), Fatal> {
+        if n == 0 {
+            return Ok(());
+        }
+        let chunk = self.buf.split_to(n);
+        write(cw, &chunk).await
+    }
+
+    fn handle_due(&mut self, due: &mut Vec<Due>) {
+        for d in due.drain(..) {
+            match d {
+                Due::Completed(p) => {
+                    if p.audited {
+                        let _ = self.ctx.shared.audit.append(Event::Completed {
+                            session: self.ctx.session,
+                            request: p.id,
+                            tags: p.tags,
+                            rows: p.rows,
+                            duration_us: u64::try_from(p.started.elapsed().as_micros())
+                                .unwrap_or(u64::MAX),
+                            sqlstate: p.sqlstate,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn write<W: AsyncWrite + Unpin>(cw: &mut W, bytes: &[u8]) -> Result<(), Fatal> {
+    cw.write_all(bytes)
+        .await
+        .map_err(|e| Fatal::new("08006", format!("weir: client write failed: {e}")))
+}

@@ -1,0 +1,343 @@
+//! Matching the server's responses to the requests that caused them.
+//!
+//! The frontend half of a session forwards a request and hands the backend half a [`Pending`]
+//! listing the responses it expects (one [`Op`] per forwarded message that gets an answer).
+//! The backend half feeds every server message through [`Tracker::on_message`], which says
+//! what to do with it and notices when a request is complete (for the audit record) and when
+//! bytes that Weir itself produced (a denial) are due, so they reach the client in protocol
+//! order. This module is plain code over tags: no I/O, unit-tested below.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::Bytes;
+use weir_mask::ResultStage;
+use weir_wire::backend::TxStatus;
+
+/// A forwarded client message that the server will answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Simple query: answered by anything up to ReadyForQuery.
+    Query,
+    Parse,
+    Bind,
+    DescribeStatement,
+    DescribePortal,
+    Execute,
+    Close,
+    Sync,
+    /// Weir's own Execute of a portal that cannot exist, sent in place of a denied request so
+    /// the server aborts the (implicit or explicit) transaction exactly as if the denied
+    /// statement had failed. Its ErrorResponse is replaced by Weir's denial.
+    Abort,
+}
+
+/// One forwarded request (a Query, or an extended batch up to Sync or Flush).
+#[derive(Debug)]
+pub struct Pending {
+    pub id: u64,
+    pub started: Instant,
+    pub ops: VecDeque<Op>,
+    pub stage: ResultStage,
+    /// The ErrorResponse to send in place of the server's answer to [`Op::Abort`].
+    pub denial: Option<Bytes>,
+    /// Whether the completion is audited (requests that carry statements are).
+    pub audited: bool,
+    pub tags: Vec<String>,
+    pub rows: u64,
+    pub sqlstate: Option<String>,
+}
+
+impl Pending {
+    pub fn new(id: u64, ops: VecDeque<Op>, stage: ResultStage) -> Pending {
+        Pending {
+            id,
+            started: Instant::now(),
+            ops,
+            stage,
+            denial: None,
+            audited: true,
+            tags: Vec::new(),
+            rows: 0,
+            sqlstate: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Entry {
+    Request(Pending),
+}
+
+/// What to do with one server message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Forward,
+    Replace(Bytes),
+}
+
+/// Something that became due after a message: a finished request.
+#[derive(Debug)]
+pub enum Due {
+    Completed(Pending),
+}
+
+#[derive(Debug)]
+pub struct Tracker {
+    queue: VecDeque<Entry>,
+    /// After an error in the extended protocol the server ignores everything up to Sync.
+    skipping: bool,
+    pub tx_status: TxStatus,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker {
+            queue: VecDeque::new(),
+            skipping: false,
+            tx_status: TxStatus::Idle,
+        }
+    }
+}
+
+impl Tracker {
+    pub fn push(&mut self, entry: Entry, due: &mut Vec<Due>) {
+        self.queue.push_back(entry);
+        self.settle(due);
+    }
+
+    /// Whether any forwarded request still waits for an answer.
+    #[cfg(test)]
+    fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    fn head(&mut self) -> Option<&mut Pending> {
+        match self.queue.front_mut() {
+            Some(Entry::Request(p)) => Some(p),
+            None => None,
+        }
+    }
+
+    fn front_op(&mut self) -> Option<Op> {
+        self.head().and_then(|p| p.ops.front().copied())
+    }
+
+    fn pop_op(&mut self) {
+        if let Some(p) = self.head() {
+            p.ops.pop_front();
+        }
+    }
+
+    /// The result stage of the request being answered, if any.
+    pub fn stage(&mut self) -> Option<&mut ResultStage> {
+        self.head().map(|p| &mut p.stage)
+    }
+
+    /// Completes finished requests, drops ops the server will skip, and releases injections
+    /// that are now in order.
+    fn settle(&mut self, due: &mut Vec<Due>) {
+        loop {
+            let skipping = self.skipping;
+            match self.queue.front_mut() {
+                Some(Entry::Request(p)) if p.ops.is_empty() => {
+                    if let Some(Entry::Request(p)) = self.queue.pop_front() {
+                        due.push(Due::Completed(p));
+                    }
+                }
+                Some(Entry::Request(p)) if skipping && p.ops.front() != Some(&Op::Sync) => {
+                    p.ops.pop_front();
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Accounts for one server message. `tag` is the message tag; `error_code` is the
+    /// SQLSTATE for ErrorResponse, `command_tag` the text of CommandComplete.
+    pub fn on_message(&mut self, tag: u8, body: &[u8], due: &mut Vec<Due>) -> Action {
+        let mut action = Action::Forward;
+        match tag {
+            // Asynchronous: can arrive at any time, answer nothing.
+            b'S' | b'N' | b'A' => return Action::Forward,
+            b'Z' => {
+                if let Some(s) = body.first().copied().and_then(TxStatus::from_byte) {
+                    self.tx_status = s;
+                }
+                self.skipping = false;
+                if matches!(self.front_op(), Some(Op::Sync | Op::Query)) {
+                    self.pop_op();
+                }
+            }
+            b'E' => {
+                let code = error_code(body);
+                match self.front_op() {
+                    Some(Op::Query) => {
+                        if let Some(p) = self.head() {
+                            p.sqlstate = code;
+                        }
+                    }
+                    Some(Op::Abort) => {
+                        if let Some(p) = self.head() {
+                            p.sqlstate = Some("42501".into());
+                            if let Some(d) = p.denial.take() {
+                                action = Action::Replace(d);
+                            }
+                        }
+                        self.pop_op();
+                        self.skipping = true;
+                    }
+                    Some(_) => {
+                        if let Some(p) = self.head() {
+                            p.sqlstate = code;
+                        }
+                        self.pop_op();
+                        self.skipping = true;
+                    }
+                    None => {}
+                }
+            }
+            b'1' | b'2' | b'3' | b'n' | b's' => self.pop_op(),
+            b'T' => {
+                if matches!(
+                    self.front_op(),
+                    Some(Op::DescribeStatement | Op::DescribePortal)
+                ) {
+                    self.pop_op();
+                }
+            }
+            b'C' => {
+                let text = body.strip_suffix(&[0]).unwrap_or(body);
+                let text = String::from_utf8_lossy(text).into_owned();
+                let op = self.front_op();
+                if let Some(p) = self.head() {
+                    p.rows = p.rows.saturating_add(weir_audit::rows_from_tag(&text));
+                    p.tags.push(text);
+                }
+                if op == Some(Op::Execute) {
+                    self.pop_op();
+                }
+            }
+            b'I' => {
+                if self.front_op() == Some(Op::Execute) {
+                    self.pop_op();
+                }
+            }
+            _ => {}
+        }
+        self.settle(due);
+        action
+    }
+}
+
+/// The SQLSTATE of an ErrorResponse body.
+fn error_code(body: &[u8]) -> Option<String> {
+    let mut rest = body;
+    while let Some((&code, tail)) = rest.split_first() {
+        if code == 0 {
+            break;
+        }
+        let end = tail.iter().position(|&b| b == 0)?;
+        let value = tail.get(..end)?;
+        if code == b'C' {
+            return Some(String::from_utf8_lossy(value).into_owned());
+        }
+        rest = tail.get(end + 1..)?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(id: u64, ops: &[Op]) -> Entry {
+        Entry::Request(Pending::new(
+            id,
+            ops.iter().copied().collect(),
+            ResultStage::Passthrough,
+        ))
+    }
+
+    fn completed(due: &mut Vec<Due>) -> Vec<u64> {
+        due.drain(..)
+            .map(|d| match d {
+                Due::Completed(p) => p.id,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn simple_query_completes_at_ready_for_query() {
+        let mut t = Tracker::default();
+        let mut due = Vec::new();
+        t.push(req(1, &[Op::Query]), &mut due);
+        t.on_message(b'T', b"", &mut due);
+        t.on_message(b'D', b"", &mut due);
+        t.on_message(b'C', b"SELECT 1\0", &mut due);
+        assert!(completed(&mut due).is_empty());
+        t.on_message(b'Z', b"I", &mut due);
+        assert_eq!(completed(&mut due), vec![1]);
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn flush_batch_completes_without_ready_for_query() {
+        let mut t = Tracker::default();
+        let mut due = Vec::new();
+        t.push(
+            req(1, &[Op::Parse, Op::Bind, Op::DescribePortal, Op::Execute]),
+            &mut due,
+        );
+        for (tag, body) in [(b'1', &b""[..]), (b'2', b""), (b'T', b""), (b'D', b"")] {
+            t.on_message(tag, body, &mut due);
+        }
+        assert!(completed(&mut due).is_empty());
+        t.on_message(b'C', b"SELECT 1\0", &mut due);
+        assert_eq!(completed(&mut due), vec![1]);
+    }
+
+    #[test]
+    fn error_skips_to_sync_across_requests() {
+        let mut t = Tracker::default();
+        let mut due = Vec::new();
+        t.push(req(1, &[Op::Parse, Op::Bind, Op::Execute]), &mut due);
+        t.on_message(b'E', b"C42P01\0\0", &mut due);
+        // The rest of request 1 is skipped by the server.
+        assert_eq!(completed(&mut due), vec![1]);
+        t.push(req(2, &[Op::Bind, Op::Execute, Op::Sync]), &mut due);
+        assert!(completed(&mut due).is_empty());
+        t.on_message(b'Z', b"I", &mut due);
+        assert_eq!(completed(&mut due), vec![2]);
+    }
+
+    #[test]
+    fn denial_replaces_the_abort_error_and_keeps_order() {
+        let mut t = Tracker::default();
+        let mut due = Vec::new();
+        t.push(req(1, &[Op::Query]), &mut due);
+        let mut denied = Pending::new(2, [Op::Abort, Op::Sync].into(), ResultStage::Passthrough);
+        denied.denial = Some(Bytes::from_static(b"denied"));
+        t.push(Entry::Request(denied), &mut due);
+        assert!(due.is_empty());
+        t.on_message(b'Z', b"T", &mut due);
+        assert_eq!(completed(&mut due), vec![1]);
+        assert_eq!(
+            t.on_message(b'E', b"C34000\0\0", &mut due),
+            Action::Replace(Bytes::from_static(b"denied"))
+        );
+        t.on_message(b'Z', b"E", &mut due);
+        assert_eq!(completed(&mut due), vec![2]);
+        assert_eq!(t.tx_status, TxStatus::Failed);
+    }
+
+    #[test]
+    fn error_code_is_read_from_fields() {
+        assert_eq!(
+            error_code(b"SERROR\0C22012\0Mx\0\0").as_deref(),
+            Some("22012")
+        );
+        assert_eq!(error_code(b"SERROR\0"), None);
+        assert_eq!(error_code(b"S"), None);
+    }
+}

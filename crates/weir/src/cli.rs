@@ -1,0 +1,104 @@
+//! Command line: `weir serve | demo | token …`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "Identity-aware gateway for PostgreSQL and MySQL"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway in the foreground until SIGTERM or Ctrl-C.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start a throwaway PostgreSQL with sample data and the gateway in front of it.
+    Demo {
+        /// Address for the gateway's PostgreSQL listener.
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: String,
+    },
+    /// Issue, list and revoke Weir tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue a token; prints it alone on the last line.
+    Create {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "service")]
+        kind: String,
+        /// Comma-separated groups.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Lifetime, e.g. 24h or 30d; none means no expiry.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List tokens (never the tokens themselves).
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Revoke every token of an identity.
+    Revoke {
+        #[arg(long, short)]
+        config: PathBuf,
+        name: String,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Serve { config } => crate::serve::run(&config),
+        Command::Demo { listen } => crate::demo::run(&listen),
+        Command::Token { command } => match command {
+            TokenCommand::Create {
+                config,
+                name,
+                kind,
+                groups,
+                ttl,
+            } => crate::token::create(&config, &name, &kind, &groups, ttl.as_deref()),
+            TokenCommand::List { config } => crate::token::list(&config),
+            TokenCommand::Revoke { config, name } => crate::token::revoke(&config, &name),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .init();
+}

@@ -1,0 +1,8 @@
+//! The `weir` binary's library half: the command line, `weir demo`, and the throwaway
+//! PostgreSQL cluster that the demo, the tests and the benchmark share.
+
+pub mod cli;
+pub mod cluster;
+pub mod demo;
+pub mod serve;
+pub mod token;

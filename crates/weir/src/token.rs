@@ -1,0 +1,139 @@
+//! `weir token create | list | revoke`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use weir_audit::Event;
+use weir_config::Config;
+use weir_store::NewToken;
+
+/// A fresh token: `weir_` and 32 random bytes, URL-safe base64.
+pub fn generate() -> anyhow::Result<String> {
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
+    Ok(format!(
+        "weir_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    ))
+}
+
+fn record_admin(action: &str, subject: &str) {
+    let e = Event::Admin {
+        actor: std::env::var("USER").unwrap_or_else(|_| "cli".into()),
+        action: action.into(),
+        subject: subject.into(),
+    };
+    tracing::info!(target: "weir::audit", "{}", e.to_json());
+}
+
+pub fn create(
+    path: &Path,
+    name: &str,
+    kind: &str,
+    groups: &[String],
+    ttl: Option<&str>,
+) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let kind = weir_config::parse_kind(kind)
+        .with_context(|| format!("--kind {kind:?}: must be human, service or agent"))?;
+    if name.is_empty() {
+        bail!("--name must not be empty");
+    }
+    if config.identity.statics.iter().any(|s| s.name == name) {
+        bail!(
+            "{name:?} is a static identity in {}; pick another name",
+            path.display()
+        );
+    }
+    let ttl: Option<Duration> = ttl
+        .map(|t| {
+            humantime::parse_duration(t)
+                .with_context(|| format!("--ttl {t:?}: expected e.g. 24h or 30d"))
+        })
+        .transpose()?;
+    let store = crate::serve::open_store(&config)?;
+    let token = generate()?;
+    let groups: Vec<String> = groups.iter().filter(|g| !g.is_empty()).cloned().collect();
+    let rec = store.create_token(NewToken {
+        name,
+        kind,
+        groups: &groups,
+        ttl,
+        hash: weir_proxy::auth::hash_token(token.as_bytes()),
+    })?;
+    record_admin("token.create", name);
+    println!(
+        "created token {} for {} ({}, groups: {}){}",
+        rec.id,
+        rec.name,
+        rec.kind.as_str(),
+        if groups.is_empty() {
+            "-".into()
+        } else {
+            groups.join(",")
+        },
+        match rec.expires_at {
+            Some(e) => format!(
+                ", expires at {}",
+                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(e))
+            ),
+            None => String::new(),
+        }
+    );
+    println!("{token}");
+    Ok(())
+}
+
+pub fn list(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let store = crate::serve::open_store(&config)?;
+    let now = weir_store::now_secs();
+    println!(
+        "{:<6} {:<24} {:<8} {:<24} {:<8} expires",
+        "id", "name", "kind", "groups", "status"
+    );
+    for t in store.list_tokens()? {
+        let status = if t.revoked_at.is_some() {
+            "revoked"
+        } else if !t.is_active(now) {
+            "expired"
+        } else {
+            "active"
+        };
+        let expires = t
+            .expires_at
+            .map(|e| {
+                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(e))
+                    .to_string()
+            })
+            .unwrap_or_else(|| "never".into());
+        println!(
+            "{:<6} {:<24} {:<8} {:<24} {:<8} {}",
+            t.id,
+            t.name,
+            t.kind.as_str(),
+            if t.groups.is_empty() {
+                "-".into()
+            } else {
+                t.groups.join(",")
+            },
+            status,
+            expires
+        );
+    }
+    Ok(())
+}
+
+pub fn revoke(path: &Path, name: &str) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let store = crate::serve::open_store(&config)?;
+    let n = store.revoke_tokens(name)?;
+    if n == 0 {
+        bail!("{name:?} has no active token");
+    }
+    record_admin("token.revoke", name);
+    println!("revoked {n} token(s) of {name}");
+    Ok(())
+}
