@@ -1,0 +1,278 @@
+//! Test harness: a throwaway PostgreSQL cluster with the real `weir serve` binary in front.
+//! Every test talks to both over 127.0.0.1 with real clients.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use weir::cluster::{Cluster, Options};
+
+pub const ALICE_TOKEN: &str = "alice-test-token";
+pub const BOB_TOKEN: &str = "bob-test-token-2";
+
+pub struct Gateway {
+    pub cluster: Cluster,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+    pub config: PathBuf,
+}
+
+pub fn weir_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_weir")
+}
+
+impl Gateway {
+    pub fn start() -> Gateway {
+        Gateway::start_with(
+            Options {
+                fast: true,
+                ..Default::default()
+            },
+            "",
+        )
+    }
+
+    /// Starts a cluster with database `app`, and the gateway with target `app` in front.
+    /// `extra` is appended to the config file.
+    pub fn start_with(opts: Options, extra: &str) -> Gateway {
+        let cluster = Cluster::start(opts).expect("cluster");
+        cluster.psql("postgres", "CREATE DATABASE app").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("weir-test-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(dir.path().join("upstream-password"), &cluster.password).unwrap();
+        let port = weir::cluster::free_port().unwrap();
+        let config = dir.path().join("weir.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[gateway]
+postgres_listen = "127.0.0.1:{port}"
+store = "sqlite://weir.db"
+
+[[identity.static]]
+name = "alice"
+kind = "human"
+groups = ["developers"]
+token = "{ALICE_TOKEN}"
+
+[[identity.static]]
+name = "bob"
+kind = "human"
+groups = ["dba"]
+token = "{BOB_TOKEN}"
+
+[[target]]
+name = "app"
+engine = "postgres"
+environment = "development"
+upstream = "127.0.0.1:{pg}"
+database = "app"
+user = "postgres"
+password_file = "upstream-password"
+{extra}
+"#,
+                pg = cluster.port
+            ),
+        )
+        .unwrap();
+        let mut g = Gateway {
+            cluster,
+            dir,
+            port,
+            child: None,
+            config,
+        };
+        g.spawn();
+        g
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("weir.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(weir_bin())
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn weir serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("weir serve exited with {status}:\n{}", self.log());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weir serve did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Whether `weir serve` is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().unwrap().try_wait(), Ok(None))
+    }
+
+    /// libpq connection string through the gateway.
+    pub fn conninfo(&self, user: &str, token: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} dbname=app user={user} password={token} sslmode=disable",
+            self.port
+        )
+    }
+
+    pub fn alice(&self) -> String {
+        self.conninfo("alice", ALICE_TOKEN)
+    }
+
+    /// Runs psql through the gateway with `script` on stdin.
+    pub fn psql(&self, conninfo: &str, script: &str) -> Output {
+        let mut child = Command::new(self.cluster.bindir().join("psql"))
+            .arg(conninfo)
+            .args(["-X", "-v", "ON_ERROR_STOP=0", "-At"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .current_dir(self.dir.path())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    pub fn weir(&self, args: &[&str]) -> Output {
+        Command::new(weir_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    }
+
+    pub async fn connect(
+        &self,
+        user: &str,
+        token: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.conninfo(user, token), tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// Audit events written so far, parsed from the log.
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.find("weir::audit: ").map(|i| &l[i + 13..]))
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "weir did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Raw TCP to the gateway, for protocol-level tests.
+pub fn raw(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Reads until EOF (or timeout) and returns everything.
+pub fn read_all(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
