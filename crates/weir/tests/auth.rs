@@ -1,0 +1,154 @@
+//! Identity: static identities and store-issued tokens; no identity, no connection.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+use common::*;
+
+fn connections_received(g: &Gateway) -> usize {
+    std::fs::read_to_string(g.cluster.log_path())
+        .unwrap_or_default()
+        .matches("connection received")
+        .count()
+}
+
+fn logged_cluster() -> Gateway {
+    Gateway::start_with(
+        Options {
+            fast: true,
+            settings: vec![("log_connections".into(), "on".into())],
+        },
+        "",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_tokens_get_28p01_and_never_reach_the_upstream() {
+    let g = logged_cluster();
+    // Create and revoke a store token, and one that expires at once.
+    let out = g.weir(&[
+        "token",
+        "create",
+        "--name",
+        "ci",
+        "--kind",
+        "service",
+        "--groups",
+        "ci,deploy",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let revoked = stdout(&out).lines().last().unwrap().to_owned();
+    assert!(g.weir(&["token", "revoke", "ci"]).status.success());
+    let out = g.weir(&[
+        "token", "create", "--name", "short", "--kind", "agent", "--ttl", "1s",
+    ]);
+    let expired = stdout(&out).lines().last().unwrap().to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+
+    let before = connections_received(&g);
+    for (user, token, why) in [
+        ("alice", "wrong-token", "wrong"),
+        ("alice", "", "missing"),
+        ("alice", BOB_TOKEN, "someone else's static token"),
+        ("ci", revoked.as_str(), "revoked"),
+        ("short", expired.as_str(), "expired"),
+        (
+            "nobody",
+            ALICE_TOKEN,
+            "unknown user with a valid token of another",
+        ),
+    ] {
+        let err = g
+            .connect(user, token)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{why}: connected"));
+        let code = err.as_db_error().map(|e| e.code().code().to_owned());
+        assert_eq!(code.as_deref(), Some("28P01"), "{why}: {err}");
+    }
+    assert_eq!(
+        connections_received(&g),
+        before,
+        "a refused client caused an upstream connection"
+    );
+    let failures = g
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["event"] == "auth_failed")
+        .count();
+    assert!(failures >= 6, "auth failures are audited");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issued_token_works_for_its_identity_only() {
+    let g = Gateway::start();
+    let out = g.weir(&[
+        "token", "create", "--name", "etl", "--kind", "service", "--ttl", "24h",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = stdout(&out).lines().last().unwrap().to_owned();
+    assert!(token.starts_with("weir_") && token.len() > 40, "{token}");
+
+    let client = g.connect("etl", &token).await.unwrap();
+    let row = client.query_one("select 7::int4", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 7);
+
+    // The token is someone else's when presented under another name.
+    let err = g.connect("alice", &token).await.err().unwrap();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "28P01");
+
+    // The store keeps only a hash: the token text is nowhere in the database file.
+    let db = std::fs::read(g.dir.path().join("weir.db")).unwrap();
+    let wal = std::fs::read(g.dir.path().join("weir.db-wal")).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()));
+    }
+
+    let list = stdout(&g.weir(&["token", "list"]));
+    assert!(list.contains("etl") && list.contains("active"), "{list}");
+    assert!(!list.contains(&token));
+
+    // Revocation takes effect for new connections while the gateway runs.
+    assert!(g.weir(&["token", "revoke", "etl"]).status.success());
+    let err = g.connect("etl", &token).await.err().unwrap();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "28P01");
+    assert!(stdout(&g.weir(&["token", "list"])).contains("revoked"));
+}
+
+#[test]
+fn upstream_password_never_reaches_client_or_log() {
+    let g = Gateway::start();
+    let out = g.psql(
+        &g.alice(),
+        "SHOW password_encryption;\nSELECT current_user;\n",
+    );
+    assert!(stdout(&out).contains("postgres"));
+    assert!(!stdout(&out).contains(&g.cluster.password));
+    assert!(
+        !g.log().contains(&g.cluster.password),
+        "the upstream password is in the log"
+    );
+}
+
+#[test]
+fn config_with_unknown_key_is_refused_naming_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(
+        &path,
+        "[gateway]\npostgres_listen = \"127.0.0.1:1\"\nlisten = \"x\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(weir_bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("listen") && err.contains("line 3"), "{err}");
+}
