@@ -24,7 +24,15 @@ struct Entry {
 
 #[derive(Default)]
 pub struct CancelRegistry {
-    map: Mutex<HashMap<i32, Entry>>,
+    map: Mutex<Maps>,
+}
+
+#[derive(Default)]
+struct Maps {
+    by_pid: HashMap<i32, Entry>,
+    /// (upstream address, upstream pid) → Weir's pid, to translate the sender of a
+    /// NotificationResponse into the pid its receivers know.
+    by_upstream: HashMap<(String, i32), i32>,
 }
 
 impl CancelRegistry {
@@ -40,23 +48,36 @@ impl CancelRegistry {
             }
             let [a, b, c, d, e, f, g, h] = raw;
             let pid = i32::from_be_bytes([a & 0x7f, b, c, d]).max(1);
-            if map.contains_key(&pid) {
+            if map.by_pid.contains_key(&pid) {
                 continue;
             }
             let secret = [e, f, g, h];
-            map.insert(pid, Entry { secret, upstream });
+            map.by_upstream
+                .insert((upstream.addr.clone(), upstream.process_id), pid);
+            map.by_pid.insert(pid, Entry { secret, upstream });
             return (pid, secret);
         }
     }
 
     pub fn unregister(&self, pid: i32) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&pid);
+        if let Some(e) = map.by_pid.remove(&pid) {
+            map.by_upstream
+                .remove(&(e.upstream.addr, e.upstream.process_id));
+        }
+    }
+
+    /// Weir's pid for a session of `addr` whose upstream pid is `upstream_pid`.
+    pub fn weir_pid(&self, addr: &str, upstream_pid: i32) -> Option<i32> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.by_upstream
+            .get(&(addr.to_owned(), upstream_pid))
+            .copied()
     }
 
     pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<UpstreamKey> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map.get(&pid)?;
+        let entry = map.by_pid.get(&pid)?;
         if entry.secret == [0; 4] || secret.len() != 4 {
             return None;
         }

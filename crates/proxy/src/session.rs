@@ -416,6 +416,7 @@ async fn serve(
 
     let ctx = Context {
         session,
+        upstream_addr: target.upstream.clone(),
         target_info: TargetInfo {
             name: target.name.clone(),
             environment: target.environment.as_str().to_owned(),
@@ -472,6 +473,7 @@ async fn serve(
 
 struct Context {
     session: u64,
+    upstream_addr: String,
     identity: Identity,
     target_info: TargetInfo,
     shared: Arc<Shared>,
@@ -973,6 +975,9 @@ impl BackendHalf<'_> {
                     }
                 }
             }
+            if h.tag == b'A' {
+                replace = self.translate_notification(body);
+            }
             if let Action::Replace(b) = self.tracker.on_message(h.tag, body, due) {
                 replace = Some(b);
             }
@@ -996,6 +1001,32 @@ impl BackendHalf<'_> {
             self.handle_due(due);
         }
         Ok(())
+    }
+
+    /// A notification names its sender by upstream pid; clients know sessions by the pid
+    /// Weir gave them (and compare it to skip their own notifications), so translate it.
+    fn translate_notification(&self, body: &[u8]) -> Option<Bytes> {
+        let Ok(Backend::NotificationResponse {
+            process_id,
+            channel,
+            payload,
+        }) = Backend::decode(b'A', Bytes::copy_from_slice(body))
+        else {
+            return None;
+        };
+        let pid = self
+            .ctx
+            .shared
+            .cancels
+            .weir_pid(&self.ctx.upstream_addr, process_id)?;
+        let mut out = BytesMut::new();
+        Backend::NotificationResponse {
+            process_id: pid,
+            channel,
+            payload,
+        }
+        .encode(&mut out);
+        Some(out.freeze())
     }
 
     async fn flush_prefix<W: AsyncWrite + Unpin>(

@@ -29,10 +29,12 @@ pub fn install_crypto() {
 }
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
+    let mut b = if std::env::var("WEIR_RUNTIME").as_deref() == Ok("current") {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    b.enable_all().build().context("starting the async runtime")
 }
 
 pub fn run(path: &Path) -> anyhow::Result<()> {
