@@ -5,6 +5,8 @@
 //! which lives in the I/O layer. This crate holds the event types and, later, the hash-chain
 //! logic; it knows nothing about sockets, files or async runtimes.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 /// One audit record.
@@ -24,11 +26,11 @@ pub enum Event {
         session: u64,
         /// Sequence number of the request within its session.
         request: u64,
-        identity: String,
-        target: String,
+        identity: Arc<str>,
+        target: Arc<str>,
         /// `query` (simple protocol), `parse` or `execute` (extended protocol).
         via: &'static str,
-        sql: String,
+        sql: Arc<str>,
         kinds: Vec<&'static str>,
         decision: &'static str,
         rule: Option<String>,

@@ -61,6 +61,7 @@ mod raw {
         pub tls_key: Option<String>,
         pub max_message_size: Option<u64>,
         pub max_connections: Option<usize>,
+        pub workers: Option<usize>,
         pub connect_timeout: Option<String>,
         pub shutdown_timeout: Option<String>,
     }
@@ -201,6 +202,8 @@ pub struct Gateway {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub max_message_size: usize,
     pub max_connections: usize,
+    /// Session threads (default: one per CPU).
+    pub workers: usize,
     pub connect_timeout: Duration,
     pub shutdown_timeout: Duration,
 }
@@ -511,6 +514,17 @@ impl Validator<'_> {
             tls,
             max_message_size,
             max_connections: g.max_connections.unwrap_or(10_000),
+            workers: match g.workers {
+                None => std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
+                Some(n) if (1..=1024).contains(&n) => n,
+                Some(n) => {
+                    return Err(self.err(format!(
+                        "[gateway] workers = {n}: must be between 1 and 1024"
+                    )))
+                }
+            },
             connect_timeout: self.duration(
                 "[gateway] connect_timeout",
                 g.connect_timeout,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_wire::startup::StartupPacket;
 
 #[derive(Debug, Clone)]
@@ -100,6 +100,11 @@ pub async fn send_cancel(key: &UpstreamKey) -> std::io::Result<()> {
     }
     .encode(&mut out);
     stream.write_all(&out).await?;
-    stream.shutdown().await?;
+    // The server closes the connection once it has signalled the backend. Waiting for that
+    // before the client's cancel connection is closed keeps libpq's PQcancel synchronous
+    // through Weir, as it is against the server directly: otherwise the client's next query
+    // could overtake the cancel and be the one cancelled.
+    let mut byte = [0u8; 1];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut byte)).await;
     Ok(())
 }

@@ -99,6 +99,14 @@ impl Gateway {
     /// Accepts connections until `shutdown` turns true, then waits for open sessions to end
     /// (up to `[gateway] shutdown_timeout`).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let workers = match Workers::start(self.shared.config.gateway.workers) {
+            Ok(w) => w,
+            Err(e) => {
+                error!(cause = %e, "cannot start worker threads");
+                return;
+            }
+        };
+        let mut next = 0usize;
         let max = self.shared.config.gateway.max_connections;
         let slots = Arc::new(Semaphore::new(max));
         let mut tasks = tokio::task::JoinSet::new();
@@ -113,10 +121,18 @@ impl Gateway {
                             continue;
                         };
                         let shared = Arc::clone(&self.shared);
-                        tasks.spawn(async move {
-                            session::run(tcp, peer, shared).await;
+                        // Hand the socket to the next worker: it must be registered with the
+                        // worker's own I/O driver, so it travels as a std socket.
+                        let Ok(std_tcp) = tcp.into_std() else { continue };
+                        let Some(worker) = workers.handles.get(next % workers.handles.len()) else { continue };
+                        next = next.wrapping_add(1);
+                        tasks.spawn_on(async move {
+                            match tokio::net::TcpStream::from_std(std_tcp) {
+                                Ok(tcp) => session::run(tcp, peer, shared).await,
+                                Err(e) => warn!(cause = %e, "cannot register an accepted connection"),
+                            }
                             drop(permit);
-                        });
+                        }, worker);
                     }
                     Err(e) => {
                         // EMFILE and friends: back off briefly instead of spinning.
@@ -143,6 +159,50 @@ impl Gateway {
                 "shutdown timeout: closing remaining sessions"
             );
             tasks.shutdown().await;
+        }
+        workers.stop();
+    }
+}
+
+/// Session threads: one single-threaded runtime per worker, each with its own I/O driver.
+/// A session lives on one worker from accept to close, so its two halves, its upstream socket
+/// and its timers never cross threads (no work stealing, no cross-core wake-ups); the acceptor
+/// spreads sessions round-robin.
+struct Workers {
+    // INVARIANT: never empty (`start` creates at least one).
+    handles: Vec<tokio::runtime::Handle>,
+    threads: Vec<(
+        std::thread::JoinHandle<()>,
+        tokio::sync::oneshot::Sender<()>,
+    )>,
+}
+
+impl Workers {
+    fn start(count: usize) -> std::io::Result<Workers> {
+        let mut handles = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..count.max(1) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(rt.handle().clone());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name(format!("weir-worker-{i}"))
+                .spawn(move || {
+                    rt.block_on(async {
+                        let _ = stopped.await;
+                    });
+                })?;
+            threads.push((thread, stop));
+        }
+        Ok(Workers { handles, threads })
+    }
+
+    fn stop(self) {
+        for (thread, stop) in self.threads {
+            let _ = stop.send(());
+            let _ = thread.join();
         }
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tracing::{debug, info, warn, Instrument};
 use weir_analyze::Analysis;
 use weir_audit::Event;
@@ -42,8 +42,43 @@ use crate::Shared;
 /// Most prepared statements (and portals) one session may hold. Each is kept with its
 /// analysis, so the count must be bounded; PostgreSQL itself has no limit.
 const MAX_PREPARED: usize = 10_000;
-/// Requests in flight between the two halves; bounds memory when a client pipelines.
+/// Requests forwarded but not yet answered; bounds memory when a client pipelines without
+/// reading. The frontend half waits when it is reached.
 const PIPELINE_DEPTH: usize = 1024;
+
+/// Hands requests from the frontend half to the backend half. Both halves run in one task, so
+/// this is a plain queue: the backend half drains it before it looks at any server bytes,
+/// and no wake-up is needed per request.
+#[derive(Default)]
+struct Inbox {
+    queue: std::sync::Mutex<VecDeque<Entry>>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    space: Notify,
+}
+
+impl Inbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Entry>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn push(&self, entry: Entry) {
+        loop {
+            let space = self.space.notified();
+            if self.in_flight.load(Ordering::Acquire) < PIPELINE_DEPTH {
+                break;
+            }
+            space.await;
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.lock().push_back(entry);
+    }
+
+    fn completed(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == PIPELINE_DEPTH {
+            self.space.notify_one();
+        }
+    }
+}
 /// Read buffer size for both directions.
 const READ_CHUNK: usize = 64 * 1024;
 /// The portal name Weir executes in place of a denied request. It cannot exist: Weir never
@@ -416,6 +451,8 @@ async fn serve(
 
     let ctx = Context {
         session,
+        identity_name: Arc::from(identity.name.as_str()),
+        target_name: Arc::from(target.name.as_str()),
         upstream_addr: target.upstream.clone(),
         target_info: TargetInfo {
             name: target.name.clone(),
@@ -431,15 +468,15 @@ async fn serve(
     } = upstream;
     let pending_client = std::mem::take(buf);
     let client_stream = std::mem::replace(client, Stream::Closed);
-    let (mut cr, mut cw) = tokio::io::split(client_stream);
-    let (mut ur, mut uw) = tokio::io::split(up);
-    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+    let (mut cr, mut cw) = crate::stream::split(client_stream);
+    let (mut ur, mut uw) = crate::stream::split(up);
+    let inbox = Inbox::default();
     let requests = AtomicU64::new(0);
 
-    let mut front = FrontendHalf::new(&ctx, tx, pending_client, &requests);
+    let mut front = FrontendHalf::new(&ctx, &inbox, pending_client, &requests);
     let mut back = BackendHalf {
         ctx: &ctx,
-        rx,
+        inbox: &inbox,
         tracker: Tracker::default(),
         buf: leftover,
     };
@@ -473,6 +510,9 @@ async fn serve(
 
 struct Context {
     session: u64,
+    /// Shared copies of the names every statement event carries.
+    identity_name: Arc<str>,
+    target_name: Arc<str>,
     upstream_addr: String,
     identity: Identity,
     target_info: TargetInfo,
@@ -488,7 +528,7 @@ struct Item {
 /// The frontend half: client → decide → upstream.
 struct FrontendHalf<'a> {
     ctx: &'a Context,
-    tx: mpsc::Sender<Entry>,
+    inbox: &'a Inbox,
     buf: BytesMut,
     /// Messages of the request being assembled, as received.
     batch: BytesMut,
@@ -507,13 +547,13 @@ struct FrontendHalf<'a> {
 impl<'a> FrontendHalf<'a> {
     fn new(
         ctx: &'a Context,
-        tx: mpsc::Sender<Entry>,
+        inbox: &'a Inbox,
         buf: BytesMut,
         requests: &'a AtomicU64,
     ) -> FrontendHalf<'a> {
         FrontendHalf {
             ctx,
-            tx,
+            inbox,
             buf,
             batch: BytesMut::new(),
             ops: VecDeque::new(),
@@ -776,10 +816,10 @@ impl<'a> FrontendHalf<'a> {
                 shared.audit.append(Event::Statement {
                     session: self.ctx.session,
                     request: id,
-                    identity: self.ctx.identity.name.clone(),
-                    target: self.ctx.target_info.name.clone(),
+                    identity: Arc::clone(&self.ctx.identity_name),
+                    target: Arc::clone(&self.ctx.target_name),
                     via: item.via,
-                    sql: item.decision.analysis.sql.to_string(),
+                    sql: Arc::clone(&item.decision.analysis.sql),
                     kinds: item
                         .decision
                         .analysis
@@ -875,10 +915,8 @@ impl<'a> FrontendHalf<'a> {
     }
 
     async fn send(&self, entry: Entry) -> Result<(), Fatal> {
-        self.tx
-            .send(entry)
-            .await
-            .map_err(|_| Fatal::new("08006", "weir: session is closing"))
+        self.inbox.push(entry).await;
+        Ok(())
     }
 }
 
@@ -900,7 +938,7 @@ fn severity(v: &Verdict) -> u8 {
 /// The backend half: upstream → result stage → client.
 struct BackendHalf<'a> {
     ctx: &'a Context,
-    rx: mpsc::Receiver<Entry>,
+    inbox: &'a Inbox,
     tracker: Tracker,
     buf: BytesMut,
 }
@@ -913,33 +951,35 @@ impl BackendHalf<'_> {
     {
         let max = self.ctx.shared.config.gateway.max_message_size;
         let mut due: Vec<Due> = Vec::new();
-        let mut rx_open = true;
         loop {
-            self.drain_entries(&mut due);
             self.process(cw, max, &mut due).await?;
             if self.buf.capacity() - self.buf.len() < 1024 {
                 self.buf.reserve(READ_CHUNK);
             }
-            tokio::select! {
-                biased;
-                entry = self.rx.recv(), if rx_open => match entry {
-                    Some(e) => self.tracker.push(e, &mut due),
-                    None => rx_open = false,
-                },
-                n = ur.read_buf(&mut self.buf) => {
-                    let n = n.map_err(|e| Fatal::new("08006", format!("weir: upstream read failed: {e}")))?;
-                    if n == 0 {
-                        return Err(Fatal::new("08006", "weir: the upstream server closed the connection"));
-                    }
+            let n = match ur.read_buf(&mut self.buf).await {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => {
+                    return Err(Fatal::new(
+                        "08006",
+                        format!("weir: upstream read failed: {e}"),
+                    ))
                 }
+            };
+            if n == 0 {
+                return Err(Fatal::new(
+                    "08006",
+                    "weir: the upstream server closed the connection",
+                ));
             }
         }
     }
 
     fn drain_entries(&mut self, due: &mut Vec<Due>) {
-        // Entries are sent before their request is written upstream, so every response in
-        // the buffer has its entry in the channel by now.
-        while let Ok(e) = self.rx.try_recv() {
+        // Entries are queued before their request is written upstream, so every response in
+        // the buffer has its entry in the inbox by now.
+        let entries: Vec<Entry> = self.inbox.lock().drain(..).collect();
+        for e in entries {
             self.tracker.push(e, due);
         }
     }
@@ -952,6 +992,10 @@ impl BackendHalf<'_> {
         max: usize,
         due: &mut Vec<Due>,
     ) -> Result<(), Fatal> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.drain_entries(due);
         // `kept` is the length of the prefix of `buf` that goes out unchanged.
         let mut kept = 0usize;
         loop {
@@ -1045,6 +1089,7 @@ impl BackendHalf<'_> {
         for d in due.drain(..) {
             match d {
                 Due::Completed(p) => {
+                    self.inbox.completed();
                     if p.audited {
                         let _ = self.ctx.shared.audit.append(Event::Completed {
                             session: self.ctx.session,

@@ -74,3 +74,68 @@ impl AsyncWrite for Stream {
         }
     }
 }
+
+/// The read half of a [`Stream`]. Plain TCP splits without a lock (`into_split`); TLS
+/// shares its state between the halves (`tokio::io::split`).
+pub enum ReadHalf {
+    Plain(tokio::net::tcp::OwnedReadHalf),
+    Shared(tokio::io::ReadHalf<Stream>),
+}
+
+pub enum WriteHalf {
+    Plain(tokio::net::tcp::OwnedWriteHalf),
+    Shared(tokio::io::WriteHalf<Stream>),
+}
+
+pub fn split(stream: Stream) -> (ReadHalf, WriteHalf) {
+    match stream {
+        Stream::Plain(tcp) => {
+            let (r, w) = tcp.into_split();
+            (ReadHalf::Plain(r), WriteHalf::Plain(w))
+        }
+        other => {
+            let (r, w) = tokio::io::split(other);
+            (ReadHalf::Shared(r), WriteHalf::Shared(w))
+        }
+    }
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadHalf::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::Shared(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            WriteHalf::Shared(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_flush(cx),
+            WriteHalf::Shared(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            WriteHalf::Shared(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

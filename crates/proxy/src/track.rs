@@ -218,11 +218,7 @@ impl Tracker {
                     self.pop_op();
                 }
             }
-            b'I' => {
-                if self.front_op() == Some(Op::Execute) {
-                    self.pop_op();
-                }
-            }
+            b'I' if self.front_op() == Some(Op::Execute) => self.pop_op(),
             _ => {}
         }
         self.settle(due);

@@ -130,9 +130,7 @@ impl SqliteStore {
     }
 }
 
-fn row_to_record(
-    row: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(i64, String, String, String, i64, Option<i64>, Option<i64>)> {
+fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
     Ok((
         row.get(0)?,
         row.get(1)?,

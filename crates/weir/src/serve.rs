@@ -28,13 +28,13 @@ pub fn install_crypto() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+/// The main runtime: accepting, signals, admin work. Sessions run on the gateway's own
+/// worker threads (`[gateway] workers`).
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = if std::env::var("WEIR_RUNTIME").as_deref() == Ok("current") {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    b.enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 pub fn run(path: &Path) -> anyhow::Result<()> {

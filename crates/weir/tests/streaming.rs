@@ -67,7 +67,7 @@ fn one_gib_copy_out_streams_in_bounded_memory() {
     assert!(g.psql(&g.alice(), "SELECT 1;\n").status.success());
     let baseline = rss_kib(g.pid());
     let sampler = Sampler::start(g.pid());
-    let out = std::process::Command::new(g.cluster.bindir().join("psql"))
+    let mut child = std::process::Command::new(g.cluster.bindir().join("psql"))
         .arg(g.alice())
         .args(["-X", "-q", "-c"])
         .arg(format!(
@@ -76,8 +76,9 @@ fn one_gib_copy_out_streams_in_bounded_memory() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = out.stdout.unwrap();
+    let mut stdout = child.stdout.take().unwrap();
     let bytes = std::io::copy(&mut stdout, &mut std::io::sink()).unwrap();
+    assert!(child.wait().unwrap().success());
     let peak = sampler.finish();
     eprintln!("COPY TO STDOUT: {bytes} bytes through the gateway; RSS baseline {baseline} KiB, peak {peak} KiB");
     assert!(bytes > 1_000_000_000, "{bytes}");

@@ -369,7 +369,20 @@ check('cancel', () =>
     })
     const start = Date.now()
     c.query(query)
-    await sleep(500)
+    // A cancel that arrives before the query reaches the server cancels nothing (as with
+    // PostgreSQL itself), so wait until the server reports it running.
+    const watcher = new pg.Client(config())
+    await watcher.connect()
+    try {
+      for (let i = 0; i < 100; i++) {
+        const r = await watcher.query(
+          "select count(*)::int as n from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'")
+        if (r.rows[0].n > 0) break
+        await sleep(100)
+      }
+    } finally {
+      await watcher.end()
+    }
     // node-postgres cancels by opening a fresh connection from a second
     // (unconnected) Client and sending CancelRequest(processID, secretKey)
     // of the target client.
