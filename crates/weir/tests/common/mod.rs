@@ -45,12 +45,19 @@ impl Gateway {
     /// Starts a cluster with database `app`, and the gateway with target `app` in front.
     /// `extra` is appended to the config file.
     pub fn start_with(opts: Options, extra: &str) -> Gateway {
+        Gateway::start_custom(opts, |_, _| extra.to_owned())
+    }
+
+    /// Like `start_with`, but `setup` runs against the cluster first and returns the extra
+    /// config text; it gets the directory the config file will live in.
+    pub fn start_custom(opts: Options, setup: impl FnOnce(&Cluster, &Path) -> String) -> Gateway {
         let cluster = Cluster::start(opts).expect("cluster");
         cluster.psql("postgres", "CREATE DATABASE app").unwrap();
         let dir = tempfile::Builder::new()
             .prefix("weir-test-")
             .tempdir()
             .unwrap();
+        let extra = setup(&cluster, dir.path());
         std::fs::write(dir.path().join("upstream-password"), &cluster.password).unwrap();
         let port = weir::cluster::free_port().unwrap();
         let config = dir.path().join("weir.toml");
@@ -275,4 +282,97 @@ pub fn repo_root() -> PathBuf {
         .join("../..")
         .canonicalize()
         .unwrap()
+}
+
+/// A minimal protocol-level client built on `weir-wire`, for tests that need exact control
+/// of the messages (what no driver would send).
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl RawClient {
+    /// Connects and authenticates as `user` with `token` to database `db`.
+    pub fn connect(port: u16, user: &str, token: &str, db: &str) -> RawClient {
+        use weir_wire::startup::StartupPacket;
+        let mut c = RawClient {
+            stream: raw(port),
+            buf: bytes::BytesMut::new(),
+        };
+        let mut out = bytes::BytesMut::new();
+        StartupPacket::Startup {
+            minor: 0,
+            params: vec![("user".into(), user.into()), ("database".into(), db.into())],
+        }
+        .encode(&mut out);
+        c.stream.write_all(&out).unwrap();
+        let auth = c.recv();
+        assert!(
+            matches!(
+                auth,
+                weir_wire::backend::Message::Authentication(
+                    weir_wire::backend::Authentication::CleartextPassword
+                )
+            ),
+            "{auth:?}"
+        );
+        let mut pw = token.as_bytes().to_vec();
+        pw.push(0);
+        c.send(&[weir_wire::frontend::Message::Password(bytes::Bytes::from(
+            pw,
+        ))]);
+        c.until_ready();
+        c
+    }
+
+    pub fn send(&mut self, msgs: &[weir_wire::frontend::Message]) {
+        let mut out = bytes::BytesMut::new();
+        for m in msgs {
+            m.encode(&mut out);
+        }
+        self.stream.write_all(&out).unwrap();
+    }
+
+    /// Reads one backend message (panics on EOF).
+    pub fn recv(&mut self) -> weir_wire::backend::Message {
+        loop {
+            if let Some(h) = weir_wire::Header::parse(&self.buf, 1 << 30).unwrap() {
+                if self.buf.len() >= h.frame_len() {
+                    let frame = self.buf.split_to(h.frame_len()).freeze();
+                    return weir_wire::backend::Message::decode(h.tag, frame.slice(5..)).unwrap();
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            let n = self.stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads up to and including ReadyForQuery; returns everything before it and the status.
+    pub fn until_ready(
+        &mut self,
+    ) -> (
+        Vec<weir_wire::backend::Message>,
+        weir_wire::backend::TxStatus,
+    ) {
+        let mut msgs = Vec::new();
+        loop {
+            match self.recv() {
+                weir_wire::backend::Message::ReadyForQuery(s) => return (msgs, s),
+                m => msgs.push(m),
+            }
+        }
+    }
+}
+
+/// The SQLSTATE and message of the first ErrorResponse among `msgs`.
+pub fn first_error(msgs: &[weir_wire::backend::Message]) -> Option<(String, String)> {
+    msgs.iter().find_map(|m| match m {
+        weir_wire::backend::Message::ErrorResponse(f) => Some((
+            f.code().unwrap_or("").to_owned(),
+            String::from_utf8_lossy(f.get(b'M').map(|b| b.as_ref()).unwrap_or(b"")).into_owned(),
+        )),
+        _ => None,
+    })
 }
