@@ -61,20 +61,29 @@ impl Inbox {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn push(&self, entry: Entry) {
-        loop {
-            let space = self.space.notified();
-            if self.in_flight.load(Ordering::Acquire) < PIPELINE_DEPTH {
-                break;
-            }
-            space.await;
-        }
+    fn push(&self, entry: Entry) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.lock().push_back(entry);
     }
 
+    fn is_full(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) >= PIPELINE_DEPTH
+    }
+
+    /// Waits until fewer than [`PIPELINE_DEPTH`] requests are in flight. The caller must
+    /// have written every queued request upstream first, or nothing could complete.
+    async fn wait_for_space(&self) {
+        loop {
+            let space = self.space.notified();
+            if !self.is_full() {
+                return;
+            }
+            space.await;
+        }
+    }
+
     fn completed(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == PIPELINE_DEPTH {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) <= PIPELINE_DEPTH {
             self.space.notify_one();
         }
     }
@@ -588,6 +597,15 @@ impl<'a> FrontendHalf<'a> {
                     }
                     return Ok("client terminated");
                 }
+                if self.inbox.is_full() {
+                    // A client pipelining faster than it reads: forward what is queued, then
+                    // wait for answers before taking more.
+                    uw.write_all(&out).await.map_err(|e| {
+                        Fatal::new("08006", format!("weir: upstream write failed: {e}"))
+                    })?;
+                    out.clear();
+                    self.inbox.wait_for_space().await;
+                }
             }
             if !out.is_empty() {
                 uw.write_all(&out).await.map_err(|e| {
@@ -915,7 +933,7 @@ impl<'a> FrontendHalf<'a> {
     }
 
     async fn send(&self, entry: Entry) -> Result<(), Fatal> {
-        self.inbox.push(entry).await;
+        self.inbox.push(entry);
         Ok(())
     }
 }

@@ -210,3 +210,37 @@ fn every_request_is_audited_before_its_completion() {
         assert_eq!(events[done]["rows"], 1);
     }
 }
+
+#[test]
+fn deep_pipeline_in_one_write_is_answered_in_full() {
+    // Far more requests than the gateway keeps in flight, all in one write: it must forward,
+    // wait for answers and go on, never stall.
+    let g = Gateway::start();
+    let mut c = RawClient::connect(g.port, "alice", ALICE_TOKEN, "app");
+    let n = 5000;
+    let mut batch = Vec::new();
+    for i in 0..n {
+        batch.push(parse(format!("SELECT {i}").as_bytes()));
+        batch.push(bind());
+        batch.push(exec());
+        batch.push(F::Sync);
+    }
+    let writer = {
+        let mut stream = c.stream.try_clone().unwrap();
+        let mut out = bytes::BytesMut::new();
+        for m in &batch {
+            m.encode(&mut out);
+        }
+        std::thread::spawn(move || std::io::Write::write_all(&mut stream, &out).unwrap())
+    };
+    for i in 0..n {
+        let (msgs, _) = c.until_ready();
+        let want = i.to_string();
+        assert!(
+            msgs.iter()
+                .any(|m| matches!(m, B::DataRow(v) if v[0].as_deref() == Some(want.as_bytes()))),
+            "{i}: {msgs:?}"
+        );
+    }
+    writer.join().unwrap();
+}
