@@ -410,16 +410,6 @@ impl Config {
     }
 }
 
-/// Parses an identity kind as written in config and on the command line.
-pub fn parse_kind(s: &str) -> Option<IdentityKind> {
-    match s {
-        "human" => Some(IdentityKind::Human),
-        "service" => Some(IdentityKind::Service),
-        "agent" => Some(IdentityKind::Agent),
-        _ => None,
-    }
-}
-
 struct Validator<'a> {
     path: &'a Path,
     dir: &'a Path,
@@ -539,7 +529,7 @@ impl Validator<'_> {
 
         let mut statics: Vec<StaticIdentity> = Vec::new();
         for s in raw.identity.statics {
-            let kind = parse_kind(&s.kind).ok_or_else(|| {
+            let kind = IdentityKind::parse(&s.kind).ok_or_else(|| {
                 self.err(format!(
                     "[[identity.static]] {}: kind = {:?} must be human, service or agent",
                     s.name, s.kind

@@ -20,6 +20,16 @@ pub enum IdentityKind {
 }
 
 impl IdentityKind {
+    /// Parses the spelling used in config, on the command line and in the store.
+    pub fn parse(s: &str) -> Option<IdentityKind> {
+        match s {
+            "human" => Some(IdentityKind::Human),
+            "service" => Some(IdentityKind::Service),
+            "agent" => Some(IdentityKind::Agent),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             IdentityKind::Human => "human",
@@ -76,7 +86,8 @@ impl Verdict {
         }
     }
 
-    fn severity(&self) -> u8 {
+    /// Rank for combining verdicts: the most severe one governs.
+    pub fn severity(&self) -> u8 {
         match self {
             Verdict::Allow => 0,
             Verdict::AllowBounded { .. } => 1,

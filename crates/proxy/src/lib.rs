@@ -117,7 +117,7 @@ impl Gateway {
                     Ok((tcp, peer)) => {
                         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
                             warn!(%peer, max, "connection limit reached; refusing");
-                            drop(tcp);
+                            tokio::spawn(refuse(tcp));
                             continue;
                         };
                         let shared = Arc::clone(&self.shared);
@@ -162,6 +162,17 @@ impl Gateway {
         }
         workers.stop();
     }
+}
+
+/// Tells a client over the connection limit why it is turned away, as PostgreSQL does.
+async fn refuse(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let frame = weir_wire::backend::Message::error(weir_wire::backend::Fields::new(
+        "FATAL",
+        "53300",
+        "weir: too many connections to the gateway ([gateway] max_connections)",
+    ));
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tcp.write_all(&frame)).await;
 }
 
 /// Session threads: one single-threaded runtime per worker, each with its own I/O driver.

@@ -821,7 +821,7 @@ impl<'a> FrontendHalf<'a> {
         let verdict = items
             .iter()
             .map(|i| i.decision.overall())
-            .max_by_key(|v| severity(v))
+            .max_by_key(|v| v.severity())
             .cloned()
             .unwrap_or(Verdict::Allow);
 
@@ -872,7 +872,7 @@ impl<'a> FrontendHalf<'a> {
                     .unwrap_or_default();
                 let ops = std::mem::take(&mut self.ops);
                 let pending = Pending::new(id, ops, stage);
-                self.send(Entry::Request(pending)).await?;
+                self.send(Entry::Request(pending));
                 out.extend_from_slice(&self.batch);
                 self.batch.clear();
                 Ok(())
@@ -929,12 +929,12 @@ impl<'a> FrontendHalf<'a> {
         let mut pending = Pending::new(id, ops, ResultStage::Passthrough);
         pending.denial = Some(Backend::error(fields).freeze());
         pending.audited = false;
-        self.send(Entry::Request(pending)).await
+        self.send(Entry::Request(pending));
+        Ok(())
     }
 
-    async fn send(&self, entry: Entry) -> Result<(), Fatal> {
+    fn send(&self, entry: Entry) {
         self.inbox.push(entry);
-        Ok(())
     }
 }
 
@@ -942,15 +942,6 @@ impl<'a> FrontendHalf<'a> {
 enum BatchEnd {
     Sync,
     Flush,
-}
-
-fn severity(v: &Verdict) -> u8 {
-    match v {
-        Verdict::Allow => 0,
-        Verdict::AllowBounded { .. } => 1,
-        Verdict::RequireApproval { .. } => 2,
-        Verdict::Deny { .. } => 3,
-    }
 }
 
 /// The backend half: upstream → result stage → client.

@@ -70,17 +70,8 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-fn kind_str(k: IdentityKind) -> &'static str {
-    k.as_str()
-}
-
 fn parse_kind(s: &str) -> Result<IdentityKind, StoreError> {
-    match s {
-        "human" => Ok(IdentityKind::Human),
-        "service" => Ok(IdentityKind::Service),
-        "agent" => Ok(IdentityKind::Agent),
-        other => Err(StoreError::Corrupt(format!("identity kind {other:?}"))),
-    }
+    IdentityKind::parse(s).ok_or_else(|| StoreError::Corrupt(format!("identity kind {s:?}")))
 }
 
 /// The embedded store.
@@ -174,7 +165,7 @@ impl Store for SqliteStore {
                 "INSERT INTO tokens (name, kind, groups, hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     t.name,
-                    kind_str(t.kind),
+                    t.kind.as_str(),
                     groups,
                     &t.hash[..],
                     now as i64,

@@ -36,7 +36,7 @@ pub fn create(
     ttl: Option<&str>,
 ) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let kind = weir_config::parse_kind(kind)
+    let kind = weir_policy::IdentityKind::parse(kind)
         .with_context(|| format!("--kind {kind:?}: must be human, service or agent"))?;
     if name.is_empty() {
         bail!("--name must not be empty");
