@@ -613,20 +613,9 @@ impl<'a> FrontendHalf<'a> {
                 })?;
                 out.clear();
             }
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(READ_CHUNK);
-            }
-            let n = match cr.read_buf(&mut self.buf).await {
-                Ok(n) => n,
-                // TLS clients often close without close_notify: that is a disconnect too.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-                Err(e) => {
-                    return Err(Fatal::new(
-                        "08006",
-                        format!("weir: client read failed: {e}"),
-                    ))
-                }
-            };
+            let n = read_more(cr, &mut self.buf)
+                .await
+                .map_err(|e| Fatal::new("08006", format!("weir: client read failed: {e}")))?;
             if n == 0 {
                 // The client vanished without Terminate: end the upstream session too.
                 let mut term = BytesMut::new();
@@ -962,19 +951,9 @@ impl BackendHalf<'_> {
         let mut due: Vec<Due> = Vec::new();
         loop {
             self.process(cw, max, &mut due).await?;
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(READ_CHUNK);
-            }
-            let n = match ur.read_buf(&mut self.buf).await {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-                Err(e) => {
-                    return Err(Fatal::new(
-                        "08006",
-                        format!("weir: upstream read failed: {e}"),
-                    ))
-                }
-            };
+            let n = read_more(ur, &mut self.buf)
+                .await
+                .map_err(|e| Fatal::new("08006", format!("weir: upstream read failed: {e}")))?;
             if n == 0 {
                 return Err(Fatal::new(
                     "08006",
@@ -1113,6 +1092,18 @@ impl BackendHalf<'_> {
                 }
             }
         }
+    }
+}
+
+/// Reads whatever is available into `buf`, keeping at least 1 KiB of room. A peer that
+/// closes a TLS stream without close_notify has disconnected, like a plain EOF: 0.
+async fn read_more<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_CHUNK);
+    }
+    match r.read_buf(buf).await {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+        other => other,
     }
 }
 
