@@ -5,33 +5,175 @@
 //! again. It is a plain library: no sockets, no async runtime, no knowledge of identities.
 //!
 //! The gateway core ships the seam with a deliberately conservative analyzer: it records the
-//! text and marks every statement [`StatementKind::Unclassified`]. The real parser
-//! (libpg_query) replaces the body of [`analyze`] without changing its callers.
+//! text and marks every statement [`StatementKind::Unclassified`]. [`postgres::analyze_sql`]
+//! is the libpg_query analyzer that replaces it (being wired in: see ARCHITECTURE.md).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+
+pub mod postgres;
 
 /// What a statement does, as far as policy is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StatementKind {
     /// Not classified by this analyzer. Policy must treat it as the most dangerous kind.
     Unclassified,
+    /// A statement type the analyzer does not know. Denied.
+    Unknown,
     /// An empty query string (PostgreSQL answers EmptyQueryResponse).
     Empty,
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Merge,
+    /// CREATE / ALTER / COMMENT …, CREATE TABLE AS, SELECT INTO.
+    Ddl,
+    Drop,
+    Truncate,
+    /// GRANT, REVOKE, roles, default privileges, REASSIGN OWNED.
+    Privilege,
+    Copy,
+    Transaction,
+    Set,
+    Show,
+    Explain,
+    Prepare,
+    Execute,
+    Deallocate,
+    Cursor,
+    Notify,
+    /// DO: an anonymous code block whose effect cannot be known.
+    Do,
+    /// CALL: a procedure whose effect cannot be known.
+    Call,
+    Lock,
+    Maintenance,
+    Discard,
+    /// LOAD: loads a shared library into the server.
+    Load,
+    AlterSystem,
 }
 
 impl StatementKind {
     pub fn as_str(self) -> &'static str {
         match self {
             StatementKind::Unclassified => "unclassified",
+            StatementKind::Unknown => "unknown",
             StatementKind::Empty => "empty",
+            StatementKind::Select => "select",
+            StatementKind::Insert => "insert",
+            StatementKind::Update => "update",
+            StatementKind::Delete => "delete",
+            StatementKind::Merge => "merge",
+            StatementKind::Ddl => "ddl",
+            StatementKind::Drop => "drop",
+            StatementKind::Truncate => "truncate",
+            StatementKind::Privilege => "privilege",
+            StatementKind::Copy => "copy",
+            StatementKind::Transaction => "transaction",
+            StatementKind::Set => "set",
+            StatementKind::Show => "show",
+            StatementKind::Explain => "explain",
+            StatementKind::Prepare => "prepare",
+            StatementKind::Execute => "execute",
+            StatementKind::Deallocate => "deallocate",
+            StatementKind::Cursor => "cursor",
+            StatementKind::Notify => "notify",
+            StatementKind::Do => "do",
+            StatementKind::Call => "call",
+            StatementKind::Lock => "lock",
+            StatementKind::Maintenance => "maintenance",
+            StatementKind::Discard => "discard",
+            StatementKind::Load => "load",
+            StatementKind::AlterSystem => "alter_system",
         }
     }
+}
+
+/// Where COPY reads or writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyEndpoint {
+    /// STDIN / STDOUT: the client's side of the connection.
+    Client,
+    /// A file on the database server.
+    ServerFile(String),
+    /// A program run on the database server.
+    Program(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyFacts {
+    /// COPY … FROM (loads into a table) rather than TO.
+    pub from: bool,
+    pub endpoint: CopyEndpoint,
 }
 
 /// Facts about one statement of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatementFacts {
     pub kind: StatementKind,
+    /// The parser's node name (`SelectStmt`, …), for audit and diagnostics.
+    pub node: String,
+    /// Tables read, as written in the statement (`schema.table` when qualified).
+    pub tables_read: BTreeSet<String>,
+    /// Tables written, created, altered or dropped.
+    pub tables_written: BTreeSet<String>,
+    /// Functions called anywhere in the statement, lower-cased, qualified as written.
+    pub functions: BTreeSet<String>,
+    /// UPDATE / DELETE / MERGE: a WHERE clause is present…
+    pub has_where: bool,
+    /// …and restricts rows (not `true`, `1 = 1`, `id = id`, …).
+    pub where_effective: bool,
+    pub has_limit: bool,
+    /// The statement (or any statement nested in it) changes data.
+    pub writes: bool,
+    /// A data-modifying statement is nested inside (e.g. in a CTE).
+    pub nested_write: bool,
+    /// A nested statement type the analyzer does not know.
+    pub unknown_nested: bool,
+    /// What it does cannot be known from the text (DO, CALL, EXECUTE of a name).
+    pub unknown_effect: bool,
+    /// Runs as EXPLAIN ANALYZE (the statement executes).
+    pub explain_analyze: bool,
+    pub copy: Option<CopyFacts>,
+    /// SET / RESET: the setting's name.
+    pub setting: Option<String>,
+    pub transaction: Option<&'static str>,
+    /// DO / CREATE FUNCTION: the language, and whether it is untrusted.
+    pub language: Option<String>,
+    pub untrusted_language: bool,
+    /// PREPARE / DECLARE / EXECUTE: the statement or cursor name.
+    pub name: Option<String>,
+    /// PREPARE / DECLARE: the statement they hold.
+    pub inner: Option<Box<StatementFacts>>,
+}
+
+impl StatementFacts {
+    pub fn new(kind: StatementKind) -> StatementFacts {
+        StatementFacts {
+            kind,
+            node: String::new(),
+            tables_read: BTreeSet::new(),
+            tables_written: BTreeSet::new(),
+            functions: BTreeSet::new(),
+            has_where: false,
+            where_effective: false,
+            has_limit: false,
+            writes: false,
+            nested_write: false,
+            unknown_nested: false,
+            unknown_effect: false,
+            explain_analyze: false,
+            copy: None,
+            setting: None,
+            transaction: None,
+            language: None,
+            untrusted_language: false,
+            name: None,
+            inner: None,
+        }
+    }
 }
 
 /// The analysis of one SQL text: a Query message's string or a Parse message's statement.
@@ -48,6 +190,10 @@ pub struct Analysis {
 pub enum AnalyzeError {
     #[error("statement text is not valid UTF-8")]
     NotUtf8,
+    #[error("statement does not parse: {0}")]
+    Parse(String),
+    #[error("analyzer failure: {0}")]
+    Internal(String),
 }
 
 /// Analyzes one SQL text. The bytes come straight from the wire.
@@ -60,7 +206,7 @@ pub fn analyze(sql: &[u8]) -> Result<Arc<Analysis>, AnalyzeError> {
     };
     Ok(Arc::new(Analysis {
         sql: Arc::from(text),
-        statements: vec![StatementFacts { kind }],
+        statements: vec![StatementFacts::new(kind)],
     }))
 }
 
