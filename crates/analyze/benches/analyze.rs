@@ -1,0 +1,42 @@
+//! Cost of analyzing one statement with libpg_query, uncached: the figure the statement cache
+//! has to beat on the gateway's hot path.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use weir_analyze::postgres::analyze_sql;
+
+fn analyze(c: &mut Criterion) {
+    let mut g = c.benchmark_group("analyze (cold)");
+    for (name, sql) in [
+        ("pgbench select", "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"),
+        ("pgbench update", "UPDATE pgbench_accounts SET abalance = abalance + -3911 WHERE aid = 48213;"),
+        (
+            "join + subquery",
+            "SELECT c.full_name, o.total_cents FROM customers c JOIN orders o ON o.customer_id = c.id \
+             WHERE c.id IN (SELECT customer_id FROM orders WHERE status = 'refunded') ORDER BY 2 DESC LIMIT 10",
+        ),
+    ] {
+        g.bench_function(name, |b| b.iter(|| analyze_sql(sql).unwrap()));
+    }
+    g.finish();
+    let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;";
+    let mut g = c.benchmark_group("libpg_query primitives");
+    g.bench_function("parse only", |b| {
+        b.iter(|| pg_query::parse(sql, 0).unwrap())
+    });
+    g.bench_function("normalize", |b| {
+        b.iter(|| pg_query::normalize(sql).unwrap())
+    });
+    g.bench_function("fingerprint", |b| {
+        b.iter(|| pg_query::fingerprint(sql, 0, 0).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, analyze);
+criterion_main!(benches);
