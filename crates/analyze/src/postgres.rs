@@ -7,6 +7,10 @@
 //! node holds it. What *does* need node-specific knowledge — the statement kind, which relation
 //! a statement writes, WHERE, LIMIT, COPY's source, SET's name — is read from the few node types
 //! that carry it, and a statement type not in the table below is [`StatementKind::Unknown`].
+//!
+//! INVARIANT: facts never depend on the *value* of a constant (only on whether an expression
+//! is constant). Two texts that differ only in constants have the same facts, which is what
+//! lets [`crate::Analyzer`] cache by normalized text.
 
 use std::collections::BTreeSet;
 
@@ -197,9 +201,16 @@ fn statement(value: &Value) -> StatementFacts {
     f.node = name.to_owned();
     match name {
         "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
-            let w = body.get("where_clause").filter(|w| !w.is_null());
+            // MERGE restricts rows by its join condition.
+            let field = if name == "MergeStmt" {
+                "join_condition"
+            } else {
+                "where_clause"
+            };
+            let w = body.get(field).filter(|w| !w.is_null());
             f.has_where = w.is_some();
             f.where_effective = w.is_some_and(|w| !tautology(w));
+            f.unrestricted_write = !f.where_effective;
         }
         "SelectStmt" => {
             f.has_limit = body.get("limit_count").is_some_and(|l| !l.is_null());
@@ -385,6 +396,14 @@ fn walk(top: &str, body: &Map<String, Value>, f: &mut StatementFacts) {
                         f.writes = true;
                         if node != top {
                             f.nested_write = true;
+                            if matches!(node, "UpdateStmt" | "DeleteStmt")
+                                && inner
+                                    .get("where_clause")
+                                    .filter(|w| !w.is_null())
+                                    .is_none_or(tautology)
+                            {
+                                f.unrestricted_write = true;
+                            }
                         }
                     }
                     if node.ends_with("Stmt")

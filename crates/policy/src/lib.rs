@@ -8,9 +8,14 @@
 //! errors are decisions too: anything that goes wrong while deciding is a [`Verdict::Deny`].
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use weir_analyze::Analysis;
+use weir_analyze::{Analysis, StatementFacts};
+
+pub mod cedar;
+
+pub use cedar::PolicyError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentityKind {
@@ -51,10 +56,34 @@ pub struct Identity {
 }
 
 /// What policy needs to know about a target.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TargetInfo {
     pub name: String,
     pub environment: String,
+    /// Sensitivity tags by table (`schema.table`), from `[target.tables]`.
+    pub sensitivity: BTreeMap<String, String>,
+}
+
+impl TargetInfo {
+    /// Tags of the tables a statement touches. An unqualified name also matches `public.`.
+    fn tags(&self, f: &StatementFacts) -> Vec<String> {
+        let mut tags: Vec<String> = f
+            .tables_read
+            .iter()
+            .chain(f.tables_written.iter())
+            .filter_map(|t| {
+                self.sensitivity.get(t).or_else(|| {
+                    (!t.contains('.'))
+                        .then(|| self.sensitivity.get(&format!("public.{t}")))
+                        .flatten()
+                })
+            })
+            .cloned()
+            .collect();
+        tags.sort();
+        tags.dedup();
+        tags
+    }
 }
 
 /// The outcome for one statement. Where rules disagree, deny beats approval beats bound
@@ -114,25 +143,71 @@ impl Decision {
     }
 }
 
-/// The policy engine. The gateway core allows every statement; the Cedar engine replaces
-/// the body of [`Policy::decide`] without changing its callers.
-#[derive(Debug, Clone, Default)]
-pub struct Policy {}
+/// The policy engine: Cedar policies (the built-in defaults and the operator's files),
+/// validated against Weir's schema at load.
+pub struct Policy {
+    engine: Option<cedar::Engine>,
+}
+
+/// What a session keeps to decide its statements: its principal and target as Cedar
+/// entities, built once at connect.
+pub struct PolicySession {
+    entities: Option<cedar::SessionEntities>,
+    target: TargetInfo,
+}
 
 impl Policy {
+    /// No rules at all: everything is allowed. For tests of other stages only.
     pub fn allow_all() -> Policy {
-        Policy {}
+        Policy { engine: None }
     }
 
-    pub fn decide(
+    /// Loads and validates the policy set. Errors name the file and line.
+    pub fn load(
+        defaults: bool,
+        admin_group: &str,
+        files: &[PathBuf],
+    ) -> Result<Policy, PolicyError> {
+        Ok(Policy {
+            engine: Some(cedar::Engine::load(defaults, admin_group, files)?),
+        })
+    }
+
+    pub fn session(
         &self,
-        _who: &Identity,
-        _target: &TargetInfo,
-        analysis: &Arc<Analysis>,
-    ) -> Decision {
+        who: &Identity,
+        target: &TargetInfo,
+    ) -> Result<PolicySession, PolicyError> {
+        Ok(PolicySession {
+            entities: self
+                .engine
+                .as_ref()
+                .map(|e| e.session(who, target))
+                .transpose()?,
+            target: target.clone(),
+        })
+    }
+
+    /// Decides every statement of an analyzed text.
+    pub fn decide(&self, session: &PolicySession, analysis: &Arc<Analysis>) -> Decision {
+        let verdicts = analysis
+            .statements
+            .iter()
+            .map(|f| {
+                // PREPARE and DECLARE are decided as the statement they hold: that is what
+                // EXECUTE and FETCH will run.
+                let f = f.inner.as_deref().unwrap_or(f);
+                match (&self.engine, &session.entities) {
+                    (Some(engine), Some(entities)) => {
+                        engine.decide(entities, f, &session.target.tags(f))
+                    }
+                    _ => Verdict::Allow,
+                }
+            })
+            .collect();
         Decision {
             analysis: Arc::clone(analysis),
-            verdicts: analysis.statements.iter().map(|_| Verdict::Allow).collect(),
+            verdicts,
         }
     }
 }

