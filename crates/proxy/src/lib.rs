@@ -47,6 +47,7 @@ pub enum GatewayError {
 pub struct Shared {
     pub config: Config,
     pub auth: Authenticator,
+    pub analyzer: weir_analyze::Analyzer,
     pub policy: Policy,
     pub audit: Arc<dyn AuditSink>,
     pub cancels: CancelRegistry,
@@ -83,6 +84,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             auth: Authenticator::new(&config, store),
             config,
+            analyzer: weir_analyze::Analyzer::new(),
             policy,
             audit,
             cancels: CancelRegistry::default(),

@@ -22,11 +22,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn, Instrument};
-use weir_analyze::Analysis;
+use weir_analyze::{AnalyzeError, StatementFacts};
 use weir_audit::Event;
 use weir_config::Target;
 use weir_mask::{ResultStage, Rewrite};
-use weir_policy::{Decision, Identity, TargetInfo, Verdict};
+use weir_policy::{Decision, Identity, PolicySession, TargetInfo, Verdict};
 use weir_wire::backend::{Authentication, Fields, Message as Backend, TxStatus};
 use weir_wire::frontend::{Message as Frontend, Target as DescribeTarget};
 use weir_wire::startup::StartupPacket;
@@ -458,15 +458,30 @@ async fn serve(
         ));
     }
 
+    let target_info = TargetInfo {
+        name: target.name.clone(),
+        environment: target.environment.as_str().to_owned(),
+        sensitivity: target
+            .tables
+            .iter()
+            .filter_map(|(table, tags)| tags.sensitivity.clone().map(|s| (table.clone(), s)))
+            .collect(),
+    };
+    let policy = shared
+        .policy
+        .session(&identity, &target_info)
+        .map_err(|e| {
+            Fatal::new(
+                "58000",
+                format!("weir: cannot evaluate policy for this session, so it is refused: {e}"),
+            )
+        })?;
     let ctx = Context {
         session,
         identity_name: Arc::from(identity.name.as_str()),
         target_name: Arc::from(target.name.as_str()),
         upstream_addr: target.upstream.clone(),
-        target_info: TargetInfo {
-            name: target.name.clone(),
-            environment: target.environment.as_str().to_owned(),
-        },
+        policy,
         identity,
         shared: Arc::clone(shared),
     };
@@ -508,7 +523,7 @@ async fn serve(
         .append(Event::ConnectionClosed {
             session,
             identity: ctx.identity.name.clone(),
-            target: ctx.target_info.name.clone(),
+            target: ctx.target_name.to_string(),
             requests: requests.load(Ordering::Relaxed),
             reason,
         })
@@ -524,7 +539,7 @@ struct Context {
     target_name: Arc<str>,
     upstream_addr: String,
     identity: Identity,
-    target_info: TargetInfo,
+    policy: PolicySession,
     shared: Arc<Shared>,
 }
 
@@ -550,6 +565,8 @@ struct FrontendHalf<'a> {
     /// After a denied request that ended with Flush: drop messages until Sync, as the
     /// server does after an error.
     skip_until_sync: bool,
+    /// Verdicts already reached in this session, by the facts they were reached for.
+    decisions: HashMap<usize, (Arc<[StatementFacts]>, Vec<Verdict>)>,
     requests: &'a AtomicU64,
 }
 
@@ -570,6 +587,7 @@ impl<'a> FrontendHalf<'a> {
             statements: HashMap::new(),
             portals: HashMap::new(),
             skip_until_sync: false,
+            decisions: HashMap::new(),
             requests,
         }
     }
@@ -778,25 +796,46 @@ impl<'a> FrontendHalf<'a> {
     }
 
     /// Analyze + decide one SQL text. Analysis failure fails closed: the request is denied.
-    fn decide(&self, sql: &[u8]) -> Result<Arc<Decision>, Fatal> {
+    /// Texts that share facts (the analyzer's cache hands out the same `Arc`) share the
+    /// session's decision too: identity and target do not change within a session.
+    fn decide(&mut self, sql: &[u8]) -> Result<Arc<Decision>, Fatal> {
         let shared = &self.ctx.shared;
-        let decision = match weir_analyze::analyze(sql) {
-            Ok(analysis) => {
-                shared
-                    .policy
-                    .decide(&self.ctx.identity, &self.ctx.target_info, &analysis)
+        let analysis = match shared.analyzer.analyze(sql) {
+            Ok(a) => a,
+            Err(e) => {
+                let rule = match e {
+                    AnalyzeError::Parse(_) => "weir.parse",
+                    AnalyzeError::NotUtf8 | AnalyzeError::Internal(_) => "weir.analyze",
+                };
+                return Ok(Arc::new(Decision {
+                    analysis: Arc::new(weir_analyze::Analysis {
+                        sql: Arc::from(String::from_utf8_lossy(sql).as_ref()),
+                        statements: Vec::new().into(),
+                    }),
+                    verdicts: vec![Verdict::Deny {
+                        rule: rule.into(),
+                        reason: e.to_string(),
+                    }],
+                }));
             }
-            Err(e) => Decision {
-                analysis: Arc::new(Analysis {
-                    sql: Arc::from(String::from_utf8_lossy(sql).as_ref()),
-                    statements: Vec::new(),
-                }),
-                verdicts: vec![Verdict::Deny {
-                    rule: "weir.analyze".into(),
-                    reason: e.to_string(),
-                }],
-            },
         };
+        // INVARIANT: the cache holds the facts' `Arc`, so the address cannot be reused by
+        // other facts while the entry exists.
+        let key = Arc::as_ptr(&analysis.statements) as *const StatementFacts as usize;
+        if let Some((_, verdicts)) = self.decisions.get(&key) {
+            return Ok(Arc::new(Decision {
+                analysis,
+                verdicts: verdicts.clone(),
+            }));
+        }
+        let decision = shared.policy.decide(&self.ctx.policy, &analysis);
+        if self.decisions.len() >= MAX_PREPARED {
+            self.decisions.clear();
+        }
+        self.decisions.insert(
+            key,
+            (Arc::clone(&analysis.statements), decision.verdicts.clone()),
+        );
         Ok(Arc::new(decision))
     }
 

@@ -43,17 +43,13 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
     std::fs::write(&config_path, config_text(&listen, cluster.port))?;
     let config = Config::load(&config_path)?;
     let store = crate::serve::open_store(&config)?;
+    let policy = crate::serve::load_policy(&config)?;
 
     let rt = crate::serve::runtime()?;
     rt.block_on(async {
-        let gateway = Gateway::bind(
-            config,
-            store,
-            weir_policy::Policy::allow_all(),
-            Arc::new(LogSink),
-        )
-        .await
-        .context("starting the gateway")?;
+        let gateway = Gateway::bind(config, store, policy, Arc::new(LogSink))
+            .await
+            .context("starting the gateway")?;
         let addr = gateway.local_addr()?;
         println!("{}", banner(&addr.to_string(), &cluster, &config_path));
         let (tx, rx) = watch::channel(false);

@@ -481,7 +481,8 @@ check('error_passthrough', () =>
     assert.match(e.message, /division by zero/)
     const e2 = await expectError(c.query('select * from weir_no_such_table_xyz'), '42P01', 'undefined table')
     assert.ok(e2.position, 'error position missing')
-    await expectError(c.query('selec 1'), '42601', 'syntax error')
+    // A statement that does not parse never reaches the server: Weir denies it (fail closed).
+    await expectError(c.query('selec 1'), '42501', 'unparsable statement denied')
     await expectError(c.query('select $1::int / 0', [1]), '22012', 'extended 1/0')
     await expectError(c.query({ name: `weir_err_${PID}`, text: 'select $1::int / 0', values: [1] }), '22012', 'named 1/0')
     assert.deepEqual((await c.query('select 1 as x')).rows, [{ x: 1 }])

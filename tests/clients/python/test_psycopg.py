@@ -414,11 +414,13 @@ def error_passthrough():
         except errors.UndefinedTable as e:
             expect_eq(e.sqlstate, "42P01", "undefined table sqlstate")
             expect(e.diag.statement_position is not None, "error position missing")
+        # A statement that does not parse never reaches the server: Weir denies it (fail closed).
         try:
             conn.execute("selec 1")
             raise CheckFailed("syntax error did not raise")
-        except errors.SyntaxError as e:
-            expect_eq(e.sqlstate, "42601", "syntax error sqlstate")
+        except errors.InsufficientPrivilege as e:
+            expect_eq(e.sqlstate, "42501", "unparsable statement sqlstate")
+            expect(e.diag.message_primary.startswith("weir: denied by weir.parse"), f"message: {e.diag.message_primary!r}")
         # Same via the extended protocol with parameters.
         try:
             conn.execute("select %s::int / 0", (1,))
