@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 pub mod postgres;
+mod shape;
 
 /// What a statement does, as far as policy is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -206,6 +207,9 @@ type FactsMap = std::collections::HashMap<Box<str>, Arc<[StatementFacts]>>;
 pub struct Analyzer {
     exact: std::sync::Mutex<FactsMap>,
     normalized: std::sync::Mutex<FactsMap>,
+    /// By [`shape::fast_key`]; an entry is only added by a text whose fast key equals its
+    /// libpg_query normalization, so the fast scanner is trusted for shapes it got right.
+    shaped: std::sync::Mutex<FactsMap>,
 }
 
 fn get(map: &std::sync::Mutex<FactsMap>, key: &str) -> Option<Arc<[StatementFacts]>> {
@@ -240,6 +244,10 @@ impl Analyzer {
         if let Some(facts) = get(&self.exact, text) {
             return done(facts);
         }
+        let fast = shape::fast_key(text);
+        if let Some(facts) = fast.as_deref().and_then(|k| get(&self.shaped, k)) {
+            return done(facts);
+        }
         let normalized = pg_query::normalize(text).ok();
         if let Some(n) = normalized.as_deref().filter(|n| *n != text) {
             if let Some(facts) = get(&self.normalized, n) {
@@ -251,7 +259,10 @@ impl Analyzer {
             match normalized.as_deref() {
                 Some(n) if n == text => put(&self.exact, text, &facts),
                 Some(n) if postgres::analyze_sql(n).is_ok_and(|nf| nf.as_slice() == &facts[..]) => {
-                    put(&self.normalized, n, &facts)
+                    put(&self.normalized, n, &facts);
+                    if fast.as_deref() == Some(n) {
+                        put(&self.shaped, n, &facts);
+                    }
                 }
                 _ => {}
             }

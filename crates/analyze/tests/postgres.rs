@@ -238,3 +238,44 @@ fn regression_corpus_classifies() {
         "{share:.2}% classified; unknown: {unknown:?}"
     );
 }
+
+#[test]
+fn cache_never_hands_one_statement_another_ones_facts() {
+    let a = weir_analyze::Analyzer::new();
+    let facts = |sql: &str| a.analyze(sql.as_bytes()).unwrap().statements.to_vec();
+    // Warm the cache with restricted deletes, then ask for look-alikes that are not.
+    for _ in 0..3 {
+        assert!(facts("DELETE FROM t WHERE id = 1")[0].where_effective);
+        assert!(facts("DELETE FROM t WHERE id = 2")[0].where_effective);
+        assert!(!facts("DELETE FROM t WHERE 1 = 1")[0].where_effective);
+        assert!(!facts("DELETE FROM t WHERE 2 = 2")[0].where_effective);
+        assert!(!facts("DELETE FROM t WHERE id = id")[0].where_effective);
+        assert_eq!(facts("SELECT * FROM t WHERE a = 'x'")[0].kind, K::Select);
+        assert_eq!(
+            facts("SELECT * FROM t WHERE a = 'x'; DROP TABLE t")[1].kind,
+            K::Drop
+        );
+        assert_eq!(
+            facts("SELECT * FROM t WHERE a = 'x''; DROP TABLE t; --'").len(),
+            1
+        );
+        assert!(facts("SELECT pg_read_file('/etc/passwd')")[0]
+            .functions
+            .contains("pg_read_file"));
+        assert!(facts("SELECT lower('/etc/passwd')")[0]
+            .functions
+            .contains("lower"));
+    }
+    // The same shape with other constants is a cache hit sharing the facts.
+    let x = a
+        .analyze(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1")
+        .unwrap();
+    let y = a
+        .analyze(b"SELECT abalance FROM pgbench_accounts WHERE aid = 99")
+        .unwrap();
+    assert!(std::sync::Arc::ptr_eq(&x.statements, &y.statements));
+    assert_eq!(
+        &*y.sql,
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 99"
+    );
+}
