@@ -34,6 +34,34 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Simulate decisions and run policy unit tests.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print the decision for each statement of SQL: allow, deny <rule>, approve <rule> or
+    /// bound <n> <rule>.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The identity to decide for.
+        #[arg(long = "as")]
+        who: String,
+        #[arg(long)]
+        target: String,
+        sql: String,
+    },
+    /// Run a policy unit-test file (TOML `[[case]]` entries); exits 1 if any case fails.
+    Test {
+        file: PathBuf,
+        /// Use this config's policy, identities and targets (else the built-in defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -82,6 +110,21 @@ pub fn main() -> ExitCode {
             } => crate::token::create(&config, &name, &kind, &groups, ttl.as_deref()),
             TokenCommand::List { config } => crate::token::list(&config),
             TokenCommand::Revoke { config, name } => crate::token::revoke(&config, &name),
+        },
+        Command::Policy { command } => match command {
+            PolicyCommand::Check {
+                config,
+                who,
+                target,
+                sql,
+            } => crate::policy_cmd::check(&config, &who, &target, &sql),
+            PolicyCommand::Test { file, config } => {
+                match crate::policy_cmd::test(&file, config.as_deref()) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => return ExitCode::FAILURE,
+                    Err(e) => Err(e),
+                }
+            }
         },
     };
     match result {

@@ -4,5 +4,6 @@
 pub mod cli;
 pub mod cluster;
 pub mod demo;
+pub mod policy_cmd;
 pub mod serve;
 pub mod token;

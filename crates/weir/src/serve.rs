@@ -51,14 +51,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     install_crypto();
     let store = open_store(&config)?;
+    let policy = load_policy(&config)?;
     runtime()?.block_on(async move {
-        let gateway = Gateway::bind(
-            config,
-            store,
-            weir_policy::Policy::allow_all(),
-            Arc::new(LogSink),
-        )
-        .await?;
+        let gateway = Gateway::bind(config, store, policy, Arc::new(LogSink)).await?;
         let addr = gateway.local_addr()?;
         tracing::info!(%addr, "weir is listening for PostgreSQL clients");
         let (tx, rx) = watch::channel(false);
