@@ -30,7 +30,7 @@ use weir_policy::{Decision, Identity, PolicySession, TargetInfo, Verdict};
 use weir_wire::backend::{Authentication, Fields, Message as Backend, TxStatus};
 use weir_wire::frontend::{Message as Frontend, Target as DescribeTarget};
 use weir_wire::startup::StartupPacket;
-use weir_wire::{Header, WireError};
+use weir_wire::Header;
 
 use crate::cancel::UpstreamKey;
 use crate::io::{read_frame, FrameError};
@@ -154,9 +154,12 @@ async fn startup(
     session: u64,
     shared: &Arc<Shared>,
 ) -> Result<(), Fatal> {
-    let timeout = shared.config.gateway.connect_timeout;
+    // One deadline for the whole of startup and authentication, however many packets the
+    // client sends on the way.
+    let deadline = tokio::time::Instant::now() + shared.config.gateway.connect_timeout;
+    let mut gss_refused = false;
     loop {
-        let packet = tokio::time::timeout(timeout, read_startup(client, buf))
+        let packet = tokio::time::timeout_at(deadline, read_startup(client, buf))
             .await
             .map_err(|_| Fatal::new("08006", "weir: startup timed out"))??;
         match packet {
@@ -173,13 +176,17 @@ async fn startup(
                     return Err(Fatal::protocol("TLS state"));
                 };
                 tcp.write_all(b"S").await.map_err(Fatal::protocol)?;
-                let tls = tokio::time::timeout(timeout, shared.tls_acceptor.accept(tcp))
+                let tls = tokio::time::timeout_at(deadline, shared.tls_acceptor.accept(tcp))
                     .await
                     .map_err(|_| Fatal::new("08006", "weir: TLS handshake timed out"))?
                     .map_err(|e| Fatal::new("08006", format!("weir: TLS handshake failed: {e}")))?;
                 *client = Stream::Server(Box::new(tls));
             }
             StartupPacket::GssEncRequest => {
+                if gss_refused {
+                    return Err(Fatal::protocol("a second GSSENCRequest"));
+                }
+                gss_refused = true;
                 if !buf.is_empty() {
                     return Err(Fatal::protocol("unexpected data after GSSENCRequest"));
                 }
@@ -199,7 +206,7 @@ async fn startup(
                 return Ok(());
             }
             startup @ StartupPacket::Startup { .. } => {
-                return authenticate(client, buf, startup, peer, session, shared).await;
+                return authenticate(client, buf, startup, peer, session, shared, deadline).await;
             }
         }
     }
@@ -256,6 +263,7 @@ async fn authenticate(
     peer: SocketAddr,
     session: u64,
     shared: &Arc<Shared>,
+    deadline: tokio::time::Instant,
 ) -> Result<(), Fatal> {
     let StartupPacket::Startup { minor, params } = &startup else {
         return Err(Fatal::protocol("expected a startup message"));
@@ -311,8 +319,8 @@ async fn authenticate(
     let mut out = BytesMut::new();
     Backend::Authentication(Authentication::CleartextPassword).encode(&mut out);
     client.write_all(&out).await.map_err(Fatal::protocol)?;
-    let (tag, body) = tokio::time::timeout(
-        shared.config.gateway.connect_timeout,
+    let (tag, body) = tokio::time::timeout_at(
+        deadline,
         read_frame(client, buf, weir_wire::MAX_STARTUP_PACKET_SIZE),
     )
     .await
@@ -653,20 +661,46 @@ impl<'a> FrontendHalf<'a> {
     ) -> Result<bool, Fatal> {
         let frame = frame.freeze();
         let body = frame.slice(Header::SIZE..);
-        let msg = Frontend::decode(tag, body).map_err(|e| match e {
-            WireError::UnknownTag { .. } => Fatal::protocol(e),
-            other => Fatal::protocol(other),
-        })?;
+        let msg = Frontend::decode(tag, body).map_err(Fatal::protocol)?;
+        // INVARIANT: no client message names the portal of Weir's denial stand-in, so that
+        // Execute always fails and the denial always aborts the transaction.
+        let names_abort_portal = match &msg {
+            Frontend::Bind(b) => b.portal.as_ref() == ABORT_PORTAL,
+            Frontend::Execute { portal, .. } => portal.as_ref() == ABORT_PORTAL,
+            Frontend::Describe(DescribeTarget::Portal, name)
+            | Frontend::Close(DescribeTarget::Portal, name) => name.as_ref() == ABORT_PORTAL,
+            _ => false,
+        };
+        if names_abort_portal {
+            return Err(Fatal::protocol(
+                "the portal name is reserved by the gateway",
+            ));
+        }
         if self.skip_until_sync && !matches!(msg, Frontend::Sync | Frontend::Terminate) {
             return Ok(false);
         }
         match msg {
             Frontend::CopyData(_) | Frontend::CopyDone | Frontend::CopyFail(_) => {
                 // COPY FROM STDIN data follows a statement that was already decided; the
-                // server ignores these messages outside COPY. Keep them in order.
+                // server ignores these messages outside COPY. Keep them in order, and mark
+                // where the copy ended for the tracker (see `Op::CopyEnd`).
+                let end = !matches!(msg, Frontend::CopyData(_));
                 if self.batch.is_empty() {
+                    if end {
+                        let id = self.requests.load(Ordering::Relaxed);
+                        let mut marker = Pending::new(
+                            id,
+                            VecDeque::from([Op::CopyEnd]),
+                            ResultStage::Passthrough,
+                        );
+                        marker.audited = false;
+                        self.send(Entry::Request(marker));
+                    }
                     out.extend_from_slice(&frame);
                 } else {
+                    if end {
+                        self.ops.push_back(Op::CopyEnd);
+                    }
                     self.batch.extend_from_slice(&frame);
                 }
             }
@@ -675,9 +709,38 @@ impl<'a> FrontendHalf<'a> {
                 out.extend_from_slice(&frame);
                 return Ok(true);
             }
-            Frontend::FunctionCall(_) => {
+            Frontend::FunctionCall(call) => {
+                // A FunctionCall is its own request; in the middle of an unsynced extended
+                // batch its answer could not keep the order the client expects.
+                if !self.batch.is_empty() {
+                    return Err(Fatal::protocol(
+                        "FunctionCall inside an unfinished extended-protocol batch",
+                    ));
+                }
                 // The fastpath interface calls a function by OID, out of sight of statement
-                // analysis (lo_export and friends): refuse it, as a denied request.
+                // analysis (lo_export and friends): refuse it, as a denied request, on record.
+                const RULE: &str = "weir.protocol.function_call";
+                let id = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+                let recorded = self
+                    .ctx
+                    .shared
+                    .audit
+                    .append(Event::Statement {
+                        session: self.ctx.session,
+                        request: id,
+                        identity: Arc::clone(&self.ctx.identity_name),
+                        target: Arc::clone(&self.ctx.target_name),
+                        via: "function_call",
+                        sql: Arc::from(format!("-- fastpath call of function oid {}", call.oid)),
+                        kinds: vec!["function_call"],
+                        decision: "deny",
+                        rule: Some(RULE.into()),
+                    })
+                    .wait()
+                    .await;
+                if let Err(e) = recorded {
+                    warn!(cause = %e, "audit write failed for a refused function call");
+                }
                 let fields = Fields::new(
                     "ERROR",
                     "42501",
@@ -1049,8 +1112,18 @@ impl BackendHalf<'_> {
             if h.tag == b'A' {
                 replace = self.translate_notification(body);
             }
-            if let Action::Replace(b) = self.tracker.on_message(h.tag, body, due) {
-                replace = Some(b);
+            match self.tracker.on_message(h.tag, body, due) {
+                Action::Forward => {}
+                Action::Replace(b) => replace = Some(b),
+                Action::Desync => {
+                    return Err(Fatal::new(
+                        "08P01",
+                        format!(
+                            "weir: the server sent '{}' in answer to nothing Weir forwarded; the session is closed",
+                            if h.tag.is_ascii_graphic() { h.tag as char } else { '?' }
+                        ),
+                    ))
+                }
             }
             match replace {
                 None => kept += h.frame_len(),

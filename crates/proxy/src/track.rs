@@ -26,6 +26,10 @@ pub enum Op {
     Execute,
     Close,
     Sync,
+    /// Marks where the client's CopyDone or CopyFail went upstream. Answered by nothing: it
+    /// tells the tracker which Syncs the server ignored because they came during COPY FROM
+    /// STDIN (the server reads only copy messages then, and drops Sync and Flush).
+    CopyEnd,
     /// Weir's own Execute of a portal that cannot exist, sent in place of a denied request so
     /// the server aborts the (implicit or explicit) transaction exactly as if the denied
     /// statement had failed. Its ErrorResponse is replaced by Weir's denial.
@@ -74,6 +78,9 @@ pub enum Entry {
 pub enum Action {
     Forward,
     Replace(Bytes),
+    /// The message answers nothing Weir forwarded: the session has lost its place and must
+    /// end (audit and denials depend on knowing which request an answer belongs to).
+    Desync,
 }
 
 /// Something that became due after a message: a finished request.
@@ -87,6 +94,9 @@ pub struct Tracker {
     queue: VecDeque<Entry>,
     /// After an error in the extended protocol the server ignores everything up to Sync.
     skipping: bool,
+    /// The server is (or was) in COPY FROM STDIN for an Execute: Syncs sent before the
+    /// client's CopyDone/CopyFail were dropped by the server and get no answer.
+    copy_in: bool,
     pub tx_status: TxStatus,
 }
 
@@ -95,6 +105,7 @@ impl Default for Tracker {
         Tracker {
             queue: VecDeque::new(),
             skipping: false,
+            copy_in: false,
             tx_status: TxStatus::Idle,
         }
     }
@@ -139,11 +150,19 @@ impl Tracker {
     fn settle(&mut self, due: &mut Vec<Due>) {
         loop {
             let skipping = self.skipping;
+            let copy_in = self.copy_in;
             match self.queue.front_mut() {
                 Some(Entry::Request(p)) if p.ops.is_empty() => {
                     if let Some(Entry::Request(p)) = self.queue.pop_front() {
                         due.push(Due::Completed(p));
                     }
+                }
+                Some(Entry::Request(p)) if p.ops.front() == Some(&Op::CopyEnd) => {
+                    p.ops.pop_front();
+                    self.copy_in = false;
+                }
+                Some(Entry::Request(p)) if copy_in && p.ops.front() == Some(&Op::Sync) => {
+                    p.ops.pop_front();
                 }
                 Some(Entry::Request(p)) if skipping && p.ops.front() != Some(&Op::Sync) => {
                     p.ops.pop_front();
@@ -165,9 +184,10 @@ impl Tracker {
                     self.tx_status = s;
                 }
                 self.skipping = false;
-                if matches!(self.front_op(), Some(Op::Sync | Op::Query)) {
-                    self.pop_op();
+                if !matches!(self.front_op(), Some(Op::Sync | Op::Query)) {
+                    return Action::Desync;
                 }
+                self.pop_op();
             }
             b'E' => {
                 let code = error_code(body);
@@ -197,7 +217,23 @@ impl Tracker {
                     None => {}
                 }
             }
-            b'1' | b'2' | b'3' | b'n' | b's' => self.pop_op(),
+            b'1' | b'2' | b'3' | b'n' | b's' => {
+                let expected = match tag {
+                    b'1' => matches!(self.front_op(), Some(Op::Parse)),
+                    b'2' => matches!(self.front_op(), Some(Op::Bind)),
+                    b'3' => matches!(self.front_op(), Some(Op::Close)),
+                    b'n' => matches!(
+                        self.front_op(),
+                        Some(Op::DescribeStatement | Op::DescribePortal)
+                    ),
+                    _ => matches!(self.front_op(), Some(Op::Execute)),
+                };
+                if !expected {
+                    return Action::Desync;
+                }
+                self.pop_op();
+            }
+            b'G' if self.front_op() == Some(Op::Execute) => self.copy_in = true,
             b'T' => {
                 if matches!(
                     self.front_op(),
@@ -325,6 +361,32 @@ mod tests {
         t.on_message(b'Z', b"E", &mut due);
         assert_eq!(completed(&mut due), vec![2]);
         assert_eq!(t.tx_status, TxStatus::Failed);
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_get_no_answer() {
+        let mut t = Tracker::default();
+        let mut due = Vec::new();
+        // Bind, Execute (COPY FROM STDIN), Sync — then copy data, CopyDone, Sync.
+        t.push(req(1, &[Op::Bind, Op::Execute, Op::Sync]), &mut due);
+        t.push(req(2, &[Op::CopyEnd]), &mut due);
+        t.push(req(3, &[Op::Sync]), &mut due);
+        assert_eq!(t.on_message(b'2', b"", &mut due), Action::Forward);
+        t.on_message(b'G', b"", &mut due);
+        t.on_message(b'C', b"COPY 3\0", &mut due);
+        assert_eq!(completed(&mut due), vec![1, 2]);
+        t.on_message(b'Z', b"I", &mut due);
+        assert_eq!(completed(&mut due), vec![3]);
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn an_answer_to_nothing_is_a_desync() {
+        let mut t = Tracker::default();
+        let mut due = Vec::new();
+        assert_eq!(t.on_message(b'Z', b"I", &mut due), Action::Desync);
+        t.push(req(1, &[Op::Parse, Op::Sync]), &mut due);
+        assert_eq!(t.on_message(b'2', b"", &mut due), Action::Desync);
     }
 
     #[test]

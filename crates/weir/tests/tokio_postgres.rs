@@ -650,7 +650,6 @@ async fn failed_and_abandoned_copy_in_leave_the_client_usable() {
 /// of the session: the completion record of request N carries the results of request N+1,
 /// and the last request's completion is never recorded.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "bug: after an extended-protocol COPY FROM STDIN the tracker waits for a ReadyForQuery the server never sends (Sync is ignored in copy-in mode): completions lag one request per COPY"]
 async fn copy_in_keeps_request_tracking_in_step() {
     let g = Gateway::start();
     let c = alice(&g).await;
@@ -694,7 +693,6 @@ async fn copy_in_keeps_request_tracking_in_step() {
 /// (PIPELINE_DEPTH) is permanently full and the frontend half stops reading: the 1,025th
 /// COPY in the session hangs forever.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "bug: each extended-protocol COPY FROM STDIN leaks one in-flight slot; the 1,025th COPY in a session hangs forever"]
 async fn many_copy_ins_in_one_session_do_not_hang() {
     let g = Gateway::start();
     let c = alice(&g).await;
