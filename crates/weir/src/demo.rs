@@ -143,6 +143,18 @@ fn banner(addr: &str, cluster: &Cluster, config: &std::path::Path) -> String {
         "  SELECT full_name, email, card_number FROM customers LIMIT 5;"
     );
     let _ = writeln!(s, "  SELECT status, count(*) FROM orders GROUP BY status;");
+    let _ = writeln!(
+        s,
+        "  DELETE FROM orders;                -- denied in production: no WHERE"
+    );
+    let _ = writeln!(
+        s,
+        "  DROP TABLE orders;                 -- denied in production (fine on shop_dev)"
+    );
+    let _ = writeln!(
+        s,
+        "  SELECT pg_read_file('/etc/passwd'); -- denied everywhere but to admins"
+    );
     let _ = writeln!(s, "  psql \"host={host} port={port} dbname=shop user=alice password=wrong\"   # refused: 28P01");
     let _ = writeln!(
         s,

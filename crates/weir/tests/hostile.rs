@@ -843,7 +843,10 @@ fn client_cannot_bind_the_abort_portal() {
     match w.recv() {
         Read1::Closed => return,
         Read1::Msg(B::ErrorResponse(f)) if f.code() == Some("08P01") => {
-            assert!(matches!(w.recv(), Read1::Closed), "the session must end after 08P01");
+            assert!(
+                matches!(w.recv(), Read1::Closed),
+                "the session must end after 08P01"
+            );
             return;
         }
         Read1::Msg(_) => {}
