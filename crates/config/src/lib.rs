@@ -317,6 +317,19 @@ pub struct Target {
 }
 
 impl Target {
+    /// What policy needs to know about this target.
+    pub fn policy_info(&self) -> weir_policy::TargetInfo {
+        weir_policy::TargetInfo {
+            name: self.name.clone(),
+            environment: self.environment.as_str().to_owned(),
+            sensitivity: self
+                .tables
+                .iter()
+                .filter_map(|(table, tags)| tags.sensitivity.clone().map(|s| (table.clone(), s)))
+                .collect(),
+        }
+    }
+
     /// Reads the upstream password now (not at load time), so a rotated secret file is
     /// picked up by the next connection. The value never goes into a log or an error.
     pub fn password(&self) -> Result<String, ConfigError> {

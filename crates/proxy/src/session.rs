@@ -26,7 +26,7 @@ use weir_analyze::{AnalyzeError, StatementFacts};
 use weir_audit::Event;
 use weir_config::Target;
 use weir_mask::{ResultStage, Rewrite};
-use weir_policy::{Decision, Identity, PolicySession, TargetInfo, Verdict};
+use weir_policy::{Decision, Identity, PolicySession, Verdict};
 use weir_wire::backend::{Authentication, Fields, Message as Backend, TxStatus};
 use weir_wire::frontend::{Message as Frontend, Target as DescribeTarget};
 use weir_wire::startup::StartupPacket;
@@ -466,15 +466,7 @@ async fn serve(
         ));
     }
 
-    let target_info = TargetInfo {
-        name: target.name.clone(),
-        environment: target.environment.as_str().to_owned(),
-        sensitivity: target
-            .tables
-            .iter()
-            .filter_map(|(table, tags)| tags.sensitivity.clone().map(|s| (table.clone(), s)))
-            .collect(),
-    };
+    let target_info = target.policy_info();
     let policy = shared
         .policy
         .session(&identity, &target_info)

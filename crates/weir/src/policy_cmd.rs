@@ -52,18 +52,10 @@ fn identity(config: &Config, name: &str) -> anyhow::Result<Identity> {
 }
 
 fn target_info(config: &Config, name: &str) -> anyhow::Result<TargetInfo> {
-    let t = config
+    Ok(config
         .target(name)
-        .with_context(|| format!("no target named {name:?} in {}", config.path.display()))?;
-    Ok(TargetInfo {
-        name: t.name.clone(),
-        environment: t.environment.as_str().to_owned(),
-        sensitivity: t
-            .tables
-            .iter()
-            .filter_map(|(table, tags)| tags.sensitivity.clone().map(|s| (table.clone(), s)))
-            .collect(),
-    })
+        .with_context(|| format!("no target named {name:?} in {}", config.path.display()))?
+        .policy_info())
 }
 
 /// The verdict lines for `sql`, one per statement.
