@@ -38,5 +38,42 @@ fn analyze(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, analyze);
+/// The hot path: a warm cache, as every statement after the first of its shape sees it.
+fn cached(c: &mut Criterion) {
+    let a = weir_analyze::Analyzer::new();
+    a.analyze(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1;")
+        .unwrap();
+    a.analyze(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1")
+        .unwrap();
+    a.analyze(b"SELECT \"abalance\" FROM pgbench_accounts /* x */ WHERE aid = 1")
+        .unwrap();
+    let mut g = c.benchmark_group("analyze (cached)");
+    let mut i = 0u32;
+    g.bench_function("constants differ (fast key)", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            a.analyze(format!("SELECT abalance FROM pgbench_accounts WHERE aid = {i};").as_bytes())
+                .unwrap()
+        })
+    });
+    g.bench_function("same text (exact)", |b| {
+        b.iter(|| {
+            a.analyze(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1")
+                .unwrap()
+        })
+    });
+    g.bench_function("comment, so normalize path", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            a.analyze(
+                format!("SELECT \"abalance\" FROM pgbench_accounts /* x */ WHERE aid = {i}")
+                    .as_bytes(),
+            )
+            .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, analyze, cached);
 criterion_main!(benches);

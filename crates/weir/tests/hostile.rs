@@ -266,7 +266,17 @@ fn login(g: &Gateway) -> (Wire, i32, Bytes) {
         other => panic!("expected AuthenticationCleartextPassword, got {other:?}"),
     }
     w.send(&[F::Password(Bytes::from(format!("{ALICE_TOKEN}\0")))]);
-    let (msgs, status) = w.until_ready();
+    let mut msgs = Vec::new();
+    let status = loop {
+        match w.recv() {
+            Read1::Msg(B::ReadyForQuery(s)) => break s,
+            Read1::Msg(m) => msgs.push(m),
+            Read1::Closed => panic!(
+                "login: the gateway closed the connection after {msgs:?}\n--- gateway log ---\n{}",
+                g.log()
+            ),
+        }
+    };
     assert_eq!(status, TxStatus::Idle);
     assert!(
         matches!(msgs.first(), Some(B::Authentication(Authentication::Ok))),
