@@ -821,10 +821,20 @@ impl<'a> FrontendHalf<'a> {
                     Some(d) => Arc::clone(d),
                     // A portal Weir did not see bound: a cursor declared in SQL (whose
                     // DECLARE was decided) or a client error the server will report.
+                    // It is decided as a cursor fetch; the client's portal name is recorded,
+                    // never parsed as SQL.
                     None => {
-                        let label =
-                            format!("-- execute portal {}", String::from_utf8_lossy(&portal));
-                        self.decide(label.as_bytes())?
+                        let analysis = Arc::new(weir_analyze::Analysis {
+                            sql: Arc::from(
+                                format!("-- execute portal {:?}", String::from_utf8_lossy(&portal))
+                                    .as_str(),
+                            ),
+                            statements: vec![StatementFacts::new(
+                                weir_analyze::StatementKind::Cursor,
+                            )]
+                            .into(),
+                        });
+                        Arc::new(self.ctx.shared.policy.decide(&self.ctx.policy, &analysis))
                     }
                 };
                 self.items.push(Item {
