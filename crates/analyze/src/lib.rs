@@ -4,9 +4,9 @@
 //! it (policy, masking, audit, approvals) consumes the [`Analysis`] and never looks at the SQL
 //! again. It is a plain library: no sockets, no async runtime, no knowledge of identities.
 //!
-//! The gateway core ships the seam with a deliberately conservative analyzer: it records the
-//! text and marks every statement [`StatementKind::Unclassified`]. [`postgres::analyze_sql`]
-//! is the libpg_query analyzer that replaces it (being wired in: see ARCHITECTURE.md).
+//! [`Analyzer`] is what the gateway calls for every SQL text: libpg_query's parse tree
+//! ([`postgres::analyze_sql`]) behind a statement cache. Anything that cannot be analyzed is an
+//! error, and the caller denies it.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ mod shape;
 /// What a statement does, as far as policy is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StatementKind {
-    /// Not classified by this analyzer. Policy must treat it as the most dangerous kind.
+    /// Not classified (an engine without an analyzer). Denied by the default policy.
     Unclassified,
     /// A statement type the analyzer does not know. Denied.
     Unknown,
@@ -282,33 +282,22 @@ pub enum AnalyzeError {
     Internal(String),
 }
 
-/// Analyzes one SQL text. The bytes come straight from the wire.
-pub fn analyze(sql: &[u8]) -> Result<Arc<Analysis>, AnalyzeError> {
-    let text = std::str::from_utf8(sql).map_err(|_| AnalyzeError::NotUtf8)?;
-    let kind = if text.trim().is_empty() {
-        StatementKind::Empty
-    } else {
-        StatementKind::Unclassified
-    };
-    Ok(Arc::new(Analysis {
-        sql: Arc::from(text),
-        statements: vec![StatementFacts::new(kind)].into(),
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn invalid_utf8_fails_closed() {
-        assert_eq!(analyze(b"select '\xff'"), Err(AnalyzeError::NotUtf8));
+        assert_eq!(
+            Analyzer::new().analyze(b"select '\xff'"),
+            Err(AnalyzeError::NotUtf8)
+        );
     }
 
     #[test]
     fn empty_text_is_empty() {
         assert_eq!(
-            analyze(b"  ").unwrap().statements[0].kind,
+            Analyzer::new().analyze(b"  ").unwrap().statements[0].kind,
             StatementKind::Empty
         );
     }

@@ -218,7 +218,7 @@ mod tests {
 
     #[test]
     fn deny_wins_over_approval_and_allow() {
-        let analysis = weir_analyze::analyze(b"select 1").unwrap();
+        let analysis = weir_analyze::Analyzer::new().analyze(b"select 1").unwrap();
         let d = Decision {
             analysis,
             verdicts: vec![
