@@ -1,82 +1,261 @@
 #!/usr/bin/env bash
-# Side-by-side pgbench: the same throwaway cluster reached (a) directly, (b) through pgbouncer in
-# transaction mode, (c) through Weir. Select-only and TPC-B-like, 8 clients, modes in
-# alternating order each round. Prints TPS and average latency per mode and the ratio to direct,
-# and writes the table to bench/results/latest.md.
+# pgbench side by side, in one run on one machine, against one throwaway PostgreSQL cluster:
 #
-#   bench/pgbench.sh                      # DURATION=20 ROUNDS=2 PROTOCOL=simple CLIENTS=8
-#   WEIR_BIN=target/release/weir DURATION=30 ROUNDS=3 bench/pgbench.sh
+#   direct     pgbench -> PostgreSQL
+#   pgbouncer  pgbench -> pgbouncer (pool_mode = transaction) -> PostgreSQL
+#   weir       pgbench -> Weir -> PostgreSQL
 #
-# TLS is off on every path (sslmode=disable), so the comparison is of the proxies alone.
+# Two workloads, select-only (-S) and TPC-B-like (the default script), each run ROUNDS times per
+# mode. The order of the modes alternates between rounds (odd rounds direct, pgbouncer, weir; even
+# rounds the reverse) so that warm-up and drift do not always favour the same mode. The table at
+# the end gives, per workload and mode, the mean TPS, the mean average latency and TPS relative to
+# direct; it is also written to bench/results/latest.md.
+#
+# Every mode authenticates with a password over TCP on 127.0.0.1 (SCRAM-SHA-256 for direct and
+# pgbouncer, Weir's own token for Weir). TLS is off on every path (sslmode=disable), so what is
+# compared is the proxies alone.
+#
+# Usage (from anywhere; paths below are relative to the repository root):
+#   bench/pgbench.sh
+#   DURATION=30 ROUNDS=3 PROTOCOL=extended bench/pgbench.sh
+#   WEIR_BIN=/path/to/weir bench/pgbench.sh
+#
+# Knobs (environment):
+#   DURATION      seconds per pgbench run                      (default 20)
+#   ROUNDS        runs per mode and workload                   (default 2)
+#   PROTOCOL      pgbench -M: simple | extended | prepared     (default simple)
+#   CLIENTS       pgbench -c                                   (default 8)
+#   THREADS       pgbench -j                                   (default 2)
+#   SCALE         pgbench -i -s                                (default 10)
+#   WEIR_BIN      Weir binary. Unset: target/release/weir, built with cargo if missing.
+#                 Set to something that is not executable: Weir is reported as "not run".
+#   RESULTS_FILE  where the table is written                   (default bench/results/latest.md)
+#
+# Exits non-zero if any pgbench run exits non-zero or reports failed transactions; the logs of
+# the run are then kept (their directory is printed). Weir failing to start is not fatal: the
+# table still shows direct and pgbouncer, with a line saying why Weir is missing.
+#
+# Needs: PostgreSQL server binaries (pg_config --bindir), pgbouncer (apt-get installs it when run
+# as root), python3 (to pick free ports). PostgreSQL and pgbouncer refuse to run as root, so as
+# root they run as the `postgres` OS user.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
+# ---------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------
 DURATION=${DURATION:-20}
 ROUNDS=${ROUNDS:-2}
 PROTOCOL=${PROTOCOL:-simple}
 CLIENTS=${CLIENTS:-8}
+THREADS=${THREADS:-2}
 SCALE=${SCALE:-10}
 
-if [ -z "${WEIR_BIN:-}" ]; then
-  WEIR_BIN=target/release/weir
-  [ -x "$WEIR_BIN" ] || cargo build --release -p weir
+die() { echo "pgbench.sh: $*" >&2; exit 1; }
+
+case $PROTOCOL in simple | extended | prepared) ;; *) die "PROTOCOL must be simple, extended or prepared (got '$PROTOCOL')" ;; esac
+for v in DURATION ROUNDS CLIENTS THREADS SCALE; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
+done
+
+# A WEIR_BIN given by the caller is taken relative to the caller's directory; then work from the
+# repository root, where the default binary and bench/results live.
+if [ -n "${WEIR_BIN:-}" ] && [[ $WEIR_BIN == */* ]] && [[ $WEIR_BIN != /* ]]; then
+  WEIR_BIN=$PWD/$WEIR_BIN
 fi
-BINDIR=${WEIR_PG_BINDIR:-$(pg_config --bindir 2>/dev/null || true)}
-[ -x "$BINDIR/initdb" ] || BINDIR=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+cd "$(dirname "$0")/.."
+RESULTS_FILE=${RESULTS_FILE:-bench/results/latest.md}
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+# ---------------------------------------------------------------------------------------------
+BINDIR=$(pg_config --bindir 2>/dev/null || true)
+if [ ! -x "$BINDIR/initdb" ]; then # pg_config may come from a client-only package
+  BINDIR=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+fi
+[ -x "$BINDIR/initdb" ] && [ -x "$BINDIR/pgbench" ] || die "PostgreSQL server binaries not found (pg_config --bindir)"
+command -v python3 >/dev/null || die "python3 is needed to pick free ports"
+
 PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 if [ ! -x "$PGBOUNCER" ]; then
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq pgbouncer >/dev/null; else echo "pgbouncer is not installed" >&2; exit 1; fi
+  [ "$(id -u)" = 0 ] || die "pgbouncer is not installed (apt-get install pgbouncer)"
+  echo "== installing pgbouncer"
+  apt-get install -y -qq pgbouncer >/dev/null || { apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null; }
+  PGBOUNCER=/usr/sbin/pgbouncer
 fi
 
+# BOUNCER_NOTE / WEIR_NOTE say why that mode is not in the table (empty = it is).
+BOUNCER_NOTE=
+WEIR_NOTE=
+if [ -z "${WEIR_BIN:-}" ]; then
+  WEIR_BIN=target/release/weir
+  if [ ! -x "$WEIR_BIN" ]; then
+    echo "== building $WEIR_BIN"
+    cargo build --release -p weir || WEIR_NOTE="not run (cargo build --release -p weir failed)"
+  fi
+elif [[ $WEIR_BIN != */* ]]; then # a bare name: look it up on PATH
+  WEIR_BIN=$(command -v "$WEIR_BIN" || echo "$WEIR_BIN")
+fi
+if [ -z "$WEIR_NOTE" ] && [ ! -x "$WEIR_BIN" ]; then
+  WEIR_NOTE="not run ($WEIR_BIN is not an executable file)"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Scratch directory and cleanup
+# ---------------------------------------------------------------------------------------------
+# Everything lives in one temp dir: the cluster, its unix socket, the pgbouncer and Weir configs,
+# Weir's store, and all logs. As root it is owned by `postgres` (root can still write to it).
 WORK=$(mktemp -d /tmp/weir-bench.XXXXXX)
-RUN_AS=()
-if [ "$(id -u)" = 0 ]; then chown postgres "$WORK"; RUN_AS=(runuser -u postgres --); fi
-PIDS=()
+AS_PG=() # command prefix for PostgreSQL and pgbouncer
+if [ "$(id -u)" = 0 ]; then
+  id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' OS user to run the server as"
+  chown postgres "$WORK"
+  AS_PG=(runuser -u postgres --)
+fi
+
+WEIR_PID=
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/pgbouncer.pid" ] && kill "$(cat "$WORK/pgbouncer.pid")" 2>/dev/null || true
-  [ -d "$WORK/data" ] && "${RUN_AS[@]}" "$BINDIR/pg_ctl" -D "$WORK/data" -m fast -w stop >/dev/null 2>&1 || true
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ -n "$WEIR_PID" ]; then
+    kill "$WEIR_PID" 2>/dev/null || true
+    wait "$WEIR_PID" 2>/dev/null || true
+  fi
+  if [ -f "$WORK/pgbouncer.pid" ]; then
+    local pid
+    pid=$(cat "$WORK/pgbouncer.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  if [ -f "$WORK/data/postmaster.pid" ]; then
+    "${AS_PG[@]}" "$BINDIR/pg_ctl" -D "$WORK/data" -m fast -w stop >/dev/null 2>&1 || true
+  fi
+  if [ "$rc" != 0 ] && compgen -G "$WORK/*.log" >/dev/null; then
+    local keep
+    keep=$(mktemp -d /tmp/weir-bench-logs.XXXXXX)
+    cp "$WORK"/*.log "$keep"/
+    echo "pgbench.sh: failed (exit $rc); logs kept in $keep" >&2
+  fi
   rm -rf "$WORK"
+  exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); WEIR_PORT=$(free_port)
-PASSWORD=bench-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
+PG_PORT=$(free_port)
+BOUNCER_PORT=$(free_port)
+WEIR_PORT=$(free_port)
+PG_PASSWORD=bench-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
 
-echo "== throwaway cluster on 127.0.0.1:$PG_PORT ($("$BINDIR/postgres" --version))"
-echo "$PASSWORD" > "$WORK/pw"; chmod 600 "$WORK/pw"; [ ${#RUN_AS[@]} -gt 0 ] && chown postgres "$WORK/pw"
-"${RUN_AS[@]}" "$BINDIR/initdb" -D "$WORK/data" -U postgres --auth=scram-sha-256 --pwfile="$WORK/pw" --no-sync >/dev/null
-"${RUN_AS[@]}" "$BINDIR/pg_ctl" -D "$WORK/data" -l "$WORK/postgres.log" -w \
-  -o "-p $PG_PORT -k $WORK -c listen_addresses=127.0.0.1 -c max_connections=100 -c shared_buffers=128MB" start >/dev/null
-export PGPASSWORD=$PASSWORD PGSSLMODE=disable
-"$BINDIR/pgbench" -i -s "$SCALE" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres 2>&1 | tail -n 1
+# Client connections: always TCP to 127.0.0.1 without TLS; port, user, password and database per
+# mode are set by as_client.
+export PGHOST=127.0.0.1 PGSSLMODE=disable
+unset PGSERVICE PGOPTIONS PGHOSTADDR PGSSLCERT PGSSLKEY 2>/dev/null || true
 
-cat > "$WORK/pgbouncer.ini" <<INI
+# as_client MODE CMD...: run a libpq client (psql, pgbench) connected to MODE.
+as_client() {
+  local mode=$1
+  shift
+  case $mode in
+    direct) PGPORT=$PG_PORT PGUSER=postgres PGPASSWORD=$PG_PASSWORD PGDATABASE=postgres "$@" ;;
+    pgbouncer) PGPORT=$BOUNCER_PORT PGUSER=postgres PGPASSWORD=$PG_PASSWORD PGDATABASE=postgres "$@" ;;
+    weir) PGPORT=$WEIR_PORT PGUSER=bench PGPASSWORD=bench-token PGDATABASE=bench "$@" ;;
+    *) die "unknown mode $mode" ;;
+  esac
+}
+
+# wait_port PORT SECONDS [PID]: wait until something answers the PostgreSQL protocol on PORT;
+# give up early if PID (the process that should be listening) has exited.
+wait_port() {
+  local port=$1 secs=$2 pid=${3:-}
+  for _ in $(seq $((secs * 10))); do
+    "$BINDIR/pg_isready" -q -h 127.0.0.1 -p "$port" && return 0
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# (a) PostgreSQL: a fresh cluster with SCRAM password authentication
+# ---------------------------------------------------------------------------------------------
+echo "== PostgreSQL: $("$BINDIR/postgres" --version) on 127.0.0.1:$PG_PORT, data in $WORK/data"
+printf '%s\n' "$PG_PASSWORD" >"$WORK/pgpass.txt"
+chmod 600 "$WORK/pgpass.txt"
+[ ${#AS_PG[@]} -eq 0 ] || chown postgres "$WORK/pgpass.txt"
+# --no-sync only skips initdb's final fsync of the new files; the server runs with fsync on.
+"${AS_PG[@]}" "$BINDIR/initdb" -D "$WORK/data" -U postgres --auth=scram-sha-256 \
+  --pwfile="$WORK/pgpass.txt" --no-sync >"$WORK/initdb.log" 2>&1 ||
+  { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+# Only these settings differ from the defaults (durability settings are left alone).
+cat >>"$WORK/data/postgresql.conf" <<CONF
+
+# --- bench/pgbench.sh ---
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$WORK'
+max_connections = 100
+shared_buffers = 128MB
+CONF
+"${AS_PG[@]}" "$BINDIR/pg_ctl" -D "$WORK/data" -l "$WORK/postgres.log" -w -t 60 start >/dev/null ||
+  { cat "$WORK/postgres.log" >&2; die "PostgreSQL did not start"; }
+
+echo "== pgbench -i -s $SCALE (direct)"
+as_client direct "$BINDIR/pgbench" -i -s "$SCALE" -q >"$WORK/pgbench-init.log" 2>&1 ||
+  { cat "$WORK/pgbench-init.log" >&2; die "pgbench -i failed"; }
+tail -n 1 "$WORK/pgbench-init.log"
+
+# ---------------------------------------------------------------------------------------------
+# (b) pgbouncer, transaction pooling, SCRAM for clients (auth_file holds the plain password, which
+#     pgbouncer also uses for SCRAM to the server)
+# ---------------------------------------------------------------------------------------------
+BOUNCER_VERSION=$("$PGBOUNCER" --version | head -n 1 | awk '{print $2}')
+POOL_SIZE=$((CLIENTS > 8 ? CLIENTS : 8))
+# -M prepared needs protocol-level prepared statement support in transaction mode, which
+# pgbouncer has from 1.21 on (max_prepared_statements). Older ones fail every transaction with
+# "prepared statement ... does not exist", so pgbouncer is left out and the table says why.
+BOUNCER_EXTRA=
+if [ "$PROTOCOL" = prepared ]; then
+  if [ "$(printf '%s\n' 1.21 "$BOUNCER_VERSION" | sort -V | head -n 1)" = 1.21 ]; then
+    BOUNCER_EXTRA="max_prepared_statements = 200"
+  else
+    BOUNCER_NOTE="not run (-M prepared needs pgbouncer >= 1.21 in transaction mode; this is $BOUNCER_VERSION)"
+  fi
+fi
+cat >"$WORK/pgbouncer.ini" <<INI
 [databases]
-postgres = host=127.0.0.1 port=$PG_PORT user=postgres password=$PASSWORD
+postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres user=postgres password=$PG_PASSWORD
+
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $BOUNCER_PORT
-auth_type = plain
+unix_socket_dir = $WORK
+auth_type = scram-sha-256
 auth_file = $WORK/userlist.txt
 pool_mode = transaction
-default_pool_size = $CLIENTS
+default_pool_size = $POOL_SIZE
 max_client_conn = 100
 logfile = $WORK/pgbouncer.log
 pidfile = $WORK/pgbouncer.pid
+$BOUNCER_EXTRA
 INI
-echo "\"postgres\" \"$PASSWORD\"" > "$WORK/userlist.txt"
-[ ${#RUN_AS[@]} -gt 0 ] && chown postgres "$WORK/pgbouncer.ini" "$WORK/userlist.txt"
-"${RUN_AS[@]}" "$PGBOUNCER" -d "$WORK/pgbouncer.ini"
-echo "== pgbouncer $("$PGBOUNCER" --version | head -n 1 | awk '{print $2}') (transaction mode) on 127.0.0.1:$BOUNCER_PORT"
+printf '"postgres" "%s"\n' "$PG_PASSWORD" >"$WORK/userlist.txt"
+chmod 600 "$WORK/pgbouncer.ini" "$WORK/userlist.txt"
+[ ${#AS_PG[@]} -eq 0 ] || chown postgres "$WORK/pgbouncer.ini" "$WORK/userlist.txt"
+"${AS_PG[@]}" "$PGBOUNCER" -d "$WORK/pgbouncer.ini" >/dev/null 2>&1 ||
+  { cat "$WORK/pgbouncer.log" >&2 2>/dev/null; die "pgbouncer did not start"; }
+wait_port "$BOUNCER_PORT" 10 || { cat "$WORK/pgbouncer.log" >&2; die "pgbouncer is not answering on $BOUNCER_PORT"; }
+echo "== pgbouncer $BOUNCER_VERSION (pool_mode=transaction, pool size $POOL_SIZE) on 127.0.0.1:$BOUNCER_PORT"
 
-WEIR_OK=0
-if [ -x "$WEIR_BIN" ]; then
-  cat > "$WORK/weir.toml" <<TOML
+# ---------------------------------------------------------------------------------------------
+# (c) Weir. Not fatal if it cannot start: WEIR_NOTE then says why, with the log kept.
+# ---------------------------------------------------------------------------------------------
+if [ -z "$WEIR_NOTE" ]; then
+  cat >"$WORK/weir.toml" <<TOML
 [gateway]
 postgres_listen = "127.0.0.1:$WEIR_PORT"
-store = "sqlite://weir.db"
+store = "sqlite://weir.db"          # relative to this file's directory
 
 [[identity.static]]
 name = "bench"
@@ -85,74 +264,135 @@ groups = ["bench"]
 token = "bench-token"
 
 [[target]]
-name = "bench"
+name = "bench"                      # the database name clients use
 engine = "postgres"
 environment = "development"
 upstream = "127.0.0.1:$PG_PORT"
-database = "postgres"
+database = "postgres"               # where pgbench -i put its tables
 user = "postgres"
 password_env = "WEIR_BENCH_PGPASSWORD"
 TOML
-  WEIR_BENCH_PGPASSWORD=$PASSWORD RUST_LOG=warn "$WEIR_BIN" serve --config "$WORK/weir.toml" 2>"$WORK/weir.log" &
-  PIDS+=($!)
-  for _ in $(seq 1 300); do
-    if "$BINDIR/pg_isready" -q -h 127.0.0.1 -p "$WEIR_PORT"; then WEIR_OK=1; break; fi
-    sleep 0.1
-  done
-  [ "$WEIR_OK" = 1 ] && echo "== weir ($WEIR_BIN) on 127.0.0.1:$WEIR_PORT" || echo "weir: failed to start (see $WORK/weir.log)"
-else
-  echo "weir: not run ($WEIR_BIN is not executable)"
-fi
-
-declare -A TPS LAT
-run() { # mode workload round
-  local mode=$1 workload=$2 port user pass db
-  case $mode in
-    direct) port=$PG_PORT; user=postgres; pass=$PASSWORD; db=postgres ;;
-    pgbouncer) port=$BOUNCER_PORT; user=postgres; pass=$PASSWORD; db=postgres ;;
-    weir) port=$WEIR_PORT; user=bench; pass=bench-token; db=bench ;;
-  esac
-  local flags=(-n -c "$CLIENTS" -j 2 -T "$DURATION" -M "$PROTOCOL" -h 127.0.0.1 -p "$port" -U "$user")
-  [ "$workload" = select-only ] && flags+=(-S)
-  local out
-  if ! out=$(PGPASSWORD=$pass "$BINDIR/pgbench" "${flags[@]}" "$db" 2>&1); then
-    echo "$out" >&2; echo "pgbench failed for $mode/$workload" >&2; exit 1
+  WEIR_BENCH_PGPASSWORD=$PG_PASSWORD RUST_LOG=warn \
+    "$WEIR_BIN" serve --config "$WORK/weir.toml" >"$WORK/weir.log" 2>&1 &
+  WEIR_PID=$!
+  # Ready = answers on its port within 30 s, and a query through it reaches the pgbench tables.
+  if wait_port "$WEIR_PORT" 30 "$WEIR_PID" &&
+    as_client weir "$BINDIR/psql" -XAtq -c 'select count(*) from pgbench_branches' >>"$WORK/weir.log" 2>&1; then
+    echo "== Weir ($WEIR_BIN, $("$WEIR_BIN" --version 2>/dev/null || echo 'version unknown')) on 127.0.0.1:$WEIR_PORT"
+  else
+    kill "$WEIR_PID" 2>/dev/null || true
+    wait "$WEIR_PID" 2>/dev/null || true
+    WEIR_PID=
+    # The temp dir goes away at exit: keep the log where the note can point to it.
+    kept=$(mktemp --suffix=.log /tmp/weir-bench-weir.XXXXXX)
+    cp "$WORK/weir.log" "$kept"
+    WEIR_NOTE="failed to start (see $kept)"
   fi
-  local failed
-  failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
-  if [ -n "$failed" ] && [ "$failed" != 0 ]; then echo "$out" >&2; echo "$mode/$workload: $failed failed transactions" >&2; exit 1; fi
-  local tps lat
-  tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' <<<"$out")
-  lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
-  printf '   %-10s %-12s round %s: %10.0f tps  %6.3f ms\n' "$mode" "$workload" "$3" "$tps" "$lat"
+fi
+[ -z "$WEIR_NOTE" ] || echo "weir: $WEIR_NOTE"
+[ -z "$BOUNCER_NOTE" ] || echo "pgbouncer: $BOUNCER_NOTE"
+
+MODES=(direct)
+[ -n "$BOUNCER_NOTE" ] || MODES+=(pgbouncer)
+[ -n "$WEIR_NOTE" ] || MODES+=(weir)
+
+# Sanity: the pgbench tables are reachable through every mode before any timing starts.
+for mode in "${MODES[@]}"; do
+  n=$(as_client "$mode" "$BINDIR/psql" -XAtq -c 'select count(*) from pgbench_branches' 2>&1) ||
+    die "$mode: 'select count(*) from pgbench_branches' failed: $n"
+  [ "$n" = "$SCALE" ] || die "$mode: expected $SCALE rows in pgbench_branches, got '$n'"
+done
+
+# ---------------------------------------------------------------------------------------------
+# The runs
+# ---------------------------------------------------------------------------------------------
+declare -A TPS LAT # "mode,workload" -> space-separated per-round figures
+
+# run_pgbench MODE WORKLOAD ROUND
+run_pgbench() {
+  local mode=$1 workload=$2 round=$3
+  local log="$WORK/pgbench-$workload-$mode-$round.log"
+  local args=(-n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -M "$PROTOCOL")
+  [ "$workload" = select-only ] && args+=(-S)
+
+  # What pgbench itself does before a run unless -n: vacuum the small tables and empty the history,
+  # so every run starts from the same state. Done directly, so it costs no mode anything.
+  as_client direct "$BINDIR/psql" -XqAt -v ON_ERROR_STOP=1 \
+    -c 'vacuum pgbench_branches' -c 'vacuum pgbench_tellers' -c 'truncate pgbench_history' >/dev/null
+
+  # pgbench exits non-zero when a client aborts (its "failed transactions" count stays 0 then).
+  local rc=0
+  as_client "$mode" "$BINDIR/pgbench" "${args[@]}" >"$log" 2>&1 || rc=$?
+  if [ "$rc" != 0 ]; then
+    tail -n 30 "$log" >&2
+    die "$mode/$workload round $round: pgbench exited with status $rc"
+  fi
+  local failed tps lat
+  failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$log")
+  if [ -n "$failed" ] && [ "$failed" != 0 ]; then
+    cat "$log" >&2
+    die "$mode/$workload round $round: $failed failed transactions"
+  fi
+  tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' "$log")
+  lat=$(sed -n 's/^latency average = \([0-9.]*\) ms$/\1/p' "$log")
+  if [ -z "$tps" ] || [ -z "$lat" ]; then
+    cat "$log" >&2
+    die "$mode/$workload round $round: no 'tps = ... (without initial connection time)' or 'latency average' line"
+  fi
+  printf '   round %d  %-10s %10.0f tps  %8.3f ms\n' "$round" "$mode" "$tps" "$lat"
   TPS[$mode,$workload]="${TPS[$mode,$workload]:-} $tps"
   LAT[$mode,$workload]="${LAT[$mode,$workload]:-} $lat"
 }
 
-MODES=(direct pgbouncer)
-[ "$WEIR_OK" = 1 ] && MODES+=(weir)
-for workload in select-only tpcb-like; do
-  echo "== $workload: $CLIENTS clients, ${DURATION}s, -M $PROTOCOL, $ROUNDS rounds"
-  for round in $(seq 1 "$ROUNDS"); do
+WORKLOADS=(select-only tpcb-like)
+for workload in "${WORKLOADS[@]}"; do
+  echo "== $workload: -c $CLIENTS -j $THREADS -T $DURATION -M $PROTOCOL, $ROUNDS round(s)"
+  for round in $(seq "$ROUNDS"); do
     order=("${MODES[@]}")
-    if [ $((round % 2)) = 0 ]; then order=(); for ((i=${#MODES[@]}-1; i>=0; i--)); do order+=("${MODES[$i]}"); done; fi
-    for mode in "${order[@]}"; do run "$mode" "$workload" "$round"; done
+    if [ $((round % 2)) = 0 ]; then # even rounds: reverse order
+      order=()
+      for ((i = ${#MODES[@]} - 1; i >= 0; i--)); do order+=("${MODES[$i]}"); done
+    fi
+    for mode in "${order[@]}"; do run_pgbench "$mode" "$workload" "$round"; done
   done
 done
 
-mean() { awk '{s=0; for(i=1;i<=NF;i++) s+=$i; printf "%.3f", s/NF}' <<<"$1"; }
-mkdir -p bench/results
+# ---------------------------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------------------------
+mean() { awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.6f", s / NF }' <<<"$1"; }
+
+WEIR_DESC="weir not run"
+[ -n "$WEIR_NOTE" ] || WEIR_DESC="$("$WEIR_BIN" --version 2>/dev/null || echo weir)"
+GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD -- 2>/dev/null || GIT_REV="$GIT_REV+dirty"
+
+mkdir -p "$(dirname "$RESULTS_FILE")"
 {
-  echo "pgbench on $(nproc) cores, scale $SCALE, $CLIENTS clients, -M $PROTOCOL, ${DURATION}s x $ROUNDS rounds per mode, alternating order; $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "pgbench $CLIENTS clients, $THREADS threads, -M $PROTOCOL, scale $SCALE, ${DURATION}s x $ROUNDS round(s) per mode, alternating order; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "PostgreSQL $("$BINDIR/postgres" --version | awk '{print $3}'), pgbouncer $BOUNCER_VERSION (transaction pooling), $WEIR_DESC; work tree at $GIT_REV. TPS excludes connection time; latency is pgbench's average; both are means over rounds."
   echo
   echo "| workload | mode | TPS | latency avg (ms) | TPS vs direct |"
   echo "|---|---|---:|---:|---:|"
-  for workload in select-only tpcb-like; do
-    direct=$(mean "${TPS[direct,$workload]}")
+  for workload in "${WORKLOADS[@]}"; do
+    direct_tps=$(mean "${TPS[direct,$workload]}")
     for mode in direct pgbouncer weir; do
-      if [ -z "${TPS[$mode,$workload]:-}" ]; then echo "| $workload | $mode | not run | | |"; continue; fi
-      t=$(mean "${TPS[$mode,$workload]}"); l=$(mean "${LAT[$mode,$workload]}")
-      printf '| %s | %s | %.0f | %.3f | %.2fx |\n' "$workload" "$mode" "$t" "$l" "$(awk -v a="$t" -v b="$direct" 'BEGIN{print a/b}')"
+      if [ -z "${TPS[$mode,$workload]:-}" ]; then
+        echo "| $workload | $mode | not run | – | – |"
+        continue
+      fi
+      t=$(mean "${TPS[$mode,$workload]}")
+      l=$(mean "${LAT[$mode,$workload]}")
+      printf '| %s | %s | %.0f | %.3f | %.2fx |\n' "$workload" "$mode" "$t" "$l" \
+        "$(awk -v a="$t" -v b="$direct_tps" 'BEGIN { print a / b }')"
     done
   done
-} | tee bench/results/latest.md
+  if [ -n "$BOUNCER_NOTE$WEIR_NOTE" ]; then echo; fi
+  if [ -n "$BOUNCER_NOTE" ]; then echo "pgbouncer: $BOUNCER_NOTE"; fi
+  if [ -n "$WEIR_NOTE" ]; then echo "weir: $WEIR_NOTE"; fi
+} >"$WORK/table.md"
+echo
+cat "$WORK/table.md"
+cp "$WORK/table.md" "$RESULTS_FILE"
+echo
+echo "(written to $RESULTS_FILE)"
