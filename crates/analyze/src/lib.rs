@@ -12,7 +12,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 pub mod postgres;
+mod scope;
 mod shape;
+
+pub use scope::{PathChange, Scope};
 
 /// What a statement does, as far as policy is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,6 +113,25 @@ pub struct CopyFacts {
     pub endpoint: CopyEndpoint,
 }
 
+/// A column a statement names: in its select list, WHERE, joins, SET or INSERT column list.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Column {
+    /// The table it belongs to, when the statement says which (through a qualifier, an alias
+    /// or by having only one table); as written, until a [`Scope`] qualifies it.
+    pub table: Option<String>,
+    /// The column's name; `*` for a star.
+    pub name: String,
+}
+
+impl std::fmt::Display for Column {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.table {
+            Some(t) => write!(f, "{t}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
 /// Facts about one statement of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatementFacts {
@@ -120,14 +142,20 @@ pub struct StatementFacts {
     pub tables_read: BTreeSet<String>,
     /// Tables written, created, altered or dropped.
     pub tables_written: BTreeSet<String>,
+    /// Columns named anywhere in the statement.
+    pub columns: BTreeSet<Column>,
     /// Functions called anywhere in the statement, lower-cased, qualified as written.
     pub functions: BTreeSet<String>,
+    /// The subset of `functions` that are not PostgreSQL built-ins (user-defined or from an
+    /// extension): what they do cannot be seen from the statement.
+    pub user_functions: BTreeSet<String>,
     /// UPDATE / DELETE / MERGE: a WHERE clause is present…
     pub has_where: bool,
     /// …and restricts rows (not `true`, `1 = 1`, `id = id`, …).
     pub where_effective: bool,
     pub has_limit: bool,
-    /// The statement (or any statement nested in it) changes data.
+    /// The statement (or any statement nested in it) changes data, or calls a built-in that
+    /// changes server state (`nextval`, `pg_terminate_backend`, `set_config`, …).
     pub writes: bool,
     /// A data-modifying statement is nested inside (e.g. in a CTE).
     pub nested_write: bool,
@@ -135,21 +163,28 @@ pub struct StatementFacts {
     pub unrestricted_write: bool,
     /// A nested statement type the analyzer does not know.
     pub unknown_nested: bool,
-    /// What it does cannot be known from the text (DO, CALL, EXECUTE of a name).
+    /// What it does cannot be known from the text: DO, CALL, EXECUTE of a statement the
+    /// session did not prepare in SQL, built-ins that run SQL given as a string
+    /// (`query_to_xml`, …). Calls of non-built-in functions are in `user_functions`.
     pub unknown_effect: bool,
     /// Runs as EXPLAIN ANALYZE (the statement executes).
     pub explain_analyze: bool,
     pub copy: Option<CopyFacts>,
-    /// SET / RESET: the setting's name.
+    /// SET / RESET / `set_config(…)`: the setting's name; `*` for RESET ALL and for a
+    /// `set_config` whose name is not a constant.
     pub setting: Option<String>,
     pub transaction: Option<&'static str>,
     /// DO / CREATE FUNCTION: the language, and whether it is untrusted.
     pub language: Option<String>,
     pub untrusted_language: bool,
-    /// PREPARE / DECLARE / EXECUTE: the statement or cursor name.
+    /// PREPARE / DECLARE / EXECUTE / DEALLOCATE: the statement or cursor name (none for
+    /// DEALLOCATE ALL); DISCARD: what it discards (`all`, `plans`, `sequences`, `temp`).
     pub name: Option<String>,
     /// PREPARE / DECLARE: the statement they hold.
     pub inner: Option<Box<StatementFacts>>,
+    /// Some fact depends on the value of a constant or parameter (`set_config`'s setting),
+    /// so texts that differ only in constants must not share these facts.
+    pub value_dependent: bool,
 }
 
 impl StatementFacts {
@@ -159,7 +194,9 @@ impl StatementFacts {
             node: String::new(),
             tables_read: BTreeSet::new(),
             tables_written: BTreeSet::new(),
+            columns: BTreeSet::new(),
             functions: BTreeSet::new(),
+            user_functions: BTreeSet::new(),
             has_where: false,
             where_effective: false,
             has_limit: false,
@@ -176,6 +213,7 @@ impl StatementFacts {
             untrusted_language: false,
             name: None,
             inner: None,
+            value_dependent: false,
         }
     }
 }
@@ -255,8 +293,13 @@ impl Analyzer {
             }
         }
         let facts: Arc<[StatementFacts]> = postgres::analyze_sql(text)?.into();
+        let value_dependent = facts
+            .iter()
+            .any(|f| f.value_dependent || f.inner.as_ref().is_some_and(|i| i.value_dependent));
         if text.len() <= MAX_CACHED_TEXT {
             match normalized.as_deref() {
+                // Only this very text may use facts that depend on its constants.
+                _ if value_dependent => put(&self.exact, text, &facts),
                 Some(n) if n == text => put(&self.exact, text, &facts),
                 Some(n) if postgres::analyze_sql(n).is_ok_and(|nf| nf.as_slice() == &facts[..]) => {
                     put(&self.normalized, n, &facts);

@@ -8,15 +8,127 @@
 //! a statement writes, WHERE, LIMIT, COPY's source, SET's name — is read from the few node types
 //! that carry it, and a statement type not in the table below is [`StatementKind::Unknown`].
 //!
-//! INVARIANT: facts never depend on the *value* of a constant (only on whether an expression
-//! is constant). Two texts that differ only in constants have the same facts, which is what
-//! lets [`crate::Analyzer`] cache by normalized text.
+//! Facts almost never depend on the *value* of a constant, only on whether an expression is
+//! constant, so texts that differ only in constants share facts and [`crate::Analyzer`] can
+//! cache by normalized text. The exceptions (COPY's file name, `set_config`'s setting name)
+//! are safe because the cache stores a normalized entry only after checking that the text and
+//! its normalized form analyze to the same facts.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::LazyLock;
 
 use serde_json::{Map, Value};
 
-use crate::{AnalyzeError, CopyEndpoint, CopyFacts, StatementFacts, StatementKind};
+use crate::{
+    AnalyzeError, Column, CopyEndpoint, CopyFacts, PathChange, StatementFacts, StatementKind,
+};
+
+/// Names of the functions in `pg_catalog` (PostgreSQL 15, plus what 16-18 added).
+static BUILTIN_FUNCTIONS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+    include_str!("pg_catalog_functions.txt")
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+});
+
+/// Built-ins that run SQL handed to them as a string, or read tables named in a string: what
+/// they read or write cannot be seen in the statement.
+const RUNS_SQL_TEXT: &[&str] = &[
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    "ts_stat",
+    "ts_rewrite",
+];
+
+/// Built-ins that change data or server state although they are called from a SELECT.
+const CHANGES_STATE: &[&str] = &[
+    "nextval",
+    "setval",
+    "set_config",
+    "lo_creat",
+    "lo_create",
+    "lo_unlink",
+    "lo_import",
+    "lo_export",
+    "lo_put",
+    "lo_from_bytea",
+    "lo_truncate",
+    "lo_truncate64",
+    "lowrite",
+    "pg_cancel_backend",
+    "pg_terminate_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_rotate_logfile_old",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "pg_promote",
+    "pg_backup_start",
+    "pg_backup_stop",
+    "pg_create_logical_replication_slot",
+    "pg_create_physical_replication_slot",
+    "pg_copy_logical_replication_slot",
+    "pg_copy_physical_replication_slot",
+    "pg_drop_replication_slot",
+    "pg_replication_slot_advance",
+    "pg_sync_replication_slots",
+    "pg_logical_slot_get_changes",
+    "pg_logical_slot_get_binary_changes",
+    "pg_logical_emit_message",
+    "pg_replication_origin_create",
+    "pg_replication_origin_drop",
+    "pg_replication_origin_advance",
+    "pg_replication_origin_session_setup",
+    "pg_replication_origin_session_reset",
+    "pg_replication_origin_xact_setup",
+    "pg_replication_origin_xact_reset",
+    "pg_stat_reset",
+    "pg_stat_reset_shared",
+    "pg_stat_reset_single_table_counters",
+    "pg_stat_reset_single_function_counters",
+    "pg_stat_reset_slru",
+    "pg_stat_reset_replication_slot",
+    "pg_stat_reset_subscription_stats",
+    "pg_wal_replay_pause",
+    "pg_wal_replay_resume",
+    "pg_notify",
+    "pg_import_system_collations",
+    "gin_clean_pending_list",
+    "brin_summarize_range",
+    "brin_summarize_new_values",
+    "brin_desummarize_range",
+    "pg_log_backend_memory_contexts",
+    "pg_extension_config_dump",
+    "pg_restore_relation_stats",
+    "pg_clear_relation_stats",
+    "pg_restore_attribute_stats",
+    "pg_clear_attribute_stats",
+    "pg_stop_making_pinned_objects",
+];
+
+/// Whether a called function (lower case, qualified as written) is a PostgreSQL built-in.
+/// `pg_catalog` is searched first whatever the search_path, so an unqualified built-in name
+/// is the built-in.
+fn builtin(function: &str) -> bool {
+    let base = match function.rsplit_once('.') {
+        Some(("pg_catalog", base)) => base,
+        Some(_) => return false,
+        None => function,
+    };
+    BUILTIN_FUNCTIONS.contains(base)
+}
 
 /// Analyzes every statement of `sql` (a Query string or a Parse's text).
 pub fn analyze_sql(sql: &str) -> Result<Vec<StatementFacts>, AnalyzeError> {
@@ -38,6 +150,54 @@ pub fn analyze_sql(sql: &str) -> Result<Vec<StatementFacts>, AnalyzeError> {
         out.push(StatementFacts::new(StatementKind::Empty));
     }
     Ok(out)
+}
+
+/// What statement `index` of `sql` does to the search_path, if it is a SET or RESET of it
+/// (or RESET ALL). Parses again: the facts do not carry SET's values (they are constants, and
+/// facts are shared by texts that differ only in constants), and changing the search_path is
+/// rare enough not to need a cache.
+pub fn search_path_change(sql: &str, index: usize) -> Option<PathChange> {
+    let parsed = std::panic::catch_unwind(|| pg_query::parse(sql, 0))
+        .ok()?
+        .ok()?;
+    let node = parsed
+        .protobuf
+        .stmts
+        .iter()
+        .filter_map(|raw| raw.stmt.as_ref().and_then(|n| n.node.as_ref()))
+        .nth(index)?;
+    let value = serde_json::to_value(node).ok()?;
+    let (kind, body) = tagged(&value)?;
+    if kind != "VariableSetStmt" {
+        return None;
+    }
+    let name = body
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty());
+    if !matches!(name, Some("search_path") | None) {
+        return None;
+    }
+    let local = body
+        .get("is_local")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    // VariableSetKind, in protobuf numbering (0 is "undefined").
+    Some(match body.get("kind").and_then(Value::as_i64) {
+        Some(1) if name.is_some() => {
+            let schemas = body
+                .get("args")
+                .and_then(Value::as_array)
+                .map(|args| args.iter().map(string_constant).collect::<Option<Vec<_>>>());
+            match schemas.flatten() {
+                Some(s) if local => PathChange::Local(s),
+                Some(s) => PathChange::Set(s),
+                None => PathChange::Unknown,
+            }
+        }
+        Some(2 | 5 | 6) => PathChange::Reset,
+        _ => PathChange::Unknown,
+    })
 }
 
 fn parse_message(e: pg_query::Error) -> String {
@@ -242,7 +402,28 @@ fn statement(value: &Value) -> StatementFacts {
             f.copy = Some(CopyFacts { from, endpoint });
         }
         "VariableSetStmt" => {
-            f.setting = body.get("name").and_then(Value::as_str).map(str::to_owned);
+            f.setting = body
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .map(str::to_lowercase)
+                .or_else(|| Some("all".into())); // RESET ALL
+        }
+        "DeallocateStmt" => {
+            f.name = body.get("name").and_then(Value::as_str).map(str::to_owned);
+        }
+        "DiscardStmt" => {
+            // DiscardMode, in protobuf numbering (0 is "undefined").
+            f.name = Some(
+                match body.get("target").and_then(Value::as_i64) {
+                    Some(1) => "all",
+                    Some(2) => "plans",
+                    Some(3) => "sequences",
+                    Some(4) => "temp",
+                    _ => "unknown",
+                }
+                .to_owned(),
+            );
         }
         "ExplainStmt" => {
             let analyze = body
@@ -259,7 +440,10 @@ fn statement(value: &Value) -> StatementFacts {
                 }
                 f.tables_read.extend(inner.tables_read.iter().cloned());
                 f.tables_read.extend(inner.tables_written.iter().cloned());
+                f.columns.extend(inner.columns.iter().cloned());
                 f.functions.extend(inner.functions.iter().cloned());
+                f.user_functions
+                    .extend(inner.user_functions.iter().cloned());
                 return f;
             }
         }
@@ -349,10 +533,125 @@ fn writes_relation(node: &str) -> bool {
     )
 }
 
-/// Walks the whole statement, collecting table references and function calls.
+/// What the walk gathers besides the facts themselves, to resolve columns at the end.
+#[derive(Default)]
+struct Names {
+    /// Alias → the table it stands for; `None` when one alias names different tables.
+    aliases: HashMap<String, Option<String>>,
+    /// Column references as written (`["c", "email"]`, `["*"]`).
+    columns: Vec<Vec<String>>,
+    /// Columns assigned by INSERT's column list or UPDATE's SET, with their table.
+    assigned: Vec<(String, String)>,
+}
+
+impl Names {
+    fn table(&mut self, rangevar: &Map<String, Value>, written: bool, f: &mut StatementFacts) {
+        let name = table_name(rangevar);
+        if let Some(alias) = rangevar
+            .get("alias")
+            .and_then(|a| a.get("aliasname"))
+            .and_then(Value::as_str)
+        {
+            self.aliases
+                .entry(alias.to_owned())
+                .and_modify(|t| {
+                    if t.as_deref() != Some(name.as_str()) {
+                        *t = None;
+                    }
+                })
+                .or_insert_with(|| Some(name.clone()));
+        }
+        if written {
+            f.tables_written.insert(name);
+        } else {
+            f.tables_read.insert(name);
+        }
+    }
+
+    /// INSERT's column list and UPDATE's SET targets name columns of the written table.
+    fn assignments(&mut self, node: &str, body: &Map<String, Value>) {
+        let field = match node {
+            "InsertStmt" => "cols",
+            "UpdateStmt" => "target_list",
+            _ => return,
+        };
+        let Some(table) = body
+            .get("relation")
+            .and_then(|r| tagged(r).map(|(_, inner)| inner).or_else(|| r.as_object()))
+            .map(table_name)
+        else {
+            return;
+        };
+        for target in body
+            .get(field)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(name) = tagged(target)
+                .filter(|(kind, _)| *kind == "ResTarget")
+                .and_then(|(_, t)| t.get("name").and_then(Value::as_str))
+            {
+                self.assigned.push((table.clone(), name.to_owned()));
+            }
+        }
+    }
+
+    /// Attributes each column to a table where the statement makes it clear: a qualifier
+    /// that is an alias or a table, or the only table of the statement.
+    fn resolve(self, f: &mut StatementFacts) {
+        let tables: Vec<String> = f
+            .tables_read
+            .iter()
+            .chain(f.tables_written.iter())
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let only = match tables.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        };
+        for mut parts in self.columns {
+            if parts.len() == 4 {
+                parts.remove(0); // database.schema.table.column
+            }
+            let Some(name) = parts.pop() else { continue };
+            let table = if parts.is_empty() {
+                only.clone()
+            } else {
+                let qualifier = parts.join(".");
+                match self.aliases.get(&qualifier) {
+                    Some(t) => t.clone(),
+                    None if tables.contains(&qualifier) => Some(qualifier),
+                    None => {
+                        let mut by_last = tables.iter().filter(|t| {
+                            t.rsplit_once('.')
+                                .is_some_and(|(_, last)| last == qualifier)
+                        });
+                        match (by_last.next(), by_last.next()) {
+                            (Some(t), None) => Some(t.clone()),
+                            _ => None,
+                        }
+                    }
+                }
+            };
+            f.columns.insert(Column { table, name });
+        }
+        for (table, name) in self.assigned {
+            f.columns.insert(Column {
+                table: Some(table),
+                name,
+            });
+        }
+    }
+}
+
+/// Walks the whole statement, collecting table references, columns and function calls.
 fn walk(top: &str, body: &Map<String, Value>, f: &mut StatementFacts) {
     // (value, enclosing statement node, is this a written relation)
     let mut stack: Vec<(&Value, &str, bool)> = Vec::new();
+    let mut names = Names::default();
     let copy_from = f.copy.as_ref().is_some_and(|c| c.from);
     for (k, v) in body {
         let written = (k == "relation"
@@ -361,6 +660,7 @@ fn walk(top: &str, body: &Map<String, Value>, f: &mut StatementFacts) {
             || (k == "relation" && f.kind == StatementKind::Ddl);
         stack.push((v, top, written));
     }
+    names.assignments(top, body);
     if top == "DropStmt" {
         collect_drop_objects(body, f);
     }
@@ -369,33 +669,34 @@ fn walk(top: &str, body: &Map<String, Value>, f: &mut StatementFacts) {
             Value::Array(items) => stack.extend(items.iter().map(|i| (i, stmt, written))),
             Value::Object(obj) => {
                 if obj.contains_key("relname") && obj.contains_key("inh") {
-                    let name = table_name(obj);
-                    if written {
-                        f.tables_written.insert(name);
-                    } else {
-                        f.tables_read.insert(name);
-                    }
+                    names.table(obj, written, f);
                     continue;
                 }
                 if let Some((node, inner)) = tagged(v) {
-                    if node == "RangeVar" {
-                        let name = table_name(inner);
-                        if written {
-                            f.tables_written.insert(name);
-                        } else {
-                            f.tables_read.insert(name);
+                    match node {
+                        "RangeVar" => {
+                            names.table(inner, written, f);
+                            continue;
                         }
-                        continue;
-                    }
-                    if node == "FuncCall" {
-                        if let Some(name) = function_name(inner) {
-                            f.functions.insert(name);
+                        "FuncCall" => {
+                            if let Some(name) = function_name(inner) {
+                                call(&name, inner, f);
+                                f.functions.insert(name);
+                            }
                         }
+                        "ColumnRef" => {
+                            if let Some(parts) = column_parts(inner) {
+                                names.columns.push(parts);
+                            }
+                            continue;
+                        }
+                        _ => {}
                     }
                     if writes_relation(node) {
                         f.writes = true;
                         if node != top {
                             f.nested_write = true;
+                            names.assignments(node, inner);
                             if matches!(node, "UpdateStmt" | "DeleteStmt")
                                 && inner
                                     .get("where_clause")
@@ -431,6 +732,66 @@ fn walk(top: &str, body: &Map<String, Value>, f: &mut StatementFacts) {
     ) {
         f.writes = true;
     }
+    names.resolve(f);
+}
+
+/// What a function call means for the facts: built-ins that change state or run SQL text,
+/// `set_config`'s setting, and calls of functions that are not built-ins.
+fn call(name: &str, call: &Map<String, Value>, f: &mut StatementFacts) {
+    if !builtin(name) {
+        f.user_functions.insert(name.to_owned());
+        return;
+    }
+    let base = name.rsplit('.').next().unwrap_or(name);
+    if RUNS_SQL_TEXT.contains(&base) {
+        f.unknown_effect = true;
+    }
+    if CHANGES_STATE.contains(&base) || base.starts_with("binary_upgrade_") {
+        f.writes = true;
+    }
+    if base == "set_config" {
+        f.value_dependent = true;
+        // The setting's name, when it is a constant; otherwise any setting.
+        let setting = call
+            .get("args")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(string_constant)
+            .map(|s| s.to_lowercase())
+            .unwrap_or_else(|| "*".into());
+        f.setting = Some(match &f.setting {
+            Some(prev) if *prev != setting => "*".into(),
+            _ => setting,
+        });
+    }
+}
+
+/// A string literal's value (`'x'`, also through a cast such as `'x'::text`).
+fn string_constant(v: &Value) -> Option<String> {
+    let (kind, body) = tagged(v)?;
+    match kind {
+        "AConst" => body
+            .get("val")
+            .and_then(|v| v.get("Sval"))
+            .and_then(|s| s.get("sval"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        "TypeCast" => string_constant(body.get("arg")?),
+        _ => None,
+    }
+}
+
+fn column_parts(column_ref: &Map<String, Value>) -> Option<Vec<String>> {
+    column_ref
+        .get("fields")?
+        .as_array()?
+        .iter()
+        .map(|field| match tagged(field)? {
+            ("String", s) => s.get("sval").and_then(Value::as_str).map(str::to_owned),
+            ("AStar", _) => Some("*".to_owned()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn table_name(obj: &Map<String, Value>) -> String {

@@ -265,6 +265,14 @@ fn cache_never_hands_one_statement_another_ones_facts() {
         assert!(facts("SELECT lower('/etc/passwd')")[0]
             .functions
             .contains("lower"));
+        // Facts that depend on a value are never shared by look-alikes.
+        for (sql, setting) in [
+            ("SELECT set_config($1, $2, false)", "*"),
+            ("SELECT set_config('role', 'x', false)", "role"),
+            ("SELECT set_config('app.tenant', '42', false)", "app.tenant"),
+        ] {
+            assert_eq!(facts(sql)[0].setting.as_deref(), Some(setting), "{sql}");
+        }
     }
     // The same shape with other constants is a cache hit sharing the facts.
     let x = a
@@ -278,4 +286,199 @@ fn cache_never_hands_one_statement_another_ones_facts() {
         &*y.sql,
         "SELECT abalance FROM pgbench_accounts WHERE aid = 99"
     );
+}
+
+fn columns(f: &StatementFacts) -> std::collections::BTreeSet<String> {
+    f.columns.iter().map(|c| c.to_string()).collect()
+}
+
+#[test]
+fn columns_are_attributed_to_their_tables() {
+    let f = one("SELECT c.email, name FROM customers c WHERE c.id = $1");
+    assert_eq!(
+        columns(&f),
+        set(&["customers.email", "customers.id", "customers.name"])
+    );
+    // Two tables: a qualifier or alias decides; an unqualified column stays unattributed.
+    let f = one(
+        "SELECT o.total, customers.email, note FROM orders o JOIN public.customers ON o.customer_id = customers.id",
+    );
+    assert_eq!(
+        columns(&f),
+        set(&[
+            "note",
+            "orders.customer_id",
+            "orders.total",
+            "public.customers.email",
+            "public.customers.id",
+        ])
+    );
+    assert_eq!(
+        columns(&one("SELECT * FROM customers")),
+        set(&["customers.*"])
+    );
+    assert_eq!(
+        columns(&one("SELECT x.* FROM (SELECT 1) x")),
+        set(&["*"]),
+        "a subquery's columns belong to no table"
+    );
+    assert_eq!(
+        columns(&one(
+            "SELECT shop.public.customers.ssn FROM public.customers"
+        )),
+        set(&["public.customers.ssn"])
+    );
+    // Written columns: INSERT's list, UPDATE's SET, also inside a CTE.
+    assert_eq!(
+        columns(&one("INSERT INTO customers (email, phone) VALUES ($1, $2)")),
+        set(&["customers.email", "customers.phone"])
+    );
+    let f = one(
+        "WITH u AS (UPDATE customers SET ssn = NULL WHERE id = 1 RETURNING id) SELECT * FROM u",
+    );
+    assert!(columns(&f).contains("customers.ssn"), "{:?}", f.columns);
+    // One alias for two tables in different scopes: ambiguous, so not attributed.
+    let f = one("SELECT t.a FROM x t WHERE EXISTS (SELECT t.b FROM y t)");
+    assert_eq!(columns(&f), set(&["a", "b"]));
+}
+
+#[test]
+fn function_calls_are_classified() {
+    let f = one("SELECT lower(name), pg_catalog.upper(name), count(*) FROM t");
+    assert!(f.user_functions.is_empty(), "{:?}", f.user_functions);
+    assert!(!f.writes && !f.unknown_effect);
+    // Not built-ins: their effect cannot be seen.
+    let f = one("SELECT app.transfer(1, 2), my_fn() FROM t");
+    assert_eq!(f.user_functions, set(&["app.transfer", "my_fn"]));
+    let f = one("SELECT public.lower(name) FROM t");
+    assert_eq!(f.user_functions, set(&["public.lower"]));
+    // Built-ins that change state make a SELECT a write.
+    for sql in [
+        "SELECT nextval('orders_id_seq')",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+        "SELECT lo_unlink(16400)",
+        "SELECT pg_reload_conf()",
+    ] {
+        assert!(one(sql).writes, "{sql}");
+    }
+    // Built-ins that run SQL given as text: unknown effect.
+    for sql in [
+        "SELECT query_to_xml('delete from t returning *', true, false, '')",
+        "SELECT table_to_xml('customers', true, false, '')",
+        "SELECT ts_stat('select v from t')",
+    ] {
+        assert!(one(sql).unknown_effect, "{sql}");
+    }
+    // set_config names its setting; a parameter could be any setting.
+    let f = one("SELECT set_config('role', 'postgres', false)");
+    assert_eq!(f.setting.as_deref(), Some("role"));
+    assert!(f.writes);
+    assert_eq!(
+        one("SELECT set_config($1, $2, false)").setting.as_deref(),
+        Some("*")
+    );
+    assert_eq!(one("RESET ALL").setting.as_deref(), Some("all"));
+}
+
+mod scope {
+    use super::*;
+    use weir_analyze::{Analyzer, PathChange, Scope};
+
+    fn tables(scope: &Scope, sql: &str) -> Vec<String> {
+        let a = Analyzer::new().analyze(sql.as_bytes()).unwrap();
+        let r = scope.resolve(&a.statements);
+        r[0].tables_read
+            .iter()
+            .chain(r[0].tables_written.iter())
+            .cloned()
+            .collect()
+    }
+
+    fn run(scope: &mut Scope, sql: &str) {
+        let a = Analyzer::new().analyze(sql.as_bytes()).unwrap();
+        scope.observe(&a);
+    }
+
+    #[test]
+    fn tables_resolve_against_the_search_path() {
+        let mut s = Scope::new("app", None);
+        assert_eq!(tables(&s, "SELECT * FROM customers"), ["public.customers"]);
+        assert_eq!(tables(&s, "SELECT * FROM sales.orders"), ["sales.orders"]);
+        assert_eq!(
+            tables(&s, "SELECT * FROM pg_class"),
+            ["pg_catalog.pg_class"]
+        );
+        run(&mut s, "SET search_path = sales, public");
+        assert_eq!(tables(&s, "SELECT * FROM customers"), ["sales.customers"]);
+        // Both schemas the session has used stay candidates for sensitivity lookups.
+        assert_eq!(
+            s.candidates("customers").unwrap(),
+            [
+                "app.customers",
+                "public.customers",
+                "sales.customers",
+                "pg_catalog.customers"
+            ]
+        );
+        run(&mut s, "RESET search_path");
+        assert_eq!(tables(&s, "SELECT * FROM customers"), ["public.customers"]);
+        // A change Weir cannot see: any schema could hold the table.
+        run(&mut s, "SELECT set_config('search_path', 'x', false)");
+        assert_eq!(s.candidates("customers"), None);
+        // The client's startup parameter is the starting point.
+        let s = Scope::new("app", Some("\"Billing\", public"));
+        assert_eq!(tables(&s, "SELECT * FROM invoices"), ["Billing.invoices"]);
+    }
+
+    #[test]
+    fn search_path_changes_are_read_from_the_statement() {
+        use weir_analyze::postgres::search_path_change;
+        assert_eq!(
+            search_path_change("SELECT 1; SET search_path TO a, \"B\"", 1),
+            Some(PathChange::Set(vec!["a".into(), "B".into()]))
+        );
+        assert_eq!(
+            search_path_change("SET LOCAL search_path = x", 0),
+            Some(PathChange::Local(vec!["x".into()]))
+        );
+        assert_eq!(
+            search_path_change("SET search_path TO DEFAULT", 0),
+            Some(PathChange::Reset)
+        );
+        assert_eq!(search_path_change("RESET ALL", 0), Some(PathChange::Reset));
+        assert_eq!(search_path_change("SET work_mem = '1MB'", 0), None);
+    }
+
+    #[test]
+    fn execute_runs_what_the_session_prepared() {
+        let mut s = Scope::new("app", None);
+        let exec = || {
+            Analyzer::new()
+                .analyze(b"EXECUTE wipe")
+                .unwrap()
+                .statements
+                .to_vec()
+        };
+        // Not prepared (or not seen): unknown effect.
+        let r = s.resolve(&exec());
+        assert_eq!(r[0].kind, K::Execute);
+        assert!(r[0].unknown_effect);
+        run(&mut s, "PREPARE wipe AS DELETE FROM orders");
+        let r = s.resolve(&exec());
+        assert_eq!(r[0].kind, K::Delete);
+        assert!(r[0].unrestricted_write && !r[0].unknown_effect);
+        assert_eq!(r[0].tables_written, set(&["public.orders"]));
+        assert_eq!(r[0].name.as_deref(), Some("wipe"));
+        run(&mut s, "DEALLOCATE wipe");
+        assert_eq!(s.resolve(&exec())[0].kind, K::Execute);
+        run(&mut s, "PREPARE wipe AS DELETE FROM orders");
+        run(&mut s, "DISCARD ALL");
+        assert_eq!(s.resolve(&exec())[0].kind, K::Execute);
+        // In one string, the request is decided in the scope it makes.
+        let a = Analyzer::new()
+            .analyze(b"PREPARE p AS UPDATE orders SET total = 0; EXECUTE p")
+            .unwrap();
+        let next = s.after(&a).unwrap();
+        assert_eq!(next.resolve(&a.statements)[1].kind, K::Update);
+    }
 }

@@ -116,6 +116,8 @@ mod raw {
         #[serde(default)]
         pub files: Vec<String>,
         pub admin_group: Option<String>,
+        #[serde(default)]
+        pub trusted_functions: Vec<String>,
     }
 
     impl Default for Policy {
@@ -124,6 +126,7 @@ mod raw {
                 defaults: true,
                 files: Vec::new(),
                 admin_group: None,
+                trusted_functions: Vec::new(),
             }
         }
     }
@@ -355,6 +358,9 @@ pub struct PolicyConfig {
     pub files: Vec<String>,
     /// The group allowed to read server files and run programs (default `weir-admins`).
     pub admin_group: String,
+    /// Functions that are not PostgreSQL built-ins but whose calls the operator vouches for
+    /// (extension or application functions without side effects), as `name` or `schema.name`.
+    pub trusted_functions: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -655,6 +661,7 @@ impl Validator<'_> {
                 .policy
                 .admin_group
                 .unwrap_or_else(|| "weir-admins".into()),
+            trusted_functions: raw.policy.trusted_functions,
         };
         let a = raw.approvals;
         let approvals = ApprovalsConfig {

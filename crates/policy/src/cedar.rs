@@ -36,6 +36,9 @@ struct Meta {
     reason: String,
     approve: bool,
     bound: Option<u64>,
+    /// Position in the policy set (built-ins first, then files in order): when several
+    /// rules of the same outcome apply, the first one names the decision, every time.
+    order: usize,
 }
 
 /// A validated policy set, ready to decide.
@@ -137,6 +140,7 @@ impl Engine {
                         rule,
                         approve,
                         bound,
+                        order: meta.len(),
                     },
                 );
                 policies
@@ -216,9 +220,10 @@ impl Engine {
         &self,
         s: &SessionEntities,
         facts: &StatementFacts,
+        untrusted_calls: bool,
         sensitivity: &[String],
     ) -> Verdict {
-        match self.try_decide(s, facts, sensitivity) {
+        match self.try_decide(s, facts, untrusted_calls, sensitivity) {
             Ok(v) => v,
             Err(e) => Verdict::Deny {
                 rule: "weir.policy-error".into(),
@@ -231,11 +236,12 @@ impl Engine {
         &self,
         s: &SessionEntities,
         facts: &StatementFacts,
+        untrusted_calls: bool,
         sensitivity: &[String],
     ) -> Result<Verdict, String> {
         let action = uid("Action", facts.kind.as_str()).map_err(|e| e.to_string())?;
-        let context =
-            Context::from_pairs(context_pairs(facts, sensitivity)).map_err(|e| e.to_string())?;
+        let context = Context::from_pairs(context_pairs(facts, untrusted_calls, sensitivity))
+            .map_err(|e| e.to_string())?;
         let request = Request::new(
             s.principal.clone(),
             action,
@@ -250,11 +256,12 @@ impl Engine {
         if let Some(err) = response.diagnostics().errors().next() {
             return Err(format!("policy evaluation failed: {err}"));
         }
-        let reasons: Vec<&Meta> = response
+        let mut reasons: Vec<&Meta> = response
             .diagnostics()
             .reason()
             .filter_map(|id| self.meta.get(id))
             .collect();
+        reasons.sort_by_key(|m| m.order);
         Ok(match response.decision() {
             CedarDecision::Allow => match reasons
                 .iter()
@@ -306,8 +313,11 @@ fn strings(items: impl IntoIterator<Item = String>) -> RestrictedExpression {
     RestrictedExpression::new_set(items.into_iter().map(RestrictedExpression::new_string))
 }
 
+/// The facts as Cedar's context. `untrusted_calls`: the statement calls a function that is
+/// neither built-in nor trusted by the operator, which makes its effect unknown.
 fn context_pairs(
     f: &StatementFacts,
+    untrusted_calls: bool,
     sensitivity: &[String],
 ) -> Vec<(String, RestrictedExpression)> {
     let b = |k: &str, v: bool| (k.to_owned(), RestrictedExpression::new_bool(v));
@@ -341,6 +351,14 @@ fn context_pairs(
             strings(f.tables_written.iter().cloned()),
         ),
         ("functions".to_owned(), strings(functions)),
+        (
+            "user_functions".to_owned(),
+            strings(f.user_functions.iter().cloned()),
+        ),
+        (
+            "columns".to_owned(),
+            strings(f.columns.iter().map(|c| c.to_string())),
+        ),
         b("has_where", f.has_where),
         b("where_effective", f.where_effective),
         b("unrestricted_write", f.unrestricted_write),
@@ -348,7 +366,7 @@ fn context_pairs(
         b("writes", f.writes),
         b("nested_write", f.nested_write),
         b("unknown_nested", f.unknown_nested),
-        b("unknown_effect", f.unknown_effect),
+        b("unknown_effect", f.unknown_effect || untrusted_calls),
         b("explain_analyze", f.explain_analyze),
         (
             "copy_endpoint".to_owned(),

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use weir_analyze::{Analysis, StatementFacts};
+use weir_analyze::{Analysis, Scope, StatementFacts};
 
 pub mod cedar;
 
@@ -65,21 +65,28 @@ pub struct TargetInfo {
 }
 
 impl TargetInfo {
-    /// Tags of the tables a statement touches. An unqualified name also matches `public.`.
-    fn tags(&self, f: &StatementFacts) -> Vec<String> {
-        let mut tags: Vec<String> = f
-            .tables_read
-            .iter()
-            .chain(f.tables_written.iter())
-            .filter_map(|t| {
-                self.sensitivity.get(t).or_else(|| {
-                    (!t.contains('.'))
-                        .then(|| self.sensitivity.get(&format!("public.{t}")))
-                        .flatten()
-                })
-            })
-            .cloned()
-            .collect();
+    /// Tags of the tables a statement touches (`f` as analyzed, names as written). An
+    /// unqualified name carries the tags of every table it could denote in the session's
+    /// scope (every schema the search_path has held), or of every table of that name when the
+    /// path is uncertain: when Weir cannot tell which table it is, it assumes the sensitive one.
+    fn tags(&self, f: &StatementFacts, scope: &Scope) -> Vec<String> {
+        let mut tags: Vec<String> = Vec::new();
+        for t in f.tables_read.iter().chain(f.tables_written.iter()) {
+            match scope.candidates(t) {
+                Some(names) => tags.extend(
+                    names
+                        .iter()
+                        .filter_map(|n| self.sensitivity.get(n))
+                        .cloned(),
+                ),
+                None => tags.extend(
+                    self.sensitivity
+                        .iter()
+                        .filter(|(n, _)| n.rsplit('.').next() == Some(t.as_str()))
+                        .map(|(_, tag)| tag.clone()),
+                ),
+            }
+        }
         tags.sort();
         tags.dedup();
         tags
@@ -147,6 +154,9 @@ impl Decision {
 /// validated against Weir's schema at load.
 pub struct Policy {
     engine: Option<cedar::Engine>,
+    /// Non-built-in functions the operator vouches for (`[policy] trusted_functions`): calling
+    /// them is not an unknown effect. Lower case, as written in statements (`f` or `schema.f`).
+    trusted_functions: std::collections::HashSet<String>,
 }
 
 /// What a session keeps to decide its statements: its principal and target as Cedar
@@ -159,7 +169,16 @@ pub struct PolicySession {
 impl Policy {
     /// No rules at all: everything is allowed. For tests of other stages only.
     pub fn allow_all() -> Policy {
-        Policy { engine: None }
+        Policy {
+            engine: None,
+            trusted_functions: Default::default(),
+        }
+    }
+
+    /// Functions whose calls are not an unknown effect although they are not built-ins.
+    pub fn with_trusted_functions(mut self, names: &[String]) -> Policy {
+        self.trusted_functions = names.iter().map(|n| n.to_lowercase()).collect();
+        self
     }
 
     /// Loads and validates the policy set. Errors name the file and line.
@@ -170,6 +189,7 @@ impl Policy {
     ) -> Result<Policy, PolicyError> {
         Ok(Policy {
             engine: Some(cedar::Engine::load(defaults, admin_group, files)?),
+            trusted_functions: Default::default(),
         })
     }
 
@@ -188,25 +208,43 @@ impl Policy {
         })
     }
 
-    /// Decides every statement of an analyzed text.
-    pub fn decide(&self, session: &PolicySession, analysis: &Arc<Analysis>) -> Decision {
+    /// Decides every statement of an analyzed text, in the session's scope. The decision
+    /// carries the facts as resolved in that scope (qualified names, `EXECUTE` replaced by
+    /// what it runs), which is what later stages see.
+    pub fn decide(
+        &self,
+        session: &PolicySession,
+        scope: &Scope,
+        analysis: &Arc<Analysis>,
+    ) -> Decision {
+        let resolved: Vec<StatementFacts> = scope.resolve(&analysis.statements);
         let verdicts = analysis
             .statements
             .iter()
-            .map(|f| {
+            .zip(&resolved)
+            .map(|(raw, f)| {
                 // PREPARE and DECLARE are decided as the statement they hold: that is what
                 // EXECUTE and FETCH will run.
+                let raw = scope.source(raw);
+                let raw = raw.inner.as_deref().unwrap_or(raw);
                 let f = f.inner.as_deref().unwrap_or(f);
                 match (&self.engine, &session.entities) {
                     (Some(engine), Some(entities)) => {
-                        engine.decide(entities, f, &session.target.tags(f))
+                        let untrusted = f
+                            .user_functions
+                            .iter()
+                            .any(|n| !self.trusted_functions.contains(n));
+                        engine.decide(entities, f, untrusted, &session.target.tags(raw, scope))
                     }
                     _ => Verdict::Allow,
                 }
             })
             .collect();
         Decision {
-            analysis: Arc::clone(analysis),
+            analysis: Arc::new(Analysis {
+                sql: Arc::clone(&analysis.sql),
+                statements: resolved.into(),
+            }),
             verdicts,
         }
     }
@@ -215,6 +253,35 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sensitivity_follows_the_search_path() {
+        let target = TargetInfo {
+            name: "shop".into(),
+            environment: "production".into(),
+            sensitivity: [("sales.customers".to_string(), "pii".to_string())].into(),
+        };
+        let a = weir_analyze::Analyzer::new();
+        let read = a.analyze(b"select * from customers").unwrap();
+        let tags = |scope: &Scope| target.tags(&read.statements[0], scope);
+        let mut scope = Scope::new("app", None);
+        assert!(tags(&scope).is_empty());
+        scope.observe(&a.analyze(b"set search_path = sales").unwrap());
+        assert_eq!(tags(&scope), ["pii"]);
+        // Back to public, but the session may still reach sales (a ROLLBACK can undo a SET).
+        scope.observe(&a.analyze(b"reset search_path").unwrap());
+        assert_eq!(tags(&scope), ["pii"]);
+        // A path change out of sight: any table of that name counts.
+        let mut scope = Scope::new("app", None);
+        scope.observe(
+            &a.analyze(b"select set_config('search_path', 'sales', false)")
+                .unwrap(),
+        );
+        assert_eq!(tags(&scope), ["pii"]);
+        // Qualified names are exact.
+        let other = a.analyze(b"select * from public.customers").unwrap();
+        assert!(target.tags(&other.statements[0], &scope).is_empty());
+    }
 
     #[test]
     fn deny_wins_over_approval_and_allow() {

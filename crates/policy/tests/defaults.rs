@@ -33,8 +33,10 @@ fn outcome(
     };
     let session = policy.session(id, &target).unwrap();
     let analysis = analyzer.analyze(sql.as_bytes()).unwrap();
+    let scope = weir_analyze::Scope::default();
+    let scope = scope.after(&analysis).unwrap_or(scope);
     policy
-        .decide(&session, &analysis)
+        .decide(&session, &scope, &analysis)
         .verdicts
         .iter()
         .map(|v| match v {
@@ -260,6 +262,57 @@ fn default_policy_cases() {
             "SET session_replication_role = replica",
             "approve weir.session-identity-needs-approval-in-production",
         ),
+        (
+            &dev,
+            "production",
+            "SELECT set_config('role', 'postgres', false)",
+            "approve weir.session-identity-needs-approval-in-production",
+        ),
+        (
+            &dev,
+            "production",
+            "SELECT set_config($1, $2, false)",
+            "approve weir.session-identity-needs-approval-in-production",
+        ),
+        (
+            &dev,
+            "production",
+            "SELECT set_config('app.tenant', '42', false)",
+            "allow",
+        ),
+        // Functions that are not built-ins: their bodies are out of sight.
+        (
+            &dev,
+            "production",
+            "SELECT app.close_account(7)",
+            "approve weir.unknown-effect-needs-approval-in-production",
+        ),
+        (&dev, "development", "SELECT app.close_account(7)", "allow"),
+        (
+            &dev,
+            "production",
+            "SELECT lower(email), count(*) FROM customers GROUP BY 1",
+            "allow",
+        ),
+        (
+            &dev,
+            "production",
+            "SELECT query_to_xml('delete from orders returning id', true, false, '')",
+            "approve weir.unknown-effect-needs-approval-in-production",
+        ),
+        // Built-ins that change state are writes: agents need approval for them.
+        (
+            &agent,
+            "production",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+            "approve weir.agents-read-only-in-production",
+        ),
+        (
+            &agent,
+            "production",
+            "SELECT nextval('orders_id_seq')",
+            "approve weir.agents-read-only-in-production",
+        ),
     ];
     let mut failures = Vec::new();
     for (id, env, sql, want) in cases {
@@ -289,6 +342,23 @@ fn every_statement_of_a_multi_statement_string_is_decided() {
     assert_eq!(
         got,
         vec!["allow", "deny weir.no-drop-in-production", "allow"]
+    );
+    // EXECUTE is decided as what the session prepared (here, in the same string).
+    let got = outcome(
+        &policy,
+        &analyzer,
+        &dev,
+        "production",
+        "PREPARE ok AS DELETE FROM orders WHERE id = $1; EXECUTE ok(1); PREPARE wipe AS DELETE FROM orders; EXECUTE wipe",
+    );
+    assert_eq!(
+        got,
+        vec![
+            "allow",
+            "allow",
+            "deny weir.where-required-in-production",
+            "deny weir.where-required-in-production"
+        ]
     );
 }
 

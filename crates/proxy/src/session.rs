@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn, Instrument};
-use weir_analyze::{AnalyzeError, StatementFacts};
+use weir_analyze::{AnalyzeError, Scope, StatementFacts};
 use weir_audit::Event;
 use weir_config::Target;
 use weir_mask::{ResultStage, Rewrite};
@@ -497,7 +497,12 @@ async fn serve(
     let inbox = Inbox::default();
     let requests = AtomicU64::new(0);
 
-    let mut front = FrontendHalf::new(&ctx, &inbox, pending_client, &requests);
+    let search_path = params
+        .iter()
+        .find(|(k, _)| k == "search_path")
+        .map(|(_, v)| v.as_str());
+    let scope = Scope::new(&target.user, search_path);
+    let mut front = FrontendHalf::new(&ctx, &inbox, pending_client, &requests, scope);
     let mut back = BackendHalf {
         ctx: &ctx,
         inbox: &inbox,
@@ -549,6 +554,14 @@ struct Item {
     decision: Arc<Decision>,
 }
 
+/// A decision the session reached, kept for texts with the same facts.
+struct CachedDecision {
+    /// Holds the facts the key is the address of (see `FrontendHalf::decide`).
+    _facts: Arc<[StatementFacts]>,
+    resolved: Arc<[StatementFacts]>,
+    verdicts: Vec<Verdict>,
+}
+
 /// The frontend half: client → decide → upstream.
 struct FrontendHalf<'a> {
     ctx: &'a Context,
@@ -565,8 +578,14 @@ struct FrontendHalf<'a> {
     /// After a denied request that ended with Flush: drop messages until Sync, as the
     /// server does after an error.
     skip_until_sync: bool,
-    /// Verdicts already reached in this session, by the facts they were reached for.
-    decisions: HashMap<usize, (Arc<[StatementFacts]>, Vec<Verdict>)>,
+    /// Verdicts already reached in this session, by the facts they were reached for, with
+    /// those facts as resolved in the session's scope. Cleared when the scope changes.
+    decisions: HashMap<usize, CachedDecision>,
+    /// What this session's statements mean: search_path, SQL-level prepared statements.
+    scope: Scope,
+    /// The scope as the request being assembled would leave it, when one of its statements
+    /// changes it. Becomes `scope` if the request is forwarded; dropped if it is denied.
+    pending_scope: Option<Scope>,
     requests: &'a AtomicU64,
 }
 
@@ -576,6 +595,7 @@ impl<'a> FrontendHalf<'a> {
         inbox: &'a Inbox,
         buf: BytesMut,
         requests: &'a AtomicU64,
+        scope: Scope,
     ) -> FrontendHalf<'a> {
         FrontendHalf {
             ctx,
@@ -588,6 +608,8 @@ impl<'a> FrontendHalf<'a> {
             portals: HashMap::new(),
             skip_until_sync: false,
             decisions: HashMap::new(),
+            scope,
+            pending_scope: None,
             requests,
         }
     }
@@ -834,7 +856,13 @@ impl<'a> FrontendHalf<'a> {
                             )]
                             .into(),
                         });
-                        Arc::new(self.ctx.shared.policy.decide(&self.ctx.policy, &analysis))
+                        let scope = self.pending_scope.as_ref().unwrap_or(&self.scope);
+                        Arc::new(
+                            self.ctx
+                                .shared
+                                .policy
+                                .decide(&self.ctx.policy, scope, &analysis),
+                        )
                     }
                 };
                 self.items.push(Item {
@@ -884,22 +912,45 @@ impl<'a> FrontendHalf<'a> {
                 }));
             }
         };
+        // A request that changes the scope (SET search_path, PREPARE, …) is decided in the
+        // scope it makes, and so is the rest of the request; the cache is for the scope the
+        // session is in.
+        let base = self.pending_scope.as_ref().unwrap_or(&self.scope);
+        if let Some(next) = base.after(&analysis) {
+            self.pending_scope = Some(next);
+        }
+        if let Some(scope) = &self.pending_scope {
+            return Ok(Arc::new(shared.policy.decide(
+                &self.ctx.policy,
+                scope,
+                &analysis,
+            )));
+        }
         // INVARIANT: the cache holds the facts' `Arc`, so the address cannot be reused by
         // other facts while the entry exists.
         let key = Arc::as_ptr(&analysis.statements) as *const StatementFacts as usize;
-        if let Some((_, verdicts)) = self.decisions.get(&key) {
+        if let Some(hit) = self.decisions.get(&key) {
             return Ok(Arc::new(Decision {
-                analysis,
-                verdicts: verdicts.clone(),
+                analysis: Arc::new(weir_analyze::Analysis {
+                    sql: Arc::clone(&analysis.sql),
+                    statements: Arc::clone(&hit.resolved),
+                }),
+                verdicts: hit.verdicts.clone(),
             }));
         }
-        let decision = shared.policy.decide(&self.ctx.policy, &analysis);
+        let decision = shared
+            .policy
+            .decide(&self.ctx.policy, &self.scope, &analysis);
         if self.decisions.len() >= MAX_PREPARED {
             self.decisions.clear();
         }
         self.decisions.insert(
             key,
-            (Arc::clone(&analysis.statements), decision.verdicts.clone()),
+            CachedDecision {
+                _facts: Arc::clone(&analysis.statements),
+                resolved: Arc::clone(&decision.analysis.statements),
+                verdicts: decision.verdicts.clone(),
+            },
         );
         Ok(Arc::new(decision))
     }
@@ -911,6 +962,7 @@ impl<'a> FrontendHalf<'a> {
         }
         let id = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let items = std::mem::take(&mut self.items);
+        let next_scope = self.pending_scope.take();
         let verdict = items
             .iter()
             .map(|i| i.decision.overall())
@@ -959,6 +1011,11 @@ impl<'a> FrontendHalf<'a> {
 
         match &verdict {
             Verdict::Allow | Verdict::AllowBounded { .. } => {
+                if let Some(scope) = next_scope {
+                    // Forwarded: the session now has the scope its statements made.
+                    self.scope = scope;
+                    self.decisions.clear();
+                }
                 let stage = items
                     .first()
                     .map(|i| ResultStage::for_decision(&i.decision))

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
-use weir_analyze::Analyzer;
+use weir_analyze::{Analyzer, Scope};
 use weir_config::Config;
 use weir_policy::{Identity, IdentityKind, Policy, TargetInfo, Verdict};
 
@@ -69,7 +69,11 @@ fn decide(
     let session = policy.session(who, target)?;
     Ok(match analyzer.analyze(sql.as_bytes()) {
         Ok(analysis) => policy
-            .decide(&session, &analysis)
+            .decide(
+                &session,
+                &Scope::default().after(&analysis).unwrap_or_default(),
+                &analysis,
+            )
             .verdicts
             .iter()
             .map(verdict_line)

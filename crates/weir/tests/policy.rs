@@ -17,7 +17,16 @@ fn production() -> Gateway {
             ..Default::default()
         },
         |cluster, dir| {
-            std::fs::write(dir.join("ops.cedar"), "@id(\"ops.no-secrets\")\n@reason(\"the secrets table is off limits\")\nforbid(principal, action, resource) when { context.tables_read.contains(\"secrets\") };\n").unwrap();
+            std::fs::write(
+                dir.join("ops.cedar"),
+                concat!(
+                    "@id(\"ops.no-secrets\")\n@reason(\"the secrets table is off limits\")\n",
+                    "forbid(principal, action, resource) when { context.tables_read.contains(\"public.secrets\") };\n",
+                    "@id(\"ops.no-pci\")\n@reason(\"card data stays in the vault\")\n",
+                    "forbid(principal, action, resource) when { context.sensitivity.contains(\"pci\") };\n",
+                ),
+            )
+            .unwrap();
             format!(
                 r#"
 [[target]]
@@ -28,6 +37,8 @@ upstream = "127.0.0.1:{}"
 database = "app"
 user = "postgres"
 password_file = "upstream-password"
+[target.tables."sales.cards"]
+sensitivity = "pci"
 
 [[identity.static]]
 name = "claude"
@@ -122,6 +133,70 @@ fn built_in_policy_guards_production_and_names_the_rule() {
         out.status.success() && stderr(&out).is_empty(),
         "{}",
         stderr(&out)
+    );
+}
+
+/// What a session did earlier changes what its statements mean: `EXECUTE` runs what it
+/// prepared, and unqualified names are in the schemas of its search_path.
+#[test]
+fn decisions_follow_the_session_scope() {
+    let g = production();
+    let setup = g.psql(
+        &g.alice(),
+        "CREATE SCHEMA sales; CREATE TABLE sales.cards (pan text); INSERT INTO sales.cards VALUES ('4111111111111111'); CREATE TABLE orders (id int); INSERT INTO orders VALUES (1), (2);\n",
+    );
+    assert!(setup.status.success(), "{}", stderr(&setup));
+
+    // An agent may EXECUTE what it prepared as a read; an EXECUTE Weir cannot resolve is an
+    // unknown effect, which needs approval.
+    let out = g.psql(
+        &prod(&g, "claude", "claude-test-token"),
+        "PREPARE n AS SELECT count(*) FROM orders;\nEXECUTE n;\nEXECUTE other;\nDEALLOCATE n;\nEXECUTE n;\n",
+    );
+    let (so, se) = (stdout(&out), stderr(&out));
+    assert_eq!(
+        so.lines().collect::<Vec<_>>(),
+        ["PREPARE", "2", "DEALLOCATE"],
+        "{so}\n{se}"
+    );
+    assert_eq!(
+        se.matches(
+            "weir: denied by weir.unknown-effect-needs-approval-in-production: approval required"
+        )
+        .count(),
+        2,
+        "{se}"
+    );
+
+    // A write prepared in one request and executed in a later one is still that write.
+    let out = g.psql(
+        &prod(&g, "alice", ALICE_TOKEN),
+        "PREPARE one AS DELETE FROM orders WHERE id = $1;\nEXECUTE one(1);\nSELECT count(*) FROM orders;\n",
+    );
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        ["PREPARE", "DELETE 1", "1"],
+        "{}",
+        stderr(&out)
+    );
+
+    // The tag on sales.cards follows the table when the search_path reaches it unqualified.
+    let out = g.psql(
+        &prod(&g, "alice", ALICE_TOKEN),
+        "SELECT count(*) FROM orders;\nSET search_path = sales, public;\nSELECT * FROM cards;\nRESET search_path;\nSELECT * FROM cards;\nSELECT * FROM public.orders;\n",
+    );
+    let (so, se) = (stdout(&out), stderr(&out));
+    assert_eq!(
+        se.matches("weir: denied by ops.no-pci: card data stays in the vault")
+            .count(),
+        2,
+        "after a RESET the session may still reach sales (a ROLLBACK can undo a SET): {se}"
+    );
+    assert!(!so.contains("4111"), "{so}");
+    assert_eq!(
+        so.lines().collect::<Vec<_>>(),
+        ["1", "SET", "RESET", "2"],
+        "{so}\n{se}"
     );
 }
 
