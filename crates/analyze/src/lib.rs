@@ -273,6 +273,14 @@ impl Analyzer {
     /// Analyzes one SQL text from the wire. An error means the text must not run.
     pub fn analyze(&self, sql: &[u8]) -> Result<Arc<Analysis>, AnalyzeError> {
         let text = std::str::from_utf8(sql).map_err(|_| AnalyzeError::NotUtf8)?;
+        // The server reads a statement as a C string; libpg_query refuses a NUL too. Refused
+        // here, before any cache lookup, so a NUL inside a literal (which the cache keys
+        // strip) cannot borrow a look-alike's facts. (Found by the `analyze` fuzz target.)
+        if text.contains('\0') {
+            return Err(AnalyzeError::Parse(
+                "statement text contains a NUL byte".into(),
+            ));
+        }
         let done = |facts: Arc<[StatementFacts]>| {
             Ok(Arc::new(Analysis {
                 sql: Arc::from(text),
@@ -335,6 +343,16 @@ mod tests {
             Analyzer::new().analyze(b"select '\xff'"),
             Err(AnalyzeError::NotUtf8)
         );
+    }
+
+    #[test]
+    fn a_nul_byte_fails_closed_even_after_a_look_alike_was_cached() {
+        let a = Analyzer::new();
+        assert!(a.analyze(b"SELECT f('select 1')").is_ok());
+        assert!(matches!(
+            a.analyze(b"SELECT f('select 1\x03\0')"),
+            Err(AnalyzeError::Parse(_))
+        ));
     }
 
     #[test]
