@@ -30,6 +30,8 @@
 #   WEIR_BIN      Weir binary. Unset: target/release/weir, built with cargo if missing.
 #                 Set to something that is not executable: Weir is reported as "not run".
 #   RESULTS_FILE  where the table is written                   (default bench/results/latest.md)
+#   WEIR_WORKERS  [gateway] workers (default: Weir's, one per CPU)
+#   WEIR_ENVIRONMENT  the Weir target's environment, so the default policy applies as there (default production)
 #
 # Exits non-zero if any pgbench run exits non-zero or reports failed transactions; the logs of
 # the run are then kept (their directory is printed). Weir failing to start is not fatal: the
@@ -256,6 +258,7 @@ if [ -z "$WEIR_NOTE" ]; then
 [gateway]
 postgres_listen = "127.0.0.1:$WEIR_PORT"
 store = "sqlite://weir.db"          # relative to this file's directory
+${WEIR_WORKERS:+workers = $WEIR_WORKERS}
 
 [[identity.static]]
 name = "bench"
@@ -266,7 +269,7 @@ token = "bench-token"
 [[target]]
 name = "bench"                      # the database name clients use
 engine = "postgres"
-environment = "development"
+environment = "${WEIR_ENVIRONMENT:-production}"
 upstream = "127.0.0.1:$PG_PORT"
 database = "postgres"               # where pgbench -i put its tables
 user = "postgres"
