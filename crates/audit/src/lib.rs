@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub mod chain;
+
 /// One audit record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
