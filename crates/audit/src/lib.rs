@@ -2,8 +2,9 @@
 //!
 //! The session builds an [`Event`] at fixed points of the pipeline (connection open and close,
 //! each statement *before* it is forwarded, its completion) and hands it to the audit sink,
-//! which lives in the I/O layer. This crate holds the event types and, later, the hash-chain
-//! logic; it knows nothing about sockets, files or async runtimes.
+//! which lives in the I/O layer. This crate holds the event types and the tamper-evident form
+//! of the trail ([`chain`]: hash chain, signed checkpoints, verifier); it knows nothing about
+//! sockets, files, clocks or async runtimes.
 
 use std::sync::Arc;
 
