@@ -1,4 +1,5 @@
-//! Weir's state store: tokens today; approvals, grants and the audit trail as they arrive.
+//! Weir's state store: tokens and the audit trail ([`audit`]); approvals and grants as they
+//! arrive.
 //!
 //! [`Store`] is the interface the rest of Weir uses. It is synchronous on purpose: the async
 //! layer calls it from a blocking thread, and a PostgreSQL implementation (for several
@@ -16,6 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 use weir_policy::IdentityKind;
 
+pub mod audit;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
@@ -26,6 +29,15 @@ pub enum StoreError {
     Unsupported(String),
     #[error("store: corrupt record: {0}")]
     Corrupt(String),
+    /// A write the store refused because it would break an invariant (for the audit trail:
+    /// a batch that does not continue the stored chain).
+    #[error("store: refused: {0}")]
+    Refused(String),
+    #[error("audit signing key {}: {source}", path.display())]
+    Key {
+        path: std::path::PathBuf,
+        source: weir_audit::chain::KeyError,
+    },
 }
 
 /// A token's record, without the token.
