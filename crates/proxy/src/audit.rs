@@ -4,9 +4,19 @@
 //! statement the event describes (write-ahead). [`AuditAck`] keeps that wait cheap for sinks
 //! that finish at once, and lets a durable sink (group commit: many sessions' events in one
 //! fsync) answer later through a channel.
+//!
+//! [`DurableSink`] is the durable, tamper-evident trail; [`LogSink`] writes JSON lines to the
+//! log and nothing else.
+
+use std::sync::mpsc::{self, TryRecvError};
+use std::sync::{Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
+use weir_audit::chain::{Chain, Signer};
 use weir_audit::Event;
+use weir_store::audit::AuditTrail;
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("audit: {0}")]
@@ -33,8 +43,8 @@ pub trait AuditSink: Send + Sync + 'static {
     fn append(&self, event: Event) -> AuditAck;
 }
 
-/// Writes each event as one JSON line to the structured log (target `weir::audit`).
-/// The durable, hash-chained store replaces this sink behind the same trait.
+/// Writes each event as one JSON line to the structured log (target `weir::audit`), and
+/// nothing else: not durable, not tamper-evident. For tests and for running without a trail.
 #[derive(Debug, Default)]
 pub struct LogSink;
 
@@ -44,5 +54,427 @@ impl AuditSink for LogSink {
             tracing::info!(target: "weir::audit", "{}", event.to_json());
         }
         AuditAck::Done(Ok(()))
+    }
+}
+
+/// An event's JSON and where its acknowledgement goes.
+type Ack = oneshot::Sender<Result<(), AuditError>>;
+
+enum Msg {
+    Event(String, Ack),
+    /// Write what was queued before this, then stop.
+    Close,
+}
+
+/// Most events sealed into one batch (one transaction, one fsync, one checkpoint). Bounds the
+/// writer's memory and the size of one transaction; under any realistic load a batch is what
+/// queued during the previous fsync, far fewer.
+const MAX_BATCH: usize = 4096;
+
+/// The durable, tamper-evident audit trail.
+///
+/// [`AuditSink::append`] serializes the event on the caller's thread and queues it for **one
+/// writer thread** (a plain `std::thread`, so fsyncs never block a tokio worker). The writer
+/// takes everything queued (up to 4,096 events), seals it into the hash chain with the
+/// current time, signs one checkpoint over the new head, and calls
+/// [`AuditTrail::append`] — one transaction, one fsync. Whatever queues while that fsync runs
+/// is the next batch, so many sessions share each fsync (group commit) without any timer.
+/// Then every event of the batch is acknowledged: `Ok` once durable, or the same
+/// [`AuditError`] for every event of a batch that failed — the session then refuses the
+/// statement.
+///
+/// **Invariant:** the chain head advances only when a batch is durable. After a failed batch
+/// the writer re-reads the head from the store (a commit can fail after its data reached the
+/// disk), so the next batch continues whatever the store holds and the chain stays unbroken.
+///
+/// Every batch carries its own signed checkpoint, so every durable event is covered and a
+/// clean shutdown needs no extra checkpoint. [`DurableSink::close`] (also run on drop) writes
+/// what is queued and stops the writer; appends after it fail.
+pub struct DurableSink {
+    tx: mpsc::Sender<Msg>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for DurableSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableSink").finish_non_exhaustive()
+    }
+}
+
+impl DurableSink {
+    /// Starts the writer on `store`, continuing the chain it holds, signing with `signer`.
+    ///
+    /// `store` should be the writer's own connection (for SQLite: an
+    /// [`weir_store::audit::AuditStore`] opened for this purpose); readers open their own.
+    pub fn start<S: AuditTrail + 'static>(
+        store: S,
+        signer: Signer,
+    ) -> Result<DurableSink, AuditError> {
+        let chain = chain_at(
+            store
+                .head()
+                .map_err(|e| AuditError(format!("reading the trail's head: {e}")))?,
+        );
+        tracing::debug!(
+            events = chain.last_seq(),
+            public_key = %signer.public_key(),
+            "audit writer continues the trail"
+        );
+        let (tx, rx) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("weir-audit".into())
+            .spawn(move || {
+                Writer {
+                    store,
+                    signer,
+                    chain,
+                }
+                .run(&rx)
+            })
+            .map_err(|e| AuditError(format!("starting the audit writer: {e}")))?;
+        Ok(DurableSink {
+            tx,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Writes every event appended before this call, then stops the writer (waiting for it).
+    /// Appends racing with or after it are refused. Idempotent.
+    pub fn close(&self) {
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(writer) = writer {
+            let _ = self.tx.send(Msg::Close);
+            if writer.join().is_err() {
+                tracing::error!("the audit writer panicked");
+            }
+        }
+    }
+}
+
+impl Drop for DurableSink {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl AuditSink for DurableSink {
+    fn append(&self, event: Event) -> AuditAck {
+        let (ack, rx) = oneshot::channel();
+        match self.tx.send(Msg::Event(event.to_json(), ack)) {
+            Ok(()) => AuditAck::Pending(rx),
+            Err(_) => AuditAck::Done(Err(AuditError("the audit writer has stopped".into()))),
+        }
+    }
+}
+
+fn chain_at(head: Option<(u64, [u8; 32])>) -> Chain {
+    head.map_or_else(Chain::new, |(seq, hash)| Chain::resume(seq, hash))
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// The writer thread's state.
+struct Writer<S> {
+    store: S,
+    signer: Signer,
+    /// The head of what is durable in `store`.
+    chain: Chain,
+}
+
+impl<S: AuditTrail> Writer<S> {
+    fn run(mut self, rx: &mpsc::Receiver<Msg>) {
+        let mut bodies = Vec::with_capacity(MAX_BATCH);
+        let mut acks = Vec::with_capacity(MAX_BATCH);
+        let mut closing = false;
+        while !closing {
+            // Wait for one event, then take whatever else is already queued.
+            match rx.recv() {
+                Ok(Msg::Event(body, ack)) => {
+                    bodies.push(body);
+                    acks.push(ack);
+                }
+                Ok(Msg::Close) | Err(_) => closing = true,
+            }
+            while !closing && bodies.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Msg::Event(body, ack)) => {
+                        bodies.push(body);
+                        acks.push(ack);
+                    }
+                    Ok(Msg::Close) | Err(TryRecvError::Disconnected) => closing = true,
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            if bodies.is_empty() {
+                continue;
+            }
+            let result = self.write(&mut bodies);
+            for ack in acks.drain(..) {
+                // A session that went away no longer waits: nothing to tell it.
+                let _ = ack.send(result.clone());
+            }
+        }
+        // Dropping `rx` now fails whatever was queued after `Close`: those sessions get
+        // "audit writer stopped" and do not run their statements.
+    }
+
+    /// Seals, signs and stores one batch; empties `bodies`.
+    fn write(&mut self, bodies: &mut Vec<String>) -> Result<(), AuditError> {
+        let events = bodies.len();
+        let ts = now_us();
+        // Sealed on a copy: `self.chain` moves only once the batch is durable.
+        let mut next = self.chain;
+        let records: Vec<_> = bodies.drain(..).map(|b| next.seal(ts, b)).collect();
+        let checkpoint = self
+            .signer
+            .sign_checkpoint(next.last_seq(), next.head(), ts);
+        match self.store.append(&records, &checkpoint) {
+            Ok(()) => {
+                self.chain = next;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(cause = %e, events, "audit trail write failed; the statements are refused");
+                // Continue from what the store really holds: a failed commit may still have
+                // reached the disk, and the next batch must link to whatever is there.
+                match self.store.head() {
+                    Ok(head) => self.chain = chain_at(head),
+                    Err(e) => {
+                        tracing::error!(cause = %e, "re-reading the audit trail's head failed")
+                    }
+                }
+                Err(AuditError(format!(
+                    "the audit trail could not be written: {e}"
+                )))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ops::ControlFlow;
+    use std::path::Path;
+    use std::sync::Arc;
+    use weir_audit::chain::Summary;
+    use weir_store::audit::{AuditStore, Filter};
+
+    fn wait(ack: AuditAck) -> Result<(), AuditError> {
+        match ack {
+            AuditAck::Done(r) => r,
+            AuditAck::Pending(rx) => rx
+                .blocking_recv()
+                .unwrap_or_else(|_| Err(AuditError("dropped".into()))),
+        }
+    }
+
+    fn event(actor: &str, n: u64) -> Event {
+        Event::Admin {
+            actor: actor.into(),
+            action: "test".into(),
+            subject: n.to_string(),
+        }
+    }
+
+    fn signer() -> Signer {
+        Signer::from_bytes(&[5; 32])
+    }
+
+    fn start(path: &Path) -> DurableSink {
+        DurableSink::start(AuditStore::open(path).unwrap(), signer()).unwrap()
+    }
+
+    fn bodies(path: &Path) -> Vec<serde_json::Value> {
+        let store = AuditStore::open(path).unwrap();
+        let mut out = Vec::new();
+        store
+            .for_each_event(1, &Filter::default(), &mut |r| {
+                out.push(serde_json::from_str(&r.body).unwrap());
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        out
+    }
+
+    fn verify(path: &Path) -> Result<Summary, weir_audit::chain::VerifyError> {
+        AuditStore::open(path)
+            .unwrap()
+            .verify(&signer().public_key())
+            .unwrap()
+    }
+
+    #[test]
+    fn events_from_many_threads_are_stored_in_order_on_a_verifying_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.db");
+        let sink = Arc::new(start(&path));
+        const THREADS: u64 = 8;
+        const EACH: u64 = 250;
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let sink = Arc::clone(&sink);
+                std::thread::spawn(move || {
+                    // Half the threads wait for each event (as a session does), half queue
+                    // them all and then wait.
+                    let mut pending = Vec::new();
+                    for n in 0..EACH {
+                        let ack = sink.append(event(&format!("t{t}"), n));
+                        if t % 2 == 0 {
+                            wait(ack).unwrap();
+                        } else {
+                            pending.push(ack);
+                        }
+                    }
+                    for ack in pending {
+                        wait(ack).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        sink.close();
+
+        let all = bodies(&path);
+        assert_eq!(all.len() as u64, THREADS * EACH);
+        // Each thread's events appear in the order it appended them.
+        let mut next = vec![0u64; THREADS as usize];
+        for b in &all {
+            let t: usize = b["actor"].as_str().unwrap()[1..].parse().unwrap();
+            let n: u64 = b["subject"].as_str().unwrap().parse().unwrap();
+            assert_eq!(n, next[t], "thread {t}");
+            next[t] += 1;
+        }
+        let summary = verify(&path).unwrap();
+        assert_eq!(summary.events, THREADS * EACH);
+        assert!(summary.checkpoints >= 1 && summary.checkpoints <= summary.events);
+    }
+
+    #[test]
+    fn events_queued_during_a_write_share_the_next_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.db");
+        let sink = start(&path);
+        // Another connection holds the write lock: the writer's first batch waits for it.
+        let blocker = AuditStore::open(&path).unwrap();
+        blocker
+            .connection()
+            .execute_batch("BEGIN IMMEDIATE")
+            .unwrap();
+        let acks: Vec<_> = (0..500).map(|n| sink.append(event("a", n))).collect();
+        blocker.connection().execute_batch("COMMIT").unwrap();
+        for ack in acks {
+            wait(ack).unwrap();
+        }
+        sink.close();
+        // The first batch is what the writer had taken when it blocked; everything queued
+        // meanwhile went into one more.
+        let summary = verify(&path).unwrap();
+        assert_eq!(summary.events, 500);
+        assert!(summary.checkpoints <= 2, "{summary:?}");
+    }
+
+    #[test]
+    fn a_failed_batch_fails_every_event_and_the_chain_does_not_advance() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.db");
+        let sink = Arc::new(start(&path));
+        for n in 0..10 {
+            wait(sink.append(event("before", n))).unwrap();
+        }
+        let other = AuditStore::open(&path).unwrap();
+        other
+            .connection()
+            .execute_batch(
+                "CREATE TRIGGER broken BEFORE INSERT ON audit_events
+                 BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;",
+            )
+            .unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let sink = Arc::clone(&sink);
+                std::thread::spawn(move || {
+                    let acks: Vec<_> = (0..50)
+                        .map(|n| sink.append(event(&format!("t{t}"), n)))
+                        .collect();
+                    acks.into_iter().map(wait).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for t in threads {
+            for result in t.join().unwrap() {
+                let err = result.unwrap_err();
+                assert!(err.to_string().contains("disk on fire"), "{err}");
+            }
+        }
+        // The store recovers: the chain continues from event 10, with no gap.
+        other
+            .connection()
+            .execute_batch("DROP TRIGGER broken")
+            .unwrap();
+        for n in 0..3 {
+            wait(sink.append(event("after", n))).unwrap();
+        }
+        sink.close();
+        let actors: Vec<String> = bodies(&path)
+            .iter()
+            .map(|b| b["actor"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(actors.len(), 13);
+        assert!(actors[..10].iter().all(|a| a == "before"));
+        assert!(actors[10..].iter().all(|a| a == "after"));
+        assert_eq!(verify(&path).unwrap().events, 13);
+    }
+
+    #[test]
+    fn a_missing_table_fails_every_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.db");
+        let sink = start(&path);
+        wait(sink.append(event("a", 0))).unwrap();
+        AuditStore::open(&path)
+            .unwrap()
+            .connection()
+            .execute_batch("DROP TABLE audit_events")
+            .unwrap();
+        let acks: Vec<_> = (0..20).map(|n| sink.append(event("a", n))).collect();
+        for ack in acks {
+            assert!(wait(ack).is_err());
+        }
+    }
+
+    #[test]
+    fn the_chain_continues_across_restarts_and_close_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.db");
+        for run in 0..3 {
+            let sink = start(&path);
+            // Not waited for: close() must still write them.
+            let acks: Vec<_> = (0..100)
+                .map(|n| sink.append(event("r", run * 100 + n)))
+                .collect();
+            sink.close();
+            sink.close();
+            for ack in acks {
+                wait(ack).unwrap();
+            }
+            assert!(wait(sink.append(event("late", 0))).is_err());
+        }
+        assert_eq!(verify(&path).unwrap().events, 300);
+        let subjects: Vec<u64> = bodies(&path)
+            .iter()
+            .map(|b| b["subject"].as_str().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(subjects, (0..300).collect::<Vec<u64>>());
     }
 }
