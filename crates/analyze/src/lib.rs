@@ -224,8 +224,43 @@ impl StatementFacts {
 pub struct Analysis {
     /// The text as the client sent it. Later stages use it for the audit record only.
     pub sql: Arc<str>,
+    /// The text with its constants replaced by `$n` (libpg_query's normalization): what the
+    /// audit trail records, so it does not become a second copy of the data.
+    pub normalized: Arc<str>,
+    /// libpg_query's fingerprint: equal for statements that differ only in constants.
+    pub fingerprint: u64,
     /// Shared with the statement cache: texts that differ only in constants share facts.
     pub statements: Arc<[StatementFacts]>,
+}
+
+impl Analysis {
+    /// The same text with other facts (as resolved in a session's scope).
+    pub fn with_statements(&self, statements: Arc<[StatementFacts]>) -> Analysis {
+        Analysis {
+            sql: Arc::clone(&self.sql),
+            normalized: Arc::clone(&self.normalized),
+            fingerprint: self.fingerprint,
+            statements,
+        }
+    }
+
+    /// An analysis Weir makes up for something that is not SQL text (a portal name, a
+    /// refused text): recorded as given, no fingerprint.
+    pub fn synthetic(text: &str, statements: Vec<StatementFacts>) -> Analysis {
+        let sql: Arc<str> = Arc::from(text);
+        Analysis {
+            normalized: Arc::clone(&sql),
+            sql,
+            fingerprint: 0,
+            statements: statements.into(),
+        }
+    }
+}
+
+/// A text that could not be analyzed, fit for the audit trail: its constants stripped by the
+/// cache's scanner when it can, else only its length (a refused text may still hold data).
+pub fn redacted(text: &str) -> String {
+    shape::fast_key(text).unwrap_or_else(|| format!("-- unanalyzable text, {} bytes", text.len()))
 }
 
 /// Entries kept per cache map; when full it starts over (no bookkeeping on the hot path).
@@ -233,7 +268,16 @@ const CACHE_CAPACITY: usize = 10_000;
 /// Longer texts are analyzed every time rather than kept.
 const MAX_CACHED_TEXT: usize = 16 * 1024;
 
-type FactsMap = std::collections::HashMap<Box<str>, Arc<[StatementFacts]>>;
+/// What the cache keeps per shape: everything about a text that does not depend on its
+/// constants.
+#[derive(Debug)]
+struct Shape {
+    normalized: Arc<str>,
+    fingerprint: u64,
+    statements: Arc<[StatementFacts]>,
+}
+
+type FactsMap = std::collections::HashMap<Box<str>, Arc<Shape>>;
 
 /// The PostgreSQL analyzer with its statement cache, shared by every session.
 ///
@@ -250,19 +294,19 @@ pub struct Analyzer {
     shaped: std::sync::Mutex<FactsMap>,
 }
 
-fn get(map: &std::sync::Mutex<FactsMap>, key: &str) -> Option<Arc<[StatementFacts]>> {
+fn get(map: &std::sync::Mutex<FactsMap>, key: &str) -> Option<Arc<Shape>> {
     map.lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(key)
         .cloned()
 }
 
-fn put(map: &std::sync::Mutex<FactsMap>, key: &str, facts: &Arc<[StatementFacts]>) {
+fn put(map: &std::sync::Mutex<FactsMap>, key: &str, shape: &Arc<Shape>) {
     let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
     if m.len() >= CACHE_CAPACITY {
         m.clear();
     }
-    m.insert(key.into(), Arc::clone(facts));
+    m.insert(key.into(), Arc::clone(shape));
 }
 
 impl Analyzer {
@@ -281,44 +325,58 @@ impl Analyzer {
                 "statement text contains a NUL byte".into(),
             ));
         }
-        let done = |facts: Arc<[StatementFacts]>| {
+        let done = |shape: &Shape| {
             Ok(Arc::new(Analysis {
                 sql: Arc::from(text),
-                statements: facts,
+                normalized: Arc::clone(&shape.normalized),
+                fingerprint: shape.fingerprint,
+                statements: Arc::clone(&shape.statements),
             }))
         };
-        if let Some(facts) = get(&self.exact, text) {
-            return done(facts);
+        if let Some(shape) = get(&self.exact, text) {
+            return done(&shape);
         }
         let fast = shape::fast_key(text);
-        if let Some(facts) = fast.as_deref().and_then(|k| get(&self.shaped, k)) {
-            return done(facts);
+        if let Some(shape) = fast.as_deref().and_then(|k| get(&self.shaped, k)) {
+            return done(&shape);
         }
         let normalized = pg_query::normalize(text).ok();
         if let Some(n) = normalized.as_deref().filter(|n| *n != text) {
-            if let Some(facts) = get(&self.normalized, n) {
-                return done(facts);
+            if let Some(shape) = get(&self.normalized, n) {
+                return done(&shape);
             }
         }
         let facts: Arc<[StatementFacts]> = postgres::analyze_sql(text)?.into();
         let value_dependent = facts
             .iter()
             .any(|f| f.value_dependent || f.inner.as_ref().is_some_and(|i| i.value_dependent));
+        let shape = Arc::new(Shape {
+            // Without a normalized form (libpg_query refused to normalize what it parsed),
+            // the text stands for itself; the audit then records it as sent.
+            normalized: Arc::from(normalized.as_deref().unwrap_or(text)),
+            fingerprint: pg_query::fingerprint(text, 0, 0)
+                .map(|f| f.value)
+                .unwrap_or(0),
+            statements: facts,
+        });
         if text.len() <= MAX_CACHED_TEXT {
             match normalized.as_deref() {
                 // Only this very text may use facts that depend on its constants.
-                _ if value_dependent => put(&self.exact, text, &facts),
-                Some(n) if n == text => put(&self.exact, text, &facts),
-                Some(n) if postgres::analyze_sql(n).is_ok_and(|nf| nf.as_slice() == &facts[..]) => {
-                    put(&self.normalized, n, &facts);
+                _ if value_dependent => put(&self.exact, text, &shape),
+                Some(n) if n == text => put(&self.exact, text, &shape),
+                Some(n)
+                    if postgres::analyze_sql(n)
+                        .is_ok_and(|nf| nf.as_slice() == &shape.statements[..]) =>
+                {
+                    put(&self.normalized, n, &shape);
                     if fast.as_deref() == Some(n) {
-                        put(&self.shaped, n, &facts);
+                        put(&self.shaped, n, &shape);
                     }
                 }
                 _ => {}
             }
         }
-        done(facts)
+        done(&shape)
     }
 }
 

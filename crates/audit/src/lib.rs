@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+use weir_analyze::StatementFacts;
 
 pub mod chain;
 
@@ -33,8 +35,15 @@ pub enum Event {
         target: Arc<str>,
         /// `query` (simple protocol), `parse` or `execute` (extended protocol).
         via: &'static str,
+        /// The statement text: normalized (constants as `$n`) unless the target keeps full
+        /// text.
         sql: Arc<str>,
-        kinds: Vec<&'static str>,
+        /// libpg_query's fingerprint (0 when there is none), in hex.
+        #[serde(serialize_with = "hex_u64")]
+        fingerprint: u64,
+        /// What each statement of the text does: kind, tables, columns, functions.
+        #[serde(serialize_with = "facts")]
+        statements: Arc<[StatementFacts]>,
         decision: &'static str,
         rule: Option<String>,
     },
@@ -73,6 +82,45 @@ pub enum Event {
 impl Event {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+fn hex_u64<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:016x}"))
+}
+
+/// Each statement's facts as the trail records them.
+fn facts<S: Serializer>(facts: &Arc<[StatementFacts]>, s: S) -> Result<S::Ok, S::Error> {
+    let mut seq = s.serialize_seq(Some(facts.len()))?;
+    for f in facts.iter() {
+        seq.serialize_element(&Summary(f))?;
+    }
+    seq.end()
+}
+
+/// One statement in the trail: its kind, and the tables, columns and functions it names
+/// (empty sets left out).
+struct Summary<'a>(&'a StatementFacts);
+
+impl Serialize for Summary<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let f = self.0;
+        let columns: Vec<String> = f.columns.iter().map(|c| c.to_string()).collect();
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("kind", f.kind.as_str())?;
+        if !f.tables_read.is_empty() {
+            m.serialize_entry("tables_read", &f.tables_read)?;
+        }
+        if !f.tables_written.is_empty() {
+            m.serialize_entry("tables_written", &f.tables_written)?;
+        }
+        if !columns.is_empty() {
+            m.serialize_entry("columns", &columns)?;
+        }
+        if !f.functions.is_empty() {
+            m.serialize_entry("functions", &f.functions)?;
+        }
+        m.end()
     }
 }
 

@@ -241,10 +241,7 @@ impl Policy {
             })
             .collect();
         Decision {
-            analysis: Arc::new(Analysis {
-                sql: Arc::clone(&analysis.sql),
-                statements: resolved.into(),
-            }),
+            analysis: Arc::new(analysis.with_statements(resolved.into())),
             verdicts,
         }
     }

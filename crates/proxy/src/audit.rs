@@ -164,7 +164,13 @@ impl Drop for DurableSink {
 impl AuditSink for DurableSink {
     fn append(&self, event: Event) -> AuditAck {
         let (ack, rx) = oneshot::channel();
-        match self.tx.send(Msg::Event(event.to_json(), ack)) {
+        let body = event.to_json();
+        // Also on the structured log (target `weir::audit`) when asked for: a live feed for
+        // log shippers. The trail in the store is the record.
+        if tracing::enabled!(target: "weir::audit", tracing::Level::INFO) {
+            tracing::info!(target: "weir::audit", "{body}");
+        }
+        match self.tx.send(Msg::Event(body, ack)) {
             Ok(()) => AuditAck::Pending(rx),
             Err(_) => AuditAck::Done(Err(AuditError("the audit writer has stopped".into()))),
         }

@@ -483,6 +483,7 @@ async fn serve(
         upstream_addr: target.upstream.clone(),
         policy,
         identity,
+        full_text: shared.config.audit.full_text_targets.contains(&target.name),
         shared: Arc::clone(shared),
     };
     let upstream::Upstream {
@@ -545,6 +546,9 @@ struct Context {
     upstream_addr: String,
     identity: Identity,
     policy: PolicySession,
+    /// The audit trail keeps this target's statements as sent (`[audit] full_text_targets`),
+    /// not normalized.
+    full_text: bool,
     shared: Arc<Shared>,
 }
 
@@ -746,7 +750,8 @@ impl<'a> FrontendHalf<'a> {
                         target: Arc::clone(&self.ctx.target_name),
                         via: "function_call",
                         sql: Arc::from(format!("-- fastpath call of function oid {}", call.oid)),
-                        kinds: vec!["function_call"],
+                        fingerprint: 0,
+                        statements: Arc::from(Vec::new()),
                         decision: "deny",
                         rule: Some(RULE.into()),
                     })
@@ -846,16 +851,10 @@ impl<'a> FrontendHalf<'a> {
                     // It is decided as a cursor fetch; the client's portal name is recorded,
                     // never parsed as SQL.
                     None => {
-                        let analysis = Arc::new(weir_analyze::Analysis {
-                            sql: Arc::from(
-                                format!("-- execute portal {:?}", String::from_utf8_lossy(&portal))
-                                    .as_str(),
-                            ),
-                            statements: vec![StatementFacts::new(
-                                weir_analyze::StatementKind::Cursor,
-                            )]
-                            .into(),
-                        });
+                        let analysis = Arc::new(weir_analyze::Analysis::synthetic(
+                            &format!("-- execute portal {:?}", String::from_utf8_lossy(&portal)),
+                            vec![StatementFacts::new(weir_analyze::StatementKind::Cursor)],
+                        ));
                         let scope = self.pending_scope.as_ref().unwrap_or(&self.scope);
                         Arc::new(
                             self.ctx
@@ -901,10 +900,10 @@ impl<'a> FrontendHalf<'a> {
                     AnalyzeError::NotUtf8 | AnalyzeError::Internal(_) => "weir.analyze",
                 };
                 return Ok(Arc::new(Decision {
-                    analysis: Arc::new(weir_analyze::Analysis {
-                        sql: Arc::from(String::from_utf8_lossy(sql).as_ref()),
-                        statements: Vec::new().into(),
-                    }),
+                    analysis: Arc::new(weir_analyze::Analysis::synthetic(
+                        &weir_analyze::redacted(&String::from_utf8_lossy(sql)),
+                        Vec::new(),
+                    )),
                     verdicts: vec![Verdict::Deny {
                         rule: rule.into(),
                         reason: e.to_string(),
@@ -931,10 +930,7 @@ impl<'a> FrontendHalf<'a> {
         let key = Arc::as_ptr(&analysis.statements) as *const StatementFacts as usize;
         if let Some(hit) = self.decisions.get(&key) {
             return Ok(Arc::new(Decision {
-                analysis: Arc::new(weir_analyze::Analysis {
-                    sql: Arc::clone(&analysis.sql),
-                    statements: Arc::clone(&hit.resolved),
-                }),
+                analysis: Arc::new(analysis.with_statements(Arc::clone(&hit.resolved))),
                 verdicts: hit.verdicts.clone(),
             }));
         }
@@ -975,25 +971,22 @@ impl<'a> FrontendHalf<'a> {
         let mut acks = Vec::with_capacity(items.len());
         for item in &items {
             let v = item.decision.overall();
-            acks.push(
-                shared.audit.append(Event::Statement {
-                    session: self.ctx.session,
-                    request: id,
-                    identity: Arc::clone(&self.ctx.identity_name),
-                    target: Arc::clone(&self.ctx.target_name),
-                    via: item.via,
-                    sql: Arc::clone(&item.decision.analysis.sql),
-                    kinds: item
-                        .decision
-                        .analysis
-                        .statements
-                        .iter()
-                        .map(|s| s.kind.as_str())
-                        .collect(),
-                    decision: v.label(),
-                    rule: v.rule().map(str::to_owned),
+            acks.push(shared.audit.append(Event::Statement {
+                session: self.ctx.session,
+                request: id,
+                identity: Arc::clone(&self.ctx.identity_name),
+                target: Arc::clone(&self.ctx.target_name),
+                via: item.via,
+                sql: Arc::clone(if self.ctx.full_text {
+                    &item.decision.analysis.sql
+                } else {
+                    &item.decision.analysis.normalized
                 }),
-            );
+                fingerprint: item.decision.analysis.fingerprint,
+                statements: Arc::clone(&item.decision.analysis.statements),
+                decision: v.label(),
+                rule: v.rule().map(str::to_owned),
+            }));
         }
         let mut audit_failure = None;
         for ack in acks {

@@ -39,6 +39,65 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Read and verify the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and every signed checkpoint; `ok <n> events`, or exit 1 naming
+    /// the first bad event.
+    Verify {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Verify with this public key (hex) instead of the one derived from the signing key.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Print the public key that verifies the checkpoints (hex), for auditors.
+    PublicKey {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Events matching every filter given, oldest first.
+    Search {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(flatten)]
+        filter: crate::audit_cmd::FilterArgs,
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Stream matching events as JSON lines (with their chain fields) or CSV.
+    Export {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: crate::audit_cmd::Format,
+        #[command(flatten)]
+        filter: crate::audit_cmd::FilterArgs,
+    },
+    /// The last events, then new ones as they are written.
+    Tail {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, short = 'n', default_value_t = 20)]
+        lines: u64,
+        /// Print and exit instead of following.
+        #[arg(long)]
+        no_follow: bool,
+        #[command(flatten)]
+        filter: crate::audit_cmd::FilterArgs,
+    },
+    /// One session's statements, decisions and outcomes, in order.
+    Replay {
+        #[arg(long, short)]
+        config: PathBuf,
+        session: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -110,6 +169,33 @@ pub fn main() -> ExitCode {
             } => crate::token::create(&config, &name, &kind, &groups, ttl.as_deref()),
             TokenCommand::List { config } => crate::token::list(&config),
             TokenCommand::Revoke { config, name } => crate::token::revoke(&config, &name),
+        },
+        Command::Audit { command } => match command {
+            AuditCommand::Verify { config, public_key } => {
+                match crate::audit_cmd::verify(&config, public_key.as_deref()) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => return ExitCode::FAILURE,
+                    Err(e) => Err(e),
+                }
+            }
+            AuditCommand::PublicKey { config } => crate::audit_cmd::print_public_key(&config),
+            AuditCommand::Search {
+                config,
+                filter,
+                limit,
+            } => crate::audit_cmd::search(&config, &filter, limit),
+            AuditCommand::Export {
+                config,
+                format,
+                filter,
+            } => crate::audit_cmd::export(&config, &filter, format),
+            AuditCommand::Tail {
+                config,
+                lines,
+                no_follow,
+                filter,
+            } => crate::audit_cmd::tail(&config, &filter, lines, !no_follow),
+            AuditCommand::Replay { config, session } => crate::audit_cmd::replay(&config, session),
         },
         Command::Policy { command } => match command {
             PolicyCommand::Check {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use tokio::sync::watch;
 use weir_config::{Config, StoreUrl};
-use weir_proxy::audit::LogSink;
+use weir_proxy::audit::DurableSink;
 use weir_proxy::Gateway;
 use weir_store::{SqliteStore, Store};
 
@@ -46,13 +46,32 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// The durable audit trail of `[gateway] store`, signed with `[audit] signing_key` (made on
+/// first start).
+pub fn open_audit(config: &Config) -> anyhow::Result<Arc<DurableSink>> {
+    let StoreUrl::Sqlite(path) = &config.gateway.store else {
+        bail!(
+            "{}: [gateway] store: the PostgreSQL store is not available in this version; use sqlite://FILE",
+            config.path.display()
+        );
+    };
+    let store = weir_store::audit::AuditStore::open(path)
+        .with_context(|| format!("opening the audit trail in {}", path.display()))?;
+    let signer = weir_store::audit::load_or_create_signing_key(&config.audit.signing_key)
+        .with_context(|| format!("[audit] signing_key {}", config.audit.signing_key.display()))?;
+    tracing::info!(public_key = %signer.public_key().to_hex(), "audit checkpoints are signed with this key");
+    Ok(Arc::new(DurableSink::start(store, signer)?))
+}
+
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     install_crypto();
     let store = open_store(&config)?;
     let policy = load_policy(&config)?;
-    runtime()?.block_on(async move {
-        let gateway = Gateway::bind(config, store, policy, Arc::new(LogSink)).await?;
+    let audit = open_audit(&config)?;
+    let sink = Arc::clone(&audit);
+    let result = runtime()?.block_on(async move {
+        let gateway = Gateway::bind(config, store, policy, sink).await?;
         let addr = gateway.local_addr()?;
         tracing::info!(%addr, "weir is listening for PostgreSQL clients");
         let (tx, rx) = watch::channel(false);
@@ -62,9 +81,12 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             let _ = tx.send(true);
         });
         gateway.run(rx).await;
-        tracing::info!("stopped");
-        Ok(())
-    })
+        Ok::<(), anyhow::Error>(())
+    });
+    // Every session has ended: what they recorded is written before the process exits.
+    audit.close();
+    tracing::info!("stopped");
+    result
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -658,14 +658,16 @@ async fn copy_in_keeps_request_tracking_in_step() {
     futures_util::pin_mut!(sink);
     sink.send(Bytes::from_static(b"1\n2\n")).await.unwrap();
     assert_eq!(sink.finish().await.unwrap(), 2);
-    c.batch_execute("SELECT 'marker after copy'").await.unwrap();
+    c.batch_execute("SELECT 'marker' AS after_copy")
+        .await
+        .unwrap();
     // The marker's statement event names its request id; its completion must follow.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let events = g.audit_events();
         let request = events
             .iter()
-            .find(|e| e["event"] == "statement" && e["sql"] == "SELECT 'marker after copy'")
+            .find(|e| e["event"] == "statement" && e["sql"] == "SELECT $1 AS after_copy")
             .map(|e| e["request"].clone());
         if let Some(request) = request {
             if let Some(done) = events

@@ -220,6 +220,18 @@ password_file = "upstream-password"
             .collect()
     }
 
+    /// Kills `weir serve` with SIGKILL (no chance to flush anything) and waits for it.
+    pub fn kill9(&mut self) {
+        let child = self.child.as_mut().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts `weir serve` again with the same config (after `kill9` or `terminate`).
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let child = self.child.as_mut().unwrap();

@@ -1,0 +1,334 @@
+//! `weir audit verify | public-key | search | export | tail | replay`: reading the trail.
+//!
+//! Every verb opens the store read-side while `weir serve` may be writing (SQLite WAL), and
+//! streams: nothing holds more than one event at a time, whatever the trail's size.
+
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+use weir_audit::chain::{key_from_file_text, PublicKey, Record};
+use weir_config::{Config, StoreUrl};
+use weir_store::audit::{AuditStore, AuditTrail, Filter};
+
+/// Filters shared by `search`, `export` and `tail`.
+#[derive(Debug, Default, clap::Args)]
+pub struct FilterArgs {
+    #[arg(long)]
+    pub identity: Option<String>,
+    #[arg(long)]
+    pub target: Option<String>,
+    /// allow | deny | approve | bound
+    #[arg(long)]
+    pub decision: Option<String>,
+    #[arg(long)]
+    pub session: Option<u64>,
+    /// Event kind: statement, completed, connection_opened, connection_closed, auth_failed, admin
+    #[arg(long)]
+    pub event: Option<String>,
+    /// A duration back from now (`1h`, `30m`) or a time (`2026-11-23T10:00:00Z`).
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Text the event contains (statement text, rule, …).
+    #[arg(long)]
+    pub text: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> anyhow::Result<Filter> {
+        Ok(Filter {
+            identity: self.identity.clone(),
+            target: self.target.clone(),
+            decision: self.decision.clone(),
+            session: self.session,
+            kind: self.event.clone(),
+            since_us: self.since.as_deref().map(parse_time).transpose()?,
+            until_us: self.until.as_deref().map(parse_time).transpose()?,
+            text: self.text.clone(),
+        })
+    }
+}
+
+fn parse_time(s: &str) -> anyhow::Result<i64> {
+    let t = match humantime::parse_duration(s) {
+        Ok(d) => SystemTime::now()
+            .checked_sub(d)
+            .context("--since/--until: too far back")?,
+        Err(_) => humantime::parse_rfc3339_weak(s)
+            .with_context(|| format!("{s:?}: expected a duration (1h) or a time (RFC 3339)"))?,
+    };
+    Ok(t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0))
+}
+
+fn time(ts_us: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_micros(ts_us.max(0) as u64);
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+fn open(config: &Path) -> anyhow::Result<(Config, AuditStore)> {
+    let config = Config::load(config)?;
+    let StoreUrl::Sqlite(path) = &config.gateway.store else {
+        bail!("the PostgreSQL store is not available in this version; use sqlite://FILE");
+    };
+    let store = AuditStore::open(path)
+        .with_context(|| format!("opening the audit trail in {}", path.display()))?;
+    Ok((config, store))
+}
+
+fn public_key(config: &Config, given: Option<&str>) -> anyhow::Result<PublicKey> {
+    if let Some(hex) = given {
+        return Ok(PublicKey::from_hex(hex)?);
+    }
+    let path = &config.audit.signing_key;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "[audit] signing_key {}: cannot read it (pass --public-key to verify without it)",
+            path.display()
+        )
+    })?;
+    Ok(key_from_file_text(&text)?.public_key())
+}
+
+/// `weir audit verify`: `ok <n> events` and true, or the first bad event and false.
+pub fn verify(config: &Path, key: Option<&str>) -> anyhow::Result<bool> {
+    let (config, store) = open(config)?;
+    let key = public_key(&config, key)?;
+    match store.verify(&key)? {
+        Ok(s) => {
+            println!(
+                "ok {} events ({} signed checkpoints)",
+                s.events, s.checkpoints
+            );
+            Ok(true)
+        }
+        Err(e) => {
+            println!("FAILED {e}");
+            Ok(false)
+        }
+    }
+}
+
+pub fn print_public_key(config: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config)?;
+    println!("{}", public_key(&config, None)?.to_hex());
+    Ok(())
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// One line for a person: time, event, who, where, what, and what came of it.
+fn line(seq: u64, ts_us: i64, body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let event = str_of(&v, "event");
+    let session = v
+        .get("session")
+        .map(|s| format!(" s{s}"))
+        .unwrap_or_default();
+    let detail = match event {
+        "statement" => format!(
+            "{} {} {} {}{} {}",
+            str_of(&v, "identity"),
+            str_of(&v, "target"),
+            str_of(&v, "via"),
+            str_of(&v, "decision"),
+            v.get("rule")
+                .and_then(Value::as_str)
+                .map(|r| format!(" {r}"))
+                .unwrap_or_default(),
+            str_of(&v, "sql"),
+        ),
+        "completed" => format!(
+            "{} rows={} {}us{}",
+            v.get("tags").map(|t| t.to_string()).unwrap_or_default(),
+            v.get("rows").map(|r| r.to_string()).unwrap_or_default(),
+            v.get("duration_us")
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
+            v.get("sqlstate")
+                .and_then(Value::as_str)
+                .map(|s| format!(" sqlstate={s}"))
+                .unwrap_or_default(),
+        ),
+        "connection_opened" => format!(
+            "{} ({}) {} from {} tls={}",
+            str_of(&v, "identity"),
+            str_of(&v, "identity_kind"),
+            str_of(&v, "target"),
+            str_of(&v, "client_addr"),
+            v.get("tls").map(|t| t.to_string()).unwrap_or_default()
+        ),
+        "connection_closed" => format!(
+            "{} {} requests={} {}",
+            str_of(&v, "identity"),
+            str_of(&v, "target"),
+            v.get("requests").map(|t| t.to_string()).unwrap_or_default(),
+            str_of(&v, "reason")
+        ),
+        "auth_failed" => format!(
+            "{} {} from {}: {}",
+            str_of(&v, "claimed"),
+            str_of(&v, "target"),
+            str_of(&v, "client_addr"),
+            str_of(&v, "reason")
+        ),
+        _ => body.to_owned(),
+    };
+    format!("{seq} {} {event}{session} {detail}", time(ts_us))
+}
+
+pub fn search(config: &Path, args: &FilterArgs, limit: Option<u64>) -> anyhow::Result<()> {
+    let (_, store) = open(config)?;
+    let mut out = std::io::stdout().lock();
+    let mut n = 0u64;
+    let mut failed = None;
+    store.for_each_event(1, &args.filter()?, &mut |r: &Record| {
+        if let Err(e) = writeln!(out, "{}", line(r.seq, r.ts_us, &r.body)) {
+            failed = Some(e);
+            return ControlFlow::Break(());
+        }
+        n += 1;
+        if limit.is_some_and(|l| n >= l) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })?;
+    match failed {
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    Jsonl,
+    Csv,
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// `weir audit export`: every matching event, streamed. JSON lines carry the chain fields
+/// (seq, prev, hash) and the event as recorded; CSV has one column per common field.
+pub fn export(config: &Path, args: &FilterArgs, format: Format) -> anyhow::Result<()> {
+    let (_, store) = open(config)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if matches!(format, Format::Csv) {
+        writeln!(
+            out,
+            "seq,time,event,session,identity,target,via,decision,rule,sql,rows,sqlstate"
+        )?;
+    }
+    let mut failed = None;
+    store.for_each_event(1, &args.filter()?, &mut |r: &Record| {
+        let written = match format {
+            Format::Jsonl => writeln!(
+                out,
+                "{{\"seq\":{},\"ts_us\":{},\"time\":\"{}\",\"prev\":\"{}\",\"hash\":\"{}\",\"event\":{}}}",
+                r.seq,
+                r.ts_us,
+                time(r.ts_us),
+                hex::encode(r.prev),
+                hex::encode(r.hash),
+                r.body
+            ),
+            Format::Csv => {
+                let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+                let num = |k: &str| v.get(k).map(|x| x.to_string()).unwrap_or_default();
+                let identity = match str_of(&v, "identity") {
+                    "" => str_of(&v, "claimed"),
+                    i => i,
+                };
+                writeln!(
+                    out,
+                    "{},{},{},{},{},{},{},{},{},{},{},{}",
+                    r.seq,
+                    time(r.ts_us),
+                    str_of(&v, "event"),
+                    num("session"),
+                    csv_field(identity),
+                    csv_field(str_of(&v, "target")),
+                    str_of(&v, "via"),
+                    str_of(&v, "decision"),
+                    csv_field(str_of(&v, "rule")),
+                    csv_field(str_of(&v, "sql")),
+                    num("rows"),
+                    str_of(&v, "sqlstate"),
+                )
+            }
+        };
+        match written {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                failed = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Ok(());
+        }
+        return Err(e.into());
+    }
+    out.flush().or_else(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })?;
+    Ok(())
+}
+
+/// `weir audit tail`: the last `lines` matching events, then (with `follow`) new ones as they
+/// are written, until interrupted.
+pub fn tail(config: &Path, args: &FilterArgs, lines: u64, follow: bool) -> anyhow::Result<()> {
+    let (_, store) = open(config)?;
+    let filter = args.filter()?;
+    let last = store.last_seq()?;
+    // The last `lines` events of the trail, then those of them that match.
+    let mut from = last.saturating_sub(lines) + 1;
+    let mut out = std::io::stdout().lock();
+    loop {
+        // Everything up to `end` is read by this pass, matching or not.
+        let end = store.last_seq()?;
+        let mut seen = 0;
+        store.for_each_event(from, &filter, &mut |r: &Record| {
+            seen = r.seq;
+            match writeln!(out, "{}", line(r.seq, r.ts_us, &r.body)) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            }
+        })?;
+        out.flush()?;
+        if !follow {
+            return Ok(());
+        }
+        from = from.max(end + 1).max(seen + 1);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `weir audit replay SESSION`: what one session did, in order.
+pub fn replay(config: &Path, session: u64) -> anyhow::Result<()> {
+    let args = FilterArgs {
+        session: Some(session),
+        ..FilterArgs::default()
+    };
+    search(config, &args, None)
+}
