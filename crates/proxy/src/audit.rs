@@ -232,22 +232,24 @@ impl<S: AuditTrail> Writer<S> {
         // "audit writer stopped" and do not run their statements.
     }
 
-    /// Seals, signs and stores one batch; empties `bodies`.
+    /// Seals, signs and stores one batch; empties `bodies`. When the store refuses the batch
+    /// because another writer appended (the CLI recording an administrative action), the
+    /// batch is sealed again after what is there and tried once more.
     fn write(&mut self, bodies: &mut Vec<String>) -> Result<(), AuditError> {
         let events = bodies.len();
-        let ts = now_us();
-        // Sealed on a copy: `self.chain` moves only once the batch is durable.
-        let mut next = self.chain;
-        let records: Vec<_> = bodies.drain(..).map(|b| next.seal(ts, b)).collect();
-        let checkpoint = self
-            .signer
-            .sign_checkpoint(next.last_seq(), next.head(), ts);
-        match self.store.append(&records, &checkpoint) {
-            Ok(()) => {
-                self.chain = next;
-                Ok(())
-            }
-            Err(e) => {
+        let mut attempt = self.try_write(std::mem::take(bodies));
+        if let Err((weir_store::StoreError::Refused(_), again)) = attempt {
+            attempt = match self.store.head() {
+                Ok(head) => {
+                    self.chain = chain_at(head);
+                    self.try_write(again)
+                }
+                Err(e) => Err((e, Vec::new())),
+            };
+        }
+        match attempt {
+            Ok(()) => Ok(()),
+            Err((e, _)) => {
                 tracing::error!(cause = %e, events, "audit trail write failed; the statements are refused");
                 // Continue from what the store really holds: a failed commit may still have
                 // reached the disk, and the next batch must link to whatever is there.
@@ -261,6 +263,27 @@ impl<S: AuditTrail> Writer<S> {
                     "the audit trail could not be written: {e}"
                 )))
             }
+        }
+    }
+
+    /// One attempt: on failure, the error and the bodies, for another try.
+    fn try_write(
+        &mut self,
+        bodies: Vec<String>,
+    ) -> Result<(), (weir_store::StoreError, Vec<String>)> {
+        let ts = now_us();
+        // Sealed on a copy: `self.chain` moves only once the batch is durable.
+        let mut next = self.chain;
+        let records: Vec<_> = bodies.into_iter().map(|b| next.seal(ts, b)).collect();
+        let checkpoint = self
+            .signer
+            .sign_checkpoint(next.last_seq(), next.head(), ts);
+        match self.store.append(&records, &checkpoint) {
+            Ok(()) => {
+                self.chain = next;
+                Ok(())
+            }
+            Err(e) => Err((e, records.into_iter().map(|r| r.body).collect())),
         }
     }
 }

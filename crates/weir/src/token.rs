@@ -19,13 +19,15 @@ pub fn generate() -> anyhow::Result<String> {
     ))
 }
 
-fn record_admin(action: &str, subject: &str) {
+/// Records an administrative action in the audit trail *before* it is carried out: if it
+/// cannot be recorded, it does not happen.
+fn record_admin(config: &Config, action: &str, subject: &str) -> anyhow::Result<()> {
     let e = Event::Admin {
         actor: std::env::var("USER").unwrap_or_else(|_| "cli".into()),
         action: action.into(),
         subject: subject.into(),
     };
-    tracing::info!(target: "weir::audit", "{}", e.to_json());
+    crate::audit_cmd::record(config, &e)
 }
 
 pub fn create(
@@ -54,6 +56,7 @@ pub fn create(
         })
         .transpose()?;
     let store = crate::serve::open_store(&config)?;
+    record_admin(&config, "token.create", name)?;
     let token = generate()?;
     let groups: Vec<String> = groups.iter().filter(|g| !g.is_empty()).cloned().collect();
     let rec = store.create_token(NewToken {
@@ -63,7 +66,6 @@ pub fn create(
         ttl,
         hash: weir_proxy::auth::hash_token(token.as_bytes()),
     })?;
-    record_admin("token.create", name);
     println!(
         "created token {} for {} ({}, groups: {}){}",
         rec.id,
@@ -129,11 +131,11 @@ pub fn list(path: &Path) -> anyhow::Result<()> {
 pub fn revoke(path: &Path, name: &str) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let store = crate::serve::open_store(&config)?;
+    record_admin(&config, "token.revoke", name)?;
     let n = store.revoke_tokens(name)?;
     if n == 0 {
         bail!("{name:?} has no active token");
     }
-    record_admin("token.revoke", name);
     println!("revoked {n} token(s) of {name}");
     Ok(())
 }

@@ -39,10 +39,18 @@ fn the_trail_verifies_and_names_the_first_tampered_event() {
         "{}",
         stderr(&out)
     );
+    // An administrative action recorded by the CLI while the gateway writes the same trail:
+    // the gateway's next batch continues after it.
+    let created = g.weir(&["token", "create", "--name", "ci", "--kind", "service"]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    let after = g.psql(&g.alice(), "SELECT count(*) FROM people;\n");
+    assert_eq!(stdout(&after).trim(), "1", "{}", stderr(&after));
     assert_eq!(g.terminate().code(), Some(0));
 
     let (ok, text) = verify(&g);
     assert!(ok, "{text}");
+    let out = g.weir(&["audit", "search", "--event", "admin"]);
+    assert!(stdout(&out).contains("token.create"), "{}", stdout(&out));
     let n: u64 = text
         .strip_prefix("ok ")
         .and_then(|t| t.split(' ').next())
@@ -87,7 +95,7 @@ fn the_trail_verifies_and_names_the_first_tampered_event() {
     assert_eq!(found.lines().count(), 1, "{found}");
     assert!(found.contains("weir.parse"), "{found}");
     let out = g.weir(&["audit", "search", "--text", "people", "--since", "1h"]);
-    assert_eq!(stdout(&out).lines().count(), 3, "{}", stdout(&out));
+    assert_eq!(stdout(&out).lines().count(), 4, "{}", stdout(&out));
     let session = first["event"]["session"].to_string();
     let out = g.weir(&["audit", "replay", &session]);
     let replay = stdout(&out);
