@@ -222,10 +222,156 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+impl FilterArgs {
+    fn is_empty(&self) -> bool {
+        self.identity.is_none()
+            && self.target.is_none()
+            && self.decision.is_none()
+            && self.session.is_none()
+            && self.event.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+            && self.text.is_none()
+    }
+}
+
+/// The whole trail as JSON lines, each signed checkpoint on its own line after the event it
+/// covers: what an auditor verifies with `weir audit verify --file F --public-key HEX`,
+/// without the store.
+fn export_verifiable(store: &AuditStore, out: &mut impl Write) -> anyhow::Result<()> {
+    let mut stmt = store.connection().prepare(
+        "SELECT e.seq, e.ts_us, e.prev, e.hash, e.body, c.head, c.ts_us, c.signature
+         FROM audit_events e LEFT JOIN audit_checkpoints c ON c.seq = e.seq ORDER BY e.seq",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let ts: i64 = row.get(1)?;
+        let body: String = row.get(4)?;
+        writeln!(
+            out,
+            "{{\"seq\":{seq},\"ts_us\":{ts},\"time\":\"{}\",\"prev\":\"{}\",\"hash\":\"{}\",\"event\":{body}}}",
+            time(ts),
+            hex::encode(row.get::<_, Vec<u8>>(2)?),
+            hex::encode(row.get::<_, Vec<u8>>(3)?),
+        )?;
+        if let Some(head) = row.get::<_, Option<Vec<u8>>>(5)? {
+            writeln!(
+                out,
+                "{{\"checkpoint\":{seq},\"head\":\"{}\",\"ts_us\":{},\"signature\":\"{}\"}}",
+                hex::encode(head),
+                row.get::<_, i64>(6)?,
+                hex::encode(row.get::<_, Vec<u8>>(7)?),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// One line of a verifiable export, back to what was stored. The event's JSON is taken
+/// byte for byte (its hash covers the exact text): it is the rest of the line after
+/// `,"event":`, less the closing brace.
+enum ExportLine {
+    Event(weir_audit::chain::Record),
+    Checkpoint(weir_audit::chain::Checkpoint),
+}
+
+fn parse_export_line(line: &str) -> anyhow::Result<ExportLine> {
+    fn hex32(v: &Value, key: &str) -> anyhow::Result<[u8; 32]> {
+        let bytes = hex::decode(v.get(key).and_then(Value::as_str).unwrap_or(""))?;
+        bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{key}: not 32 bytes"))
+    }
+    let int = |v: &Value, key: &str| -> anyhow::Result<i64> {
+        v.get(key)
+            .and_then(Value::as_i64)
+            .with_context(|| format!("{key} missing"))
+    };
+    if line.starts_with("{\"checkpoint\":") {
+        let v: Value = serde_json::from_str(line)?;
+        let sig = hex::decode(v.get("signature").and_then(Value::as_str).unwrap_or(""))?;
+        return Ok(ExportLine::Checkpoint(weir_audit::chain::Checkpoint {
+            seq: int(&v, "checkpoint")? as u64,
+            head: hex32(&v, "head")?,
+            ts_us: int(&v, "ts_us")?,
+            signature: sig
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("signature: not 64 bytes"))?,
+        }));
+    }
+    let at = line
+        .find(",\"event\":")
+        .context("neither an event nor a checkpoint line")?;
+    let body = line
+        .get(at + 9..line.len().saturating_sub(1))
+        .context("truncated line")?;
+    let head: Value = serde_json::from_str(&format!("{}}}", line.get(..at).unwrap_or("{")))?;
+    Ok(ExportLine::Event(weir_audit::chain::Record {
+        seq: int(&head, "seq")? as u64,
+        ts_us: int(&head, "ts_us")?,
+        prev: hex32(&head, "prev")?,
+        hash: hex32(&head, "hash")?,
+        body: body.to_owned(),
+    }))
+}
+
+/// `weir audit verify --file EXPORT --public-key HEX`: an export checked without the store.
+pub fn verify_export(file: &Path, key: &str) -> anyhow::Result<bool> {
+    let key = PublicKey::from_hex(key)?;
+    let text = std::io::BufReader::new(
+        std::fs::File::open(file).with_context(|| format!("{}", file.display()))?,
+    );
+    let mut v = weir_audit::chain::Verifier::new(key);
+    let mut verdict = Ok(());
+    for (n, line) in std::io::BufRead::lines(text).enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let step = match parse_export_line(&line)
+            .with_context(|| format!("{}:{}", file.display(), n + 1))?
+        {
+            ExportLine::Event(r) => v.event(&r),
+            ExportLine::Checkpoint(c) => v.checkpoint(&c),
+        };
+        if let Err(e) = step {
+            verdict = Err(e);
+            break;
+        }
+    }
+    match verdict.and_then(|()| v.finish()) {
+        Ok(s) => {
+            println!(
+                "ok {} events ({} signed checkpoints)",
+                s.events, s.checkpoints
+            );
+            Ok(true)
+        }
+        Err(e) => {
+            println!("FAILED {e}");
+            Ok(false)
+        }
+    }
+}
+
 /// `weir audit export`: every matching event, streamed. JSON lines carry the chain fields
-/// (seq, prev, hash) and the event as recorded; CSV has one column per common field.
+/// (seq, prev, hash) and the event as recorded — and, when nothing is filtered out, the
+/// signed checkpoints, so the file verifies on its own; CSV has one column per common field.
 pub fn export(config: &Path, args: &FilterArgs, format: Format) -> anyhow::Result<()> {
     let (_, store) = open(config)?;
+    if matches!(format, Format::Jsonl) && args.is_empty() {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        return match export_verifiable(&store, &mut out).and_then(|()| Ok(out.flush()?)) {
+            Err(e)
+                if e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+            {
+                Ok(())
+            }
+            other => other,
+        };
+    }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if matches!(format, Format::Csv) {
         writeln!(

@@ -51,11 +51,15 @@ enum AuditCommand {
     /// Check the hash chain and every signed checkpoint; `ok <n> events`, or exit 1 naming
     /// the first bad event.
     Verify {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, required_unless_present = "file")]
+        config: Option<PathBuf>,
         /// Verify with this public key (hex) instead of the one derived from the signing key.
         #[arg(long)]
         public_key: Option<String>,
+        /// Verify an export (`weir audit export --format jsonl`, unfiltered) instead of the
+        /// store; needs --public-key.
+        #[arg(long, requires = "public_key")]
+        file: Option<PathBuf>,
     },
     /// Print the public key that verifies the checkpoints (hex), for auditors.
     PublicKey {
@@ -171,8 +175,21 @@ pub fn main() -> ExitCode {
             TokenCommand::Revoke { config, name } => crate::token::revoke(&config, &name),
         },
         Command::Audit { command } => match command {
-            AuditCommand::Verify { config, public_key } => {
-                match crate::audit_cmd::verify(&config, public_key.as_deref()) {
+            AuditCommand::Verify {
+                config,
+                public_key,
+                file,
+            } => {
+                let verdict = match (file, config) {
+                    (Some(file), _) => {
+                        crate::audit_cmd::verify_export(&file, public_key.as_deref().unwrap_or(""))
+                    }
+                    (None, Some(config)) => {
+                        crate::audit_cmd::verify(&config, public_key.as_deref())
+                    }
+                    (None, None) => Err(anyhow::anyhow!("--config or --file is required")),
+                };
+                match verdict {
                     Ok(true) => Ok(()),
                     Ok(false) => return ExitCode::FAILURE,
                     Err(e) => Err(e),

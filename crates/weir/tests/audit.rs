@@ -61,7 +61,18 @@ fn the_trail_verifies_and_names_the_first_tampered_event() {
     // Export: one JSON line per event with its chain fields; literals are not in the trail.
     let out = g.weir(&["audit", "export", "--format", "jsonl"]);
     let export = stdout(&out);
-    assert_eq!(export.lines().count() as u64, n, "{export}");
+    assert_eq!(
+        export
+            .lines()
+            .filter(|l| l.starts_with("{\"seq\":"))
+            .count() as u64,
+        n,
+        "{export}"
+    );
+    assert!(
+        export.lines().any(|l| l.starts_with("{\"checkpoint\":")),
+        "{export}"
+    );
     assert!(
         !export.contains("jane.doe"),
         "the trail holds a value:\n{export}"
@@ -199,6 +210,28 @@ fn the_trail_verifies_and_names_the_first_tampered_event() {
 
     // An auditor verifies with the exported public key alone.
     let key = stdout(&g.weir(&["audit", "public-key"])).trim().to_owned();
+    let file = g.dir.path().join("export.jsonl");
+    std::fs::write(&file, &export).unwrap();
+    let verify_file = |path: &std::path::Path| {
+        let out = Command::new(weir_bin())
+            .args(["audit", "verify", "--public-key", &key, "--file"])
+            .arg(path)
+            .output()
+            .unwrap();
+        (out.status.success(), stdout(&out))
+    };
+    let (ok, text) = verify_file(&file);
+    assert!(ok && text.starts_with(&format!("ok {n} events")), "{text}");
+    std::fs::write(
+        &file,
+        export.replacen("connection_opened", "connection_0pened", 1),
+    )
+    .unwrap();
+    let (ok, text) = verify_file(&file);
+    assert!(
+        !ok && text.contains("event 1: hash does not match"),
+        "{text}"
+    );
     assert_eq!(key.len(), 64, "{key}");
     std::fs::remove_file(g.dir.path().join("audit.key")).unwrap();
     let out = g.weir(&["audit", "verify", "--public-key", &key]);
