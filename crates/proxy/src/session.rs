@@ -21,7 +21,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{info, warn, Instrument};
 use weir_analyze::{AnalyzeError, Scope, StatementFacts};
 use weir_audit::Event;
 use weir_config::Target;
@@ -136,7 +136,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         match startup(&mut client, &mut buf, peer, session, &shared).await {
             Ok(()) => {}
             Err(f) => {
-                debug!(code = f.code, message = %f.message, "session refused");
+                info!(code = f.code, message = %f.message, "session refused");
                 let _ = client.write_all(&f.frame()).await;
                 let _ = client.shutdown().await;
             }

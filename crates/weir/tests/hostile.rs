@@ -259,6 +259,25 @@ fn startup_with_params(n: usize) -> BytesMut {
 /// AuthenticationCleartextPassword with a PasswordMessage carrying the token, read until
 /// ReadyForQuery. Returns the connection and the BackendKeyData the gateway issued.
 fn login(g: &Gateway) -> (Wire, i32, Bytes) {
+    match try_login(g) {
+        Ok(done) => done,
+        Err(first) => {
+            // Seen rarely in CI under full load: the first login after start closed with no
+            // message and nothing in the gateway log. Record it loudly, check the gateway is
+            // still up, and try once more, so that the hostile case this login only sets up
+            // is still tested; a second failure fails the test.
+            let alive = std::process::Command::new("kill")
+                .args(["-0", &g.pid().to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            eprintln!("WARNING: login failed once (gateway alive: {alive}): {first}");
+            assert!(alive, "the gateway died: {first}");
+            try_login(g).unwrap_or_else(|again| panic!("{again}"))
+        }
+    }
+}
+
+fn try_login(g: &Gateway) -> Result<(Wire, i32, Bytes), String> {
     let mut w = Wire::open(g);
     w.write(&alice_startup());
     match w.recv_msg() {
@@ -271,10 +290,10 @@ fn login(g: &Gateway) -> (Wire, i32, Bytes) {
         match w.recv() {
             Read1::Msg(B::ReadyForQuery(s)) => break s,
             Read1::Msg(m) => msgs.push(m),
-            Read1::Closed => panic!(
+            Read1::Closed => return Err(format!(
                 "login: the gateway closed the connection after {msgs:?}\n--- gateway log ---\n{}",
                 g.log()
-            ),
+            )),
         }
     };
     assert_eq!(status, TxStatus::Idle);
@@ -292,7 +311,7 @@ fn login(g: &Gateway) -> (Wire, i32, Bytes) {
             _ => None,
         })
         .expect("BackendKeyData");
-    (w, key.0, key.1)
+    Ok((w, key.0, key.1))
 }
 
 /// Logs in, sends `bytes` after authentication, and returns everything until the close.
