@@ -422,10 +422,32 @@ impl AuditTrail for AuditStore {
 /// same moment reads the complete key rather than a half-written file or a different key.
 pub fn load_or_create_signing_key(path: &Path) -> Result<Signer, StoreError> {
     match std::fs::read_to_string(path) {
-        Ok(text) => parse_key(path, &text),
+        Ok(text) => {
+            check_private(path)?;
+            parse_key(path, &text)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_signing_key(path),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Refuses a key file that other users can read or write, as PostgreSQL does for its TLS
+/// key: anyone who can read it can sign checkpoints over a forged trail.
+fn check_private(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(StoreError::Unsupported(format!(
+                "audit signing key {}: mode {:o} lets other users read or change it; chmod 600 it",
+                path.display(),
+                mode & 0o777
+            )));
+        }
+    }
+    let _ = path;
+    Ok(())
 }
 
 fn parse_key(path: &Path, text: &str) -> Result<Signer, StoreError> {
@@ -785,6 +807,11 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
+            // A key others can read is refused, not used.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let err = load_or_create_signing_key(&path).unwrap_err();
+            assert!(err.to_string().contains("chmod 600"), "{err}");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
         // No temporary file left behind.
         assert_eq!(

@@ -290,10 +290,12 @@ fn try_login(g: &Gateway) -> Result<(Wire, i32, Bytes), String> {
         match w.recv() {
             Read1::Msg(B::ReadyForQuery(s)) => break s,
             Read1::Msg(m) => msgs.push(m),
-            Read1::Closed => return Err(format!(
+            Read1::Closed => {
+                return Err(format!(
                 "login: the gateway closed the connection after {msgs:?}\n--- gateway log ---\n{}",
                 g.log()
-            )),
+            ))
+            }
         }
     };
     assert_eq!(status, TxStatus::Idle);
