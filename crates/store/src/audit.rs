@@ -29,7 +29,6 @@
 use std::borrow::Cow;
 use std::ops::ControlFlow;
 use std::path::Path;
-use std::time::Duration;
 
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
@@ -232,16 +231,8 @@ impl AuditStore {
     /// Opens the trail in the SQLite file at `path` (creating the file, its directory and the
     /// tables if missing), in WAL mode with `synchronous = FULL`.
     pub fn open(path: &Path) -> Result<AuditStore, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let conn = Connection::open(path)?;
-        // Readers (the CLI) and the writer share the file; wait for each other's locks.
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // In WAL mode, FULL syncs the WAL at every commit: a committed batch survives a
-        // crash or power loss. (NORMAL would only sync at checkpoints.)
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // FULL (see `connect`): a committed batch survives a crash or power loss.
+        let conn = crate::connect(path)?;
         // Checkpoint the WAL into the database every ~40 MB rather than every 4 MB: each
         // batch rewrites the same hot pages (the table's and indexes' right edges), and a
         // checkpoint copies each page once however often it changed.

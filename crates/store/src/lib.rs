@@ -105,17 +105,24 @@ CREATE TABLE IF NOT EXISTS tokens (
 CREATE INDEX IF NOT EXISTS tokens_name ON tokens(name);
 ";
 
+/// A connection to the store's SQLite file (made, with its directory, if missing), set up the
+/// way every part of Weir shares it: WAL, so readers (the CLI) and the writer (the gateway)
+/// work at once; a busy timeout, so concurrent writers wait for each other instead of
+/// failing; `synchronous = FULL`, so in WAL mode every commit is fsync'd and survives a crash.
+pub(crate) fn connect(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let conn = Connection::open(path)?;
-        // WAL lets readers (the CLI) and the writer (the gateway) work at once; the busy
-        // timeout makes concurrent writers wait for each other instead of failing.
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        let conn = connect(path)?;
         conn.execute_batch(SCHEMA)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
