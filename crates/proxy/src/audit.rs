@@ -37,6 +37,16 @@ impl AuditAck {
                 .unwrap_or_else(|_| Err(AuditError("audit writer stopped".into()))),
         }
     }
+
+    /// [`AuditAck::wait`] for callers outside an async runtime (the CLI).
+    pub fn wait_blocking(self) -> Result<(), AuditError> {
+        match self {
+            AuditAck::Done(r) => r,
+            AuditAck::Pending(rx) => rx
+                .blocking_recv()
+                .unwrap_or_else(|_| Err(AuditError("audit writer stopped".into()))),
+        }
+    }
 }
 
 pub trait AuditSink: Send + Sync + 'static {

@@ -479,38 +479,14 @@ pub fn replay(config: &Path, session: u64) -> anyhow::Result<()> {
     search(config, &args, None)
 }
 
-/// Appends one event to the trail from the CLI (administrative actions), with the same
-/// signing key as the gateway. A running gateway may be appending at the same moment: the
-/// store refuses a batch that does not continue its head, and both sides then seal again
-/// after what is there.
-pub fn record(config: &Config, event: &weir_audit::Event) -> anyhow::Result<()> {
-    let StoreUrl::Sqlite(path) = &config.gateway.store else {
-        bail!("the PostgreSQL store is not available in this version; use sqlite://FILE");
-    };
-    let mut store = AuditStore::open(path)
-        .with_context(|| format!("opening the audit trail in {}", path.display()))?;
-    let signer = weir_store::audit::load_or_create_signing_key(&config.audit.signing_key)?;
-    let body = event.to_json();
-    let mut last_error = None;
-    for _ in 0..20 {
-        let mut chain = match store.head()? {
-            Some((seq, hash)) => weir_audit::chain::Chain::resume(seq, hash),
-            None => weir_audit::chain::Chain::new(),
-        };
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
-        let record = chain.seal(ts, body.clone());
-        let checkpoint = signer.sign_checkpoint(chain.last_seq(), chain.head(), ts);
-        match store.append(std::slice::from_ref(&record), &checkpoint) {
-            Ok(()) => return Ok(()),
-            Err(e @ weir_store::StoreError::Refused(_)) => last_error = Some(e),
-            Err(e) => return Err(e).context("recording in the audit trail"),
-        }
-    }
-    Err(last_error
-        .map(anyhow::Error::from)
-        .unwrap_or_else(|| anyhow::anyhow!("?")))
-    .context("recording in the audit trail: the trail kept moving")
+/// Appends one event to the trail from the CLI (administrative actions), through the same
+/// writer as the gateway's, with the same signing key. A running gateway may be appending at
+/// the same moment: the store refuses a batch that does not continue its head, and the writer
+/// then seals again after what is there.
+pub fn record(config: &Config, event: weir_audit::Event) -> anyhow::Result<()> {
+    use weir_proxy::audit::AuditSink;
+    let sink = crate::serve::open_audit(config)?;
+    let recorded = sink.append(event).wait_blocking();
+    sink.close();
+    recorded.context("recording in the audit trail")
 }

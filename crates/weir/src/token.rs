@@ -27,7 +27,7 @@ fn record_admin(config: &Config, action: &str, subject: &str) -> anyhow::Result<
         action: action.into(),
         subject: subject.into(),
     };
-    crate::audit_cmd::record(config, &e)
+    crate::audit_cmd::record(config, e)
 }
 
 pub fn create(
