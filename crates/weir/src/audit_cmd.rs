@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
-use weir_audit::chain::{key_from_file_text, PublicKey, Record};
+use weir_audit::chain::{key_from_file_text, PublicKey, Record, Summary, VerifyError};
 use weir_config::{Config, StoreUrl};
 use weir_store::audit::{AuditStore, AuditTrail, Filter};
 
@@ -96,23 +96,27 @@ fn public_key(config: &Config, given: Option<&str>) -> anyhow::Result<PublicKey>
     Ok(key_from_file_text(&text)?.public_key())
 }
 
+/// Prints a verification's verdict the way the contract states it: `ok <n> events` alone on
+/// stdout (the checkpoint count goes to stderr), or `FAILED` and the first bad event.
+fn report(verdict: Result<Summary, VerifyError>) -> bool {
+    match verdict {
+        Ok(s) => {
+            println!("ok {} events", s.events);
+            eprintln!("{} signed checkpoints verified", s.checkpoints);
+            true
+        }
+        Err(e) => {
+            println!("FAILED {e}");
+            false
+        }
+    }
+}
+
 /// `weir audit verify`: `ok <n> events` and true, or the first bad event and false.
 pub fn verify(config: &Path, key: Option<&str>) -> anyhow::Result<bool> {
     let (config, store) = open(config)?;
     let key = public_key(&config, key)?;
-    match store.verify(&key)? {
-        Ok(s) => {
-            println!(
-                "ok {} events ({} signed checkpoints)",
-                s.events, s.checkpoints
-            );
-            Ok(true)
-        }
-        Err(e) => {
-            println!("FAILED {e}");
-            Ok(false)
-        }
-    }
+    Ok(report(store.verify(&key)?))
 }
 
 pub fn print_public_key(config: &Path) -> anyhow::Result<()> {
@@ -235,9 +239,9 @@ impl FilterArgs {
     }
 }
 
-/// The whole trail as JSON lines, each signed checkpoint on its own line after the event it
-/// covers: what an auditor verifies with `weir audit verify --file F --public-key HEX`,
-/// without the store.
+/// The whole trail as JSON lines, one per event; an event a signed checkpoint covers carries
+/// it (`"checkpoint":{head, ts_us, signature}`). What an auditor verifies with
+/// `weir audit verify --file F --public-key HEX`, without the store.
 fn export_verifiable(store: &AuditStore, out: &mut impl Write) -> anyhow::Result<()> {
     let mut stmt = store.connection().prepare(
         "SELECT e.seq, e.ts_us, e.prev, e.hash, e.body, c.head, c.ts_us, c.signature
@@ -245,75 +249,72 @@ fn export_verifiable(store: &AuditStore, out: &mut impl Write) -> anyhow::Result
     )?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
-        let seq: i64 = row.get(0)?;
         let ts: i64 = row.get(1)?;
-        let body: String = row.get(4)?;
-        writeln!(
-            out,
-            "{{\"seq\":{seq},\"ts_us\":{ts},\"time\":\"{}\",\"prev\":\"{}\",\"hash\":\"{}\",\"event\":{body}}}",
-            time(ts),
-            hex::encode(row.get::<_, Vec<u8>>(2)?),
-            hex::encode(row.get::<_, Vec<u8>>(3)?),
-        )?;
-        if let Some(head) = row.get::<_, Option<Vec<u8>>>(5)? {
-            writeln!(
-                out,
-                "{{\"checkpoint\":{seq},\"head\":\"{}\",\"ts_us\":{},\"signature\":\"{}\"}}",
+        let checkpoint = match row.get::<_, Option<Vec<u8>>>(5)? {
+            Some(head) => format!(
+                ",\"checkpoint\":{{\"head\":\"{}\",\"ts_us\":{},\"signature\":\"{}\"}}",
                 hex::encode(head),
                 row.get::<_, i64>(6)?,
                 hex::encode(row.get::<_, Vec<u8>>(7)?),
-            )?;
-        }
+            ),
+            None => String::new(),
+        };
+        writeln!(
+            out,
+            "{{\"seq\":{},\"ts_us\":{ts},\"time\":\"{}\",\"prev\":\"{}\",\"hash\":\"{}\"{checkpoint},\"event\":{}}}",
+            row.get::<_, i64>(0)?,
+            time(ts),
+            hex::encode(row.get::<_, Vec<u8>>(2)?),
+            hex::encode(row.get::<_, Vec<u8>>(3)?),
+            row.get::<_, String>(4)?,
+        )?;
     }
     Ok(())
 }
 
-/// One line of a verifiable export, back to what was stored. The event's JSON is taken
-/// byte for byte (its hash covers the exact text): it is the rest of the line after
-/// `,"event":`, less the closing brace.
-enum ExportLine {
-    Event(weir_audit::chain::Record),
-    Checkpoint(weir_audit::chain::Checkpoint),
-}
-
-fn parse_export_line(line: &str) -> anyhow::Result<ExportLine> {
-    fn hex32(v: &Value, key: &str) -> anyhow::Result<[u8; 32]> {
+/// One line of an export, back to what was stored: the record, and the checkpoint that
+/// covers it, if any. The event's JSON is taken byte for byte (its hash covers the exact
+/// text): it is the rest of the line after `,"event":`, less the closing brace; the fields
+/// before it hold no such text.
+fn parse_export_line(
+    line: &str,
+) -> anyhow::Result<(
+    weir_audit::chain::Record,
+    Option<weir_audit::chain::Checkpoint>,
+)> {
+    fn hex_n<const N: usize>(v: &Value, key: &str) -> anyhow::Result<[u8; N]> {
         let bytes = hex::decode(v.get(key).and_then(Value::as_str).unwrap_or(""))?;
         bytes
             .try_into()
-            .map_err(|_| anyhow::anyhow!("{key}: not 32 bytes"))
+            .map_err(|_| anyhow::anyhow!("{key}: not {N} bytes"))
     }
-    let int = |v: &Value, key: &str| -> anyhow::Result<i64> {
+    fn int(v: &Value, key: &str) -> anyhow::Result<i64> {
         v.get(key)
             .and_then(Value::as_i64)
             .with_context(|| format!("{key} missing"))
-    };
-    if line.starts_with("{\"checkpoint\":") {
-        let v: Value = serde_json::from_str(line)?;
-        let sig = hex::decode(v.get("signature").and_then(Value::as_str).unwrap_or(""))?;
-        return Ok(ExportLine::Checkpoint(weir_audit::chain::Checkpoint {
-            seq: int(&v, "checkpoint")? as u64,
-            head: hex32(&v, "head")?,
-            ts_us: int(&v, "ts_us")?,
-            signature: sig
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("signature: not 64 bytes"))?,
-        }));
     }
-    let at = line
-        .find(",\"event\":")
-        .context("neither an event nor a checkpoint line")?;
+    let at = line.find(",\"event\":").context("not an exported event")?;
     let body = line
         .get(at + 9..line.len().saturating_sub(1))
         .context("truncated line")?;
     let head: Value = serde_json::from_str(&format!("{}}}", line.get(..at).unwrap_or("{")))?;
-    Ok(ExportLine::Event(weir_audit::chain::Record {
+    let record = weir_audit::chain::Record {
         seq: int(&head, "seq")? as u64,
         ts_us: int(&head, "ts_us")?,
-        prev: hex32(&head, "prev")?,
-        hash: hex32(&head, "hash")?,
+        prev: hex_n(&head, "prev")?,
+        hash: hex_n(&head, "hash")?,
         body: body.to_owned(),
-    }))
+    };
+    let checkpoint = match head.get("checkpoint") {
+        Some(c) => Some(weir_audit::chain::Checkpoint {
+            seq: record.seq,
+            head: hex_n(c, "head")?,
+            ts_us: int(c, "ts_us")?,
+            signature: hex_n(c, "signature")?,
+        }),
+        None => None,
+    };
+    Ok((record, checkpoint))
 }
 
 /// `weir audit verify --file EXPORT --public-key HEX`: an export checked without the store.
@@ -329,35 +330,23 @@ pub fn verify_export(file: &Path, key: &str) -> anyhow::Result<bool> {
         if line.trim().is_empty() {
             continue;
         }
-        let step = match parse_export_line(&line)
-            .with_context(|| format!("{}:{}", file.display(), n + 1))?
-        {
-            ExportLine::Event(r) => v.event(&r),
-            ExportLine::Checkpoint(c) => v.checkpoint(&c),
-        };
+        let (record, checkpoint) =
+            parse_export_line(&line).with_context(|| format!("{}:{}", file.display(), n + 1))?;
+        let step = v
+            .event(&record)
+            .and_then(|()| checkpoint.map_or(Ok(()), |c| v.checkpoint(&c)));
         if let Err(e) = step {
             verdict = Err(e);
             break;
         }
     }
-    match verdict.and_then(|()| v.finish()) {
-        Ok(s) => {
-            println!(
-                "ok {} events ({} signed checkpoints)",
-                s.events, s.checkpoints
-            );
-            Ok(true)
-        }
-        Err(e) => {
-            println!("FAILED {e}");
-            Ok(false)
-        }
-    }
+    Ok(report(verdict.and_then(|()| v.finish())))
 }
 
 /// `weir audit export`: every matching event, streamed. JSON lines carry the chain fields
 /// (seq, prev, hash) and the event as recorded — and, when nothing is filtered out, the
-/// signed checkpoints, so the file verifies on its own; CSV has one column per common field.
+/// signed checkpoints inside the lines of the events they cover, so the file verifies on its
+/// own; CSV has one column per common field.
 pub fn export(config: &Path, args: &FilterArgs, format: Format) -> anyhow::Result<()> {
     let (_, store) = open(config)?;
     if matches!(format, Format::Jsonl) && args.is_empty() {
