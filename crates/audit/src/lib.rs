@@ -105,7 +105,6 @@ struct Summary<'a>(&'a StatementFacts);
 impl Serialize for Summary<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let f = self.0;
-        let columns: Vec<String> = f.columns.iter().map(|c| c.to_string()).collect();
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("kind", f.kind.as_str())?;
         if !f.tables_read.is_empty() {
@@ -114,13 +113,31 @@ impl Serialize for Summary<'_> {
         if !f.tables_written.is_empty() {
             m.serialize_entry("tables_written", &f.tables_written)?;
         }
-        if !columns.is_empty() {
-            m.serialize_entry("columns", &columns)?;
+        if !f.columns.is_empty() {
+            m.serialize_entry("columns", &Columns(&f.columns))?;
         }
         if !f.functions.is_empty() {
             m.serialize_entry("functions", &f.functions)?;
         }
         m.end()
+    }
+}
+
+/// Columns as `table.column` strings, written straight from their `Display` (this runs for
+/// every statement event: no string per column).
+struct Columns<'a>(&'a std::collections::BTreeSet<weir_analyze::Column>);
+
+impl Serialize for Columns<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(AsStr))
+    }
+}
+
+struct AsStr<'a>(&'a weir_analyze::Column);
+
+impl Serialize for AsStr<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self.0)
     }
 }
 
@@ -141,6 +158,32 @@ mod tests {
         assert_eq!(rows_from_tag("SELECT 10"), 10);
         assert_eq!(rows_from_tag("INSERT 0 5"), 5);
         assert_eq!(rows_from_tag("BEGIN"), 0);
+    }
+
+    #[test]
+    fn statement_events_carry_facts_not_values() {
+        let a = weir_analyze::Analyzer::new()
+            .analyze(b"SELECT c.email FROM customers c WHERE c.id = 42")
+            .unwrap();
+        let e = Event::Statement {
+            session: 1,
+            request: 1,
+            identity: "alice".into(),
+            target: "shop".into(),
+            via: "query",
+            sql: a.normalized.clone(),
+            fingerprint: a.fingerprint,
+            statements: a.statements.clone(),
+            decision: "allow",
+            rule: None,
+        };
+        let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(v["sql"], "SELECT c.email FROM customers c WHERE c.id = $1");
+        assert_eq!(v["statements"][0]["tables_read"][0], "customers");
+        assert_eq!(
+            v["statements"][0]["columns"],
+            serde_json::json!(["customers.email", "customers.id"])
+        );
     }
 
     #[test]
