@@ -218,12 +218,10 @@ fn checkpoint(row: &Row<'_>) -> rusqlite::Result<Checkpoint> {
 }
 
 fn head_of(conn: &Connection) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+    // Cached: the writer reads the head in every batch's transaction.
     Ok(conn
-        .query_row(
-            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((seq(r, 0)?, blob::<32>(r, 1)?)),
-        )
+        .prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((seq(r, 0)?, blob::<32>(r, 1)?)))
         .optional()?)
 }
 
