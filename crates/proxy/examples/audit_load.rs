@@ -7,6 +7,9 @@
 //! DIR (default: a temporary directory under the current one) must be on the disk to measure:
 //! the fsync is most of what is timed.
 
+// A measuring tool, not the data path: it stops on the first failure.
+#![allow(clippy::expect_used)]
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
