@@ -144,6 +144,11 @@ pub struct StatementFacts {
     pub tables_written: BTreeSet<String>,
     /// Columns named anywhere in the statement.
     pub columns: BTreeSet<Column>,
+    /// For a plain SELECT: per result column, in order, the columns its expression reads
+    /// (attributed as in `columns`). `None` when the result's columns cannot be told from the
+    /// text alone: a set operation (UNION, …), a `*` in the select list, not a SELECT. The
+    /// masking stage uses it for result columns that are not plain table columns.
+    pub outputs: Option<Vec<Vec<Column>>>,
     /// Functions called anywhere in the statement, lower-cased, qualified as written.
     pub functions: BTreeSet<String>,
     /// The subset of `functions` that are not PostgreSQL built-ins (user-defined or from an
@@ -195,6 +200,7 @@ impl StatementFacts {
             tables_read: BTreeSet::new(),
             tables_written: BTreeSet::new(),
             columns: BTreeSet::new(),
+            outputs: None,
             functions: BTreeSet::new(),
             user_functions: BTreeSet::new(),
             has_where: false,

@@ -599,7 +599,7 @@ impl Names {
 
     /// Attributes each column to a table where the statement makes it clear: a qualifier
     /// that is an alias or a table, or the only table of the statement.
-    fn resolve(self, f: &mut StatementFacts) {
+    fn resolve(self, f: &mut StatementFacts, outputs: Option<Vec<Vec<Vec<String>>>>) {
         let tables: Vec<String> = f
             .tables_read
             .iter()
@@ -612,11 +612,11 @@ impl Names {
             [one] => Some(one.clone()),
             _ => None,
         };
-        for mut parts in self.columns {
+        let attribute = |mut parts: Vec<String>| -> Option<Column> {
             if parts.len() == 4 {
                 parts.remove(0); // database.schema.table.column
             }
-            let Some(name) = parts.pop() else { continue };
+            let name = parts.pop()?;
             let table = if parts.is_empty() {
                 only.clone()
             } else {
@@ -636,7 +636,18 @@ impl Names {
                     }
                 }
             };
-            f.columns.insert(Column { table, name });
+            Some(Column { table, name })
+        };
+        f.outputs = outputs.map(|outputs| {
+            outputs
+                .into_iter()
+                .map(|refs| refs.into_iter().filter_map(&attribute).collect())
+                .collect()
+        });
+        for parts in self.columns {
+            if let Some(c) = attribute(parts) {
+                f.columns.insert(c);
+            }
         }
         for (table, name) in self.assigned {
             f.columns.insert(Column {
@@ -647,6 +658,43 @@ impl Names {
     }
 }
 
+/// For a plain SELECT, the column references of each select-list entry, in order; `None`
+/// for a set operation or a `*` entry (the result's columns are not the list's entries).
+fn output_refs(top: &str, body: &Map<String, Value>) -> Option<Vec<Vec<Vec<String>>>> {
+    if top != "SelectStmt" || body.get("larg").is_some_and(|l| !l.is_null()) {
+        return None;
+    }
+    let targets = body.get("target_list")?.as_array()?;
+    targets
+        .iter()
+        .map(|t| {
+            let (kind, target) = tagged(t)?;
+            if kind != "ResTarget" {
+                return None;
+            }
+            let val = target.get("val")?;
+            if let Some(("ColumnRef", c)) = tagged(val) {
+                if column_parts(c)?.last().is_some_and(|p| p == "*") {
+                    return None;
+                }
+            }
+            let mut refs = Vec::new();
+            let mut stack = vec![val];
+            while let Some(v) = stack.pop() {
+                match v {
+                    Value::Array(items) => stack.extend(items),
+                    Value::Object(obj) => match tagged(v) {
+                        Some(("ColumnRef", c)) => refs.push(column_parts(c)?),
+                        _ => stack.extend(obj.values()),
+                    },
+                    _ => {}
+                }
+            }
+            Some(refs)
+        })
+        .collect()
+}
+
 /// Walks the whole statement, collecting table references, columns and function calls.
 fn walk(top: &str, body: &Map<String, Value>, f: &mut StatementFacts) {
     // (value, enclosing statement node, is this a written relation)
@@ -654,8 +702,10 @@ fn walk(top: &str, body: &Map<String, Value>, f: &mut StatementFacts) {
     let mut names = Names::default();
     let copy_from = f.copy.as_ref().is_some_and(|c| c.from);
     for (k, v) in body {
-        let written = (k == "relation"
-            && (writes_relation(top) || (top == "CopyStmt" && copy_from)))
+        // CREATE TABLE … AS and SELECT … INTO write the table they name.
+        let written = k == "into"
+            || k == "into_clause"
+            || (k == "relation" && (writes_relation(top) || (top == "CopyStmt" && copy_from)))
             || (k == "relations" && top == "TruncateStmt")
             || (k == "relation" && f.kind == StatementKind::Ddl);
         stack.push((v, top, written));
@@ -714,7 +764,12 @@ fn walk(top: &str, body: &Map<String, Value>, f: &mut StatementFacts) {
                         f.unknown_nested = true;
                     }
                     for (k, child) in inner {
-                        stack.push((child, node, k == "relation" && writes_relation(node)));
+                        let into = k == "into" || k == "into_clause";
+                        stack.push((
+                            child,
+                            node,
+                            into || (k == "relation" && writes_relation(node)),
+                        ));
                     }
                     continue;
                 }
@@ -732,7 +787,11 @@ fn walk(top: &str, body: &Map<String, Value>, f: &mut StatementFacts) {
     ) {
         f.writes = true;
     }
-    names.resolve(f);
+    // SELECT … INTO creates and fills a table: a write, whatever its kind says.
+    if !f.tables_written.is_empty() && f.kind == StatementKind::Select {
+        f.writes = true;
+    }
+    names.resolve(f, output_refs(top, body));
 }
 
 /// What a function call means for the facts: built-ins that change state or run SQL text,

@@ -245,6 +245,19 @@ impl Scope {
                 name: c.name.clone(),
             })
             .collect();
+        r.outputs = f.outputs.as_ref().map(|outputs| {
+            outputs
+                .iter()
+                .map(|refs| {
+                    refs.iter()
+                        .map(|c| Column {
+                            table: c.table.as_deref().map(|t| self.qualify(t)),
+                            name: c.name.clone(),
+                        })
+                        .collect()
+                })
+                .collect()
+        });
         r.inner = f.inner.as_deref().map(|i| Box::new(self.resolve_facts(i)));
         r
     }

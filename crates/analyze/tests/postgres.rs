@@ -482,3 +482,52 @@ mod scope {
         assert_eq!(next.resolve(&a.statements)[1].kind, K::Update);
     }
 }
+
+#[test]
+fn each_result_column_knows_the_columns_it_reads() {
+    let outputs = |sql: &str| -> Option<Vec<Vec<String>>> {
+        one(sql).outputs.map(|o| {
+            o.iter()
+                .map(|refs| refs.iter().map(|c| c.to_string()).collect())
+                .collect()
+        })
+    };
+    assert_eq!(
+        outputs("SELECT c.id, upper(c.email) AS e, count(*), 1 FROM customers c GROUP BY 1, 2"),
+        Some(vec![
+            vec!["customers.id".to_string()],
+            vec!["customers.email".to_string()],
+            vec![],
+            vec![],
+        ])
+    );
+    // A scalar subquery's columns count for the column it makes.
+    assert_eq!(
+        outputs("SELECT o.id, (SELECT max(email) FROM customers) FROM orders o"),
+        Some(vec![
+            vec!["orders.id".to_string()],
+            vec!["email".to_string()]
+        ])
+    );
+    // A whole-row reference is a reference to the alias.
+    assert_eq!(
+        outputs("SELECT row_to_json(c) FROM customers c"),
+        Some(vec![vec!["customers.c".to_string()]])
+    );
+    // Where the result's columns are not the select list's entries: unknown.
+    assert_eq!(outputs("SELECT * FROM customers"), None);
+    assert_eq!(outputs("SELECT c.* FROM customers c"), None);
+    assert_eq!(outputs("SELECT a FROM t UNION SELECT b FROM u"), None);
+    assert_eq!(outputs("UPDATE t SET a = 1 WHERE id = 2"), None);
+}
+
+#[test]
+fn create_table_as_and_select_into_write_their_table() {
+    let f = one("CREATE TABLE copy AS SELECT email FROM customers");
+    assert_eq!(f.tables_written, set(&["copy"]));
+    assert_eq!(f.tables_read, set(&["customers"]));
+    let f = one("SELECT email INTO copy2 FROM customers");
+    assert_eq!(f.tables_written, set(&["copy2"]));
+    assert!(f.writes, "SELECT INTO is a write");
+    assert_eq!(f.tables_read, set(&["customers"]));
+}

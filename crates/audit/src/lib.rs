@@ -56,6 +56,10 @@ pub enum Event {
         rows: u64,
         duration_us: u64,
         sqlstate: Option<String>,
+        /// The result columns masked (`schema.table.column`, a computed column with what it
+        /// derives from, `content:<class>` for values found by content), when any were.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        masked: Vec<String>,
     },
     ConnectionClosed {
         session: u64,

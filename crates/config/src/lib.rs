@@ -379,6 +379,9 @@ pub struct AuditConfig {
     pub checkpoint_interval: Duration,
 }
 
+/// The masking strategies `mask = "…"` and `[masking] default_strategy` may name.
+pub const MASK_STRATEGIES: &[&str] = &["redact", "partial", "email", "hash", "null"];
+
 #[derive(Debug, Clone)]
 pub struct MaskingConfig {
     pub enabled: bool,
@@ -625,17 +628,34 @@ impl Validator<'_> {
                 .rsplit_once(':')
                 .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
                 .ok_or_else(|| e(format!("upstream = {:?} must be host:port", t.upstream)))?;
+            let mask_ok = |m: &Option<String>| {
+                m.as_deref()
+                    .is_none_or(|m| MASK_STRATEGIES.contains(&m) || m == "none")
+            };
             for (key, tags) in &t.columns {
                 if key.split('.').count() != 3 {
                     return Err(e(format!(
                         "columns.{key:?} must be \"schema.table.column\""
                     )));
                 }
-                let _ = tags;
+                if !mask_ok(&tags.mask) {
+                    return Err(e(format!(
+                        "columns.{key:?}: mask = {:?} must be one of {}, none",
+                        tags.mask.as_deref().unwrap_or(""),
+                        MASK_STRATEGIES.join(", ")
+                    )));
+                }
             }
-            for key in t.tables.keys() {
+            for (key, tags) in &t.tables {
                 if key.split('.').count() != 2 {
                     return Err(e(format!("tables.{key:?} must be \"schema.table\"")));
+                }
+                if !mask_ok(&tags.mask) {
+                    return Err(e(format!(
+                        "tables.{key:?}: mask = {:?} must be one of {}, none",
+                        tags.mask.as_deref().unwrap_or(""),
+                        MASK_STRATEGIES.join(", ")
+                    )));
                 }
             }
             targets.push(Target {
@@ -689,6 +709,14 @@ impl Validator<'_> {
             )?,
         };
         let m = raw.masking;
+        if let Some(d) = &m.default_strategy {
+            if !MASK_STRATEGIES.contains(&d.as_str()) {
+                return Err(self.err(format!(
+                    "[masking] default_strategy = {d:?} must be one of {}",
+                    MASK_STRATEGIES.join(", ")
+                )));
+            }
+        }
         let masking = MaskingConfig {
             enabled: m.enabled.unwrap_or(true),
             hash_key: m.hash_key,

@@ -1,48 +1,25 @@
 //! Masking: the pipeline's *result* stage, a streaming transform over the server's messages.
 //!
-//! The session hands every backend message of a request's response to the request's
-//! [`ResultStage`], in order, before it reaches the client. The stage answers whether the
-//! message goes out as it is ([`Rewrite::Keep`], the zero-copy path) or is replaced.
+//! Sensitive values are masked before they leave Weir: in result rows (simple and extended
+//! protocol, text and binary formats), and in values that errors and notices quote.
 //!
-//! Boundary: no sockets, no async runtime; the stage sees message tags and bodies only. It is
-//! built from the [`weir_policy::Decision`] (who may see what) and never re-parses SQL.
+//! - [`classify`]: what is sensitive, by a column's name and by a value's content.
+//! - [`catalog`]: the upstream's columns, classified once per target by the operator's tags
+//!   and the names; RowDescription's (table OID, column number) finds a result column's
+//!   source whatever it is called in the query.
+//! - [`strategy`]: redact, partial, email-shaped, keyed hash, null — always a value valid for
+//!   the column's type and format.
+//! - [`Masker`]: one session's state machine; the session hands it each result-bearing
+//!   message with what it answers.
+//!
+//! Boundary: no sockets, no async runtime, no SQL parsing. It reads the analysis' facts (which
+//! columns a computed result column reads) and asks [`Unmask`] (policy) who sees clear text.
 
-use bytes::BytesMut;
-use weir_policy::Decision;
+pub mod catalog;
+pub mod classify;
+mod masker;
+pub mod strategy;
 
-/// What to do with one backend message.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Rewrite {
-    /// Forward the original bytes untouched.
-    Keep,
-    /// Forward these bytes (one or more complete frames) instead.
-    Replace(BytesMut),
-}
-
-/// The result stage for one request.
-#[derive(Debug, Default)]
-pub enum ResultStage {
-    /// Nothing in this response needs masking.
-    #[default]
-    Passthrough,
-}
-
-impl ResultStage {
-    /// Builds the stage for a decided request.
-    pub fn for_decision(_decision: &Decision) -> ResultStage {
-        ResultStage::Passthrough
-    }
-
-    /// True when [`ResultStage::on_message`] would keep every message: the session may then
-    /// forward whole buffers without looking at each message body.
-    pub fn is_passthrough(&self) -> bool {
-        matches!(self, ResultStage::Passthrough)
-    }
-
-    /// Called for each backend message, `body` excluding the five-byte header.
-    pub fn on_message(&mut self, _tag: u8, _body: &[u8]) -> Rewrite {
-        match self {
-            ResultStage::Passthrough => Rewrite::Keep,
-        }
-    }
-}
+pub use catalog::{Catalog, CatalogRow, ColumnRule, Lookup, Rules, Sensitive, SourceColumn};
+pub use masker::{Answering, Env, Masker, NeverUnmask, Rewrite, RowPlan, Unmask};
+pub use strategy::{HashKey, Strategy};

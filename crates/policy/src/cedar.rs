@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, PolicyId,
-    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity,
+    EntityUid, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
+    Validator,
 };
 use weir_analyze::{CopyEndpoint, StatementFacts};
 
@@ -44,6 +45,9 @@ struct Meta {
 /// A validated policy set, ready to decide.
 pub struct Engine {
     policies: PolicySet,
+    /// What decides `unmask`: every forbid, and only the permits that name `unmask` in
+    /// their action scope — a blanket permit must not show clear text.
+    unmask_policies: PolicySet,
     meta: HashMap<PolicyId, Meta>,
     schema: Schema,
     authorizer: Authorizer,
@@ -148,8 +152,23 @@ impl Engine {
                     .map_err(|e| PolicyError::Load(e.to_string()))?;
             }
         }
+        let unmask = uid("Action", "unmask").map_err(|e| PolicyError::Load(e.to_string()))?;
+        let mut unmask_policies = PolicySet::new();
+        for p in policies.policies() {
+            let names_unmask = match p.action_constraint() {
+                ActionConstraint::Any => false,
+                ActionConstraint::Eq(a) => a == unmask,
+                ActionConstraint::In(list) => list.contains(&unmask),
+            };
+            if p.effect() == Effect::Forbid || names_unmask {
+                unmask_policies
+                    .add(p.clone())
+                    .map_err(|e| PolicyError::Load(e.to_string()))?;
+            }
+        }
         Ok(Engine {
             policies,
+            unmask_policies,
             meta,
             schema,
             authorizer: Authorizer::new(),
@@ -296,6 +315,44 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Whether the session's identity may see `column` (`schema.table.column`) in clear,
+    /// given what makes it sensitive (`tags`). Any failure is a no.
+    pub fn may_unmask(&self, s: &SessionEntities, column: &str, tags: &[&str]) -> bool {
+        let Ok(action) = uid("Action", "unmask") else {
+            return false;
+        };
+        let mut facts = StatementFacts::new(weir_analyze::StatementKind::Select);
+        facts.node = "unmask".into();
+        let mut pairs = context_pairs(&facts, false, &[]);
+        for (k, v) in pairs.iter_mut() {
+            match k.as_str() {
+                "kind" => *v = RestrictedExpression::new_string("unmask".into()),
+                "column" => *v = RestrictedExpression::new_string(column.to_owned()),
+                "column_tags" => *v = strings(tags.iter().map(|t| (*t).to_owned())),
+                _ => {}
+            }
+        }
+        let Ok(context) = Context::from_pairs(pairs) else {
+            return false;
+        };
+        let Ok(request) = Request::new(
+            s.principal.clone(),
+            action,
+            s.resource.clone(),
+            context,
+            None,
+        ) else {
+            return false;
+        };
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.unmask_policies, &s.entities);
+        response.diagnostics().errors().next().is_none()
+            && response.decision() == CedarDecision::Allow
+    }
+}
+
 /// Per-session entities, built once at connect.
 pub struct SessionEntities {
     principal: EntityUid,
@@ -382,6 +439,11 @@ fn context_pairs(
             "sensitivity".to_owned(),
             strings(sensitivity.iter().cloned()),
         ),
+        (
+            "column".to_owned(),
+            RestrictedExpression::new_string(String::new()),
+        ),
+        ("column_tags".to_owned(), strings(std::iter::empty())),
     ]
 }
 

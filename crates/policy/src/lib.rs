@@ -208,6 +208,23 @@ impl Policy {
         })
     }
 
+    /// Whether the session's identity may see a sensitive column in clear (Cedar action
+    /// `unmask`). Without a policy engine ([`Policy::allow_all`]) nobody may: masking fails
+    /// closed.
+    pub fn may_unmask(&self, session: &PolicySession, column: &str, label: &str) -> bool {
+        let (Some(engine), Some(entities)) = (&self.engine, &session.entities) else {
+            return false;
+        };
+        // The column's own class or tag, and the tag of its table.
+        let mut tags = vec![label];
+        if let Some((table, _)) = column.rsplit_once('.') {
+            if let Some(tag) = session.target.sensitivity.get(table) {
+                tags.push(tag);
+            }
+        }
+        engine.may_unmask(entities, column, &tags)
+    }
+
     /// Decides every statement of an analyzed text, in the session's scope. The decision
     /// carries the facts as resolved in that scope (qualified names, `EXECUTE` replaced by
     /// what it runs), which is what later stages see.

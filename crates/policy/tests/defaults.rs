@@ -436,3 +436,93 @@ forbid(principal, action, resource) when { principal.kind == "agent" && context.
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn clear_text_needs_a_permit_that_names_unmask() {
+    let target = |env: &str| TargetInfo {
+        name: "shop".into(),
+        environment: env.into(),
+        sensitivity: [("public.customers".to_string(), "pii".to_string())].into(),
+    };
+    let alice = who("alice", IdentityKind::Human, &["dba"]);
+    let bob = who("bob", IdentityKind::Human, &["developers"]);
+    let agent = who("claude", IdentityKind::Agent, &["dba"]);
+    let may = |policy: &Policy, id: &Identity, env: &str, column: &str, label: &str| {
+        let s = policy.session(id, &target(env)).unwrap();
+        policy.may_unmask(&s, column, label)
+    };
+
+    // The defaults: nobody, anywhere — the baseline permit does not count.
+    let defaults = Policy::load(true, "weir-admins", &[]).unwrap();
+    for env in ["production", "development"] {
+        assert!(!may(
+            &defaults,
+            &alice,
+            env,
+            "public.customers.email",
+            "email"
+        ));
+    }
+    assert!(!may(
+        &Policy::allow_all(),
+        &alice,
+        "development",
+        "public.customers.email",
+        "email"
+    ));
+
+    let dir = std::env::temp_dir().join(format!("weir-policy-u-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("unmask.cedar");
+    std::fs::write(
+        &f,
+        r#"// A blanket permit grants no clear text.
+permit(principal, action, resource);
+@id("ops.dba-sees-pii-outside-production")
+permit(principal in Weir::Group::"dba", action == Weir::Action::"unmask", resource)
+when { resource.environment != "production" };
+@id("ops.cards-never")
+forbid(principal, action == Weir::Action::"unmask", resource)
+when { context.column_tags.contains("card") };
+"#,
+    )
+    .unwrap();
+    let policy = Policy::load(true, "weir-admins", &[f]).unwrap();
+    assert!(may(
+        &policy,
+        &alice,
+        "development",
+        "public.customers.email",
+        "email"
+    ));
+    assert!(!may(
+        &policy,
+        &alice,
+        "production",
+        "public.customers.email",
+        "email"
+    ));
+    assert!(!may(
+        &policy,
+        &alice,
+        "development",
+        "public.customers.card_number",
+        "card"
+    ));
+    assert!(!may(
+        &policy,
+        &bob,
+        "development",
+        "public.customers.email",
+        "email"
+    ));
+    // The table's tag reaches the decision too.
+    assert!(!may(
+        &policy,
+        &agent,
+        "production",
+        "public.customers.email",
+        "email"
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

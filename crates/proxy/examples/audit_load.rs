@@ -71,6 +71,7 @@ fn main() {
                         rows: 1,
                         duration_us: 80,
                         sqlstate: None,
+                        masked: Vec::new(),
                     }));
                 }
             })

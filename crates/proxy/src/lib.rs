@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod auth;
 pub mod cancel;
+mod catalog;
 mod io;
 mod session;
 pub mod stream;
@@ -41,6 +42,8 @@ pub enum GatewayError {
     Tls(#[from] tls::TlsError),
     #[error("no [gateway] postgres_listen address is configured")]
     NoListener,
+    #[error("[masking]: {0}")]
+    Masking(String),
 }
 
 /// State every session shares. Read-only after start, except the cancel registry.
@@ -54,6 +57,10 @@ pub struct Shared {
     pub tls_acceptor: tokio_rustls::TlsAcceptor,
     /// Client TLS configuration per target name (None: plain TCP).
     pub upstream_tls: HashMap<String, Option<Arc<rustls::ClientConfig>>>,
+    /// Each target's masking catalog, by target name.
+    catalogs: HashMap<String, Arc<catalog::CatalogCache>>,
+    /// The key of the `hash` masking strategy.
+    mask_key: weir_mask::HashKey,
 }
 
 /// A bound, not yet running, gateway.
@@ -78,6 +85,20 @@ impl Gateway {
         for t in &config.targets {
             upstream_tls.insert(t.name.clone(), tls::upstream_config(t)?);
         }
+        // The names were checked when the configuration was loaded.
+        let default_strategy = config
+            .masking
+            .default_strategy
+            .as_deref()
+            .and_then(weir_mask::Strategy::parse);
+        let mut catalogs = HashMap::new();
+        for t in &config.targets {
+            catalogs.insert(
+                t.name.clone(),
+                Arc::new(catalog::CatalogCache::new(t, default_strategy)),
+            );
+        }
+        let mask_key = mask_key(&config).map_err(GatewayError::Masking)?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| GatewayError::Bind { addr, source })?;
@@ -90,6 +111,8 @@ impl Gateway {
             cancels: CancelRegistry::default(),
             tls_acceptor: tokio_rustls::TlsAcceptor::from(server_tls),
             upstream_tls,
+            catalogs,
+            mask_key,
         });
         Ok(Gateway { shared, listener })
     }
@@ -218,4 +241,47 @@ impl Workers {
             let _ = thread.join();
         }
     }
+}
+
+/// The key of the `hash` masking strategy: `[masking] hash_key`, the contents of
+/// `hash_key_file`, or a random key made on first start and kept beside the store (mode
+/// 0600), so masked values stay stable across restarts.
+fn mask_key(config: &Config) -> Result<weir_mask::HashKey, String> {
+    if let Some(k) = &config.masking.hash_key {
+        return Ok(weir_mask::HashKey::new(k.as_bytes()));
+    }
+    let path = match &config.masking.hash_key_file {
+        Some(p) => p.clone(),
+        None => {
+            let dir = config
+                .gateway
+                .store
+                .state_dir(config.path.parent().unwrap_or(std::path::Path::new(".")));
+            let path = dir.join("mask.key");
+            if !path.exists() {
+                let mut key = [0u8; 32];
+                getrandom::fill(&mut key).map_err(|e| format!("making a hash key: {e}"))?;
+                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                write_private(&path, &key).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            path
+        }
+    };
+    let key = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if key.is_empty() {
+        return Err(format!("{}: the hash key file is empty", path.display()));
+    }
+    Ok(weir_mask::HashKey::new(&key))
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(bytes)
 }

@@ -25,7 +25,7 @@ use tracing::{info, warn, Instrument};
 use weir_analyze::{AnalyzeError, Scope, StatementFacts};
 use weir_audit::Event;
 use weir_config::Target;
-use weir_mask::{ResultStage, Rewrite};
+use weir_mask::{Env, Masker, Rewrite, Unmask};
 use weir_policy::{Decision, Identity, PolicySession, Verdict};
 use weir_wire::backend::{Authentication, Fields, Message as Backend, TxStatus};
 use weir_wire::frontend::{Message as Frontend, Target as DescribeTarget};
@@ -33,9 +33,10 @@ use weir_wire::startup::StartupPacket;
 use weir_wire::Header;
 
 use crate::cancel::UpstreamKey;
+use crate::catalog::CatalogCache;
 use crate::io::{read_frame, FrameError};
 use crate::stream::Stream;
-use crate::track::{Action, Due, Entry, Op, Pending, Tracker};
+use crate::track::{Action, Due, Entry, ExecInfo, Op, Pending, Tracker};
 use crate::upstream::{self, UpstreamError};
 use crate::Shared;
 
@@ -476,14 +477,30 @@ async fn serve(
                 format!("weir: cannot evaluate policy for this session, so it is refused: {e}"),
             )
         })?;
+    let mask = if shared.config.masking.enabled {
+        shared.catalogs.get(&target.name).cloned()
+    } else {
+        None
+    };
+    if let Some(cache) = &mask {
+        // Load the catalog while the client composes its first request, not after it.
+        let (cache, shared, target) = (Arc::clone(cache), Arc::clone(shared), target.clone());
+        tokio::spawn(async move {
+            if let Err(e) = cache.ensure(&shared, &target).await {
+                warn!(cause = %e, "cannot load the masking catalog");
+            }
+        });
+    }
     let ctx = Context {
         session,
+        mask,
         identity_name: Arc::from(identity.name.as_str()),
         target_name: Arc::from(target.name.as_str()),
         upstream_addr: target.upstream.clone(),
         policy,
         identity,
         full_text: shared.config.audit.full_text_targets.contains(&target.name),
+        target: target.clone(),
         shared: Arc::clone(shared),
     };
     let upstream::Upstream {
@@ -509,6 +526,11 @@ async fn serve(
         inbox: &inbox,
         tracker: Tracker::default(),
         buf: leftover,
+        masker: ctx
+            .mask
+            .as_ref()
+            .map(|_| Masker::new(shared.mask_key.clone())),
+        catalog: ctx.mask.as_ref().map(|c| c.snapshot()).unwrap_or_default(),
     };
     let reason = tokio::select! {
         r = front.run(&mut cr, &mut uw) => r,
@@ -540,6 +562,10 @@ async fn serve(
 
 struct Context {
     session: u64,
+    /// The target's masking catalog; `None` when results are not masked (`[masking]
+    /// enabled = false`).
+    mask: Option<Arc<CatalogCache>>,
+    target: Target,
     /// Shared copies of the names every statement event carries.
     identity_name: Arc<str>,
     target_name: Arc<str>,
@@ -577,8 +603,8 @@ struct FrontendHalf<'a> {
     items: Vec<Item>,
     /// The analysis of each prepared statement, by name (the unnamed one is "").
     statements: HashMap<Bytes, Arc<Decision>>,
-    /// Which statement each portal was bound from.
-    portals: HashMap<Bytes, Arc<Decision>>,
+    /// Which statement each portal was bound from, with the result formats asked for.
+    portals: HashMap<Bytes, Arc<ExecInfo>>,
     /// After a denied request that ended with Flush: drop messages until Sync, as the
     /// server does after an error.
     skip_until_sync: bool,
@@ -706,11 +732,7 @@ impl<'a> FrontendHalf<'a> {
                 if self.batch.is_empty() {
                     if end {
                         let id = self.requests.load(Ordering::Relaxed);
-                        let mut marker = Pending::new(
-                            id,
-                            VecDeque::from([Op::CopyEnd]),
-                            ResultStage::Passthrough,
-                        );
+                        let mut marker = Pending::new(id, VecDeque::from([Op::CopyEnd]));
                         marker.audited = false;
                         self.send(Entry::Request(marker));
                     }
@@ -816,6 +838,17 @@ impl<'a> FrontendHalf<'a> {
                         decision: Arc::clone(&decision),
                     });
                 }
+                if self.ctx.mask.is_some() {
+                    // Masking needs every prepared statement's columns, also when the
+                    // client never asks for them (it may Bind and Execute in a later
+                    // request): Weir describes the statement itself and keeps the answer.
+                    Frontend::Describe(DescribeTarget::Statement, p.name.clone())
+                        .encode(&mut self.batch);
+                    self.ops.push_back(Op::DescribeStatement {
+                        name: p.name.clone(),
+                        injected: true,
+                    });
+                }
                 self.statements.insert(p.name, decision);
             }
             Frontend::Bind(b) => {
@@ -831,21 +864,34 @@ impl<'a> FrontendHalf<'a> {
                             format!("weir: more than {MAX_PREPARED} portals in one session"),
                         ));
                     }
-                    self.portals.insert(b.portal, d);
+                    self.portals.insert(
+                        b.portal,
+                        Arc::new(ExecInfo {
+                            statement: b.statement,
+                            formats: b.result_formats,
+                            decision: d,
+                        }),
+                    );
                 }
             }
-            Frontend::Describe(t, _) => {
+            Frontend::Describe(t, name) => {
                 self.batch.extend_from_slice(&frame);
                 self.ops.push_back(match t {
-                    DescribeTarget::Statement => Op::DescribeStatement,
+                    DescribeTarget::Statement => Op::DescribeStatement {
+                        name,
+                        injected: false,
+                    },
                     DescribeTarget::Portal => Op::DescribePortal,
                 });
             }
             Frontend::Execute { portal, .. } => {
                 self.batch.extend_from_slice(&frame);
-                self.ops.push_back(Op::Execute);
-                let decision = match self.portals.get(&portal) {
-                    Some(d) => Arc::clone(d),
+                let info = self.portals.get(&portal);
+                self.ops.push_back(Op::Execute(
+                    info.filter(|_| self.ctx.mask.is_some()).cloned(),
+                ));
+                let decision = match info {
+                    Some(i) => Arc::clone(&i.decision),
                     // A portal Weir did not see bound: a cursor declared in SQL (whose
                     // DECLARE was decided) or a client error the server will report.
                     // It is decided as a cursor fetch; the client's portal name is recorded,
@@ -873,9 +919,13 @@ impl<'a> FrontendHalf<'a> {
                 self.batch.extend_from_slice(&frame);
                 self.ops.push_back(Op::Close);
                 match t {
-                    DescribeTarget::Statement => self.statements.remove(&name),
-                    DescribeTarget::Portal => self.portals.remove(&name),
-                };
+                    DescribeTarget::Statement => {
+                        self.statements.remove(&name);
+                    }
+                    DescribeTarget::Portal => {
+                        self.portals.remove(&name);
+                    }
+                }
             }
         }
         if self.batch.len() > self.ctx.shared.config.gateway.max_message_size {
@@ -1009,12 +1059,25 @@ impl<'a> FrontendHalf<'a> {
                     self.scope = scope;
                     self.decisions.clear();
                 }
-                let stage = items
-                    .first()
-                    .map(|i| ResultStage::for_decision(&i.decision))
-                    .unwrap_or_default();
                 let ops = std::mem::take(&mut self.ops);
-                let pending = Pending::new(id, ops, stage);
+                let mut pending = Pending::new(id, ops);
+                if let Some(cache) = &self.ctx.mask {
+                    // The catalog must know the tables this request reads before any of
+                    // its results arrive. On failure the previous catalog stays, and what
+                    // it does not know is masked.
+                    if let Err(e) = cache.ensure(shared, &self.ctx.target).await {
+                        warn!(cause = %e, "cannot load the masking catalog; unknown relations are masked");
+                    }
+                    pending.decision = items.first().map(|i| Arc::clone(&i.decision));
+                }
+                pending.ddl = items.iter().any(|i| {
+                    i.decision.analysis.statements.iter().any(|f| {
+                        matches!(
+                            f.kind,
+                            weir_analyze::StatementKind::Ddl | weir_analyze::StatementKind::Drop
+                        )
+                    })
+                });
                 self.send(Entry::Request(pending));
                 out.extend_from_slice(&self.batch);
                 self.batch.clear();
@@ -1069,7 +1132,7 @@ impl<'a> FrontendHalf<'a> {
                 self.skip_until_sync = true;
             }
         }
-        let mut pending = Pending::new(id, ops, ResultStage::Passthrough);
+        let mut pending = Pending::new(id, ops);
         pending.denial = Some(Backend::error(fields).freeze());
         pending.audited = false;
         self.send(Entry::Request(pending));
@@ -1093,6 +1156,22 @@ struct BackendHalf<'a> {
     inbox: &'a Inbox,
     tracker: Tracker,
     buf: BytesMut,
+    /// The result stage; `None` when results are not masked.
+    masker: Option<Masker>,
+    /// The catalog the masker reads, refreshed at each result's description.
+    catalog: Arc<weir_mask::Catalog>,
+}
+
+/// Who may see clear text, as this session's policy says.
+struct SessionUnmask<'a>(&'a Context);
+
+impl Unmask for SessionUnmask<'_> {
+    fn may_unmask(&self, column: &str, label: &str) -> bool {
+        self.0
+            .shared
+            .policy
+            .may_unmask(&self.0.policy, column, label)
+    }
 }
 
 impl BackendHalf<'_> {
@@ -1154,10 +1233,22 @@ impl BackendHalf<'_> {
             }
             let body = rest.get(Header::SIZE..h.frame_len()).unwrap_or(&[]);
             let mut replace: Option<Bytes> = None;
-            if let Some(stage) = self.tracker.stage() {
-                if !stage.is_passthrough() {
-                    if let Rewrite::Replace(b) = stage.on_message(h.tag, body) {
-                        replace = Some(b.freeze());
+            if let (Some(masker), Some(cache)) = (&mut self.masker, &self.ctx.mask) {
+                if matches!(
+                    h.tag,
+                    b't' | b'n' | b'T' | b'D' | b'C' | b'I' | b's' | b'Z' | b'E' | b'N'
+                ) {
+                    if matches!(h.tag, b'T' | b'n') {
+                        self.catalog = cache.snapshot();
+                    }
+                    let env = Env {
+                        catalog: &self.catalog,
+                        unmask: &SessionUnmask(self.ctx),
+                    };
+                    match masker.on_message(self.tracker.answering(), env, h.tag, body) {
+                        Rewrite::Keep => {}
+                        Rewrite::Replace(b) => replace = Some(b.freeze()),
+                        Rewrite::Drop => replace = Some(Bytes::new()),
                     }
                 }
             }
@@ -1242,6 +1333,13 @@ impl BackendHalf<'_> {
             match d {
                 Due::Completed(p) => {
                     self.inbox.completed();
+                    let mut masked = Vec::new();
+                    if let (Some(masker), Some(cache)) = (&mut self.masker, &self.ctx.mask) {
+                        masked = masker.take_masked().iter().map(|c| c.to_string()).collect();
+                        if masker.take_unknown_relation() || p.ddl {
+                            cache.invalidate();
+                        }
+                    }
                     if p.audited {
                         let _ = self.ctx.shared.audit.append(Event::Completed {
                             session: self.ctx.session,
@@ -1251,6 +1349,7 @@ impl BackendHalf<'_> {
                             duration_us: u64::try_from(p.started.elapsed().as_micros())
                                 .unwrap_or(u64::MAX),
                             sqlstate: p.sqlstate,
+                            masked,
                         });
                     }
                 }

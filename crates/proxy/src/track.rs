@@ -8,22 +8,39 @@
 //! order. This module is plain code over tags: no I/O, unit-tested below.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use weir_mask::ResultStage;
+use weir_mask::Answering;
+use weir_policy::Decision;
 use weir_wire::backend::TxStatus;
 
+/// What an Execute runs, for the result stage: the statement its portal was bound from, the
+/// result formats the Bind asked for, and the statement's decision (its facts).
+#[derive(Debug)]
+pub struct ExecInfo {
+    pub statement: Bytes,
+    pub formats: Vec<i16>,
+    pub decision: Arc<Decision>,
+}
+
 /// A forwarded client message that the server will answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Op {
     /// Simple query: answered by anything up to ReadyForQuery.
     Query,
     Parse,
     Bind,
-    DescribeStatement,
+    /// `injected`: Weir added it (so masking knows every prepared statement's columns);
+    /// its answers are not for the client.
+    DescribeStatement {
+        name: Bytes,
+        injected: bool,
+    },
     DescribePortal,
-    Execute,
+    /// `None` when results are not masked in this session.
+    Execute(Option<Arc<ExecInfo>>),
     Close,
     Sync,
     /// Marks where the client's CopyDone or CopyFail went upstream. Answered by nothing: it
@@ -36,13 +53,48 @@ pub enum Op {
     Abort,
 }
 
+/// An [`Op`] without its data, for matching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Query,
+    Parse,
+    Bind,
+    DescribeStatement,
+    DescribePortal,
+    Execute,
+    Close,
+    Sync,
+    CopyEnd,
+    Abort,
+}
+
+impl Op {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Op::Query => Kind::Query,
+            Op::Parse => Kind::Parse,
+            Op::Bind => Kind::Bind,
+            Op::DescribeStatement { .. } => Kind::DescribeStatement,
+            Op::DescribePortal => Kind::DescribePortal,
+            Op::Execute(_) => Kind::Execute,
+            Op::Close => Kind::Close,
+            Op::Sync => Kind::Sync,
+            Op::CopyEnd => Kind::CopyEnd,
+            Op::Abort => Kind::Abort,
+        }
+    }
+}
+
 /// One forwarded request (a Query, or an extended batch up to Sync or Flush).
 #[derive(Debug)]
 pub struct Pending {
     pub id: u64,
     pub started: Instant,
     pub ops: VecDeque<Op>,
-    pub stage: ResultStage,
+    /// A simple Query's decision, for the result stage (when results are masked).
+    pub decision: Option<Arc<Decision>>,
+    /// The request changes the schema: the masking catalog is stale once it completes.
+    pub ddl: bool,
     /// The ErrorResponse to send in place of the server's answer to [`Op::Abort`].
     pub denial: Option<Bytes>,
     /// Whether the completion is audited (requests that carry statements are).
@@ -53,12 +105,13 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn new(id: u64, ops: VecDeque<Op>, stage: ResultStage) -> Pending {
+    pub fn new(id: u64, ops: VecDeque<Op>) -> Pending {
         Pending {
             id,
             started: Instant::now(),
             ops,
-            stage,
+            decision: None,
+            ddl: false,
             denial: None,
             audited: true,
             tags: Vec::new(),
@@ -130,8 +183,8 @@ impl Tracker {
         }
     }
 
-    fn front_op(&mut self) -> Option<Op> {
-        self.head().and_then(|p| p.ops.front().copied())
+    fn front_op(&mut self) -> Option<Kind> {
+        self.head().and_then(|p| p.ops.front().map(Op::kind))
     }
 
     fn pop_op(&mut self) {
@@ -140,9 +193,32 @@ impl Tracker {
         }
     }
 
-    /// The result stage of the request being answered, if any.
-    pub fn stage(&mut self) -> Option<&mut ResultStage> {
-        self.head().map(|p| &mut p.stage)
+    /// What the next server message answers, for the result stage.
+    pub fn answering(&self) -> Answering<'_> {
+        let Some(Entry::Request(p)) = self.queue.front() else {
+            return Answering::Other;
+        };
+        match p.ops.front() {
+            Some(Op::Query) => Answering::Query(
+                p.decision
+                    .as_ref()
+                    .map(|d| &*d.analysis.statements)
+                    .unwrap_or(&[]),
+            ),
+            Some(Op::DescribeStatement { name, injected }) => Answering::DescribeStatement {
+                name: name.as_ref(),
+                injected: *injected,
+            },
+            Some(Op::DescribePortal) => Answering::DescribePortal,
+            Some(Op::Execute(info)) => Answering::Execute {
+                statement: info.as_ref().map(|i| i.statement.as_ref()),
+                formats: info.as_ref().map_or(&[], |i| i.formats.as_slice()),
+                facts: info
+                    .as_ref()
+                    .and_then(|i| i.decision.analysis.statements.first()),
+            },
+            _ => Answering::Other,
+        }
     }
 
     /// Completes finished requests, drops ops the server will skip, and releases injections
@@ -157,14 +233,18 @@ impl Tracker {
                         due.push(Due::Completed(p));
                     }
                 }
-                Some(Entry::Request(p)) if p.ops.front() == Some(&Op::CopyEnd) => {
+                Some(Entry::Request(p)) if p.ops.front().map(Op::kind) == Some(Kind::CopyEnd) => {
                     p.ops.pop_front();
                     self.copy_in = false;
                 }
-                Some(Entry::Request(p)) if copy_in && p.ops.front() == Some(&Op::Sync) => {
+                Some(Entry::Request(p))
+                    if copy_in && p.ops.front().map(Op::kind) == Some(Kind::Sync) =>
+                {
                     p.ops.pop_front();
                 }
-                Some(Entry::Request(p)) if skipping && p.ops.front() != Some(&Op::Sync) => {
+                Some(Entry::Request(p))
+                    if skipping && p.ops.front().map(Op::kind) != Some(Kind::Sync) =>
+                {
                     p.ops.pop_front();
                 }
                 _ => return,
@@ -184,7 +264,7 @@ impl Tracker {
                     self.tx_status = s;
                 }
                 self.skipping = false;
-                if !matches!(self.front_op(), Some(Op::Sync | Op::Query)) {
+                if !matches!(self.front_op(), Some(Kind::Sync | Kind::Query)) {
                     return Action::Desync;
                 }
                 self.pop_op();
@@ -192,12 +272,12 @@ impl Tracker {
             b'E' => {
                 let code = error_code(body);
                 match self.front_op() {
-                    Some(Op::Query) => {
+                    Some(Kind::Query) => {
                         if let Some(p) = self.head() {
                             p.sqlstate = code;
                         }
                     }
-                    Some(Op::Abort) => {
+                    Some(Kind::Abort) => {
                         if let Some(p) = self.head() {
                             p.sqlstate = Some("42501".into());
                             if let Some(d) = p.denial.take() {
@@ -219,25 +299,25 @@ impl Tracker {
             }
             b'1' | b'2' | b'3' | b'n' | b's' => {
                 let expected = match tag {
-                    b'1' => matches!(self.front_op(), Some(Op::Parse)),
-                    b'2' => matches!(self.front_op(), Some(Op::Bind)),
-                    b'3' => matches!(self.front_op(), Some(Op::Close)),
+                    b'1' => matches!(self.front_op(), Some(Kind::Parse)),
+                    b'2' => matches!(self.front_op(), Some(Kind::Bind)),
+                    b'3' => matches!(self.front_op(), Some(Kind::Close)),
                     b'n' => matches!(
                         self.front_op(),
-                        Some(Op::DescribeStatement | Op::DescribePortal)
+                        Some(Kind::DescribeStatement | Kind::DescribePortal)
                     ),
-                    _ => matches!(self.front_op(), Some(Op::Execute)),
+                    _ => matches!(self.front_op(), Some(Kind::Execute)),
                 };
                 if !expected {
                     return Action::Desync;
                 }
                 self.pop_op();
             }
-            b'G' if self.front_op() == Some(Op::Execute) => self.copy_in = true,
+            b'G' if self.front_op() == Some(Kind::Execute) => self.copy_in = true,
             b'T' => {
                 if matches!(
                     self.front_op(),
-                    Some(Op::DescribeStatement | Op::DescribePortal)
+                    Some(Kind::DescribeStatement | Kind::DescribePortal)
                 ) {
                     self.pop_op();
                 }
@@ -250,11 +330,11 @@ impl Tracker {
                     p.rows = p.rows.saturating_add(weir_audit::rows_from_tag(&text));
                     p.tags.push(text);
                 }
-                if op == Some(Op::Execute) {
+                if op == Some(Kind::Execute) {
                     self.pop_op();
                 }
             }
-            b'I' if self.front_op() == Some(Op::Execute) => self.pop_op(),
+            b'I' if self.front_op() == Some(Kind::Execute) => self.pop_op(),
             _ => {}
         }
         self.settle(due);
@@ -284,11 +364,7 @@ mod tests {
     use super::*;
 
     fn req(id: u64, ops: &[Op]) -> Entry {
-        Entry::Request(Pending::new(
-            id,
-            ops.iter().copied().collect(),
-            ResultStage::Passthrough,
-        ))
+        Entry::Request(Pending::new(id, ops.iter().cloned().collect()))
     }
 
     fn completed(due: &mut Vec<Due>) -> Vec<u64> {
@@ -318,7 +394,10 @@ mod tests {
         let mut t = Tracker::default();
         let mut due = Vec::new();
         t.push(
-            req(1, &[Op::Parse, Op::Bind, Op::DescribePortal, Op::Execute]),
+            req(
+                1,
+                &[Op::Parse, Op::Bind, Op::DescribePortal, Op::Execute(None)],
+            ),
             &mut due,
         );
         for (tag, body) in [(b'1', &b""[..]), (b'2', b""), (b'T', b""), (b'D', b"")] {
@@ -333,11 +412,11 @@ mod tests {
     fn error_skips_to_sync_across_requests() {
         let mut t = Tracker::default();
         let mut due = Vec::new();
-        t.push(req(1, &[Op::Parse, Op::Bind, Op::Execute]), &mut due);
+        t.push(req(1, &[Op::Parse, Op::Bind, Op::Execute(None)]), &mut due);
         t.on_message(b'E', b"C42P01\0\0", &mut due);
         // The rest of request 1 is skipped by the server.
         assert_eq!(completed(&mut due), vec![1]);
-        t.push(req(2, &[Op::Bind, Op::Execute, Op::Sync]), &mut due);
+        t.push(req(2, &[Op::Bind, Op::Execute(None), Op::Sync]), &mut due);
         assert!(completed(&mut due).is_empty());
         t.on_message(b'Z', b"I", &mut due);
         assert_eq!(completed(&mut due), vec![2]);
@@ -348,7 +427,7 @@ mod tests {
         let mut t = Tracker::default();
         let mut due = Vec::new();
         t.push(req(1, &[Op::Query]), &mut due);
-        let mut denied = Pending::new(2, [Op::Abort, Op::Sync].into(), ResultStage::Passthrough);
+        let mut denied = Pending::new(2, [Op::Abort, Op::Sync].into());
         denied.denial = Some(Bytes::from_static(b"denied"));
         t.push(Entry::Request(denied), &mut due);
         assert!(due.is_empty());
@@ -368,7 +447,7 @@ mod tests {
         let mut t = Tracker::default();
         let mut due = Vec::new();
         // Bind, Execute (COPY FROM STDIN), Sync — then copy data, CopyDone, Sync.
-        t.push(req(1, &[Op::Bind, Op::Execute, Op::Sync]), &mut due);
+        t.push(req(1, &[Op::Bind, Op::Execute(None), Op::Sync]), &mut due);
         t.push(req(2, &[Op::CopyEnd]), &mut due);
         t.push(req(3, &[Op::Sync]), &mut due);
         assert_eq!(t.on_message(b'2', b"", &mut due), Action::Forward);

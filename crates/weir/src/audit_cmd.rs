@@ -151,7 +151,7 @@ fn line(seq: u64, ts_us: i64, body: &str) -> String {
             str_of(&v, "sql"),
         ),
         "completed" => format!(
-            "{} rows={} {}us{}",
+            "{} rows={} {}us{}{}",
             v.get("tags").map(|t| t.to_string()).unwrap_or_default(),
             v.get("rows").map(|r| r.to_string()).unwrap_or_default(),
             v.get("duration_us")
@@ -160,6 +160,13 @@ fn line(seq: u64, ts_us: i64, body: &str) -> String {
             v.get("sqlstate")
                 .and_then(Value::as_str)
                 .map(|s| format!(" sqlstate={s}"))
+                .unwrap_or_default(),
+            v.get("masked")
+                .and_then(Value::as_array)
+                .map(|m| {
+                    let names: Vec<&str> = m.iter().filter_map(Value::as_str).collect();
+                    format!(" masked={}", names.join(","))
+                })
                 .unwrap_or_default(),
         ),
         "connection_opened" => format!(

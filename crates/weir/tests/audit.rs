@@ -34,8 +34,9 @@ fn the_trail_verifies_and_names_the_first_tampered_event() {
         &g.alice(),
         "CREATE TABLE people (id int, email text);\nINSERT INTO people VALUES (1, 'jane.doe@example.com');\nSELECT * FROM people WHERE email = 'jane.doe@example.com';\nselec 1;\n",
     );
+    // Masked for the client (see tests/masking.rs); the trail must not hold it either.
     assert!(
-        stdout(&out).contains("jane.doe@example.com"),
+        stdout(&out).contains("j***@example.com"),
         "{}",
         stderr(&out)
     );
@@ -105,8 +106,14 @@ fn the_trail_verifies_and_names_the_first_tampered_event() {
     let found = stdout(&out);
     assert_eq!(found.lines().count(), 1, "{found}");
     assert!(found.contains("weir.parse"), "{found}");
+    // Four statements name the table, and one completion masked its email column.
     let out = g.weir(&["audit", "search", "--text", "people", "--since", "1h"]);
-    assert_eq!(stdout(&out).lines().count(), 4, "{}", stdout(&out));
+    assert_eq!(stdout(&out).lines().count(), 5, "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("masked=public.people.email"),
+        "{}",
+        stdout(&out)
+    );
     let session = first["event"]["session"].to_string();
     let out = g.weir(&["audit", "replay", &session]);
     let replay = stdout(&out);

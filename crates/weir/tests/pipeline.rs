@@ -184,9 +184,10 @@ fn every_request_is_audited_before_its_completion() {
         .collect();
     assert_eq!(kinds.first(), Some(&"connection_opened"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"connection_closed"), "{kinds:?}");
+    // The session's statements (Weir's own catalog query is recorded as identity "weir").
     let statements: Vec<_> = events
         .iter()
-        .filter(|e| e["event"] == "statement")
+        .filter(|e| e["event"] == "statement" && e["identity"] == "alice")
         .collect();
     assert_eq!(statements.len(), 3, "{events:?}");
     // Recorded normalized: the trail keeps the statement's shape, not its values.

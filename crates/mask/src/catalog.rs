@@ -1,0 +1,321 @@
+//! Which source columns are sensitive: the upstream's catalog, classified once.
+//!
+//! PostgreSQL's RowDescription names, for each result column that is a plain column of a
+//! table or view, that relation's OID and the column's number — whatever the column is
+//! called in the query. A [`Catalog`] maps (OID, number) to the source column and what
+//! masks it, built from one catalog query per target (the proxy runs it and reloads after
+//! DDL) and classified by [`Rules`]: explicit tags first, then the column's name.
+//!
+//! Views: a view column is sensitive if its own name is, if it carries the name of a
+//! sensitive column the view reads, or if it carries none of the names of the columns the
+//! view reads (computed or renamed) while the view reads a sensitive column. That last rule
+//! over-masks a computed column of a view over sensitive data rather than guess.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::classify::{self, Class};
+use crate::strategy::Strategy;
+
+/// Why a column is masked, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sensitive {
+    /// What it is: a class (`email`, `card`, …) or the operator's tag.
+    pub label: Arc<str>,
+    pub strategy: Strategy,
+}
+
+/// A source column: `schema.table.column`, and whether it is sensitive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceColumn {
+    pub qualified: Arc<str>,
+    pub sensitive: Option<Sensitive>,
+}
+
+/// The operator's tags and defaults for one target (`[target.tables]`, `[target.columns]`,
+/// `[masking] default_strategy`).
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    /// `schema.table.column` → tag and strategy. A strategy of `None` with no tag means
+    /// "not sensitive" (`mask = "none"`): the operator overrides the name rules.
+    pub columns: BTreeMap<String, ColumnRule>,
+    /// `schema.table` → rule for every column of the table.
+    pub tables: BTreeMap<String, ColumnRule>,
+    /// Replaces each class's own default strategy.
+    pub default_strategy: Option<Strategy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnRule {
+    /// `sensitivity = "…"`.
+    pub tag: Option<String>,
+    /// `mask = "…"`; `Some(None)` is `mask = "none"`.
+    pub mask: Option<Option<Strategy>>,
+}
+
+impl Rules {
+    /// The strategy for a class when nothing more specific is configured.
+    pub fn strategy_for(&self, class: Class) -> Strategy {
+        self.default_strategy.unwrap_or(match class {
+            Class::Email => Strategy::Email,
+            Class::Card | Class::Phone | Class::Ssn | Class::Iban => Strategy::Partial,
+            Class::BirthDate => Strategy::Null,
+            Class::Password | Class::Secret | Class::Address => Strategy::Redact,
+        })
+    }
+
+    fn fallback(&self) -> Strategy {
+        self.default_strategy.unwrap_or(Strategy::Redact)
+    }
+
+    /// Classifies one table column: column tag, then table tag, then the column's name.
+    pub fn classify(&self, table: &str, column: &str) -> Option<Sensitive> {
+        let by_name = classify::by_name(column);
+        let from_rule = |rule: &ColumnRule| -> Option<Option<Sensitive>> {
+            match (&rule.mask, &rule.tag) {
+                (Some(None), _) => Some(None),
+                (Some(Some(s)), tag) => Some(Some(Sensitive {
+                    label: Arc::from(
+                        tag.as_deref()
+                            .or(by_name.map(Class::as_str))
+                            .unwrap_or("tagged"),
+                    ),
+                    strategy: *s,
+                })),
+                (None, Some(tag)) => Some(Some(Sensitive {
+                    label: Arc::from(tag.as_str()),
+                    strategy: by_name
+                        .map(|c| self.strategy_for(c))
+                        .unwrap_or_else(|| self.fallback()),
+                })),
+                (None, None) => None,
+            }
+        };
+        if let Some(decided) = self
+            .columns
+            .get(&format!("{table}.{column}"))
+            .and_then(from_rule)
+        {
+            return decided;
+        }
+        // A table's tag marks the table for policy; it masks every column only with `mask`.
+        if let Some(rule) = self.tables.get(table) {
+            if let Some(Some(s)) = rule.mask {
+                return Some(Sensitive {
+                    label: Arc::from(rule.tag.as_deref().unwrap_or("tagged")),
+                    strategy: s,
+                });
+            }
+        }
+        by_name.map(|c| Sensitive {
+            label: Arc::from(c.as_str()),
+            strategy: self.strategy_for(c),
+        })
+    }
+}
+
+/// What [`Catalog::column`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    Column(&'a SourceColumn),
+    /// A system column (`ctid`, `xmin`) of a known relation.
+    System,
+    /// A relation made after the catalog loaded, or not yet committed: the caller decides
+    /// without the catalog and has it reloaded.
+    UnknownRelation,
+}
+
+/// One row of the catalog query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogRow {
+    pub table_oid: u32,
+    pub attnum: i16,
+    pub schema: String,
+    pub table: String,
+    pub column: String,
+    /// A view or materialized view…
+    pub is_view: bool,
+    /// …and the `schema.table.column`s it reads.
+    pub view_reads: Vec<String>,
+}
+
+/// The classified catalog of one target.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    columns: HashMap<(u32, i16), SourceColumn>,
+    tables: HashSet<u32>,
+    /// `schema.table` → its sensitive columns' names (tables and views with any).
+    sensitive_by_table: HashMap<String, Vec<(Arc<str>, Sensitive)>>,
+    /// Every column name that is sensitive in some table.
+    sensitive_names: HashMap<String, Sensitive>,
+    /// `schema.table` → the names of its columns.
+    names: HashMap<String, HashSet<String>>,
+}
+
+impl Catalog {
+    /// Builds and classifies. Tables first, then views (which look up what they read).
+    pub fn build(rows: Vec<CatalogRow>, rules: &Rules) -> Catalog {
+        let mut c = Catalog::default();
+        let (views, tables): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.is_view);
+        for r in tables {
+            let table = format!("{}.{}", r.schema, r.table);
+            let sensitive = rules.classify(&table, &r.column);
+            c.add(r, table, sensitive);
+        }
+        for r in views {
+            let table = format!("{}.{}", r.schema, r.table);
+            let sensitive = rules.classify(&table, &r.column).or_else(|| {
+                let read: Vec<Option<&SourceColumn>> =
+                    r.view_reads.iter().map(|q| c.by_qualified(q)).collect();
+                let same_name = read.iter().flatten().find(|s| {
+                    s.qualified
+                        .rsplit('.')
+                        .next()
+                        .is_some_and(|n| n == r.column)
+                });
+                match same_name {
+                    Some(s) => s.sensitive.clone(),
+                    None => read.iter().flatten().find_map(|s| s.sensitive.clone()),
+                }
+            });
+            c.add(r, table, sensitive);
+        }
+        c
+    }
+
+    fn add(&mut self, r: CatalogRow, table: String, sensitive: Option<Sensitive>) {
+        let qualified: Arc<str> = Arc::from(format!("{table}.{}", r.column));
+        self.names
+            .entry(table.clone())
+            .or_default()
+            .insert(r.column.clone());
+        if let Some(s) = &sensitive {
+            self.sensitive_by_table
+                .entry(table)
+                .or_default()
+                .push((Arc::from(r.column.as_str()), s.clone()));
+            self.sensitive_names
+                .entry(r.column.clone())
+                .or_insert_with(|| s.clone());
+        }
+        self.tables.insert(r.table_oid);
+        self.columns.insert(
+            (r.table_oid, r.attnum),
+            SourceColumn {
+                qualified,
+                sensitive,
+            },
+        );
+    }
+
+    fn by_qualified(&self, q: &str) -> Option<&SourceColumn> {
+        // Views are few and read few columns: a scan at build time is fine.
+        self.columns.values().find(|s| &*s.qualified == q)
+    }
+
+    /// The source column a RowDescription field names.
+    pub fn column(&self, table_oid: u32, attnum: i16) -> Lookup<'_> {
+        match self.columns.get(&(table_oid, attnum)) {
+            Some(s) => Lookup::Column(s),
+            // System columns (ctid, xmin: negative numbers) of a known table.
+            None if self.tables.contains(&table_oid) => Lookup::System,
+            None => Lookup::UnknownRelation,
+        }
+    }
+
+    /// The sensitive columns of `schema.table`.
+    pub fn sensitive_columns(&self, table: &str) -> &[(Arc<str>, Sensitive)] {
+        self.sensitive_by_table
+            .get(table)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// A column name sensitive in some table (for columns the analysis could not attribute).
+    pub fn sensitive_name(&self, column: &str) -> Option<&Sensitive> {
+        self.sensitive_names.get(column)
+    }
+
+    /// Whether `schema.table` has a column of this name (false for unknown tables).
+    pub fn has_column(&self, table: &str, column: &str) -> bool {
+        self.names.get(table).is_some_and(|n| n.contains(column))
+    }
+
+    /// Whether the catalog knows a relation of this OID.
+    pub fn knows_table(&self, table_oid: u32) -> bool {
+        self.tables.contains(&table_oid)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn row(oid: u32, n: i16, table: &str, column: &str, reads: &[&str]) -> CatalogRow {
+        CatalogRow {
+            table_oid: oid,
+            attnum: n,
+            schema: "public".into(),
+            table: table.into(),
+            column: column.into(),
+            is_view: !reads.is_empty(),
+            view_reads: reads.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn tags_beat_names_and_views_follow_what_they_read() {
+        let mut rules = Rules::default();
+        rules.columns.insert(
+            "public.customers.notes".into(),
+            ColumnRule {
+                tag: None,
+                mask: Some(Some(Strategy::Redact)),
+            },
+        );
+        rules.columns.insert(
+            "public.customers.token_bucket".into(),
+            ColumnRule {
+                tag: None,
+                mask: Some(None),
+            },
+        );
+        let c = Catalog::build(
+            vec![
+                row(10, 1, "customers", "id", &[]),
+                row(10, 2, "customers", "email", &[]),
+                row(10, 3, "customers", "notes", &[]),
+                row(10, 4, "customers", "token_bucket", &[]),
+                row(
+                    20,
+                    1,
+                    "contacts",
+                    "id",
+                    &["public.customers.id", "public.customers.email"],
+                ),
+                row(
+                    20,
+                    2,
+                    "contacts",
+                    "contact",
+                    &["public.customers.id", "public.customers.email"],
+                ),
+            ],
+            &rules,
+        );
+        let strategy = |oid, n| match c.column(oid, n) {
+            Lookup::Column(s) => s.sensitive.as_ref().map(|s| s.strategy),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(strategy(10, 1), None);
+        assert_eq!(strategy(10, 2), Some(Strategy::Email));
+        assert_eq!(strategy(10, 3), Some(Strategy::Redact));
+        assert_eq!(strategy(10, 4), None);
+        assert_eq!(strategy(20, 1), None, "same name as a plain column");
+        assert_eq!(strategy(20, 2), Some(Strategy::Email), "renamed: masked");
+        assert_eq!(c.column(10, -1), Lookup::System);
+        assert_eq!(c.column(99, 1), Lookup::UnknownRelation);
+        assert_eq!(c.sensitive_columns("public.customers").len(), 2);
+    }
+}

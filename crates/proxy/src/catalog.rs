@@ -1,0 +1,224 @@
+//! Each target's column catalog, for masking: loaded from the upstream on first use, kept
+//! until DDL (or a result naming a relation it does not know) makes it stale, then loaded
+//! again before the next request is forwarded.
+//!
+//! The load runs on its own upstream connection (the target's credentials), one query, so a
+//! session's connection never carries Weir's own statements.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use weir_config::Target;
+use weir_mask::{Catalog, CatalogRow, ColumnRule, Rules, Strategy};
+use weir_wire::backend::Message as Backend;
+use weir_wire::frontend::Message as Frontend;
+
+use crate::io::read_frame;
+use crate::upstream;
+use crate::Shared;
+
+/// Every column of every relation a client can name in a result: tables, partitioned
+/// tables, views, materialized views, foreign tables, in every schema (system catalogs too:
+/// a result from `pg_authid` must be known, not "unknown"). For views, the columns the view's
+/// rule reads (from `pg_depend`), joined with ASCII unit separators.
+const CATALOG_QUERY: &str = "\
+SELECT c.oid::int8, a.attnum::int4, n.nspname, c.relname, a.attname, \
+  CASE WHEN c.relkind IN ('v', 'm') THEN coalesce(( \
+    SELECT string_agg(DISTINCT rn.nspname || '.' || rc.relname || '.' || ra.attname, chr(31)) \
+    FROM pg_rewrite r \
+    JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid \
+      AND d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0 AND d.refobjid <> c.oid \
+    JOIN pg_class rc ON rc.oid = d.refobjid \
+    JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
+    JOIN pg_attribute ra ON ra.attrelid = d.refobjid AND ra.attnum = d.refobjsubid \
+    WHERE r.ev_class = c.oid), '') END \
+FROM pg_attribute a \
+JOIN pg_class c ON c.oid = a.attrelid \
+JOIN pg_namespace n ON n.oid = c.relnamespace \
+WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+  AND n.nspname NOT LIKE 'pg\\_toast%'";
+
+/// One target's catalog.
+pub struct CatalogCache {
+    current: RwLock<Arc<Catalog>>,
+    fresh: AtomicBool,
+    load: tokio::sync::Mutex<()>,
+    rules: Rules,
+}
+
+impl std::fmt::Debug for CatalogCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CatalogCache")
+            .field("fresh", &self.fresh.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl CatalogCache {
+    pub fn new(target: &Target, default_strategy: Option<Strategy>) -> CatalogCache {
+        let rule = |tag: &Option<String>, mask: &Option<String>| ColumnRule {
+            tag: tag.clone(),
+            mask: mask.as_deref().map(|m| {
+                if m == "none" {
+                    None
+                } else {
+                    Strategy::parse(m)
+                }
+            }),
+        };
+        let rules = Rules {
+            columns: target
+                .columns
+                .iter()
+                .map(|(k, t)| (k.clone(), rule(&t.sensitivity, &t.mask)))
+                .collect(),
+            tables: target
+                .tables
+                .iter()
+                .map(|(k, t)| (k.clone(), rule(&t.sensitivity, &t.mask)))
+                .collect(),
+            default_strategy,
+        };
+        CatalogCache {
+            current: RwLock::new(Arc::new(Catalog::default())),
+            fresh: AtomicBool::new(false),
+            load: tokio::sync::Mutex::new(()),
+            rules,
+        }
+    }
+
+    /// The catalog as last loaded.
+    pub fn snapshot(&self) -> Arc<Catalog> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The catalog no longer matches the database: the next [`CatalogCache::ensure`] loads.
+    pub fn invalidate(&self) {
+        self.fresh.store(false, Ordering::Release);
+    }
+
+    /// Loads the catalog if it is stale. Sessions that need it at the same time share one
+    /// load. On failure the previous catalog stays (relations it does not know are masked)
+    /// and the next request tries again.
+    pub async fn ensure(&self, shared: &Shared, target: &Target) -> Result<(), String> {
+        if self.fresh.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _loading = self.load.lock().await;
+        if self.fresh.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Marked fresh before the query runs: DDL that completes while it runs marks it
+        // stale again, and the next request reloads.
+        self.fresh.store(true, Ordering::Release);
+        match load(shared, target).await {
+            Ok(rows) => {
+                let catalog = Arc::new(Catalog::build(rows, &self.rules));
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = catalog;
+                Ok(())
+            }
+            Err(e) => {
+                self.fresh.store(false, Ordering::Release);
+                Err(e)
+            }
+        }
+    }
+}
+
+async fn load(shared: &Shared, target: &Target) -> Result<Vec<CatalogRow>, String> {
+    // Weir's own statement is on record like any other, before it is sent: every statement
+    // that reaches the database has its event.
+    shared
+        .audit
+        .append(weir_audit::Event::Statement {
+            session: 0,
+            request: 0,
+            identity: std::sync::Arc::from("weir"),
+            target: std::sync::Arc::from(target.name.as_str()),
+            via: "catalog",
+            sql: std::sync::Arc::from(CATALOG_QUERY),
+            fingerprint: 0,
+            statements: std::sync::Arc::from(Vec::new()),
+            decision: "allow",
+            rule: Some("weir.masking-catalog".into()),
+        })
+        .wait()
+        .await
+        .map_err(|e| format!("recording the catalog query: {e}"))?;
+    let max = shared.config.gateway.max_message_size;
+    let mut up = upstream::connect(upstream::ConnectParams {
+        target,
+        tls: shared.upstream_tls.get(&target.name).cloned().flatten(),
+        client_params: vec![("application_name".into(), "weir-catalog".into())],
+        max_message: max,
+        timeout: shared.config.gateway.connect_timeout,
+    })
+    .await
+    .map_err(|e| format!("connecting to load the catalog: {e}"))?;
+    let mut out = BytesMut::new();
+    Frontend::Query(bytes::Bytes::from_static(CATALOG_QUERY.as_bytes())).encode(&mut out);
+    Frontend::Terminate.encode(&mut out);
+    up.stream
+        .write_all(&out)
+        .await
+        .map_err(|e| format!("sending the catalog query: {e}"))?;
+    let mut buf = up.leftover;
+    let mut rows = Vec::new();
+    let mut failure = None;
+    loop {
+        let (tag, body) = read_frame(&mut up.stream, &mut buf, max)
+            .await
+            .map_err(|e| format!("reading the catalog: {e}"))?;
+        match Backend::decode(tag, body) {
+            Ok(Backend::DataRow(values)) => {
+                let text = |i: usize| -> Option<String> {
+                    values
+                        .get(i)
+                        .and_then(|v| v.as_ref())
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                };
+                let (Some(oid), Some(attnum), Some(schema), Some(table), Some(column)) =
+                    (text(0), text(1), text(2), text(3), text(4))
+                else {
+                    continue;
+                };
+                let (Ok(table_oid), Ok(attnum)) = (oid.parse::<u32>(), attnum.parse::<i16>())
+                else {
+                    continue;
+                };
+                // NULL for tables; for views the columns read (possibly none).
+                let reads = text(5);
+                rows.push(CatalogRow {
+                    table_oid,
+                    attnum,
+                    schema,
+                    table,
+                    column,
+                    is_view: reads.is_some(),
+                    view_reads: reads
+                        .iter()
+                        .flat_map(|r| r.split('\u{1f}'))
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                });
+            }
+            Ok(Backend::ErrorResponse(f)) => {
+                failure = Some(
+                    f.get(b'M')
+                        .map(|m| String::from_utf8_lossy(m).into_owned())
+                        .unwrap_or_default(),
+                );
+            }
+            Ok(Backend::ReadyForQuery(_)) => break,
+            Ok(_) => {}
+            Err(e) => return Err(format!("decoding the catalog: {e}")),
+        }
+    }
+    match failure {
+        Some(m) => Err(format!("the catalog query failed: {m}")),
+        None => Ok(rows),
+    }
+}
