@@ -111,6 +111,31 @@ pub struct CopyFacts {
     /// COPY … FROM (loads into a table) rather than TO.
     pub from: bool,
     pub endpoint: CopyEndpoint,
+    /// How the data is written, for whoever reads it (masking COPY … TO STDOUT).
+    pub format: CopyFormat,
+    /// `COPY table (a, b)`: the columns, in order; `None` for every column of the table,
+    /// or for `COPY (query)` (whose columns are the statement's `outputs`).
+    pub columns: Option<Vec<String>>,
+    /// `COPY (query) TO`.
+    pub query: bool,
+}
+
+/// COPY's data format and its options as written (PostgreSQL's defaults when absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyFormat {
+    pub kind: CopyKind,
+    pub delimiter: Option<String>,
+    pub quote: Option<String>,
+    pub escape: Option<String>,
+    pub null: Option<String>,
+    pub header: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyKind {
+    Text,
+    Csv,
+    Binary,
 }
 
 /// A column a statement names: in its select list, WHERE, joins, SET or INSERT column list.

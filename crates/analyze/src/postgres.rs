@@ -20,7 +20,8 @@ use std::sync::LazyLock;
 use serde_json::{Map, Value};
 
 use crate::{
-    AnalyzeError, Column, CopyEndpoint, CopyFacts, PathChange, StatementFacts, StatementKind,
+    AnalyzeError, Column, CopyEndpoint, CopyFacts, CopyFormat, CopyKind, PathChange,
+    StatementFacts, StatementKind,
 };
 
 /// Names of the functions in `pg_catalog` (PostgreSQL 15, plus what 16-18 added).
@@ -399,7 +400,56 @@ fn statement(value: &Value) -> StatementFacts {
                 CopyEndpoint::ServerFile(file.to_owned())
             };
             f.writes = from;
-            f.copy = Some(CopyFacts { from, endpoint });
+            let options: Vec<&Value> = body
+                .get("options")
+                .and_then(Value::as_array)
+                .map(|o| o.iter().collect())
+                .unwrap_or_default();
+            let option = |name: &str| {
+                options
+                    .iter()
+                    .find(|o| def_name(o) == Some(name))
+                    .map(|o| def_raw(o))
+            };
+            let kind = match option("format")
+                .flatten()
+                .map(|s| s.to_lowercase())
+                .as_deref()
+            {
+                Some("csv") => CopyKind::Csv,
+                Some("binary") => CopyKind::Binary,
+                _ => CopyKind::Text,
+            };
+            let header = match option("header") {
+                None => false,
+                // HEADER alone, or with true / on / 1 / match.
+                Some(None) => true,
+                Some(Some(v)) => !matches!(v.to_lowercase().as_str(), "false" | "off" | "0"),
+            };
+            let columns = body
+                .get("attlist")
+                .and_then(strings)
+                .filter(|c| !c.is_empty());
+            let query = body.get("query").is_some_and(|q| !q.is_null());
+            f.copy = Some(CopyFacts {
+                from,
+                endpoint,
+                format: CopyFormat {
+                    kind,
+                    delimiter: option("delimiter").flatten(),
+                    quote: option("quote").flatten(),
+                    escape: option("escape").flatten(),
+                    null: option("null").flatten(),
+                    header,
+                },
+                columns,
+                query,
+            });
+            // The options' values (a delimiter, a NULL string) shape the data: these facts
+            // are cached only under their exact text.
+            if !options.is_empty() {
+                f.value_dependent = true;
+            }
         }
         "VariableSetStmt" => {
             f.setting = body
@@ -493,6 +543,12 @@ fn statement(value: &Value) -> StatementFacts {
         _ => {}
     }
     walk(name, body, &mut f);
+    if name == "CopyStmt" {
+        // COPY (query) TO: the data's columns are the query's result columns.
+        if let Some(inner) = body.get("query").filter(|q| !q.is_null()) {
+            f.outputs = statement(inner).outputs;
+        }
+    }
     f
 }
 
@@ -516,6 +572,30 @@ fn transaction_kind(k: i64) -> &'static str {
 fn def_name(v: &Value) -> Option<&str> {
     let (name, body) = tagged(v)?;
     (name == "DefElem").then(|| body.get("defname").and_then(Value::as_str))?
+}
+
+/// A DefElem's argument as written: a string, a name, a number or a boolean; `None` when it
+/// has none (`HEADER` alone).
+fn def_raw(v: &Value) -> Option<String> {
+    let (_, body) = tagged(v)?;
+    let arg = body.get("arg")?;
+    let (kind, a) = tagged(arg)?;
+    match kind {
+        "String" => a.get("sval").and_then(Value::as_str).map(str::to_owned),
+        "Boolean" => Some(
+            a.get("boolval")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+                .to_string(),
+        ),
+        "Integer" => Some(
+            a.get("ival")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                .to_string(),
+        ),
+        _ => None,
+    }
 }
 
 fn def_string(v: &Value) -> Option<String> {

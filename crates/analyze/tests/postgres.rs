@@ -531,3 +531,35 @@ fn create_table_as_and_select_into_write_their_table() {
     assert!(f.writes, "SELECT INTO is a write");
     assert_eq!(f.tables_read, set(&["customers"]));
 }
+
+#[test]
+fn copy_out_says_how_its_data_is_written() {
+    let f = one(
+        "COPY customers (id, email) TO STDOUT WITH (FORMAT csv, HEADER, DELIMITER ';', NULL 'NA')",
+    );
+    let c = f.copy.unwrap();
+    assert_eq!(c.format.kind, weir_analyze::CopyKind::Csv);
+    assert!(c.format.header);
+    assert_eq!(c.format.delimiter.as_deref(), Some(";"));
+    assert_eq!(c.format.null.as_deref(), Some("NA"));
+    assert_eq!(c.columns, Some(vec!["id".to_string(), "email".to_string()]));
+    assert!(!c.query);
+    assert!(
+        f.value_dependent,
+        "options shape the data: cached by exact text only"
+    );
+    let f = one("COPY (SELECT id, upper(email) FROM customers) TO STDOUT (FORMAT binary)");
+    let c = f.copy.as_ref().unwrap();
+    assert_eq!(c.format.kind, weir_analyze::CopyKind::Binary);
+    assert!(c.query);
+    assert_eq!(
+        f.outputs.unwrap()[1]
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>(),
+        ["customers.email"]
+    );
+    let c = one("COPY t TO STDOUT").copy.unwrap();
+    assert_eq!(c.format.kind, weir_analyze::CopyKind::Text);
+    assert_eq!(c.columns, None);
+}

@@ -29,6 +29,8 @@ pub struct Sensitive {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceColumn {
     pub qualified: Arc<str>,
+    /// The column's type (`pg_attribute.atttypid`).
+    pub type_oid: u32,
     pub sensitive: Option<Sensitive>,
 }
 
@@ -133,6 +135,7 @@ pub struct CatalogRow {
     pub schema: String,
     pub table: String,
     pub column: String,
+    pub type_oid: u32,
     /// A view or materialized view…
     pub is_view: bool,
     /// …and the `schema.table.column`s it reads.
@@ -150,6 +153,8 @@ pub struct Catalog {
     sensitive_names: HashMap<String, Sensitive>,
     /// `schema.table` → the names of its columns.
     names: HashMap<String, HashSet<String>>,
+    /// `schema.table` → its columns' keys in column-number order (what `COPY table` writes).
+    ordered: HashMap<String, Vec<(i16, u32)>>,
 }
 
 impl Catalog {
@@ -189,6 +194,9 @@ impl Catalog {
             .entry(table.clone())
             .or_default()
             .insert(r.column.clone());
+        let order = self.ordered.entry(table.clone()).or_default();
+        let at = order.partition_point(|(n, _)| *n < r.attnum);
+        order.insert(at, (r.attnum, r.table_oid));
         if let Some(s) = &sensitive {
             self.sensitive_by_table
                 .entry(table)
@@ -203,6 +211,7 @@ impl Catalog {
             (r.table_oid, r.attnum),
             SourceColumn {
                 qualified,
+                type_oid: r.type_oid,
                 sensitive,
             },
         );
@@ -236,6 +245,26 @@ impl Catalog {
         self.sensitive_names.get(column)
     }
 
+    /// The columns of `schema.table` in column-number order, or `None` for a table the
+    /// catalog does not know.
+    pub fn columns_in_order(&self, table: &str) -> Option<Vec<&SourceColumn>> {
+        self.ordered.get(table).map(|cols| {
+            cols.iter()
+                .filter_map(|(n, oid)| self.columns.get(&(*oid, *n)))
+                .collect()
+        })
+    }
+
+    /// The column `name` of `schema.table`.
+    pub fn column_by_name(&self, table: &str, name: &str) -> Option<&SourceColumn> {
+        let suffix = format!("{table}.{name}");
+        self.ordered
+            .get(table)?
+            .iter()
+            .filter_map(|(n, oid)| self.columns.get(&(*oid, *n)))
+            .find(|c| *c.qualified == *suffix)
+    }
+
     /// Whether `schema.table` has a column of this name (false for unknown tables).
     pub fn has_column(&self, table: &str, column: &str) -> bool {
         self.names.get(table).is_some_and(|n| n.contains(column))
@@ -259,6 +288,7 @@ mod tests {
             schema: "public".into(),
             table: table.into(),
             column: column.into(),
+            type_oid: 25,
             is_view: !reads.is_empty(),
             view_reads: reads.iter().map(|s| s.to_string()).collect(),
         }
@@ -317,5 +347,21 @@ mod tests {
         assert_eq!(c.column(10, -1), Lookup::System);
         assert_eq!(c.column(99, 1), Lookup::UnknownRelation);
         assert_eq!(c.sensitive_columns("public.customers").len(), 2);
+        let order: Vec<&str> = c
+            .columns_in_order("public.customers")
+            .unwrap()
+            .iter()
+            .map(|s| &*s.qualified)
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "public.customers.id",
+                "public.customers.email",
+                "public.customers.notes",
+                "public.customers.token_bucket"
+            ]
+        );
+        assert!(c.column_by_name("public.customers", "email").is_some());
     }
 }

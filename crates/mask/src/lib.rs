@@ -17,6 +17,7 @@
 
 pub mod catalog;
 pub mod classify;
+mod copy;
 mod masker;
 pub mod strategy;
 

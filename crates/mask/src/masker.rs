@@ -33,6 +33,7 @@ use weir_wire::backend::{FieldDescription, Message as Backend};
 
 use crate::catalog::{Catalog, Lookup, Sensitive};
 use crate::classify;
+use crate::copy::{CopyAct, CopyField, CopyPlan};
 use crate::strategy::{self, HashKey, Shape, Strategy};
 
 /// Most statement descriptions a session keeps (the session bounds prepared statements
@@ -136,6 +137,8 @@ pub struct Masker {
     /// columns (`CREATE TABLE … AS`, `INSERT … SELECT`): relations the catalog does not know
     /// may hold copies, so their columns are masked whole.
     tainted: bool,
+    /// The COPY … TO STDOUT being answered.
+    copy: Option<CopyPlan>,
     scratch: Vec<u8>,
 }
 
@@ -160,6 +163,7 @@ impl Masker {
             masked: BTreeSet::new(),
             unknown_relation: false,
             tainted: false,
+            copy: None,
             scratch: Vec::new(),
         }
     }
@@ -173,6 +177,12 @@ impl Masker {
     /// catalog is out of date.
     pub fn take_unknown_relation(&mut self) -> bool {
         std::mem::take(&mut self.unknown_relation)
+    }
+
+    /// Whether the message `tag` makes a plan, so the caller should hand over the latest
+    /// catalog: descriptions, a COPY's start, the first row of a result described earlier.
+    pub fn plans_at(&self, tag: u8) -> bool {
+        matches!(tag, b'T' | b'n' | b'H') || (tag == b'D' && self.plan.is_none())
     }
 
     /// Handles one server message `tag` with `body` (without the 5-byte header).
@@ -236,13 +246,45 @@ impl Masker {
             }
             b'Z' => {
                 self.plan = None;
+                self.copy = None;
                 self.portal_fields = None;
                 self.query_index = 0;
+                Rewrite::Keep
+            }
+            b'H' => {
+                self.copy = Some(self.copy_plan(answering, env, body));
+                Rewrite::Keep
+            }
+            b'd' => {
+                let Some(copy) = self.copy.as_mut() else {
+                    return Rewrite::Keep;
+                };
+                let mut hits = Vec::new();
+                let out = copy.rewrite(body, &self.key, &mut hits);
+                for c in hits {
+                    self.masked
+                        .insert(Arc::from(format!("content:{}", c.as_str())));
+                }
+                match out {
+                    None => Rewrite::Keep,
+                    Some(data) => {
+                        let mut frame = BytesMut::with_capacity(data.len() + 5);
+                        frame.put_u8(b'd');
+                        frame.put_u32(0);
+                        frame.put_slice(&data);
+                        finish_frame(&mut frame);
+                        Rewrite::Replace(frame)
+                    }
+                }
+            }
+            b'c' => {
+                self.copy = None;
                 Rewrite::Keep
             }
             b'E' | b'N' => {
                 if tag == b'E' {
                     self.plan = None;
+                    self.copy = None;
                 }
                 self.mask_notice(env.catalog, tag, body)
             }
@@ -397,6 +439,113 @@ impl Masker {
         }
     }
 
+    /// The plan for a COPY … TO STDOUT's data, from its CopyOutResponse (`body`), the
+    /// statement and the catalog.
+    fn copy_plan(&mut self, answering: Answering<'_>, env: Env<'_>, body: &[u8]) -> CopyPlan {
+        let facts = match answering {
+            Answering::Query(statements) => statements.get(self.query_index),
+            Answering::Execute { facts, .. } => facts,
+            _ => None,
+        };
+        let columns = body
+            .get(1..3)
+            .and_then(|n| <[u8; 2]>::try_from(n).ok())
+            .map(i16::from_be_bytes)
+            .and_then(|n| usize::try_from(n).ok());
+        let (Some(f), Some(columns)) = (facts, columns) else {
+            return CopyPlan::new(&blind_format(), None);
+        };
+        let Some(c) = &f.copy else {
+            return CopyPlan::new(&blind_format(), None);
+        };
+        let fields = self.copy_fields(f, c, columns, env);
+        CopyPlan::new(&c.format, fields)
+    }
+
+    fn copy_fields(
+        &mut self,
+        f: &StatementFacts,
+        c: &weir_analyze::CopyFacts,
+        columns: usize,
+        env: Env<'_>,
+    ) -> Option<Vec<CopyField>> {
+        let catalog = env.catalog;
+        let decide = |this: &mut Masker, found: Option<(Arc<str>, Sensitive)>, shape: Shape| {
+            let act = match found {
+                Some((column, s)) => {
+                    if this.may_unmask(env.unmask, &column, &s.label) {
+                        CopyAct::Keep
+                    } else {
+                        this.masked.insert(column);
+                        CopyAct::Mask(s.strategy)
+                    }
+                }
+                None if shape.is_textual() => CopyAct::Scan,
+                None => CopyAct::Keep,
+            };
+            CopyField { act, shape }
+        };
+        if c.query {
+            // The query's result columns, by lineage; all carried as text in text and CSV.
+            return Some(
+                (0..columns)
+                    .map(|i| {
+                        let found = computed(Some(f), i, catalog).map(|(from, s)| {
+                            (Arc::from(format!("copy column {} (from {from})", i + 1)), s)
+                        });
+                        decide(self, found, Shape::Text)
+                    })
+                    .collect(),
+            );
+        }
+        let table = f.tables_read.iter().next()?;
+        let sources: Vec<Option<&crate::catalog::SourceColumn>> = match &c.columns {
+            Some(names) => names
+                .iter()
+                .map(|n| catalog.column_by_name(table, n))
+                .collect(),
+            None => catalog
+                .columns_in_order(table)?
+                .into_iter()
+                .map(Some)
+                .collect(),
+        };
+        if sources.len() != columns {
+            return None;
+        }
+        let mut out = Vec::with_capacity(columns);
+        for (i, src) in sources.into_iter().enumerate() {
+            match src {
+                Some(src) => {
+                    let found = src
+                        .sensitive
+                        .clone()
+                        .map(|s| (Arc::clone(&src.qualified), s));
+                    out.push(decide(self, found, Shape::of(src.type_oid)));
+                }
+                // A column the catalog does not know (the table is newer than the catalog).
+                None => {
+                    self.unknown_relation = true;
+                    if self.tainted {
+                        return None;
+                    }
+                    let name = c.columns.as_ref().and_then(|n| n.get(i));
+                    let found = name.and_then(|n| classify::by_name(n)).map(|class| {
+                        (
+                            Arc::from(format!("{table}.{}", name.map_or("", |n| n.as_str()))),
+                            Sensitive {
+                                label: Arc::from(class.as_str()),
+                                strategy: content_strategy(class),
+                            },
+                        )
+                    });
+                    out.push(decide(self, found, Shape::Text));
+                }
+            }
+        }
+        Some(out)
+    }
+
     fn may_unmask(&mut self, unmask: &dyn Unmask, column: &Arc<str>, label: &str) -> bool {
         if let Some(&v) = self.unmask_cache.get(column) {
             return v;
@@ -534,6 +683,18 @@ impl Masker {
             Backend::NoticeResponse(f).encode(&mut out);
         }
         Rewrite::Replace(out)
+    }
+}
+
+/// A COPY whose statement is unknown: its data is masked whole, as text.
+fn blind_format() -> weir_analyze::CopyFormat {
+    weir_analyze::CopyFormat {
+        kind: weir_analyze::CopyKind::Text,
+        delimiter: None,
+        quote: None,
+        escape: None,
+        null: None,
+        header: false,
     }
 }
 

@@ -5,7 +5,7 @@
 //! The load runs on its own upstream connection (the target's credentials), one query, so a
 //! session's connection never carries Weir's own statements.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::BytesMut;
@@ -24,7 +24,7 @@ use crate::Shared;
 /// a result from `pg_authid` must be known, not "unknown"). For views, the columns the view's
 /// rule reads (from `pg_depend`), joined with ASCII unit separators.
 const CATALOG_QUERY: &str = "\
-SELECT c.oid::int8, a.attnum::int4, n.nspname, c.relname, a.attname, \
+SELECT c.oid::int8, a.attnum::int4, n.nspname, c.relname, a.attname, a.atttypid::int8, \
   CASE WHEN c.relkind IN ('v', 'm') THEN coalesce(( \
     SELECT string_agg(DISTINCT rn.nspname || '.' || rc.relname || '.' || ra.attname, chr(31)) \
     FROM pg_rewrite r \
@@ -43,7 +43,11 @@ WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 
 /// One target's catalog.
 pub struct CatalogCache {
     current: RwLock<Arc<Catalog>>,
-    fresh: AtomicBool,
+    /// How many times the catalog was made stale (DDL, an unknown relation).
+    invalidations: AtomicU64,
+    /// The value of `invalidations` when the current catalog's load started; `u64::MAX`
+    /// before the first load. The catalog is fresh when the two are equal.
+    loaded_at: AtomicU64,
     load: tokio::sync::Mutex<()>,
     rules: Rules,
 }
@@ -51,7 +55,7 @@ pub struct CatalogCache {
 impl std::fmt::Debug for CatalogCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CatalogCache")
-            .field("fresh", &self.fresh.load(Ordering::Relaxed))
+            .field("fresh", &self.is_fresh())
             .finish_non_exhaustive()
     }
 }
@@ -83,7 +87,8 @@ impl CatalogCache {
         };
         CatalogCache {
             current: RwLock::new(Arc::new(Catalog::default())),
-            fresh: AtomicBool::new(false),
+            invalidations: AtomicU64::new(0),
+            loaded_at: AtomicU64::new(u64::MAX),
             load: tokio::sync::Mutex::new(()),
             rules,
         }
@@ -96,34 +101,32 @@ impl CatalogCache {
 
     /// The catalog no longer matches the database: the next [`CatalogCache::ensure`] loads.
     pub fn invalidate(&self) {
-        self.fresh.store(false, Ordering::Release);
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn is_fresh(&self) -> bool {
+        self.loaded_at.load(Ordering::Acquire) == self.invalidations.load(Ordering::Acquire)
     }
 
     /// Loads the catalog if it is stale. Sessions that need it at the same time share one
     /// load. On failure the previous catalog stays (relations it does not know are masked)
     /// and the next request tries again.
     pub async fn ensure(&self, shared: &Shared, target: &Target) -> Result<(), String> {
-        if self.fresh.load(Ordering::Acquire) {
+        if self.is_fresh() {
             return Ok(());
         }
         let _loading = self.load.lock().await;
-        if self.fresh.load(Ordering::Acquire) {
+        if self.is_fresh() {
             return Ok(());
         }
-        // Marked fresh before the query runs: DDL that completes while it runs marks it
-        // stale again, and the next request reloads.
-        self.fresh.store(true, Ordering::Release);
-        match load(shared, target).await {
-            Ok(rows) => {
-                let catalog = Arc::new(Catalog::build(rows, &self.rules));
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = catalog;
-                Ok(())
-            }
-            Err(e) => {
-                self.fresh.store(false, Ordering::Release);
-                Err(e)
-            }
-        }
+        // DDL that completes while the query runs invalidates again: the catalog then stays
+        // stale, and the next request loads once more.
+        let generation = self.invalidations.load(Ordering::Acquire);
+        let rows = load(shared, target).await?;
+        let catalog = Arc::new(Catalog::build(rows, &self.rules));
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = catalog;
+        self.loaded_at.store(generation, Ordering::Release);
+        Ok(())
     }
 }
 
@@ -179,23 +182,25 @@ async fn load(shared: &Shared, target: &Target) -> Result<Vec<CatalogRow>, Strin
                         .and_then(|v| v.as_ref())
                         .map(|v| String::from_utf8_lossy(v).into_owned())
                 };
-                let (Some(oid), Some(attnum), Some(schema), Some(table), Some(column)) =
-                    (text(0), text(1), text(2), text(3), text(4))
+                let (Some(oid), Some(attnum), Some(schema), Some(table), Some(column), Some(ty)) =
+                    (text(0), text(1), text(2), text(3), text(4), text(5))
                 else {
                     continue;
                 };
-                let (Ok(table_oid), Ok(attnum)) = (oid.parse::<u32>(), attnum.parse::<i16>())
+                let (Ok(table_oid), Ok(attnum), Ok(type_oid)) =
+                    (oid.parse::<u32>(), attnum.parse::<i16>(), ty.parse::<u32>())
                 else {
                     continue;
                 };
                 // NULL for tables; for views the columns read (possibly none).
-                let reads = text(5);
+                let reads = text(6);
                 rows.push(CatalogRow {
                     table_oid,
                     attnum,
                     schema,
                     table,
                     column,
+                    type_oid,
                     is_view: reads.is_some(),
                     view_reads: reads
                         .iter()

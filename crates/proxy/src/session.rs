@@ -1236,9 +1236,20 @@ impl BackendHalf<'_> {
             if let (Some(masker), Some(cache)) = (&mut self.masker, &self.ctx.mask) {
                 if matches!(
                     h.tag,
-                    b't' | b'n' | b'T' | b'D' | b'C' | b'I' | b's' | b'Z' | b'E' | b'N'
+                    b't' | b'n'
+                        | b'T'
+                        | b'D'
+                        | b'C'
+                        | b'I'
+                        | b's'
+                        | b'Z'
+                        | b'E'
+                        | b'N'
+                        | b'H'
+                        | b'd'
+                        | b'c'
                 ) {
-                    if matches!(h.tag, b'T' | b'n') {
+                    if masker.plans_at(h.tag) {
                         self.catalog = cache.snapshot();
                     }
                     let env = Env {

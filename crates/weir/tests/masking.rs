@@ -252,6 +252,43 @@ COMMIT;
 }
 
 #[test]
+fn copy_to_stdout_is_masked_in_every_format() {
+    let g = gateway("");
+    let tee = Tee::start(g.port);
+    let out = g.psql(
+        &tee.conninfo("alice", ALICE_TOKEN),
+        "COPY customers TO STDOUT;
+COPY customers (id, email, phone) TO STDOUT WITH (FORMAT csv, HEADER, DELIMITER ';');
+COPY (SELECT id, upper(email), name FROM customers ORDER BY id) TO STDOUT (FORMAT csv);
+COPY misc TO STDOUT;
+COPY customers TO STDOUT (FORMAT binary);
+COPY (SELECT * FROM customers) TO STDOUT (FORMAT binary);
+",
+    );
+    let so = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    tee.assert_clean();
+    // Text: masked values in their columns, NULL as \N, everything else as it was.
+    assert!(
+        so.contains("1\tJane Doe\tj***@example.com\t**** **** **** 1111\t"),
+        "{so}"
+    );
+    assert!(
+        so.contains("\t****\t****\t\\N\t****\t{\"tier\": \"gold\"}\n"),
+        "{so}"
+    );
+    // CSV with a header and another delimiter.
+    assert!(
+        so.contains("id;email;phone\n1;\"j***@example.com\";\"+* ***-***-0132\"\n"),
+        "{so}"
+    );
+    // A query's computed column.
+    assert!(so.contains("1,\"J***@EXAMPLE.COM\",Jane Doe\n"), "{so}");
+    // By content in an ordinary table.
+    assert!(so.contains("1\t****\t****\n"), "{so}");
+}
+
+#[test]
 fn values_quoted_in_errors_are_masked() {
     let g = gateway("");
     g.cluster
