@@ -268,62 +268,83 @@ pub fn by_content(value: &[u8]) -> Option<Class> {
     if value.len() < 8 {
         return None;
     }
-    // Pre-filter: one pass noting what could start a match.
-    let mut at = false;
-    let mut digits_run = 0usize;
-    let mut long_digits = false;
-    let mut plus = false;
-    let mut dash = false;
-    let mut upper_pair = false;
-    let mut prev_upper = false;
+    // Pre-filter: one branch-free pass over the bytes, OR-ing what each could start and
+    // counting digits. Most values stop here.
+    let mut flags = 0u8;
+    let mut digits = 0usize;
     for &b in value {
-        match b {
-            b'@' => at = true,
-            b'0'..=b'9' => {
-                digits_run += 1;
-                if digits_run >= 3 {
-                    long_digits = true;
-                }
-            }
-            b'+' => plus = true,
-            b'-' => dash = true,
-            _ => {}
-        }
-        if !b.is_ascii_digit() {
-            digits_run = 0;
-        }
-        let upper = b.is_ascii_uppercase();
-        upper_pair |= prev_upper && upper;
-        prev_upper = upper;
+        // A u8 always indexes a 256-entry table; `get` compiles to the same load.
+        flags |= BYTE_FLAGS.get(usize::from(b)).copied().unwrap_or(0);
+        digits += usize::from(b.wrapping_sub(b'0') < 10);
     }
-    if at && has_email(value) {
+    let has = |f: u8| flags & f != 0;
+    if has(AT) && has_email(value) {
         return Some(Class::Email);
     }
-    if find(value, b"eyJ") && has_jwt(value) {
+    if has(J) && has_jwt(value) {
         return Some(Class::Secret);
     }
-    if dash && find(value, b"-----BEGIN") && find(value, b"PRIVATE KEY-----") {
+    if has(DASH) && find(value, b"-----BEGIN") && find(value, b"PRIVATE KEY-----") {
         return Some(Class::Secret);
     }
-    if has_token_prefix(value) {
+    if has(TOKEN) && has_token_prefix(value) {
         return Some(Class::Secret);
     }
-    if long_digits {
-        if has_card(value) {
-            return Some(Class::Card);
-        }
-        if dash && has_ssn(value) {
-            return Some(Class::Ssn);
-        }
-        if plus && has_phone(value) {
-            return Some(Class::Phone);
-        }
-        if upper_pair && has_iban(value) {
-            return Some(Class::Iban);
-        }
+    if digits >= 12 && has_card(value) {
+        return Some(Class::Card);
+    }
+    if digits >= 9 && has(DASH) && has_ssn(value) {
+        return Some(Class::Ssn);
+    }
+    if digits >= 8 && has(PLUS) && has_phone(value) {
+        return Some(Class::Phone);
+    }
+    if digits >= 2 && has(UPPER) && value.len() >= 15 && has_iban(value) {
+        return Some(Class::Iban);
     }
     None
 }
+
+const AT: u8 = 1;
+const J: u8 = 2;
+const DASH: u8 = 4;
+/// `A` (AKIA…, AIza…), `_` (gh?_…, github_pat_…, sk_live_…), `x` (xox?-…).
+const TOKEN: u8 = 8;
+const PLUS: u8 = 16;
+const UPPER: u8 = 32;
+
+/// What each byte value could be the start or part of, for the pre-filter. Built at compile
+/// time: an index out of bounds here would fail the build, not a session.
+#[allow(clippy::indexing_slicing)]
+static BYTE_FLAGS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        let c = b as u8;
+        let mut f = 0u8;
+        if c == b'@' {
+            f |= AT;
+        }
+        if c == b'J' {
+            f |= J;
+        }
+        if c == b'-' {
+            f |= DASH;
+        }
+        if c == b'A' || c == b'_' || c == b'x' {
+            f |= TOKEN;
+        }
+        if c == b'+' {
+            f |= PLUS;
+        }
+        if c.is_ascii_uppercase() {
+            f |= UPPER;
+        }
+        t[b] = f;
+        b += 1;
+    }
+    t
+};
 
 fn find(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)

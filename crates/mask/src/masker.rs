@@ -140,6 +140,9 @@ pub struct Masker {
     /// The COPY … TO STDOUT being answered.
     copy: Option<CopyPlan>,
     scratch: Vec<u8>,
+    /// Where rewritten rows are built; its allocation is reused once the session has
+    /// written the previous row.
+    row_out: BytesMut,
 }
 
 impl std::fmt::Debug for Masker {
@@ -165,6 +168,7 @@ impl Masker {
             tainted: false,
             copy: None,
             scratch: Vec::new(),
+            row_out: BytesMut::new(),
         }
     }
 
@@ -216,12 +220,17 @@ impl Masker {
                 if self.plan.is_none() {
                     self.plan = Some(self.plan_for_execute(answering, env));
                 }
-                match &self.plan {
-                    Some(plan) if !plan.passes_through() => {
-                        let plan = plan.clone();
-                        self.mask_row(&plan, body)
+                match self.plan.take() {
+                    Some(plan) => {
+                        let r = if plan.passes_through() {
+                            Rewrite::Keep
+                        } else {
+                            self.mask_row(&plan, body)
+                        };
+                        self.plan = Some(plan);
+                        r
                     }
-                    _ => Rewrite::Keep,
+                    None => Rewrite::Keep,
                 }
             }
             b'C' | b'I' | b's' => {
@@ -557,90 +566,67 @@ impl Masker {
         v
     }
 
-    /// Rewrites one DataRow, or keeps it when no value changes. Values are read in place;
-    /// the only allocation is the rewritten row.
+    /// Rewrites one DataRow, or keeps it when no value changes. One pass: values are read
+    /// in place and written to a buffer the masker reuses, so a row costs no allocation.
     fn mask_row(&mut self, plan: &RowPlan, body: &[u8]) -> Rewrite {
         let Some(values) = Values::new(body) else {
             // Malformed: never forward what cannot be checked.
             return Rewrite::Replace(blind_row(0));
         };
-        if plan.blind {
-            return Rewrite::Replace(blind_row(values.count));
+        let count = values.count;
+        if plan.blind || count != plan.fields.len() {
+            return Rewrite::Replace(blind_row(count));
         }
-        // First pass: does anything change?
-        let mut changes = false;
-        let mut content_hits: Vec<(usize, classify::Class)> = Vec::new();
-        for (i, v) in values.clone().enumerate() {
-            let Some(f) = plan.fields.get(i) else {
-                changes = true;
-                break;
+        let Masker {
+            row_out,
+            scratch,
+            key,
+            masked,
+            ..
+        } = self;
+        row_out.clear();
+        row_out.reserve(body.len() + 5);
+        row_out.put_u8(b'D');
+        row_out.put_u32(0);
+        row_out.put_i16(i16::try_from(count).unwrap_or(i16::MAX));
+        let mut changed = false;
+        for (v, f) in values.zip(&plan.fields) {
+            let value = match v {
+                Err(()) => return Rewrite::Replace(blind_row(count)),
+                Ok(None) => {
+                    row_out.put_i32(-1);
+                    continue;
+                }
+                Ok(Some(value)) => value,
             };
-            match (f.act, v) {
-                (_, Err(())) => return Rewrite::Replace(blind_row(values.count)),
-                (Act::Mask(_), Ok(Some(_))) => changes = true,
-                (Act::Scan, Ok(Some(value))) => {
-                    if let Some(c) =
-                        classify::by_content(strategy::text_of(f.shape, f.format, value))
-                    {
-                        content_hits.push((i, c));
-                        changes = true;
+            let strategy = match f.act {
+                Act::Keep => None,
+                Act::Mask(s) => Some(s),
+                Act::Scan => {
+                    classify::by_content(strategy::text_of(f.shape, f.format, value)).map(|c| {
+                        note_content(masked, c);
+                        content_strategy(c)
+                    })
+                }
+            };
+            match strategy {
+                None => put_value(row_out, Some(value)),
+                Some(s) => {
+                    changed = true;
+                    scratch.clear();
+                    if strategy::mask_into(s, f.shape, f.format, value, key, scratch) {
+                        put_value(row_out, Some(scratch));
+                    } else {
+                        row_out.put_i32(-1);
                     }
                 }
-                _ => {}
             }
         }
-        if values.count != plan.fields.len() {
-            return Rewrite::Replace(blind_row(values.count));
-        }
-        if !changes {
+        if !changed {
             return Rewrite::Keep;
         }
-        let mut out = BytesMut::with_capacity(body.len() + 5);
-        out.put_u8(b'D');
-        out.put_u32(0);
-        out.put_i16(i16::try_from(values.count).unwrap_or(i16::MAX));
-        let mut hits = content_hits.iter().peekable();
-        for (i, v) in values.enumerate() {
-            let f = plan.fields.get(i).copied();
-            let hit = match hits.peek() {
-                Some((j, c)) if *j == i => {
-                    let c = *c;
-                    hits.next();
-                    Some(c)
-                }
-                _ => None,
-            };
-            let strategy = match (f.map(|f| f.act), hit) {
-                (Some(Act::Mask(s)), _) => Some(s),
-                (_, Some(c)) => {
-                    self.masked
-                        .insert(Arc::from(format!("content:{}", c.as_str())));
-                    Some(content_strategy(c))
-                }
-                _ => None,
-            };
-            match (v, strategy, f) {
-                (Ok(Some(value)), Some(s), Some(f)) => {
-                    self.scratch.clear();
-                    if strategy::mask_into(
-                        s,
-                        f.shape,
-                        f.format,
-                        value,
-                        &self.key,
-                        &mut self.scratch,
-                    ) {
-                        put_value(&mut out, Some(&self.scratch));
-                    } else {
-                        put_value(&mut out, None);
-                    }
-                }
-                (Ok(value), _, _) => put_value(&mut out, value),
-                (Err(()), _, _) => put_value(&mut out, None),
-            }
-        }
-        finish_frame(&mut out);
-        Rewrite::Replace(out)
+        finish_frame(row_out);
+        Rewrite::Replace(row_out.split())
     }
 
     /// Values an ErrorResponse or NoticeResponse quotes: a unique violation's key
@@ -695,6 +681,24 @@ fn blind_format() -> weir_analyze::CopyFormat {
         escape: None,
         null: None,
         header: false,
+    }
+}
+
+/// Records that a value was masked for its content (once per class: this runs per row).
+fn note_content(masked: &mut BTreeSet<Arc<str>>, c: classify::Class) {
+    let label = match c {
+        classify::Class::Email => "content:email",
+        classify::Class::Phone => "content:phone",
+        classify::Class::Ssn => "content:ssn",
+        classify::Class::Card => "content:card",
+        classify::Class::Iban => "content:iban",
+        classify::Class::Password => "content:password",
+        classify::Class::Secret => "content:secret",
+        classify::Class::Address => "content:address",
+        classify::Class::BirthDate => "content:birth_date",
+    };
+    if !masked.contains(label) {
+        masked.insert(Arc::from(label));
     }
 }
 

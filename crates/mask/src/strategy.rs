@@ -162,6 +162,29 @@ fn masked_text(strategy: Strategy, text: &[u8], key: &HashKey, out: &mut Vec<u8>
 /// Keeps the last four letters or digits and every separator; the rest become `*`. A value
 /// of four or fewer letters and digits is hidden whole.
 fn partial(text: &[u8], out: &mut Vec<u8>) {
+    if text.is_ascii() {
+        // The common case, byte by byte.
+        let significant = text.iter().filter(|b| b.is_ascii_alphanumeric()).count();
+        let keep_from = if significant <= 4 {
+            usize::MAX
+        } else {
+            significant - 4
+        };
+        let mut seen = 0usize;
+        out.extend(text.iter().map(|&b| {
+            if b.is_ascii_alphanumeric() {
+                seen += 1;
+                if seen > keep_from {
+                    b
+                } else {
+                    b'*'
+                }
+            } else {
+                b
+            }
+        }));
+        return;
+    }
     let Ok(s) = std::str::from_utf8(text) else {
         out.extend_from_slice(b"****");
         return;
@@ -192,18 +215,15 @@ fn partial(text: &[u8], out: &mut Vec<u8>) {
 /// (a sentence, a JSON document holding an address) is `****`: the domain is shown only
 /// when it is all that follows the `@`.
 fn email(text: &[u8], out: &mut Vec<u8>) {
-    let at = text.iter().position(|&b| b == b'@');
-    let one_address = text.iter().filter(|&&b| b == b'@').count() == 1
-        && text.len() <= 254
+    // One address alone: ASCII letters, digits and `._%+-`, one `@` not first.
+    let one_address = text.len() <= 254
         && text
             .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"._%+-@".contains(&b));
-    match (at, std::str::from_utf8(text)) {
-        (Some(at), Ok(s)) if at > 0 && one_address => {
-            if let Some(first) = s.chars().next() {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(first.encode_utf8(&mut buf).as_bytes());
-            }
+            .all(|&b| b.is_ascii_alphanumeric() || b"._%+-@".contains(&b))
+        && text.iter().filter(|&&b| b == b'@').count() == 1;
+    match (text.iter().position(|&b| b == b'@'), text.first()) {
+        (Some(at), Some(&first)) if at > 0 && one_address => {
+            out.push(first);
             out.extend_from_slice(b"***");
             out.extend_from_slice(text.get(at..).unwrap_or(b"@"));
         }

@@ -531,6 +531,7 @@ async fn serve(
             .as_ref()
             .map(|_| Masker::new(shared.mask_key.clone())),
         catalog: ctx.mask.as_ref().map(|c| c.snapshot()).unwrap_or_default(),
+        out: BytesMut::new(),
     };
     let reason = tokio::select! {
         r = front.run(&mut cr, &mut uw) => r,
@@ -1160,6 +1161,8 @@ struct BackendHalf<'a> {
     masker: Option<Masker>,
     /// The catalog the masker reads, refreshed at each result's description.
     catalog: Arc<weir_mask::Catalog>,
+    /// Rewritten messages (and the unchanged ones between them) waiting to be written.
+    out: BytesMut,
 }
 
 /// Who may see clear text, as this session's policy says.
@@ -1282,10 +1285,13 @@ impl BackendHalf<'_> {
             match replace {
                 None => kept += h.frame_len(),
                 Some(bytes) => {
-                    self.flush_prefix(cw, kept).await?;
+                    // Staged, not written: a masked result rewrites most rows, and one
+                    // write per row would cost more than the masking.
+                    let prefix = self.buf.split_to(kept);
+                    self.out.extend_from_slice(&prefix);
                     self.buf.advance(h.frame_len());
                     kept = 0;
-                    write(cw, &bytes).await?;
+                    self.out.extend_from_slice(&bytes);
                 }
             }
             if !due.is_empty() {
@@ -1327,11 +1333,20 @@ impl BackendHalf<'_> {
         Some(out.freeze())
     }
 
+    /// Writes what is staged, then the first `n` bytes of the read buffer (unchanged
+    /// messages, written from where they were read when nothing is staged).
     async fn flush_prefix<W: AsyncWrite + Unpin>(
         &mut self,
         cw: &mut W,
         n: usize,
     ) -> Result<(), Fatal> {
+        if !self.out.is_empty() {
+            let chunk = self.buf.split_to(n);
+            self.out.extend_from_slice(&chunk);
+            let result = write(cw, &self.out).await;
+            self.out.clear();
+            return result;
+        }
         if n == 0 {
             return Ok(());
         }

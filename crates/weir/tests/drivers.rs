@@ -23,6 +23,7 @@ fn run_client(g: &Gateway, program: &str, script: &str, sslmode: &str) {
         .env("WEIR_PASSWORD", ALICE_TOKEN)
         .env("WEIR_DB", "app")
         .env("WEIR_SSLMODE", sslmode)
+        .env("WEIR_MASKING", "1")
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program} (scripts/test installs it): {e}"));
     let text = format!("{}{}", stdout(&out), stderr(&out));

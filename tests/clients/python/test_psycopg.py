@@ -431,6 +431,37 @@ def error_passthrough():
 
 
 @check
+def masked_binary_results():
+    # Through Weir (WEIR_MASKING=1): sensitive columns come back masked, in binary format
+    # too, still valid for their types; a text column with an address inside is masked by
+    # content. Against a plain server this check only reports what it saw.
+    table = f"weir_mask_{PID}"
+    through_weir = os.environ.get("WEIR_MASKING") == "1"
+    with connect(autocommit=True) as conn:
+        conn.execute(sql.SQL(
+            "create table {} (id int, email text, card_number text, birth_date date, remark text)"
+        ).format(sql.Identifier(table)))
+        try:
+            conn.execute(
+                sql.SQL("insert into {} values (1, 'jane.doe@example.com', '4111 1111 1111 1111', "
+                        "'1984-02-29', 'write to omar@corp.example')").format(sql.Identifier(table))
+            )
+            with conn.cursor(binary=True) as cur:
+                cur.execute(sql.SQL("select id, email, card_number, birth_date, remark, upper(email) "
+                                    "from {} where id = %s").format(sql.Identifier(table)), (1,))
+                row = cur.fetchone()
+                expect(cur.pgresult.fformat(1) == 1, "email not in binary format")
+                if through_weir:
+                    expect_eq(row, (1, "j***@example.com", "**** **** **** 1111", None, "****",
+                                    "J***@EXAMPLE.COM"), "masked binary row")
+                    for value in row:
+                        expect("jane" not in str(value).lower() and "omar" not in str(value),
+                               f"clear value reached the client: {value!r}")
+        finally:
+            conn.execute(sql.SQL("drop table {}").format(sql.Identifier(table)))
+
+
+@check
 def ssl_status():
     # Reports (does not require) TLS; with WEIR_SSLMODE=require it must be on.
     with connect() as conn:
