@@ -406,3 +406,38 @@ when { resource.environment == "development" && ["email", "phone"].containsAny(c
     let alice = g.psql(&g.alice(), "SELECT email FROM customers WHERE id = 1;");
     assert_eq!(stdout(&alice).trim(), "j***@example.com");
 }
+
+#[test]
+fn ddl_reloads_the_catalog_and_notices_are_masked() {
+    let g = gateway("");
+    let tee = Tee::start(g.port);
+    let conn = tee.conninfo("alice", ALICE_TOKEN);
+    // A committed table whose column only its name can give away (the values look like
+    // nothing): once the rename commits, the next request sees the new catalog.
+    let out = g.psql(
+        &conn,
+        "CREATE TABLE logins (id int, answer text);
+INSERT INTO logins VALUES (1, 'blue-horse-battery');
+SELECT answer FROM logins;
+ALTER TABLE logins RENAME COLUMN answer TO password;
+SELECT password FROM logins;
+SELECT password::varchar(40) AS p FROM logins;
+DO $$ BEGIN RAISE NOTICE 'first customer: %', (SELECT email FROM customers WHERE id = 1); END $$;
+",
+    );
+    let so = stdout(&out);
+    let se = stderr(&out);
+    assert!(out.status.success(), "{se}");
+    let seen = tee.assert_clean();
+    // Before the rename the column was not sensitive; after it, it is, in any spelling.
+    assert!(
+        so.contains("blue-horse-battery\nALTER TABLE\n****\n****\n"),
+        "{so}"
+    );
+    assert_eq!(seen.matches("blue-horse-battery").count(), 1, "{seen}");
+    // A free-form message cannot be cut at the value's edges: it is withheld whole.
+    assert!(
+        se.contains("NOTICE:  (withheld by weir: this message quoted a sensitive value)"),
+        "{se}"
+    );
+}
