@@ -75,6 +75,35 @@ pub enum Event {
         target: String,
         reason: String,
     },
+    /// An approval request's life: `requested` (the statement waits), `approved` / `denied`
+    /// (by a person, before the decision takes effect), `auto_approved` (by policy),
+    /// `repeated` (ran on an earlier approval of the same statement, `rode_on`), `released`
+    /// (the gateway forwards the statement), `expired`, `cancelled`.
+    Approval {
+        id: String,
+        /// What happened (above); `decision` in search.
+        decision: String,
+        /// The identity whose statement waits.
+        identity: String,
+        target: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        session: Option<u64>,
+        /// Who decided.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+        /// The statement (as the trail keeps statements) and its fingerprint, on `requested`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sql: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<String>,
+        /// For `repeated`: the approval this run rode on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rode_on: Option<String>,
+    },
     /// Token and policy administration.
     Admin {
         actor: String,

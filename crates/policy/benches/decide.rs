@@ -32,7 +32,7 @@ const STATEMENTS: &[(&str, &str)] = &[
 ];
 
 fn decide(c: &mut Criterion) {
-    let policy = Policy::load(true, "weir-admins", &[]).unwrap();
+    let policy = Policy::load(true, "weir-admins", &[], &[]).unwrap();
     let who = Identity {
         name: "alice".into(),
         kind: IdentityKind::Human,

@@ -48,6 +48,11 @@ pub struct Engine {
     /// What decides `unmask`: every forbid, and only the permits that name `unmask` in
     /// their action scope — a blanket permit must not show clear text.
     unmask_policies: PolicySet,
+    /// What decides `approve` and `auto_approve`: only the policies, permits and forbids,
+    /// that name the action in their scope. A rule about statements (`forbid(principal,
+    /// action, resource) when { … }`) is not a rule about who approves them.
+    approve_policies: PolicySet,
+    auto_approve_policies: PolicySet,
     meta: HashMap<PolicyId, Meta>,
     schema: Schema,
     authorizer: Authorizer,
@@ -73,6 +78,7 @@ impl Engine {
     pub fn load(
         defaults: bool,
         admin_group: &str,
+        approvers: &[String],
         files: &[PathBuf],
     ) -> Result<Engine, PolicyError> {
         let (schema, _) = Schema::from_cedarschema_str(SCHEMA)
@@ -80,9 +86,21 @@ impl Engine {
         let mut sources: Vec<(String, String)> = Vec::new();
         if defaults {
             let admin = admin_group.replace('\\', "\\\\").replace('"', "\\\"");
+            let quote = |g: &str| g.replace('\\', "\\\\").replace('"', "\\\"");
+            let approvers = if approvers.is_empty() {
+                format!("principal in Weir::Group::\"{admin}\"")
+            } else {
+                approvers
+                    .iter()
+                    .map(|g| format!("principal in Weir::Group::\"{}\"", quote(g)))
+                    .collect::<Vec<_>>()
+                    .join(" || ")
+            };
             sources.push((
                 "<built-in defaults>".into(),
-                DEFAULTS.replace("__ADMIN_GROUP__", &admin),
+                DEFAULTS
+                    .replace("__ADMIN_GROUP__", &admin)
+                    .replace("__APPROVERS__", &approvers),
             ));
         }
         for f in files {
@@ -166,9 +184,29 @@ impl Engine {
                     .map_err(|e| PolicyError::Load(e.to_string()))?;
             }
         }
+        let naming = |action: &str| -> Result<PolicySet, PolicyError> {
+            let uid = uid("Action", action)?;
+            let mut set = PolicySet::new();
+            for p in policies.policies() {
+                let names = match p.action_constraint() {
+                    ActionConstraint::Any => false,
+                    ActionConstraint::Eq(a) => a == uid,
+                    ActionConstraint::In(list) => list.contains(&uid),
+                };
+                if names {
+                    set.add(p.clone())
+                        .map_err(|e| PolicyError::Load(e.to_string()))?;
+                }
+            }
+            Ok(set)
+        };
+        let approve_policies = naming("approve")?;
+        let auto_approve_policies = naming("auto_approve")?;
         Ok(Engine {
             policies,
             unmask_policies,
+            approve_policies,
+            auto_approve_policies,
             meta,
             schema,
             authorizer: Authorizer::new(),
@@ -353,6 +391,67 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Whether an approval is given: `approver` approving `request` (action `approve`), or
+    /// policy approving it on its own for the requester (action `auto_approve`, with the
+    /// requester's entities as `approver`). Only policies naming the action count; any
+    /// failure is a no.
+    pub fn may_approve(
+        &self,
+        approver: &SessionEntities,
+        request: &ApprovalFacts<'_>,
+        auto: bool,
+    ) -> bool {
+        let (name, set) = if auto {
+            ("auto_approve", &self.auto_approve_policies)
+        } else {
+            ("approve", &self.approve_policies)
+        };
+        let Ok(action) = uid("Action", name) else {
+            return false;
+        };
+        let mut pairs = context_pairs(request.facts, false, request.sensitivity);
+        for (k, v) in pairs.iter_mut() {
+            match k.as_str() {
+                "requester" => *v = RestrictedExpression::new_string(request.requester.into()),
+                "requester_kind" => {
+                    *v = RestrictedExpression::new_string(request.requester_kind.into())
+                }
+                "rule" => *v = RestrictedExpression::new_string(request.rule.into()),
+                "self_approval" => *v = RestrictedExpression::new_bool(request.self_approval),
+                _ => {}
+            }
+        }
+        let Ok(context) = Context::from_pairs(pairs) else {
+            return false;
+        };
+        let Ok(req) = Request::new(
+            approver.principal.clone(),
+            action,
+            approver.resource.clone(),
+            context,
+            None,
+        ) else {
+            return false;
+        };
+        let response = self.authorizer.is_authorized(&req, set, &approver.entities);
+        response.diagnostics().errors().next().is_none()
+            && response.decision() == CedarDecision::Allow
+    }
+}
+
+/// What an approver's decision is about: the request's statement and who asked.
+pub struct ApprovalFacts<'a> {
+    pub facts: &'a StatementFacts,
+    pub sensitivity: &'a [String],
+    pub requester: &'a str,
+    pub requester_kind: &'a str,
+    /// The rule that asked for approval.
+    pub rule: &'a str,
+    /// The approver is the requester.
+    pub self_approval: bool,
+}
+
 /// Per-session entities, built once at connect.
 pub struct SessionEntities {
     principal: EntityUid,
@@ -444,6 +543,19 @@ fn context_pairs(
             RestrictedExpression::new_string(String::new()),
         ),
         ("column_tags".to_owned(), strings(std::iter::empty())),
+        (
+            "requester".to_owned(),
+            RestrictedExpression::new_string(String::new()),
+        ),
+        (
+            "requester_kind".to_owned(),
+            RestrictedExpression::new_string(String::new()),
+        ),
+        (
+            "rule".to_owned(),
+            RestrictedExpression::new_string(String::new()),
+        ),
+        b("self_approval", false),
     ]
 }
 

@@ -15,7 +15,7 @@ use weir_analyze::{Analysis, Scope, StatementFacts};
 
 pub mod cedar;
 
-pub use cedar::PolicyError;
+pub use cedar::{ApprovalFacts, PolicyError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentityKind {
@@ -182,13 +182,21 @@ impl Policy {
     }
 
     /// Loads and validates the policy set. Errors name the file and line.
+    /// `approvers`: the groups the built-in `weir.approvers` rule lets approve (the admin
+    /// group when empty).
     pub fn load(
         defaults: bool,
         admin_group: &str,
+        approvers: &[String],
         files: &[PathBuf],
     ) -> Result<Policy, PolicyError> {
         Ok(Policy {
-            engine: Some(cedar::Engine::load(defaults, admin_group, files)?),
+            engine: Some(cedar::Engine::load(
+                defaults,
+                admin_group,
+                approvers,
+                files,
+            )?),
             trusted_functions: Default::default(),
         })
     }
@@ -223,6 +231,21 @@ impl Policy {
             }
         }
         engine.may_unmask(entities, column, &tags)
+    }
+
+    /// Whether `approver` (a session built for the approver's identity on the request's
+    /// target) may approve the request, or — with `auto` and the requester's session — whether
+    /// policy approves it without asking. Without a policy engine, nobody approves.
+    pub fn may_approve(
+        &self,
+        approver: &PolicySession,
+        request: &ApprovalFacts<'_>,
+        auto: bool,
+    ) -> bool {
+        match (&self.engine, &approver.entities) {
+            (Some(engine), Some(entities)) => engine.may_approve(entities, request, auto),
+            _ => false,
+        }
     }
 
     /// Decides every statement of an analyzed text, in the session's scope. The decision

@@ -50,7 +50,7 @@ fn outcome(
 
 #[test]
 fn default_policy_cases() {
-    let policy = Policy::load(true, "weir-admins", &[]).unwrap();
+    let policy = Policy::load(true, "weir-admins", &[], &[]).unwrap();
     let analyzer = Analyzer::new();
     let dev = who("alice", IdentityKind::Human, &["developers"]);
     let agent = who("claude", IdentityKind::Agent, &["agents"]);
@@ -329,7 +329,7 @@ fn default_policy_cases() {
 
 #[test]
 fn every_statement_of_a_multi_statement_string_is_decided() {
-    let policy = Policy::load(true, "weir-admins", &[]).unwrap();
+    let policy = Policy::load(true, "weir-admins", &[], &[]).unwrap();
     let analyzer = Analyzer::new();
     let dev = who("alice", IdentityKind::Human, &[]);
     let got = outcome(
@@ -372,13 +372,13 @@ fn an_invalid_policy_names_file_and_line() {
         "// ok\n\npermit(principal, action, resource)\nwhen { context.no_such_fact };\n",
     )
     .unwrap();
-    let err = Policy::load(true, "a", std::slice::from_ref(&bad))
+    let err = Policy::load(true, "a", &[], std::slice::from_ref(&bad))
         .err()
         .unwrap()
         .to_string();
     assert!(err.contains("bad.cedar:4"), "{err}");
     std::fs::write(&bad, "permit(principal, action, resource)\nwhen { ;\n").unwrap();
-    let err = Policy::load(true, "a", std::slice::from_ref(&bad))
+    let err = Policy::load(true, "a", &[], std::slice::from_ref(&bad))
         .err()
         .unwrap()
         .to_string();
@@ -400,7 +400,7 @@ forbid(principal, action, resource) when { principal.kind == "agent" && context.
 "#,
     )
     .unwrap();
-    let policy = Policy::load(true, "weir-admins", &[f]).unwrap();
+    let policy = Policy::load(true, "weir-admins", &[], &[f]).unwrap();
     let analyzer = Analyzer::new();
     let dev = who("alice", IdentityKind::Human, &[]);
     let agent = who("claude", IdentityKind::Agent, &[]);
@@ -453,7 +453,7 @@ fn clear_text_needs_a_permit_that_names_unmask() {
     };
 
     // The defaults: nobody, anywhere — the baseline permit does not count.
-    let defaults = Policy::load(true, "weir-admins", &[]).unwrap();
+    let defaults = Policy::load(true, "weir-admins", &[], &[]).unwrap();
     for env in ["production", "development"] {
         assert!(!may(
             &defaults,
@@ -487,7 +487,7 @@ when { context.column_tags.contains("card") };
 "#,
     )
     .unwrap();
-    let policy = Policy::load(true, "weir-admins", &[f]).unwrap();
+    let policy = Policy::load(true, "weir-admins", &[], &[f]).unwrap();
     assert!(may(
         &policy,
         &alice,

@@ -3,11 +3,13 @@
 //! query.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_wire::startup::StartupPacket;
+
+use crate::approvals::CancelSignal;
 
 #[derive(Debug, Clone)]
 pub struct UpstreamKey {
@@ -20,6 +22,9 @@ pub struct UpstreamKey {
 struct Entry {
     secret: [u8; 4],
     upstream: UpstreamKey,
+    /// Fired with every matching cancel: a statement waiting for approval has not reached
+    /// the upstream, so only Weir can cancel it.
+    signal: Arc<CancelSignal>,
 }
 
 #[derive(Default)]
@@ -37,7 +42,7 @@ struct Maps {
 
 impl CancelRegistry {
     /// Issues a fresh key for a session; returns (process id, secret).
-    pub fn register(&self, upstream: UpstreamKey) -> (i32, [u8; 4]) {
+    pub fn register(&self, upstream: UpstreamKey, signal: Arc<CancelSignal>) -> (i32, [u8; 4]) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let mut raw = [0u8; 8];
@@ -54,7 +59,14 @@ impl CancelRegistry {
             let secret = [e, f, g, h];
             map.by_upstream
                 .insert((upstream.addr.clone(), upstream.process_id), pid);
-            map.by_pid.insert(pid, Entry { secret, upstream });
+            map.by_pid.insert(
+                pid,
+                Entry {
+                    secret,
+                    upstream,
+                    signal,
+                },
+            );
             return (pid, secret);
         }
     }
@@ -75,7 +87,9 @@ impl CancelRegistry {
             .copied()
     }
 
-    pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<UpstreamKey> {
+    /// The session a cancel request names, if its secret matches: its upstream key and its
+    /// cancel signal.
+    pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<(UpstreamKey, Arc<CancelSignal>)> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let entry = map.by_pid.get(&pid)?;
         if entry.secret == [0; 4] || secret.len() != 4 {
@@ -86,7 +100,7 @@ impl CancelRegistry {
             .iter()
             .zip(secret.iter())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y));
-        (diff == 0).then(|| entry.upstream.clone())
+        (diff == 0).then(|| (entry.upstream.clone(), Arc::clone(&entry.signal)))
     }
 }
 

@@ -5,6 +5,7 @@
 //! `weir-analyze` to analyze, `weir-policy` to decide, `weir-mask` to transform results,
 //! `weir-audit` for the events it hands to an [`audit::AuditSink`].
 
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod cancel;
@@ -54,6 +55,8 @@ pub struct Shared {
     pub policy: Policy,
     pub audit: Arc<dyn AuditSink>,
     pub cancels: CancelRegistry,
+    /// Approval requests with a waiting client, and the store they live in.
+    pub approvals: Arc<approvals::Approvals>,
     pub tls_acceptor: tokio_rustls::TlsAcceptor,
     /// Client TLS configuration per target name (None: plain TCP).
     pub upstream_tls: HashMap<String, Option<Arc<rustls::ClientConfig>>>,
@@ -102,8 +105,17 @@ impl Gateway {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| GatewayError::Bind { addr, source })?;
+        let clock = weir_store::Clock::from_env();
+        if clock.is_controlled() {
+            warn!(
+                file = ?std::env::var_os(weir_store::clock::CLOCK_FILE_ENV),
+                "the gateway's clock is offset by a file (WEIR_CLOCK_FILE): for tests only"
+            );
+        }
+        let approvals = Arc::new(approvals::Approvals::new(Arc::clone(&store), clock));
         let shared = Arc::new(Shared {
             auth: Authenticator::new(&config, store),
+            approvals,
             config,
             analyzer: weir_analyze::Analyzer::new(),
             policy,
@@ -131,6 +143,7 @@ impl Gateway {
                 return;
             }
         };
+        let watcher = tokio::spawn(Arc::clone(&self.shared.approvals).run());
         let mut next = 0usize;
         let max = self.shared.config.gateway.max_connections;
         let slots = Arc::new(Semaphore::new(max));
@@ -185,6 +198,7 @@ impl Gateway {
             );
             tasks.shutdown().await;
         }
+        watcher.abort();
         workers.stop();
     }
 }

@@ -32,6 +32,7 @@ use weir_wire::frontend::{Message as Frontend, Target as DescribeTarget};
 use weir_wire::startup::StartupPacket;
 use weir_wire::Header;
 
+use crate::approvals::{CancelSignal, Outcome};
 use crate::cancel::UpstreamKey;
 use crate::catalog::CatalogCache;
 use crate::io::{read_frame, FrameError};
@@ -55,6 +56,11 @@ struct Inbox {
     queue: std::sync::Mutex<VecDeque<Entry>>,
     in_flight: std::sync::atomic::AtomicUsize,
     space: Notify,
+    /// Messages for the client that answer no server message (the notice that a statement
+    /// waits for approval), and the wake-up for the backend half, which may be waiting on
+    /// the server.
+    to_client: std::sync::Mutex<Vec<Bytes>>,
+    to_client_ready: Notify,
 }
 
 impl Inbox {
@@ -81,6 +87,19 @@ impl Inbox {
             }
             space.await;
         }
+    }
+
+    /// Queues a message for the client, written between two whole server messages.
+    fn tell_client(&self, frame: Bytes) {
+        self.to_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(frame);
+        self.to_client_ready.notify_one();
+    }
+
+    fn take_for_client(&self) -> Vec<Bytes> {
+        std::mem::take(&mut *self.to_client.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn completed(&self) {
@@ -197,7 +216,8 @@ async fn startup(
                 process_id,
                 secret_key,
             } => {
-                if let Some(key) = shared.cancels.lookup(process_id, &secret_key) {
+                if let Some((key, signal)) = shared.cancels.lookup(process_id, &secret_key) {
+                    signal.fire();
                     if let Err(e) = crate::cancel::send_cancel(&key).await {
                         warn!(cause = %e, "could not forward a cancel request");
                     }
@@ -392,9 +412,11 @@ async fn authenticate(
         process_id: upstream.process_id,
         secret_key: upstream.secret_key.clone(),
     };
-    let (pid, secret) = shared.cancels.register(key);
+    let cancel = Arc::new(CancelSignal::default());
+    let (pid, secret) = shared.cancels.register(key, Arc::clone(&cancel));
     let result = serve(
-        client, buf, upstream, *minor, params, pid, secret, identity, target, peer, session, shared,
+        client, buf, upstream, *minor, params, pid, secret, identity, target, peer, session,
+        shared, cancel,
     )
     .await;
     shared.cancels.unregister(pid);
@@ -426,6 +448,7 @@ async fn serve(
     peer: SocketAddr,
     session: u64,
     shared: &Arc<Shared>,
+    cancel: Arc<CancelSignal>,
 ) -> Result<(), Fatal> {
     let mut out = BytesMut::new();
     Backend::Authentication(Authentication::Ok).encode(&mut out);
@@ -502,6 +525,7 @@ async fn serve(
         full_text: shared.config.audit.full_text_targets.contains(&target.name),
         target: target.clone(),
         shared: Arc::clone(shared),
+        cancel,
     };
     let upstream::Upstream {
         stream: up,
@@ -577,6 +601,8 @@ struct Context {
     /// not normalized.
     full_text: bool,
     shared: Arc<Shared>,
+    /// Fired by the client's cancel requests.
+    cancel: Arc<CancelSignal>,
 }
 
 /// A statement that a request carries, for the audit record.
@@ -618,6 +644,32 @@ struct FrontendHalf<'a> {
     /// changes it. Becomes `scope` if the request is forwarded; dropped if it is denied.
     pending_scope: Option<Scope>,
     requests: &'a AtomicU64,
+    /// A request waiting for approval: decided and recorded, its messages still in `batch`
+    /// and `ops`, not forwarded. The run loop waits for it before it takes more input.
+    held: Option<Held>,
+}
+
+/// A request that waits for an approver.
+struct Held {
+    request: u64,
+    items: Vec<Item>,
+    next_scope: Option<Scope>,
+    end: BatchEnd,
+    approval: String,
+    deadline_ms: u64,
+    /// The session's cancel count before the request was recorded: a cancel after it (even
+    /// one that arrives before the wait begins) withdraws the request.
+    cancels_before: u64,
+}
+
+/// What asking for approval came to.
+enum Ask {
+    /// Run it: an earlier approval of the same statement covers it, or policy approved it.
+    Go,
+    /// Recorded as request `id`; the client waits.
+    Wait { id: String, deadline_ms: u64 },
+    /// It cannot be asked (the store or the trail failed): refuse with this error.
+    Refuse(Fields),
 }
 
 impl<'a> FrontendHalf<'a> {
@@ -642,6 +694,7 @@ impl<'a> FrontendHalf<'a> {
             scope,
             pending_scope: None,
             requests,
+            held: None,
         }
     }
 
@@ -667,6 +720,19 @@ impl<'a> FrontendHalf<'a> {
                         })?;
                     }
                     return Ok("client terminated");
+                }
+                if let Some(held) = self.held.take() {
+                    // Earlier requests go now; this one waits for its approver.
+                    uw.write_all(&out).await.map_err(|e| {
+                        Fatal::new("08006", format!("weir: upstream write failed: {e}"))
+                    })?;
+                    out.clear();
+                    if !self.wait_for_approval(held, cr, &mut out).await? {
+                        let mut term = BytesMut::new();
+                        Frontend::Terminate.encode(&mut term);
+                        let _ = uw.write_all(&term).await;
+                        return Ok("client disconnected while waiting for approval");
+                    }
                 }
                 if self.inbox.is_full() {
                     // A client pipelining faster than it reads: forward what is queued, then
@@ -1055,34 +1121,7 @@ impl<'a> FrontendHalf<'a> {
 
         match &verdict {
             Verdict::Allow | Verdict::AllowBounded { .. } => {
-                if let Some(scope) = next_scope {
-                    // Forwarded: the session now has the scope its statements made.
-                    self.scope = scope;
-                    self.decisions.clear();
-                }
-                let ops = std::mem::take(&mut self.ops);
-                let mut pending = Pending::new(id, ops);
-                if let Some(cache) = &self.ctx.mask {
-                    // The catalog must know the tables this request reads before any of
-                    // its results arrive. On failure the previous catalog stays, and what
-                    // it does not know is masked.
-                    if let Err(e) = cache.ensure(shared, &self.ctx.target).await {
-                        warn!(cause = %e, "cannot load the masking catalog; unknown relations are masked");
-                    }
-                    pending.decision = items.first().map(|i| Arc::clone(&i.decision));
-                }
-                pending.ddl = items.iter().any(|i| {
-                    i.decision.analysis.statements.iter().any(|f| {
-                        matches!(
-                            f.kind,
-                            weir_analyze::StatementKind::Ddl | weir_analyze::StatementKind::Drop
-                        )
-                    })
-                });
-                self.send(Entry::Request(pending));
-                out.extend_from_slice(&self.batch);
-                self.batch.clear();
-                Ok(())
+                self.forward(id, &items, next_scope, out).await
             }
             Verdict::Deny { rule, reason } => {
                 let fields = Fields::new(
@@ -1095,16 +1134,419 @@ impl<'a> FrontendHalf<'a> {
                 self.deny_now(out, fields, end).await
             }
             Verdict::RequireApproval { rule, reason } => {
-                let fields = Fields::new(
+                let cancels_before = self.ctx.cancel.count();
+                match self.ask_approval(id, &items, rule, reason).await {
+                    Ask::Go => self.forward(id, &items, next_scope, out).await,
+                    Ask::Wait {
+                        id: approval,
+                        deadline_ms,
+                    } => {
+                        self.held = Some(Held {
+                            request: id,
+                            items,
+                            next_scope,
+                            end,
+                            approval,
+                            deadline_ms,
+                            cancels_before,
+                        });
+                        Ok(())
+                    }
+                    Ask::Refuse(fields) => {
+                        self.batch.clear();
+                        self.ops.clear();
+                        self.deny_now(out, fields, end).await
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forwards a decided, recorded request: its entry goes to the backend half first, then
+    /// its bytes into `out`.
+    async fn forward(
+        &mut self,
+        id: u64,
+        items: &[Item],
+        next_scope: Option<Scope>,
+        out: &mut BytesMut,
+    ) -> Result<(), Fatal> {
+        let shared = &self.ctx.shared;
+        if let Some(scope) = next_scope {
+            // Forwarded: the session now has the scope its statements made.
+            self.scope = scope;
+            self.decisions.clear();
+        }
+        let ops = std::mem::take(&mut self.ops);
+        let mut pending = Pending::new(id, ops);
+        if let Some(cache) = &self.ctx.mask {
+            // The catalog must know the tables this request reads before any of
+            // its results arrive. On failure the previous catalog stays, and what
+            // it does not know is masked.
+            if let Err(e) = cache.ensure(shared, &self.ctx.target).await {
+                warn!(cause = %e, "cannot load the masking catalog; unknown relations are masked");
+            }
+            pending.decision = items.first().map(|i| Arc::clone(&i.decision));
+        }
+        pending.ddl = items.iter().any(|i| {
+            i.decision.analysis.statements.iter().any(|f| {
+                matches!(
+                    f.kind,
+                    weir_analyze::StatementKind::Ddl | weir_analyze::StatementKind::Drop
+                )
+            })
+        });
+        self.send(Entry::Request(pending));
+        out.extend_from_slice(&self.batch);
+        self.batch.clear();
+        Ok(())
+    }
+
+    /// The text and fingerprint an approval is for: the request's statements as the trail
+    /// keeps them, and their fingerprint (combined when the request holds several).
+    fn approval_subject(&self, items: &[Item]) -> (String, String) {
+        let sql: Vec<&str> = items
+            .iter()
+            .map(|i| {
+                if self.ctx.full_text {
+                    &*i.decision.analysis.sql
+                } else {
+                    &*i.decision.analysis.normalized
+                }
+            })
+            .collect();
+        let fingerprint = match items {
+            [one] => one.decision.analysis.fingerprint,
+            many => many.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, i| {
+                (h ^ i.decision.analysis.fingerprint).wrapping_mul(0x0100_0000_01b3)
+            }),
+        };
+        (sql.join("; "), format!("{fingerprint:016x}"))
+    }
+
+    fn approval_event(&self, id: &str, decision: &str) -> Event {
+        Event::Approval {
+            id: id.to_owned(),
+            decision: decision.to_owned(),
+            identity: self.ctx.identity.name.clone(),
+            target: self.ctx.target_name.to_string(),
+            session: Some(self.ctx.session),
+            by: None,
+            rule: None,
+            note: None,
+            sql: None,
+            fingerprint: None,
+            rode_on: None,
+        }
+    }
+
+    /// A request that policy says needs approval: runs on an earlier approval of the same
+    /// statement (within `[approvals] auto_repeat_window`), or on policy's own approval
+    /// (`auto_approve`), or is recorded for approvers to decide.
+    async fn ask_approval(
+        &mut self,
+        request: u64,
+        items: &[Item],
+        rule: &str,
+        reason: &str,
+    ) -> Ask {
+        let shared = &self.ctx.shared;
+        let approvals = &shared.approvals;
+        let cfg = &shared.config.approvals;
+        let refuse = |what: &str, e: &dyn std::fmt::Display| {
+            warn!(cause = %e, "{what}");
+            Ask::Refuse(Fields::new(
+                "ERROR",
+                "58000",
+                &format!("weir: the statement needs approval ({rule}), and {what}: {e}"),
+            ))
+        };
+        let (sql, fingerprint) = self.approval_subject(items);
+        let now = approvals.clock().now_ms();
+        let window = u64::try_from(cfg.auto_repeat_window.as_millis()).unwrap_or(u64::MAX);
+
+        // 1. The same statement approved for the same identity and target, recently.
+        if window > 0 {
+            let (who, target, fp) = (
+                self.ctx.identity.name.clone(),
+                self.ctx.target_name.to_string(),
+                fingerprint.clone(),
+            );
+            let since = now.saturating_sub(window);
+            match approvals
+                .with_store(move |s| s.recent_approval(&who, &target, &fp, since))
+                .await
+            {
+                Ok(Some(earlier)) => {
+                    let mut e = self.approval_event(&earlier.id, "repeated");
+                    if let Event::Approval {
+                        rode_on,
+                        rule: r,
+                        fingerprint: f,
+                        ..
+                    } = &mut e
+                    {
+                        *rode_on = Some(earlier.id.clone());
+                        *r = Some(rule.to_owned());
+                        *f = Some(fingerprint.clone());
+                    }
+                    return match shared.audit.append(e).wait().await {
+                        Ok(()) => Ask::Go,
+                        Err(e) => refuse("it could not be recorded", &e),
+                    };
+                }
+                Ok(None) => {}
+                Err(e) => return refuse("the approval store cannot be read", &e),
+            }
+        }
+
+        // 2. Policy approving on its own.
+        let facts = items
+            .iter()
+            .find(|i| matches!(i.decision.overall(), Verdict::RequireApproval { .. }))
+            .and_then(|i| {
+                i.decision
+                    .verdicts
+                    .iter()
+                    .position(|v| matches!(v, Verdict::RequireApproval { .. }))
+                    .and_then(|k| i.decision.analysis.statements.get(k))
+            });
+        let auto = facts.is_some_and(|facts| {
+            shared.policy.may_approve(
+                &self.ctx.policy,
+                &weir_policy::ApprovalFacts {
+                    facts,
+                    sensitivity: &[],
+                    requester: &self.ctx.identity.name,
+                    requester_kind: self.ctx.identity.kind.as_str(),
+                    rule,
+                    self_approval: true,
+                },
+                true,
+            )
+        });
+
+        // 3. A request: recorded in the trail before anyone can see it.
+        let id = crate::approvals::new_id();
+        let timeout = u64::try_from(cfg.timeout.as_millis()).unwrap_or(u64::MAX);
+        // `timeout = "0s"`: nobody waits. The request stays open for the auto-repeat window,
+        // and the client's next run of the statement rides on its approval.
+        let waits = timeout > 0 && !auto;
+        let deadline_ms = now.saturating_add(if timeout > 0 { timeout } else { window });
+        let mut requested =
+            self.approval_event(&id, if auto { "auto_approved" } else { "requested" });
+        if let Event::Approval {
+            rule: r,
+            note,
+            sql: q,
+            fingerprint: f,
+            by,
+            ..
+        } = &mut requested
+        {
+            *r = Some(rule.to_owned());
+            *note = Some(reason.to_owned());
+            *q = Some(sql.clone());
+            *f = Some(fingerprint.clone());
+            if auto {
+                *by = Some("policy".into());
+            }
+        }
+        if let Err(e) = shared.audit.append(requested).wait().await {
+            return refuse("the request could not be recorded", &e);
+        }
+        let new = weir_store::NewApproval {
+            id: id.clone(),
+            created_ms: now,
+            deadline_ms,
+            identity: self.ctx.identity.name.clone(),
+            identity_kind: self.ctx.identity.kind.as_str().to_owned(),
+            target: self.ctx.target_name.to_string(),
+            session: self.ctx.session,
+            fingerprint,
+            statement: sql,
+            rule: rule.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if let Err(e) = approvals.create(new).await {
+            return refuse("the approval request could not be stored", &e);
+        }
+        if auto {
+            return match approvals
+                .settle(&id, weir_store::ApprovalStatus::Approved, "policy")
+                .await
+            {
+                Ok(Some((true, _))) => Ask::Go,
+                Ok(_) => refuse("the automatic approval did not take", &id),
+                Err(e) => refuse("the automatic approval could not be stored", &e),
+            };
+        }
+        if !waits {
+            return Ask::Refuse(Fields::new(
+                "ERROR",
+                "42501",
+                &format!(
+                    "weir: denied by {rule}: approval required: {reason} (request {id}: once it is approved, run the statement again within {})",
+                    humantime::format_duration(cfg.auto_repeat_window)
+                ),
+            ));
+        }
+        info!(approval = %id, request, rule, "statement waits for approval");
+        Ask::Wait { id, deadline_ms }
+    }
+
+    /// Waits for the held request's outcome, then forwards it or its refusal. Meanwhile the
+    /// client's bytes are read (and kept) so that a client that goes away is noticed, and a
+    /// cancel request withdraws the wait. Returns false when the client went away.
+    async fn wait_for_approval<R: AsyncRead + Unpin>(
+        &mut self,
+        held: Held,
+        cr: &mut R,
+        out: &mut BytesMut,
+    ) -> Result<bool, Fatal> {
+        let shared = Arc::clone(&self.ctx.shared);
+        let approvals = &shared.approvals;
+        let id = held.approval.clone();
+        let rule = match held
+            .items
+            .iter()
+            .map(|i| i.decision.overall())
+            .max_by_key(|v| v.severity())
+        {
+            Some(Verdict::RequireApproval { rule, reason }) => format!("{rule}: {reason}"),
+            _ => String::new(),
+        };
+        self.inbox.tell_client(
+            Backend::notice(
+                Fields::new(
+                    "NOTICE",
+                    "00000",
+                    &format!("weir: waiting for approval of request {id} ({rule})"),
+                )
+                .with(
+                    b'H',
+                    &format!(
+                        "an approver runs: weir approve {id} --config <weir.toml> --as <name>"
+                    ),
+                ),
+            )
+            .freeze(),
+        );
+        let since = held.cancels_before;
+        let mut rx = approvals.watch(&id, held.deadline_ms);
+        let max = shared.config.gateway.max_message_size;
+        let mut client_open = true;
+        let outcome = loop {
+            tokio::select! {
+                r = &mut rx => break r.unwrap_or_else(|_| Outcome::Failed("the approval watcher stopped".into())),
+                () = self.ctx.cancel.fired_since(since) => {
+                    approvals.forget(&id);
+                    break self.withdraw(&id).await;
+                }
+                n = read_more(cr, &mut self.buf), if client_open && self.buf.len() <= max => {
+                    match n {
+                        Ok(0) | Err(_) => {
+                            approvals.forget(&id);
+                            client_open = false;
+                            break self.withdraw(&id).await;
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            }
+        };
+        let mut fields = None;
+        let mut event = self.approval_event(&id, "released");
+        match &outcome {
+            Outcome::Approved { by } => {
+                if let Event::Approval { by: b, .. } = &mut event {
+                    *b = Some(by.clone());
+                }
+            }
+            Outcome::Denied { by, note } => {
+                fields = Some(Fields::new(
                     "ERROR",
                     "42501",
-                    &format!("weir: denied by {rule}: approval required: {reason}"),
-                )
-                .with(b'H', "approvals are not enabled on this gateway yet; ask an operator to run the statement");
+                    &format!(
+                        "weir: approval request {id} was denied by {by}: {}",
+                        note.as_deref().unwrap_or("no reason given")
+                    ),
+                ));
+            }
+            Outcome::Expired => {
+                event = self.approval_event(&id, "expired");
+                fields = Some(Fields::new(
+                    "ERROR",
+                    "42501",
+                    &format!(
+                        "weir: approval request {id} timed out: nobody approved it within {}",
+                        humantime::format_duration(shared.config.approvals.timeout)
+                    ),
+                ));
+            }
+            Outcome::Cancelled => {
+                event = self.approval_event(&id, "cancelled");
+                fields = Some(
+                    Fields::new("ERROR", "57014", "canceling statement due to user request")
+                        .with(b'D', &format!("weir: approval request {id} was withdrawn")),
+                );
+            }
+            Outcome::Failed(e) => {
+                fields = Some(Fields::new(
+                    "ERROR",
+                    "58000",
+                    &format!("weir: approval request {id} cannot be followed, so the statement does not run: {e}"),
+                ));
+            }
+        }
+        // Denials were recorded by whoever denied; everything else is recorded here, before
+        // the statement runs or its refusal goes out.
+        let recorded = if matches!(outcome, Outcome::Denied { .. } | Outcome::Failed(_)) {
+            Ok(())
+        } else {
+            shared.audit.append(event).wait().await
+        };
+        if let Err(e) = recorded {
+            fields = Some(Fields::new(
+                "ERROR",
+                "58000",
+                &format!("weir: the statement was not run because it could not be recorded in the audit trail ({e})"),
+            ));
+        }
+        if !client_open {
+            return Ok(false);
+        }
+        match fields {
+            None => {
+                info!(approval = %id, "approved; forwarding");
+                self.forward(held.request, &held.items, held.next_scope, out)
+                    .await?;
+            }
+            Some(fields) => {
                 self.batch.clear();
                 self.ops.clear();
-                self.deny_now(out, fields, end).await
+                self.deny_now(out, fields, held.end).await?;
             }
+        }
+        Ok(true)
+    }
+
+    /// Withdraws a waiting request (the client cancelled or left). If a decision won the race,
+    /// the client still asked to stop: the statement does not run either way.
+    async fn withdraw(&self, id: &str) -> Outcome {
+        match self
+            .ctx
+            .shared
+            .approvals
+            .settle(
+                id,
+                weir_store::ApprovalStatus::Cancelled,
+                &self.ctx.identity.name,
+            )
+            .await
+        {
+            Ok(_) => Outcome::Cancelled,
+            Err(e) => Outcome::Failed(e.to_string()),
         }
     }
 
@@ -1187,9 +1629,19 @@ impl BackendHalf<'_> {
         let mut due: Vec<Due> = Vec::new();
         loop {
             self.process(cw, max, &mut due).await?;
-            let n = read_more(ur, &mut self.buf)
-                .await
-                .map_err(|e| Fatal::new("08006", format!("weir: upstream read failed: {e}")))?;
+            // `process` wrote every whole message it had, so a message of Weir's own can go
+            // out now without splitting one of the server's.
+            let n = tokio::select! {
+                biased;
+                r = read_more(ur, &mut self.buf) => r,
+                () = self.inbox.to_client_ready.notified() => {
+                    for frame in self.inbox.take_for_client() {
+                        write(cw, &frame).await?;
+                    }
+                    continue;
+                }
+            }
+            .map_err(|e| Fatal::new("08006", format!("weir: upstream read failed: {e}")))?;
             if n == 0 {
                 return Err(Fatal::new(
                     "08006",
@@ -1222,6 +1674,10 @@ impl BackendHalf<'_> {
         self.drain_entries(due);
         // `kept` is the length of the prefix of `buf` that goes out unchanged.
         let mut kept = 0usize;
+        // Room the incomplete frame at the end still needs. Reserved only once the prefix
+        // before it is written: reserving while the buffer still holds it would grow the
+        // allocation by the prefix every time (it doubled up to tens of MiB on large results).
+        let mut need = 0usize;
         loop {
             let rest = self.buf.get(kept..).unwrap_or(&[]);
             let Some(h) = Header::parse(rest, max).map_err(|e| {
@@ -1231,7 +1687,7 @@ impl BackendHalf<'_> {
                 break;
             };
             if rest.len() < h.frame_len() {
-                self.buf.reserve(h.frame_len() - rest.len());
+                need = h.frame_len() - rest.len();
                 break;
             }
             let body = rest.get(Header::SIZE..h.frame_len()).unwrap_or(&[]);
@@ -1301,6 +1757,9 @@ impl BackendHalf<'_> {
             }
         }
         self.flush_prefix(cw, kept).await?;
+        if need > 0 {
+            self.buf.reserve(need);
+        }
         if !due.is_empty() {
             self.handle_due(due);
         }

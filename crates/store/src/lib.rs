@@ -17,7 +17,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 use weir_policy::IdentityKind;
 
+pub mod approvals;
 pub mod audit;
+pub mod clock;
+
+pub use approvals::{Approval, NewApproval, Status as ApprovalStatus};
+pub use clock::Clock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -73,6 +78,32 @@ pub trait Store: Send + Sync {
     fn revoke_tokens(&self, name: &str) -> Result<usize, StoreError>;
     /// The record whose token hashes to `hash`, active or not.
     fn find_token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Records a new pending approval request.
+    fn create_approval(&self, a: &NewApproval) -> Result<Approval, StoreError>;
+    fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError>;
+    /// Pending requests, oldest first.
+    fn pending_approvals(&self) -> Result<Vec<Approval>, StoreError>;
+    /// Moves a pending request to `to` (approved, denied, expired, cancelled), once: returns
+    /// whether this call made the change, and the request as it now stands; `None` if there
+    /// is no such request.
+    fn decide_approval(
+        &self,
+        id: &str,
+        to: ApprovalStatus,
+        by: &str,
+        note: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Option<(bool, Approval)>, StoreError>;
+    /// The newest approved request of `fingerprint` for `identity` on `target` decided at or
+    /// after `since_ms` (the auto-repeat window).
+    fn recent_approval(
+        &self,
+        identity: &str,
+        target: &str,
+        fingerprint: &str,
+        since_ms: u64,
+    ) -> Result<Option<Approval>, StoreError>;
 }
 
 pub fn now_secs() -> u64 {
@@ -124,6 +155,7 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let conn = connect(path)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(approvals::SCHEMA)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -233,6 +265,39 @@ impl Store for SqliteStore {
                 .optional()?;
             raw.map(to_record).transpose()
         })
+    }
+
+    fn create_approval(&self, a: &NewApproval) -> Result<Approval, StoreError> {
+        self.with(|c| approvals::create(c, a))
+    }
+
+    fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        self.with(|c| approvals::get(c, id))
+    }
+
+    fn pending_approvals(&self) -> Result<Vec<Approval>, StoreError> {
+        self.with(approvals::pending)
+    }
+
+    fn decide_approval(
+        &self,
+        id: &str,
+        to: ApprovalStatus,
+        by: &str,
+        note: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Option<(bool, Approval)>, StoreError> {
+        self.with(|c| approvals::decide(c, id, to, by, note, now_ms))
+    }
+
+    fn recent_approval(
+        &self,
+        identity: &str,
+        target: &str,
+        fingerprint: &str,
+        since_ms: u64,
+    ) -> Result<Option<Approval>, StoreError> {
+        self.with(|c| approvals::recent(c, identity, target, fingerprint, since_ms))
     }
 }
 

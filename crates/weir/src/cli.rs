@@ -39,6 +39,32 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Pending approval requests, one per line, id first.
+    Approvals {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Approve a waiting request: its statement runs and the client gets the result.
+    Approve {
+        id: String,
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The approver; policy decides whether they may.
+        #[arg(long = "as")]
+        who: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Deny a waiting request: the client gets SQLSTATE 42501 with the reason.
+    Deny {
+        id: String,
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long = "as")]
+        who: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Read and verify the audit trail.
     Audit {
         #[command(subcommand)]
@@ -174,6 +200,19 @@ pub fn main() -> ExitCode {
             TokenCommand::List { config } => crate::token::list(&config),
             TokenCommand::Revoke { config, name } => crate::token::revoke(&config, &name),
         },
+        Command::Approvals { config } => crate::approvals_cmd::list(&config),
+        Command::Approve {
+            id,
+            config,
+            who,
+            reason,
+        } => crate::approvals_cmd::decide(&config, &id, who.as_deref(), reason.as_deref(), true),
+        Command::Deny {
+            id,
+            config,
+            who,
+            reason,
+        } => crate::approvals_cmd::decide(&config, &id, who.as_deref(), reason.as_deref(), false),
         Command::Audit { command } => match command {
             AuditCommand::Verify {
                 config,

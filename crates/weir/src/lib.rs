@@ -1,6 +1,7 @@
 //! The `weir` binary's library half: the command line, `weir demo`, and the throwaway
 //! PostgreSQL cluster that the demo, the tests and the benchmark share.
 
+pub mod approvals_cmd;
 pub mod audit_cmd;
 pub mod cli;
 pub mod cluster;

@@ -19,7 +19,7 @@ pub fn verdict_line(v: &Verdict) -> String {
 }
 
 /// The identity named `name`: a static one from config, else the newest active token's.
-fn identity(config: &Config, name: &str) -> anyhow::Result<Identity> {
+pub(crate) fn identity(config: &Config, name: &str) -> anyhow::Result<Identity> {
     if let Some(s) = config.identity.statics.iter().find(|s| s.name == name) {
         return Ok(Identity {
             name: s.name.clone(),
@@ -133,7 +133,7 @@ pub fn test(file: &Path, config: Option<&Path>) -> anyhow::Result<bool> {
     let config = config.map(Config::load).transpose()?;
     let policy = match &config {
         Some(c) => crate::serve::load_policy(c)?,
-        None => Policy::load(true, "weir-admins", &[])?,
+        None => Policy::load(true, "weir-admins", &[], &[])?,
     };
     let analyzer = Analyzer::new();
     let (mut passed, mut failed) = (0usize, 0usize);

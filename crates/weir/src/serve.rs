@@ -25,10 +25,13 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 /// The policy of `[policy]`: built-in defaults unless turned off, plus the operator's files.
 pub fn load_policy(config: &Config) -> anyhow::Result<weir_policy::Policy> {
     let files = weir_policy::cedar::expand(&config.dir(), &config.policy.files)?;
-    Ok(
-        weir_policy::Policy::load(config.policy.defaults, &config.policy.admin_group, &files)?
-            .with_trusted_functions(&config.policy.trusted_functions),
-    )
+    Ok(weir_policy::Policy::load(
+        config.policy.defaults,
+        &config.policy.admin_group,
+        &config.approvals.approvers,
+        &files,
+    )?
+    .with_trusted_functions(&config.policy.trusted_functions))
 }
 
 pub fn install_crypto() {

@@ -48,6 +48,9 @@ token = "claude-test-token"
 
 [policy]
 files = ["*.cedar"]
+
+[approvals]
+timeout = "0s"
 "#,
                 cluster.port
             )

@@ -444,6 +444,12 @@ impl Message {
         Message::ErrorResponse(fields).encode(&mut out);
         out
     }
+
+    pub fn notice(fields: Fields) -> BytesMut {
+        let mut out = BytesMut::new();
+        Message::NoticeResponse(fields).encode(&mut out);
+        out
+    }
 }
 
 fn len16(n: usize) -> i16 {

@@ -123,6 +123,7 @@ password_file = "upstream-password"
         let child = Command::new(weir_bin())
             .args(["serve", "--config"])
             .arg(&self.config)
+            .env("WEIR_CLOCK_FILE", self.clock_file())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -193,9 +194,21 @@ password_file = "upstream-password"
             .args(args)
             .arg("--config")
             .arg(&self.config)
+            .env("WEIR_CLOCK_FILE", self.clock_file())
             .env("NO_COLOR", "1")
             .output()
             .unwrap()
+    }
+
+    /// The file that offsets the gateway's (and the CLI's) clock: time-based behaviour is
+    /// tested by moving it, not by sleeping.
+    pub fn clock_file(&self) -> PathBuf {
+        self.dir.path().join("clock-offset")
+    }
+
+    /// Moves the clock `secs` seconds ahead of real time (from now on).
+    pub fn set_clock_offset(&self, secs: i64) {
+        std::fs::write(self.clock_file(), secs.to_string()).unwrap();
     }
 
     pub async fn connect(
