@@ -153,6 +153,16 @@ mod raw {
         pub approvers: Vec<String>,
         pub slack_webhook: Option<String>,
         pub webhook: Option<String>,
+        pub webhook_secret_env: Option<String>,
+        pub webhook_secret_file: Option<String>,
+        pub slack_api: Option<String>,
+        pub slack_channel: Option<String>,
+        pub slack_bot_token_env: Option<String>,
+        pub slack_bot_token_file: Option<String>,
+        pub slack_signing_secret_env: Option<String>,
+        pub slack_signing_secret_file: Option<String>,
+        #[serde(default)]
+        pub slack_users: std::collections::BTreeMap<String, String>,
     }
 
     #[derive(Debug, Deserialize, Default)]
@@ -368,8 +378,42 @@ pub struct ApprovalsConfig {
     pub timeout: Duration,
     pub auto_repeat_window: Duration,
     pub approvers: Vec<String>,
+    /// A Slack incoming-webhook URL: requests are posted there (with Approve/Deny buttons)
+    /// when no bot token is configured.
     pub slack_webhook: Option<String>,
+    /// A URL every new request is POSTed to (JSON, HMAC-SHA256 signed with the webhook
+    /// secret); the receiver decides by POSTing to the callback in the payload.
     pub webhook: Option<String>,
+    pub webhook_secret: Option<Secret>,
+    /// The Slack Web API base (`https://slack.com/api`; tests point it at a local server).
+    pub slack_api: String,
+    pub slack_channel: Option<String>,
+    pub slack_bot_token: Option<Secret>,
+    /// Verifies Slack's interactivity requests (`X-Slack-Signature`).
+    pub slack_signing_secret: Option<Secret>,
+    /// Slack user id → Weir identity: who pressed the button, for policy.
+    pub slack_users: std::collections::BTreeMap<String, String>,
+}
+
+/// A secret named in config and read when it is used (so a rotated file is picked up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    Env(String),
+    File(PathBuf),
+}
+
+impl Secret {
+    /// The secret's value; the error names where it was looked for, never the value.
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            Secret::Env(var) => {
+                std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
+            }
+            Secret::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+                .map_err(|e| format!("{}: {e}", path.display())),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -463,6 +507,23 @@ impl Validator<'_> {
             })
         })
         .transpose()
+    }
+
+    /// `[approvals] NAME_env` / `NAME_file`: at most one of them.
+    fn secret(
+        &self,
+        name: &str,
+        env: Option<String>,
+        file: Option<String>,
+    ) -> Result<Option<Secret>, ConfigError> {
+        match (env, file) {
+            (None, None) => Ok(None),
+            (Some(v), None) => Ok(Some(Secret::Env(v))),
+            (None, Some(f)) => Ok(Some(Secret::File(self.rel(&f)))),
+            (Some(_), Some(_)) => Err(self.err(format!(
+                "[approvals]: set at most one of {name}_env or {name}_file"
+            ))),
+        }
     }
 
     fn duration(
@@ -698,6 +759,20 @@ impl Validator<'_> {
             },
             slack_webhook: a.slack_webhook,
             webhook: a.webhook,
+            webhook_secret: self.secret("webhook_secret", a.webhook_secret_env, a.webhook_secret_file)?,
+            slack_api: a
+                .slack_api
+                .unwrap_or_else(|| "https://slack.com/api".into())
+                .trim_end_matches('/')
+                .to_owned(),
+            slack_channel: a.slack_channel,
+            slack_bot_token: self.secret("slack_bot_token", a.slack_bot_token_env, a.slack_bot_token_file)?,
+            slack_signing_secret: self.secret(
+                "slack_signing_secret",
+                a.slack_signing_secret_env,
+                a.slack_signing_secret_file,
+            )?,
+            slack_users: a.slack_users,
         };
         let audit = AuditConfig {
             signing_key: self.rel(raw.audit.signing_key.as_deref().unwrap_or("audit.key")),

@@ -264,3 +264,197 @@ pub fn new_id() -> String {
     }
     id
 }
+
+/// Why a decision was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    #[error("no approval request {0}")]
+    NotFound(String),
+    /// Already decided, withdrawn or timed out; the text says which.
+    #[error("{0}")]
+    Closed(String),
+    #[error("{0}")]
+    NotAllowed(String),
+    #[error("a reason is required to deny: the waiting client is told why")]
+    ReasonRequired,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What deciding a request needs: the configuration (targets), policy, the store, the trail
+/// and the clock.
+pub struct Decider<'a> {
+    pub config: &'a weir_config::Config,
+    pub policy: &'a weir_policy::Policy,
+    pub store: &'a dyn Store,
+    pub audit: &'a dyn crate::audit::AuditSink,
+    pub clock: &'a Clock,
+}
+
+/// Who decides: an identity policy judges, or the operator at the CLI without `--as`
+/// (who holds the store itself, and may only refuse).
+pub enum Approver {
+    Identity(weir_policy::Identity),
+    Operator(String),
+}
+
+impl Decider<'_> {
+    /// Approves (`approve`) or denies request `id` on behalf of `by`, through `channel`
+    /// (`cli`, `http`, `webhook`, `slack`). Approving needs policy's `approve` permit for
+    /// `by`; denying is open to whoever may approve, to the requester (withdrawing), and to
+    /// the operator. The decision is recorded in the trail before it takes effect; blocking.
+    pub fn decide(
+        &self,
+        id: &str,
+        by: &Approver,
+        approve: bool,
+        reason: Option<&str>,
+        channel: &str,
+    ) -> Result<Approval, DecideError> {
+        let failed = |e: &dyn std::fmt::Display| DecideError::Failed(e.to_string());
+        let request = self
+            .store
+            .approval(id)
+            .map_err(|e| failed(&e))?
+            .ok_or_else(|| DecideError::NotFound(id.to_owned()))?;
+        ensure_open(&request, self.clock.now_ms())?;
+        let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+        if !approve && reason.is_none() {
+            return Err(DecideError::ReasonRequired);
+        }
+        let name = match by {
+            Approver::Identity(who) => {
+                let may = self.may_approve(&request, who)?;
+                if approve && !may {
+                    return Err(DecideError::NotAllowed(if who.name == request.identity {
+                        format!(
+                            "{0} may not approve {1}: it is {0}'s own request, and no policy lets {0} approve their own",
+                            who.name, request.id
+                        )
+                    } else {
+                        format!(
+                            "{} may not approve {}: no policy permits it (the built-in rule lets human members of [approvals] approvers approve others' requests)",
+                            who.name, request.id
+                        )
+                    }));
+                }
+                if !approve && !may && who.name != request.identity {
+                    return Err(DecideError::NotAllowed(format!(
+                        "{} may not deny {}: only those who may approve it, and its requester, may",
+                        who.name, request.id
+                    )));
+                }
+                who.name.clone()
+            }
+            Approver::Operator(_) if approve => {
+                return Err(DecideError::NotAllowed(format!(
+                    "approving needs an identity (--as NAME): whether it may approve {id} is decided by policy"
+                )))
+            }
+            Approver::Operator(login) => login.clone(),
+        };
+        let decision = if approve { "approved" } else { "denied" };
+        let event = weir_audit::Event::Approval {
+            id: request.id.clone(),
+            decision: decision.into(),
+            identity: request.identity.clone(),
+            target: request.target.clone(),
+            session: Some(request.session),
+            by: Some(name.clone()),
+            rule: Some(request.rule.clone()),
+            note: reason.map(|r| format!("{r} (via {channel})")).or_else(|| Some(format!("via {channel}"))),
+            sql: None,
+            fingerprint: None,
+            rode_on: None,
+        };
+        self.audit
+            .append(event)
+            .wait_blocking()
+            .map_err(|e| DecideError::Failed(format!("the decision could not be recorded, so it was not taken: {e}")))?;
+        let to = if approve {
+            ApprovalStatus::Approved
+        } else {
+            ApprovalStatus::Denied
+        };
+        match self
+            .store
+            .decide_approval(id, to, &name, reason, self.clock.now_ms())
+            .map_err(|e| failed(&e))?
+        {
+            Some((true, a)) => Ok(a),
+            Some((false, now)) => Err(DecideError::Closed(format!(
+                "request {id} was {} before this decision took effect{}",
+                now.status.as_str(),
+                now.decided_by
+                    .map(|b| format!(" (by {b})"))
+                    .unwrap_or_default()
+            ))),
+            None => Err(DecideError::NotFound(id.to_owned())),
+        }
+    }
+
+    /// Policy's answer to "may `who` approve `request`?".
+    fn may_approve(
+        &self,
+        request: &Approval,
+        who: &weir_policy::Identity,
+    ) -> Result<bool, DecideError> {
+        let target = self
+            .config
+            .target(&request.target)
+            .ok_or_else(|| {
+                DecideError::Failed(format!(
+                    "request {}: no target named {:?} in the configuration",
+                    request.id, request.target
+                ))
+            })?
+            .policy_info();
+        let session = self
+            .policy
+            .session(who, &target)
+            .map_err(|e| DecideError::Failed(e.to_string()))?;
+        // The statement as recorded (normalized statements parse: constants are `$n`).
+        let facts = weir_analyze::Analyzer::new()
+            .analyze(request.statement.as_bytes())
+            .ok()
+            .and_then(|a| a.statements.first().cloned())
+            .unwrap_or_else(|| {
+                weir_analyze::StatementFacts::new(weir_analyze::StatementKind::Unknown)
+            });
+        Ok(self.policy.may_approve(
+            &session,
+            &weir_policy::ApprovalFacts {
+                facts: &facts,
+                sensitivity: &[],
+                requester: &request.identity,
+                requester_kind: &request.identity_kind,
+                rule: &request.rule,
+                self_approval: who.name == request.identity,
+            },
+            false,
+        ))
+    }
+}
+
+fn ensure_open(a: &Approval, now_ms: u64) -> Result<(), DecideError> {
+    let closed = |why: String| Err(DecideError::Closed(why));
+    match a.status {
+        ApprovalStatus::Pending if now_ms >= a.deadline_ms => {
+            closed(format!("request {} timed out (expired): its client no longer waits", a.id))
+        }
+        ApprovalStatus::Pending => Ok(()),
+        ApprovalStatus::Cancelled => closed(format!(
+            "request {} was cancelled: its client stopped waiting",
+            a.id
+        )),
+        other => closed(format!(
+            "request {} is already {}{}",
+            a.id,
+            other.as_str(),
+            a.decided_by
+                .as_ref()
+                .map(|b| format!(" (by {b})"))
+                .unwrap_or_default()
+        )),
+    }
+}

@@ -100,6 +100,67 @@ impl Authenticator {
             source: "token",
         })
     }
+
+    /// The identity a bearer token (HTTP API) belongs to, whoever it names.
+    pub async fn verify_bearer(&self, token: &[u8]) -> Result<Identity, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let hash = hash_token(token);
+        // Every static entry is compared, so the time taken does not tell which matched.
+        let mut found = None;
+        for entry in self.statics.values() {
+            if constant_time_eq(&entry.hash, &hash) {
+                found = Some(entry.identity.clone());
+            }
+        }
+        if let Some(identity) = found {
+            return Ok(identity);
+        }
+        let store = Arc::clone(&self.store);
+        let record = tokio::task::spawn_blocking(move || store.find_token(&hash))
+            .await
+            .map_err(|e| AuthError::Store(e.to_string()))?
+            .map_err(|e| AuthError::Store(e.to_string()))?
+            .ok_or(AuthError::Unknown)?;
+        if record.revoked_at.is_some() {
+            return Err(AuthError::Revoked);
+        }
+        if !record.is_active(weir_store::now_secs()) {
+            return Err(AuthError::Expired);
+        }
+        Ok(Identity {
+            name: record.name,
+            kind: record.kind,
+            groups: record.groups,
+            attributes: Default::default(),
+            source: "token",
+        })
+    }
+
+    /// The identity called `name` (a static one, else the newest active token's), for an
+    /// approver named by a channel that vouches for names (the CLI's `--as`, a signed webhook
+    /// callback, a mapped Slack user).
+    pub fn identity_named(&self, name: &str) -> Result<Option<Identity>, AuthError> {
+        if let Some(entry) = self.statics.get(name) {
+            return Ok(Some(entry.identity.clone()));
+        }
+        let now = weir_store::now_secs();
+        let rec = self
+            .store
+            .list_tokens()
+            .map_err(|e| AuthError::Store(e.to_string()))?
+            .into_iter()
+            .rev()
+            .find(|t| t.name == name && t.is_active(now));
+        Ok(rec.map(|rec| Identity {
+            name: rec.name,
+            kind: rec.kind,
+            groups: rec.groups,
+            attributes: Default::default(),
+            source: "token",
+        }))
+    }
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {

@@ -5,10 +5,9 @@
 //! client. Who may approve is policy (Cedar action `approve`, principal = the approver named
 //! by `--as`); the decision is recorded in the audit trail before it takes effect.
 
-use anyhow::{bail, Context};
-use weir_audit::Event;
 use weir_config::Config;
-use weir_store::{Approval, ApprovalStatus, Clock};
+use weir_proxy::approvals::{Approver, Decider};
+use weir_store::Clock;
 
 /// Pending requests, one per line, id first.
 pub fn list(path: &std::path::Path) -> anyhow::Result<()> {
@@ -46,7 +45,7 @@ fn one_line(s: &str, max: usize) -> String {
     }
 }
 
-/// `weir approve ID --as NAME` (`approve = true`) or `weir deny ID --as NAME --reason TEXT`.
+/// `weir approve ID --as NAME` (`approve = true`) or `weir deny ID [--as NAME] --reason TEXT`.
 pub fn decide(
     path: &std::path::Path,
     id: &str,
@@ -57,128 +56,22 @@ pub fn decide(
     let config = Config::load(path)?;
     let store = crate::serve::open_store(&config)?;
     let clock = Clock::from_env();
-    let request = store
-        .approval(id)?
-        .with_context(|| format!("no approval request {id}"))?;
-    ensure_pending(&request, clock.now_ms())?;
     let by = match who {
-        Some(name) => name.to_owned(),
-        None if approve => {
-            bail!("--as NAME is required: whether NAME may approve {id} is decided by policy")
-        }
-        // Refusing is always allowed (it only stops a statement); it is recorded under the
-        // operator's login name.
-        None => std::env::var("USER").unwrap_or_else(|_| "cli".into()),
+        Some(name) => Approver::Identity(crate::policy_cmd::identity(&config, name)?),
+        None => Approver::Operator(std::env::var("USER").unwrap_or_else(|_| "cli".into())),
     };
-    if approve {
-        may_approve(&config, &request, &by)?;
-    } else if reason.is_none_or(|r| r.trim().is_empty()) {
-        bail!("--reason is required to deny: the waiting client is told why");
-    }
-    let decision = if approve { "approved" } else { "denied" };
-    crate::audit_cmd::record(
-        &config,
-        Event::Approval {
-            id: request.id.clone(),
-            decision: decision.into(),
-            identity: request.identity.clone(),
-            target: request.target.clone(),
-            session: Some(request.session),
-            by: Some(by.clone()),
-            rule: Some(request.rule.clone()),
-            note: reason.map(str::to_owned),
-            sql: None,
-            fingerprint: None,
-            rode_on: None,
-        },
-    )?;
-    let to = if approve {
-        ApprovalStatus::Approved
-    } else {
-        ApprovalStatus::Denied
+    let policy = crate::serve::load_policy(&config)?;
+    let audit = crate::serve::open_audit(&config)?;
+    let decider = Decider {
+        config: &config,
+        policy: &policy,
+        store: store.as_ref(),
+        audit: audit.as_ref(),
+        clock: &clock,
     };
-    match store.decide_approval(id, to, &by, reason, clock.now_ms())? {
-        Some((true, _)) => {
-            println!("{decision} {id}");
-            Ok(())
-        }
-        Some((false, now)) => bail!(
-            "request {id} was {} before this decision took effect{}",
-            now.status.as_str(),
-            now.decided_by
-                .map(|b| format!(" (by {b})"))
-                .unwrap_or_default()
-        ),
-        None => bail!("no approval request {id}"),
-    }
-}
-
-fn ensure_pending(a: &Approval, now_ms: u64) -> anyhow::Result<()> {
-    match a.status {
-        ApprovalStatus::Pending if now_ms >= a.deadline_ms => {
-            bail!("request {} timed out: its client no longer waits", a.id)
-        }
-        ApprovalStatus::Pending => Ok(()),
-        ApprovalStatus::Cancelled => {
-            bail!("request {} was cancelled: its client stopped waiting", a.id)
-        }
-        other => bail!(
-            "request {} is already {}{}",
-            a.id,
-            other.as_str(),
-            a.decided_by
-                .as_ref()
-                .map(|b| format!(" (by {b})"))
-                .unwrap_or_default()
-        ),
-    }
-}
-
-/// Policy's answer to "may `by` approve `request`?".
-fn may_approve(config: &Config, request: &Approval, by: &str) -> anyhow::Result<()> {
-    let approver = crate::policy_cmd::identity(config, by)?;
-    let target = config
-        .target(&request.target)
-        .with_context(|| {
-            format!(
-                "request {}: no target named {:?}",
-                request.id, request.target
-            )
-        })?
-        .policy_info();
-    let policy = crate::serve::load_policy(config)?;
-    let session = policy.session(&approver, &target)?;
-    // The statement as recorded (normalized statements parse: constants are `$n`).
-    let analysis = weir_analyze::Analyzer::new().analyze(request.statement.as_bytes());
-    let unknown = weir_analyze::StatementFacts::new(weir_analyze::StatementKind::Unknown);
-    let facts = analysis
-        .as_ref()
-        .ok()
-        .and_then(|a| a.statements.first().cloned())
-        .unwrap_or(unknown);
-    let allowed = policy.may_approve(
-        &session,
-        &weir_policy::ApprovalFacts {
-            facts: &facts,
-            sensitivity: &[],
-            requester: &request.identity,
-            requester_kind: &request.identity_kind,
-            rule: &request.rule,
-            self_approval: approver.name == request.identity,
-        },
-        false,
-    );
-    if !allowed {
-        if approver.name == request.identity {
-            bail!(
-                "{by} may not approve {}: it is {by}'s own request, and no policy lets {by} approve their own",
-                request.id
-            );
-        }
-        bail!(
-            "{by} may not approve {}: no policy permits it (the built-in rule lets human members of [approvals] approvers approve others' requests)",
-            request.id
-        );
-    }
+    let result = decider.decide(id, &by, approve, reason, "cli");
+    audit.close();
+    let a = result?;
+    println!("{} {}", a.status.as_str(), a.id);
     Ok(())
 }
