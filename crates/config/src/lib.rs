@@ -56,6 +56,7 @@ mod raw {
         pub postgres_listen: Option<String>,
         pub mysql_listen: Option<String>,
         pub http_listen: Option<String>,
+        pub public_url: Option<String>,
         pub store: Option<String>,
         pub tls_cert: Option<String>,
         pub tls_key: Option<String>,
@@ -210,6 +211,9 @@ pub struct Gateway {
     pub postgres_listen: Option<SocketAddr>,
     pub mysql_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
+    /// How approvers' tools reach the HTTP API (webhook callbacks): `[gateway] public_url`,
+    /// else `http://` + `http_listen`.
+    pub public_url: Option<String>,
     pub store: StoreUrl,
     /// Both or neither: without them a self-signed pair is made beside the store.
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -582,7 +586,11 @@ impl Validator<'_> {
         let gateway = Gateway {
             postgres_listen: self.addr("postgres_listen", g.postgres_listen)?,
             mysql_listen: self.addr("mysql_listen", g.mysql_listen)?,
-            http_listen: self.addr("http_listen", g.http_listen)?,
+            http_listen: self.addr("http_listen", g.http_listen.clone())?,
+            public_url: g
+                .public_url
+                .or_else(|| g.http_listen.map(|a| format!("http://{a}")))
+                .map(|u| u.trim_end_matches('/').to_owned()),
             store,
             tls,
             max_message_size,
@@ -759,14 +767,22 @@ impl Validator<'_> {
             },
             slack_webhook: a.slack_webhook,
             webhook: a.webhook,
-            webhook_secret: self.secret("webhook_secret", a.webhook_secret_env, a.webhook_secret_file)?,
+            webhook_secret: self.secret(
+                "webhook_secret",
+                a.webhook_secret_env,
+                a.webhook_secret_file,
+            )?,
             slack_api: a
                 .slack_api
                 .unwrap_or_else(|| "https://slack.com/api".into())
                 .trim_end_matches('/')
                 .to_owned(),
             slack_channel: a.slack_channel,
-            slack_bot_token: self.secret("slack_bot_token", a.slack_bot_token_env, a.slack_bot_token_file)?,
+            slack_bot_token: self.secret(
+                "slack_bot_token",
+                a.slack_bot_token_env,
+                a.slack_bot_token_file,
+            )?,
             slack_signing_secret: self.secret(
                 "slack_signing_secret",
                 a.slack_signing_secret_env,

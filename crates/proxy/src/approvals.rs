@@ -362,15 +362,18 @@ impl Decider<'_> {
             session: Some(request.session),
             by: Some(name.clone()),
             rule: Some(request.rule.clone()),
-            note: reason.map(|r| format!("{r} (via {channel})")).or_else(|| Some(format!("via {channel}"))),
+            note: reason
+                .map(|r| format!("{r} (via {channel})"))
+                .or_else(|| Some(format!("via {channel}"))),
             sql: None,
             fingerprint: None,
             rode_on: None,
         };
-        self.audit
-            .append(event)
-            .wait_blocking()
-            .map_err(|e| DecideError::Failed(format!("the decision could not be recorded, so it was not taken: {e}")))?;
+        self.audit.append(event).wait_blocking().map_err(|e| {
+            DecideError::Failed(format!(
+                "the decision could not be recorded, so it was not taken: {e}"
+            ))
+        })?;
         let to = if approve {
             ApprovalStatus::Approved
         } else {
@@ -439,9 +442,10 @@ impl Decider<'_> {
 fn ensure_open(a: &Approval, now_ms: u64) -> Result<(), DecideError> {
     let closed = |why: String| Err(DecideError::Closed(why));
     match a.status {
-        ApprovalStatus::Pending if now_ms >= a.deadline_ms => {
-            closed(format!("request {} timed out (expired): its client no longer waits", a.id))
-        }
+        ApprovalStatus::Pending if now_ms >= a.deadline_ms => closed(format!(
+            "request {} timed out (expired): its client no longer waits",
+            a.id
+        )),
         ApprovalStatus::Pending => Ok(()),
         ApprovalStatus::Cancelled => closed(format!(
             "request {} was cancelled: its client stopped waiting",

@@ -10,7 +10,9 @@ pub mod audit;
 pub mod auth;
 pub mod cancel;
 mod catalog;
+pub mod http;
 mod io;
+pub mod notify;
 mod session;
 pub mod stream;
 pub mod tls;
@@ -57,6 +59,8 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     /// Approval requests with a waiting client, and the store they live in.
     pub approvals: Arc<approvals::Approvals>,
+    /// Tells approvers about new requests (webhook, Slack).
+    pub notifier: Arc<notify::Notifier>,
     pub tls_acceptor: tokio_rustls::TlsAcceptor,
     /// Client TLS configuration per target name (None: plain TCP).
     pub upstream_tls: HashMap<String, Option<Arc<rustls::ClientConfig>>>,
@@ -70,6 +74,8 @@ pub struct Shared {
 pub struct Gateway {
     shared: Arc<Shared>,
     listener: TcpListener,
+    /// The HTTP API's listener (`[gateway] http_listen`).
+    http: Option<TcpListener>,
 }
 
 impl Gateway {
@@ -105,6 +111,14 @@ impl Gateway {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| GatewayError::Bind { addr, source })?;
+        let http = match config.gateway.http_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| GatewayError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let clock = weir_store::Clock::from_env();
         if clock.is_controlled() {
             warn!(
@@ -113,9 +127,11 @@ impl Gateway {
             );
         }
         let approvals = Arc::new(approvals::Approvals::new(Arc::clone(&store), clock));
+        let notifier = Arc::new(notify::Notifier::new(&config));
         let shared = Arc::new(Shared {
             auth: Authenticator::new(&config, store),
             approvals,
+            notifier,
             config,
             analyzer: weir_analyze::Analyzer::new(),
             policy,
@@ -126,7 +142,11 @@ impl Gateway {
             catalogs,
             mask_key,
         });
-        Ok(Gateway { shared, listener })
+        Ok(Gateway {
+            shared,
+            listener,
+            http,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -144,6 +164,20 @@ impl Gateway {
             }
         };
         let watcher = tokio::spawn(Arc::clone(&self.shared.approvals).run());
+        let api = self.http.map(|listener| {
+            let app = http::router(Arc::clone(&self.shared));
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    error!(cause = %e, "the HTTP API stopped");
+                }
+            })
+        });
         let mut next = 0usize;
         let max = self.shared.config.gateway.max_connections;
         let slots = Arc::new(Semaphore::new(max));
@@ -199,6 +233,9 @@ impl Gateway {
             tasks.shutdown().await;
         }
         watcher.abort();
+        if let Some(api) = api {
+            api.abort();
+        }
         workers.stop();
     }
 }

@@ -1368,8 +1368,13 @@ impl<'a> FrontendHalf<'a> {
             rule: rule.to_owned(),
             reason: reason.to_owned(),
         };
-        if let Err(e) = approvals.create(new).await {
-            return refuse("the approval request could not be stored", &e);
+        match approvals.create(new).await {
+            Err(e) => return refuse("the approval request could not be stored", &e),
+            Ok(stored) if !auto && shared.notifier.enabled() => {
+                let notifier = Arc::clone(&shared.notifier);
+                tokio::spawn(async move { notifier.announce(stored).await });
+            }
+            Ok(_) => {}
         }
         if auto {
             return match approvals

@@ -1,0 +1,360 @@
+//! The HTTP API (`[gateway] http_listen`): approvals for tools and people, and the endpoints
+//! the webhook receiver and Slack call back. Documented in `docs/openapi.yaml`.
+//!
+//! Authentication: `Authorization: Bearer <token>` (a Weir token or a static identity's
+//! token) for `/v1/approvals…`; the identity it proves is the approver policy judges. The
+//! webhook callback and Slack's interactivity requests carry no token: they are signed
+//! (see [`crate::notify`]) and name the approver, whom policy judges the same way.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use weir_store::Approval;
+
+use crate::approvals::{Approver, DecideError, Decider};
+use crate::notify;
+use crate::Shared;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/approvals", get(list))
+        .route("/v1/approvals/{id}", get(show))
+        .route("/v1/approvals/{id}/approve", post(approve))
+        .route("/v1/approvals/{id}/deny", post(deny))
+        .route("/v1/webhook/decide", post(webhook_decide))
+        .route("/v1/slack/interactivity", post(slack_interactivity))
+        .with_state(shared)
+}
+
+/// An error as the API answers it: a status and `{"error": "…"}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<DecideError> for ApiError {
+    fn from(e: DecideError) -> ApiError {
+        let status = match &e {
+            DecideError::NotFound(_) => StatusCode::NOT_FOUND,
+            DecideError::Closed(_) => StatusCode::CONFLICT,
+            DecideError::NotAllowed(_) => StatusCode::FORBIDDEN,
+            DecideError::ReasonRequired => StatusCode::BAD_REQUEST,
+            DecideError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+fn to_json(a: &Approval) -> Value {
+    json!({
+        "id": a.id,
+        "status": a.status.as_str(),
+        "identity": a.identity,
+        "identity_kind": a.identity_kind,
+        "target": a.target,
+        "statement": a.statement,
+        "fingerprint": a.fingerprint,
+        "rule": a.rule,
+        "reason": a.reason,
+        "created_ms": a.created_ms,
+        "deadline_ms": a.deadline_ms,
+        "decided_by": a.decided_by,
+        "decided_ms": a.decided_ms,
+        "note": a.note,
+    })
+}
+
+/// The identity the bearer token proves.
+async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<weir_policy::Identity, ApiError> {
+    let unauthorized = || {
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            "a valid token is required: Authorization: Bearer <token>".into(),
+        )
+    };
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(unauthorized)?;
+    shared
+        .auth
+        .verify_bearer(token.trim().as_bytes())
+        .await
+        .map_err(|_| unauthorized())
+}
+
+async fn store<T: Send + 'static>(
+    shared: &Shared,
+    f: impl FnOnce(&dyn weir_store::Store) -> Result<T, weir_store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    shared
+        .approvals
+        .with_store(f)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn list(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    caller(&shared, &headers).await?;
+    let now = shared.approvals.clock().now_ms();
+    let pending = store(&shared, |s| s.pending_approvals()).await?;
+    Ok(Json(Value::Array(
+        pending
+            .iter()
+            .filter(|a| a.deadline_ms > now)
+            .map(to_json)
+            .collect(),
+    )))
+}
+
+async fn show(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    caller(&shared, &headers).await?;
+    let key = id.clone();
+    match store(&shared, move |s| s.approval(&key)).await? {
+        Some(a) => Ok(Json(to_json(&a))),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no approval request {id}"),
+        )),
+    }
+}
+
+/// A decision's optional body: `{"reason": "…"}`.
+fn reason_of(body: &Bytes) -> Result<Option<String>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    Ok(v.get("reason").and_then(Value::as_str).map(str::to_owned))
+}
+
+async fn approve(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let who = caller(&shared, &headers).await?;
+    let reason = reason_of(&body)?;
+    let a = decide(shared, id, Approver::Identity(who), true, reason, "http").await?;
+    Ok(Json(to_json(&a)))
+}
+
+async fn deny(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let who = caller(&shared, &headers).await?;
+    let reason = reason_of(&body)?;
+    let a = decide(shared, id, Approver::Identity(who), false, reason, "http").await?;
+    Ok(Json(to_json(&a)))
+}
+
+/// Runs a decision (store, policy, trail: blocking) off the async threads.
+async fn decide(
+    shared: Arc<Shared>,
+    id: String,
+    by: Approver,
+    approve: bool,
+    reason: Option<String>,
+    channel: &'static str,
+) -> Result<Approval, DecideError> {
+    tokio::task::spawn_blocking(move || {
+        Decider {
+            config: &shared.config,
+            policy: &shared.policy,
+            store: shared.approvals.store().as_ref(),
+            audit: shared.audit.as_ref(),
+            clock: shared.approvals.clock(),
+        }
+        .decide(&id, &by, approve, reason.as_deref(), channel)
+    })
+    .await
+    .unwrap_or_else(|e| Err(DecideError::Failed(e.to_string())))
+}
+
+/// The approver an outside channel names, as an identity policy can judge.
+async fn named(shared: &Arc<Shared>, name: String) -> Result<weir_policy::Identity, ApiError> {
+    let s = Arc::clone(shared);
+    let n = name.clone();
+    tokio::task::spawn_blocking(move || s.auth.identity_named(&n))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::FORBIDDEN,
+                format!("{name:?} is not a Weir identity"),
+            )
+        })
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `POST /v1/webhook/decide`, signed with the webhook secret:
+/// `{"id", "decision": "approve"|"deny", "approver", "reason"}`.
+async fn webhook_decide(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let Some(secret) = &shared.config.approvals.webhook_secret else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "webhook callbacks need [approvals] webhook_secret_env or webhook_secret_file".into(),
+        ));
+    };
+    let secret = secret.read().map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("webhook secret: {e}"),
+        )
+    })?;
+    let now_s = shared.approvals.clock().now_ms() / 1000;
+    notify::verify_weir(
+        secret.as_bytes(),
+        header(&headers, "x-weir-timestamp"),
+        header(&headers, "x-weir-signature"),
+        &body,
+        now_s,
+    )
+    .map_err(|e| {
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            format!("webhook callback refused: {e}"),
+        )
+    })?;
+    let v: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    let (Some(id), Some(decision), Some(approver)) =
+        (field("id"), field("decision"), field("approver"))
+    else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "id, decision and approver are required".into(),
+        ));
+    };
+    let approve = match decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        other => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("decision {other:?} must be \"approve\" or \"deny\""),
+            ))
+        }
+    };
+    let who = named(&shared, approver).await?;
+    let a = decide(
+        shared,
+        id,
+        Approver::Identity(who),
+        approve,
+        field("reason"),
+        "webhook",
+    )
+    .await?;
+    Ok(Json(to_json(&a)))
+}
+
+/// `POST /v1/slack/interactivity`: a button pressed on a Weir message. Slack wants a quick
+/// 200; the outcome replaces the message through its `response_url`.
+async fn slack_interactivity(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let Some(secret) = &shared.config.approvals.slack_signing_secret else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "Slack interactivity needs [approvals] slack_signing_secret_env or _file".into(),
+        ));
+    };
+    let secret = secret.read().map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Slack signing secret: {e}"),
+        )
+    })?;
+    let now_s = shared.approvals.clock().now_ms() / 1000;
+    notify::verify_slack(
+        secret.as_bytes(),
+        header(&headers, "x-slack-request-timestamp"),
+        header(&headers, "x-slack-signature"),
+        &body,
+        now_s,
+    )
+    .map_err(|e| {
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            format!("Slack request refused: {e}"),
+        )
+    })?;
+    let Some(action) = notify::parse_slack_action(&body) else {
+        // Other interactions (a message shortcut, a modal) are not Weir's: acknowledge.
+        return Ok(StatusCode::OK);
+    };
+    // Only Slack users mapped to a Weir identity decide; names in Slack are not identities.
+    let outcome = match shared.config.approvals.slack_users.get(&action.user_id) {
+        None => format!(
+            "<@{}> is not mapped to a Weir identity ([approvals.slack_users]); request {} is unchanged",
+            action.user_id, action.request
+        ),
+        Some(name) => match named(&shared, name.clone()).await {
+            Err(e) => e.1,
+            Ok(who) => {
+                let reason = (!action.approve).then(|| format!("denied in Slack by {}", who.name));
+                match decide(
+                    Arc::clone(&shared),
+                    action.request.clone(),
+                    Approver::Identity(who.clone()),
+                    action.approve,
+                    reason,
+                    "slack",
+                )
+                .await
+                {
+                    Ok(a) => format!("request {} {} by {}", a.id, a.status.as_str(), who.name),
+                    Err(e) => e.to_string(),
+                }
+            }
+        },
+    };
+    if let Some(url) = action.response_url {
+        let notifier = Arc::clone(&shared.notifier);
+        tokio::spawn(async move { notifier.slack_reply(&url, &outcome).await });
+    }
+    Ok(StatusCode::OK)
+}
