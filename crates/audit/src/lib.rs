@@ -104,6 +104,20 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         rode_on: Option<String>,
     },
+    /// A just-in-time access grant's life: `created` (its access request was approved),
+    /// `revoked`, `expired`, and `ended_session` (a session that relied on it was closed).
+    Grant {
+        id: String,
+        decision: String,
+        identity: String,
+        target: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_ms: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        session: Option<u64>,
+    },
     /// Token and policy administration.
     Admin {
         actor: String,

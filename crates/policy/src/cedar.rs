@@ -279,8 +279,9 @@ impl Engine {
         facts: &StatementFacts,
         untrusted_calls: bool,
         sensitivity: &[String],
+        granted: bool,
     ) -> Verdict {
-        match self.try_decide(s, facts, untrusted_calls, sensitivity) {
+        match self.try_decide(s, facts, untrusted_calls, sensitivity, granted) {
             Ok(v) => v,
             Err(e) => Verdict::Deny {
                 rule: "weir.policy-error".into(),
@@ -295,10 +296,18 @@ impl Engine {
         facts: &StatementFacts,
         untrusted_calls: bool,
         sensitivity: &[String],
+        granted: bool,
     ) -> Result<Verdict, String> {
         let action = uid("Action", facts.kind.as_str()).map_err(|e| e.to_string())?;
-        let context = Context::from_pairs(context_pairs(facts, untrusted_calls, sensitivity))
-            .map_err(|e| e.to_string())?;
+        let mut pairs = context_pairs(facts, untrusted_calls, sensitivity);
+        if granted {
+            for (k, v) in pairs.iter_mut() {
+                if k == "granted" {
+                    *v = RestrictedExpression::new_bool(true);
+                }
+            }
+        }
+        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
         let request = Request::new(
             s.principal.clone(),
             action,
@@ -556,6 +565,7 @@ fn context_pairs(
             RestrictedExpression::new_string(String::new()),
         ),
         b("self_approval", false),
+        b("granted", false),
     ]
 }
 

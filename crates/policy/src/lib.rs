@@ -164,6 +164,20 @@ pub struct Policy {
 pub struct PolicySession {
     entities: Option<cedar::SessionEntities>,
     target: TargetInfo,
+    /// The identity holds an access grant on the target now (`context.granted`).
+    granted: std::sync::atomic::AtomicBool,
+}
+
+impl PolicySession {
+    /// Records whether the identity holds a grant on the target; later decisions see it.
+    pub fn set_granted(&self, granted: bool) {
+        self.granted
+            .store(granted, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn granted(&self) -> bool {
+        self.granted.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl Policy {
@@ -213,6 +227,7 @@ impl Policy {
                 .map(|e| e.session(who, target))
                 .transpose()?,
             target: target.clone(),
+            granted: Default::default(),
         })
     }
 
@@ -274,7 +289,13 @@ impl Policy {
                             .user_functions
                             .iter()
                             .any(|n| !self.trusted_functions.contains(n));
-                        engine.decide(entities, f, untrusted, &session.target.tags(raw, scope))
+                        engine.decide(
+                            entities,
+                            f,
+                            untrusted,
+                            &session.target.tags(raw, scope),
+                            session.granted(),
+                        )
                     }
                     _ => Verdict::Allow,
                 }

@@ -384,7 +384,25 @@ impl Decider<'_> {
             .decide_approval(id, to, &name, reason, self.clock.now_ms())
             .map_err(|e| failed(&e))?
         {
-            Some((true, a)) => Ok(a),
+            Some((true, a)) => {
+                if approve && a.kind == weir_store::ApprovalKind::Access {
+                    let id = weir_store::approvals::grant_id(&a.id);
+                    let grant = self.store.grant(&id).map_err(|e| failed(&e))?;
+                    let _ = self
+                        .audit
+                        .append(weir_audit::Event::Grant {
+                            id,
+                            decision: "created".into(),
+                            identity: a.identity.clone(),
+                            target: a.target.clone(),
+                            by: Some(name),
+                            expires_ms: grant.map(|g| g.expires_ms),
+                            session: None,
+                        })
+                        .wait_blocking();
+                }
+                Ok(a)
+            }
             Some((false, now)) => Err(DecideError::Closed(format!(
                 "request {id} was {} before this decision took effect{}",
                 now.status.as_str(),

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod cancel;
 mod catalog;
+pub mod grants;
 pub mod http;
 mod io;
 pub mod notify;
@@ -47,6 +48,8 @@ pub enum GatewayError {
     NoListener,
     #[error("[masking]: {0}")]
     Masking(String),
+    #[error("store: {0}")]
+    Store(String),
 }
 
 /// State every session shares. Read-only after start, except the cancel registry.
@@ -59,6 +62,8 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     /// Approval requests with a waiting client, and the store they live in.
     pub approvals: Arc<approvals::Approvals>,
+    /// Active access grants, and the sessions that rely on them.
+    pub grants: Arc<grants::Grants>,
     /// Tells approvers about new requests (webhook, Slack).
     pub notifier: Arc<notify::Notifier>,
     pub tls_acceptor: tokio_rustls::TlsAcceptor,
@@ -126,11 +131,16 @@ impl Gateway {
                 "the gateway's clock is offset by a file (WEIR_CLOCK_FILE): for tests only"
             );
         }
+        let grants = Arc::new(grants::Grants::new(Arc::clone(&store), clock.clone()));
+        grants
+            .load()
+            .map_err(|e| GatewayError::Store(format!("reading access grants: {e}")))?;
         let approvals = Arc::new(approvals::Approvals::new(Arc::clone(&store), clock));
         let notifier = Arc::new(notify::Notifier::new(&config));
         let shared = Arc::new(Shared {
             auth: Authenticator::new(&config, store),
             approvals,
+            grants,
             notifier,
             config,
             analyzer: weir_analyze::Analyzer::new(),
@@ -164,6 +174,8 @@ impl Gateway {
             }
         };
         let watcher = tokio::spawn(Arc::clone(&self.shared.approvals).run());
+        let grant_watcher =
+            tokio::spawn(Arc::clone(&self.shared.grants).run(Arc::clone(&self.shared.audit)));
         let api = self.http.map(|listener| {
             let app = http::router(Arc::clone(&self.shared));
             let mut stop = shutdown.clone();
@@ -233,6 +245,7 @@ impl Gateway {
             tasks.shutdown().await;
         }
         watcher.abort();
+        grant_watcher.abort();
         if let Some(api) = api {
             api.abort();
         }

@@ -413,6 +413,8 @@ mod tests {
     fn approval() -> Approval {
         Approval {
             id: "r-abc23456".into(),
+            kind: weir_store::ApprovalKind::Statement,
+            grant_ms: None,
             created_ms: 1,
             deadline_ms: 2,
             identity: "alice".into(),

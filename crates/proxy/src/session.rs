@@ -526,6 +526,7 @@ async fn serve(
         target: target.clone(),
         shared: Arc::clone(shared),
         cancel,
+        end: Arc::default(),
     };
     let upstream::Upstream {
         stream: up,
@@ -560,6 +561,7 @@ async fn serve(
     let reason = tokio::select! {
         r = front.run(&mut cr, &mut uw) => r,
         r = back.run(&mut ur, &mut cw) => r,
+        why = ctx.end.ended() => Err(Fatal::new("57P01", why)),
     };
     let (reason, fatal) = match reason {
         Ok(why) => (why.to_owned(), None),
@@ -603,6 +605,8 @@ struct Context {
     shared: Arc<Shared>,
     /// Fired by the client's cancel requests.
     cancel: Arc<CancelSignal>,
+    /// Fired when the session must end (an access grant it relied on ended).
+    end: Arc<crate::grants::SessionEnd>,
 }
 
 /// A statement that a request carries, for the audit record.
@@ -644,6 +648,9 @@ struct FrontendHalf<'a> {
     /// changes it. Becomes `scope` if the request is forwarded; dropped if it is denied.
     pending_scope: Option<Scope>,
     requests: &'a AtomicU64,
+    /// The grants generation last looked at, and the grants this session relied on.
+    grant_generation: u64,
+    relied_on: std::collections::HashSet<String>,
     /// A request waiting for approval: decided and recorded, its messages still in `batch`
     /// and `ops`, not forwarded. The run loop waits for it before it takes more input.
     held: Option<Held>,
@@ -694,7 +701,33 @@ impl<'a> FrontendHalf<'a> {
             scope,
             pending_scope: None,
             requests,
+            grant_generation: u64::MAX,
+            relied_on: Default::default(),
             held: None,
+        }
+    }
+
+    /// Keeps policy's `granted` current: re-checked only when the gateway's set of active
+    /// grants changed. A session that decides while holding a grant relies on it, and ends
+    /// with it.
+    fn check_grant(&mut self) {
+        let grants = &self.ctx.shared.grants;
+        let generation = grants.generation();
+        if generation == self.grant_generation {
+            return;
+        }
+        self.grant_generation = generation;
+        let grant = grants.active_for(&self.ctx.identity.name, &self.ctx.target_name);
+        if grant.is_some() != self.ctx.policy.granted() {
+            self.ctx.policy.set_granted(grant.is_some());
+            // Verdicts reached without (or with) the grant no longer hold.
+            self.decisions.clear();
+        }
+        if let Some(g) = grant {
+            if self.relied_on.insert(g.id.clone()) {
+                info!(grant = %g.id, "session relies on an access grant");
+                grants.depend(&g.id, self.ctx.session, &self.ctx.end);
+            }
         }
     }
 
@@ -1008,6 +1041,7 @@ impl<'a> FrontendHalf<'a> {
     /// Texts that share facts (the analyzer's cache hands out the same `Arc`) share the
     /// session's decision too: identity and target do not change within a session.
     fn decide(&mut self, sql: &[u8]) -> Result<Arc<Decision>, Fatal> {
+        self.check_grant();
         let shared = &self.ctx.shared;
         let analysis = match shared.analyzer.analyze(sql) {
             Ok(a) => a,
@@ -1357,6 +1391,8 @@ impl<'a> FrontendHalf<'a> {
         }
         let new = weir_store::NewApproval {
             id: id.clone(),
+            kind: weir_store::ApprovalKind::Statement,
+            grant_ms: None,
             created_ms: now,
             deadline_ms,
             identity: self.ctx.identity.name.clone(),

@@ -45,10 +45,31 @@ impl Status {
     }
 }
 
+/// What an approval request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A statement waits to run.
+    Statement,
+    /// Just-in-time access: once approved, a grant for the target, for `grant_ms`.
+    Access,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Statement => "statement",
+            Kind::Access => "access",
+        }
+    }
+}
+
 /// A new request, as the gateway records it.
 #[derive(Debug, Clone)]
 pub struct NewApproval {
     pub id: String,
+    pub kind: Kind,
+    /// For access requests: how long the grant lasts once approved.
+    pub grant_ms: Option<u64>,
     /// Milliseconds since the epoch, on the gateway's clock.
     pub created_ms: u64,
     /// When the client stops waiting.
@@ -72,6 +93,8 @@ pub struct NewApproval {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
     pub id: String,
+    pub kind: Kind,
+    pub grant_ms: Option<u64>,
     pub created_ms: u64,
     pub deadline_ms: u64,
     pub identity: String,
@@ -93,6 +116,8 @@ pub struct Approval {
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS approvals (
     id           TEXT PRIMARY KEY,
+    kind         TEXT NOT NULL DEFAULT 'statement',
+    grant_ms     INTEGER,
     created_ms   INTEGER NOT NULL,
     deadline_ms  INTEGER NOT NULL,
     identity     TEXT NOT NULL,
@@ -110,9 +135,46 @@ CREATE TABLE IF NOT EXISTS approvals (
 );
 CREATE INDEX IF NOT EXISTS approvals_pending ON approvals(status) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS approvals_repeat ON approvals(identity, target, fingerprint, decided_ms);
+CREATE TABLE IF NOT EXISTS grants (
+    id           TEXT PRIMARY KEY,
+    identity     TEXT NOT NULL,
+    target       TEXT NOT NULL,
+    created_ms   INTEGER NOT NULL,
+    expires_ms   INTEGER NOT NULL,
+    approval     TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    approved_by  TEXT NOT NULL,
+    revoked_ms   INTEGER,
+    revoked_by   TEXT
+);
+CREATE INDEX IF NOT EXISTS grants_open ON grants(expires_ms) WHERE revoked_ms IS NULL;
 ";
 
-const COLUMNS: &str = "id, created_ms, deadline_ms, identity, identity_kind, target, session, \
+/// Just-in-time access to a target, made when an access request is approved. It ends at
+/// `expires_ms` or when revoked; sessions that relied on it end with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub id: String,
+    pub identity: String,
+    pub target: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    /// The access request it came from.
+    pub approval: String,
+    pub reason: String,
+    pub approved_by: String,
+    pub revoked_ms: Option<u64>,
+    pub revoked_by: Option<String>,
+}
+
+impl Grant {
+    pub fn is_active(&self, now_ms: u64) -> bool {
+        self.revoked_ms.is_none() && now_ms < self.expires_ms
+    }
+}
+
+const COLUMNS: &str =
+    "id, kind, grant_ms, created_ms, deadline_ms, identity, identity_kind, target, session, \
     fingerprint, statement, rule, reason, status, decided_by, decided_ms, note";
 
 fn ms(v: i64) -> u64 {
@@ -124,36 +186,45 @@ fn to_i64(v: u64) -> i64 {
 }
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<Approval, StoreError>> {
-    let status: String = r.get(11)?;
+    let status: String = r.get(13)?;
     let Some(status) = Status::parse(&status) else {
         return Ok(Err(StoreError::Corrupt(format!(
             "approval status {status:?}"
         ))));
     };
+    let kind = match r.get::<_, String>(1)?.as_str() {
+        "statement" => Kind::Statement,
+        "access" => Kind::Access,
+        other => return Ok(Err(StoreError::Corrupt(format!("approval kind {other:?}")))),
+    };
     Ok(Ok(Approval {
         id: r.get(0)?,
-        created_ms: ms(r.get(1)?),
-        deadline_ms: ms(r.get(2)?),
-        identity: r.get(3)?,
-        identity_kind: r.get(4)?,
-        target: r.get(5)?,
-        session: ms(r.get(6)?),
-        fingerprint: r.get(7)?,
-        statement: r.get(8)?,
-        rule: r.get(9)?,
-        reason: r.get(10)?,
+        kind,
+        grant_ms: r.get::<_, Option<i64>>(2)?.map(ms),
+        created_ms: ms(r.get(3)?),
+        deadline_ms: ms(r.get(4)?),
+        identity: r.get(5)?,
+        identity_kind: r.get(6)?,
+        target: r.get(7)?,
+        session: ms(r.get(8)?),
+        fingerprint: r.get(9)?,
+        statement: r.get(10)?,
+        rule: r.get(11)?,
+        reason: r.get(12)?,
         status,
-        decided_by: r.get(12)?,
-        decided_ms: r.get::<_, Option<i64>>(13)?.map(ms),
-        note: r.get(14)?,
+        decided_by: r.get(14)?,
+        decided_ms: r.get::<_, Option<i64>>(15)?.map(ms),
+        note: r.get(16)?,
     }))
 }
 
 pub(crate) fn create(c: &rusqlite::Connection, a: &NewApproval) -> Result<Approval, StoreError> {
     c.execute(
-        &format!("INSERT INTO approvals ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'pending', NULL, NULL, NULL)"),
+        &format!("INSERT INTO approvals ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', NULL, NULL, NULL)"),
         params![
             a.id,
+            a.kind.as_str(),
+            a.grant_ms.map(to_i64),
             to_i64(a.created_ms),
             to_i64(a.deadline_ms),
             a.identity,
@@ -188,7 +259,8 @@ pub(crate) fn pending(c: &rusqlite::Connection) -> Result<Vec<Approval>, StoreEr
 }
 
 /// Moves a pending request to `to`. Returns the request as it now is: with `to` if this call
-/// made the change, or with whatever state won before it.
+/// made the change, or with whatever state won before it. Approving an access request makes
+/// its grant in the same transaction.
 pub(crate) fn decide(
     c: &rusqlite::Connection,
     id: &str,
@@ -197,12 +269,90 @@ pub(crate) fn decide(
     note: Option<&str>,
     now_ms: u64,
 ) -> Result<Option<(bool, Approval)>, StoreError> {
-    let changed = c.execute(
+    let tx = c.unchecked_transaction()?;
+    let changed = tx.execute(
         "UPDATE approvals SET status = ?2, decided_by = ?3, decided_ms = ?4, note = ?5 \
          WHERE id = ?1 AND status = 'pending'",
         params![id, to.as_str(), by, to_i64(now_ms), note],
     )?;
-    Ok(get(c, id)?.map(|a| (changed == 1, a)))
+    let a = get(&tx, id)?;
+    if let Some(a) = &a {
+        if changed == 1 && to == Status::Approved && a.kind == Kind::Access {
+            tx.execute(
+                "INSERT INTO grants (id, identity, target, created_ms, expires_ms, approval, reason, approved_by) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    grant_id(&a.id),
+                    a.identity,
+                    a.target,
+                    to_i64(now_ms),
+                    to_i64(now_ms.saturating_add(a.grant_ms.unwrap_or(0))),
+                    a.id,
+                    a.reason,
+                    by,
+                ],
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(a.map(|a| (changed == 1, a)))
+}
+
+/// The id of the grant an access request makes: `g-` and the request's own suffix.
+pub fn grant_id(approval: &str) -> String {
+    format!("g-{}", approval.strip_prefix("r-").unwrap_or(approval))
+}
+
+const GRANT_COLUMNS: &str = "id, identity, target, created_ms, expires_ms, approval, reason, \
+    approved_by, revoked_ms, revoked_by";
+
+fn grant_row(r: &Row<'_>) -> rusqlite::Result<Grant> {
+    Ok(Grant {
+        id: r.get(0)?,
+        identity: r.get(1)?,
+        target: r.get(2)?,
+        created_ms: ms(r.get(3)?),
+        expires_ms: ms(r.get(4)?),
+        approval: r.get(5)?,
+        reason: r.get(6)?,
+        approved_by: r.get(7)?,
+        revoked_ms: r.get::<_, Option<i64>>(8)?.map(ms),
+        revoked_by: r.get(9)?,
+    })
+}
+
+/// Grants not revoked and not expired at `now_ms`.
+pub(crate) fn active_grants(
+    c: &rusqlite::Connection,
+    now_ms: u64,
+) -> Result<Vec<Grant>, StoreError> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {GRANT_COLUMNS} FROM grants WHERE revoked_ms IS NULL AND expires_ms > ?1 ORDER BY created_ms"
+    ))?;
+    let rows = stmt.query_map([to_i64(now_ms)], grant_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(crate) fn grant(c: &rusqlite::Connection, id: &str) -> Result<Option<Grant>, StoreError> {
+    Ok(c.query_row(
+        &format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = ?1"),
+        [id],
+        grant_row,
+    )
+    .optional()?)
+}
+
+/// Revokes an active grant; true if this call revoked it.
+pub(crate) fn revoke_grant(
+    c: &rusqlite::Connection,
+    id: &str,
+    by: &str,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    Ok(c.execute(
+        "UPDATE grants SET revoked_ms = ?2, revoked_by = ?3 WHERE id = ?1 AND revoked_ms IS NULL AND expires_ms > ?2",
+        params![id, to_i64(now_ms), by],
+    )? == 1)
 }
 
 /// The newest approval of the same statement (fingerprint) for the same identity and

@@ -21,7 +21,7 @@ pub mod approvals;
 pub mod audit;
 pub mod clock;
 
-pub use approvals::{Approval, NewApproval, Status as ApprovalStatus};
+pub use approvals::{Approval, Grant, Kind as ApprovalKind, NewApproval, Status as ApprovalStatus};
 pub use clock::Clock;
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +104,12 @@ pub trait Store: Send + Sync {
         fingerprint: &str,
         since_ms: u64,
     ) -> Result<Option<Approval>, StoreError>;
+
+    /// Grants neither revoked nor expired at `now_ms`.
+    fn active_grants(&self, now_ms: u64) -> Result<Vec<Grant>, StoreError>;
+    fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError>;
+    /// Revokes an active grant; true if this call revoked it.
+    fn revoke_grant(&self, id: &str, by: &str, now_ms: u64) -> Result<bool, StoreError>;
 }
 
 pub fn now_secs() -> u64 {
@@ -298,6 +304,18 @@ impl Store for SqliteStore {
         since_ms: u64,
     ) -> Result<Option<Approval>, StoreError> {
         self.with(|c| approvals::recent(c, identity, target, fingerprint, since_ms))
+    }
+
+    fn active_grants(&self, now_ms: u64) -> Result<Vec<Grant>, StoreError> {
+        self.with(|c| approvals::active_grants(c, now_ms))
+    }
+
+    fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
+        self.with(|c| approvals::grant(c, id))
+    }
+
+    fn revoke_grant(&self, id: &str, by: &str, now_ms: u64) -> Result<bool, StoreError> {
+        self.with(|c| approvals::revoke_grant(c, id, by, now_ms))
     }
 }
 

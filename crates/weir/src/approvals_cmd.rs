@@ -75,3 +75,120 @@ pub fn decide(
     println!("{} {}", a.status.as_str(), a.id);
     Ok(())
 }
+
+/// How long an access request stays open for approvers.
+const ACCESS_REQUEST_OPEN: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// `weir request TARGET --for 2h --reason TEXT --as NAME`: asks for just-in-time access.
+pub fn request(
+    path: &std::path::Path,
+    target: &str,
+    duration: &str,
+    reason: &str,
+    who: &str,
+) -> anyhow::Result<()> {
+    use anyhow::{bail, Context};
+    let config = Config::load(path)?;
+    if config.target(target).is_none() {
+        bail!("no target named {target:?} in {}", path.display());
+    }
+    let grant = humantime::parse_duration(duration)
+        .with_context(|| format!("--for {duration:?}: expected e.g. 2h or 30m"))?;
+    if grant.is_zero() {
+        bail!("--for must be longer than zero");
+    }
+    if reason.trim().is_empty() {
+        bail!("--reason is required: approvers decide on it");
+    }
+    let identity = crate::policy_cmd::identity(&config, who)?;
+    let store = crate::serve::open_store(&config)?;
+    let clock = Clock::from_env();
+    let now = clock.now_ms();
+    let id = weir_proxy::approvals::new_id();
+    let statement = format!("ACCESS {target} FOR {}", humantime::format_duration(grant));
+    crate::audit_cmd::record(
+        &config,
+        weir_audit::Event::Approval {
+            id: id.clone(),
+            decision: "requested".into(),
+            identity: identity.name.clone(),
+            target: target.to_owned(),
+            session: None,
+            by: None,
+            rule: Some("weir.access-request".into()),
+            note: Some(reason.to_owned()),
+            sql: Some(statement.clone()),
+            fingerprint: None,
+            rode_on: None,
+        },
+    )?;
+    store.create_approval(&weir_store::NewApproval {
+        id: id.clone(),
+        kind: weir_store::ApprovalKind::Access,
+        grant_ms: Some(u64::try_from(grant.as_millis()).unwrap_or(u64::MAX)),
+        created_ms: now,
+        deadline_ms: now
+            .saturating_add(u64::try_from(ACCESS_REQUEST_OPEN.as_millis()).unwrap_or(u64::MAX)),
+        identity: identity.name.clone(),
+        identity_kind: identity.kind.as_str().to_owned(),
+        target: target.to_owned(),
+        session: 0,
+        fingerprint: "access".into(),
+        statement,
+        rule: "weir.access-request".into(),
+        reason: reason.to_owned(),
+    })?;
+    println!("requested access to {target} for {} as {id}; an approver runs: weir approve {id} --as NAME", humantime::format_duration(grant));
+    println!("{id}");
+    Ok(())
+}
+
+/// `weir grants`: active grants, one per line, id first.
+pub fn grants(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let store = crate::serve::open_store(&config)?;
+    let now = Clock::from_env().now_ms();
+    for g in store.active_grants(now)? {
+        let left = std::time::Duration::from_secs(g.expires_ms.saturating_sub(now) / 1000);
+        println!(
+            "{}  {}  {}  {} left  approved by {}  {}",
+            g.id,
+            g.identity,
+            g.target,
+            humantime::format_duration(left),
+            g.approved_by,
+            one_line(&g.reason, 200)
+        );
+    }
+    Ok(())
+}
+
+/// `weir revoke GRANT`: ends a grant now; the gateway closes the sessions relying on it.
+pub fn revoke(path: &std::path::Path, id: &str) -> anyhow::Result<()> {
+    use anyhow::{bail, Context};
+    let config = Config::load(path)?;
+    let store = crate::serve::open_store(&config)?;
+    let clock = Clock::from_env();
+    let grant = store.grant(id)?.with_context(|| format!("no grant {id}"))?;
+    if !grant.is_active(clock.now_ms()) {
+        bail!("grant {id} has already ended");
+    }
+    let by = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+    crate::audit_cmd::record(
+        &config,
+        weir_audit::Event::Grant {
+            id: id.to_owned(),
+            decision: "revoked".into(),
+            identity: grant.identity.clone(),
+            target: grant.target.clone(),
+            by: Some(by.clone()),
+            expires_ms: Some(grant.expires_ms),
+            session: None,
+        },
+    )?;
+    if !store.revoke_grant(id, &by, clock.now_ms())? {
+        bail!("grant {id} ended before it could be revoked");
+    }
+    println!("revoked {id} ({} on {})", grant.identity, grant.target);
+    Ok(())
+}

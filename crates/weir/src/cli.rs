@@ -65,6 +65,32 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Ask for just-in-time access to a target; once approved, a grant exists until it
+    /// expires or is revoked.
+    Request {
+        target: String,
+        #[arg(long, short)]
+        config: PathBuf,
+        /// How long the access lasts once approved, e.g. 2h.
+        #[arg(long = "for")]
+        duration: String,
+        #[arg(long)]
+        reason: String,
+        /// Who asks.
+        #[arg(long = "as")]
+        who: String,
+    },
+    /// Active access grants, one per line, id first.
+    Grants {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// End an access grant now; sessions that relied on it are closed.
+    Revoke {
+        id: String,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Read and verify the audit trail.
     Audit {
         #[command(subcommand)]
@@ -201,6 +227,15 @@ pub fn main() -> ExitCode {
             TokenCommand::Revoke { config, name } => crate::token::revoke(&config, &name),
         },
         Command::Approvals { config } => crate::approvals_cmd::list(&config),
+        Command::Request {
+            target,
+            config,
+            duration,
+            reason,
+            who,
+        } => crate::approvals_cmd::request(&config, &target, &duration, &reason, &who),
+        Command::Grants { config } => crate::approvals_cmd::grants(&config),
+        Command::Revoke { id, config } => crate::approvals_cmd::revoke(&config, &id),
         Command::Approve {
             id,
             config,
