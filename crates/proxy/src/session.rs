@@ -37,7 +37,7 @@ use crate::cancel::UpstreamKey;
 use crate::catalog::CatalogCache;
 use crate::io::{read_frame, FrameError};
 use crate::stream::Stream;
-use crate::track::{Action, Due, Entry, ExecInfo, Op, Pending, Tracker};
+use crate::track::{Action, Due, Entry, ExecInfo, Mode, ModeKind, Op, Pending, Probe, Tracker};
 use crate::upstream::{self, UpstreamError};
 use crate::Shared;
 
@@ -51,7 +51,6 @@ const PIPELINE_DEPTH: usize = 1024;
 /// Hands requests from the frontend half to the backend half. Both halves run in one task, so
 /// this is a plain queue: the backend half drains it before it looks at any server bytes,
 /// and no wake-up is needed per request.
-#[derive(Default)]
 struct Inbox {
     queue: std::sync::Mutex<VecDeque<Entry>>,
     in_flight: std::sync::atomic::AtomicUsize,
@@ -61,6 +60,21 @@ struct Inbox {
     /// the server.
     to_client: std::sync::Mutex<Vec<Bytes>>,
     to_client_ready: Notify,
+    /// The server's transaction status at its last ReadyForQuery ('I', 'T', 'E').
+    tx_status: std::sync::atomic::AtomicU8,
+}
+
+impl Default for Inbox {
+    fn default() -> Inbox {
+        Inbox {
+            queue: Default::default(),
+            in_flight: Default::default(),
+            space: Notify::new(),
+            to_client: Default::default(),
+            to_client_ready: Notify::new(),
+            tx_status: std::sync::atomic::AtomicU8::new(b'I'),
+        }
+    }
 }
 
 impl Inbox {
@@ -87,6 +101,21 @@ impl Inbox {
             }
             space.await;
         }
+    }
+
+    /// Waits until every forwarded request has been answered.
+    async fn wait_idle(&self) {
+        loop {
+            let space = self.space.notified();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            space.await;
+        }
+    }
+
+    fn tx_status(&self) -> TxStatus {
+        TxStatus::from_byte(self.tx_status.load(Ordering::Acquire)).unwrap_or(TxStatus::Idle)
     }
 
     /// Queues a message for the client, written between two whole server messages.
@@ -557,6 +586,7 @@ async fn serve(
             .map(|_| Masker::new(shared.mask_key.clone())),
         catalog: ctx.mask.as_ref().map(|c| c.snapshot()).unwrap_or_default(),
         out: BytesMut::new(),
+        held: BytesMut::new(),
     };
     let reason = tokio::select! {
         r = front.run(&mut cr, &mut uw) => r,
@@ -654,6 +684,19 @@ struct FrontendHalf<'a> {
     /// A request waiting for approval: decided and recorded, its messages still in `batch`
     /// and `ops`, not forwarded. The run loop waits for it before it takes more input.
     held: Option<Held>,
+    /// A write under a row bound, decided and recorded, its messages still in `batch` and
+    /// `ops`: the run loop runs it inside a bracket and checks the count.
+    bounded: Option<Bounded>,
+}
+
+/// A write that may change at most `limit` rows.
+struct Bounded {
+    request: u64,
+    items: Vec<Item>,
+    next_scope: Option<Scope>,
+    end: BatchEnd,
+    limit: u64,
+    rule: String,
 }
 
 /// A request that waits for an approver.
@@ -704,6 +747,7 @@ impl<'a> FrontendHalf<'a> {
             grant_generation: u64::MAX,
             relied_on: Default::default(),
             held: None,
+            bounded: None,
         }
     }
 
@@ -753,6 +797,18 @@ impl<'a> FrontendHalf<'a> {
                         })?;
                     }
                     return Ok("client terminated");
+                }
+                if let Some(bounded) = self.bounded.take() {
+                    uw.write_all(&out).await.map_err(|e| {
+                        Fatal::new("08006", format!("weir: upstream write failed: {e}"))
+                    })?;
+                    out.clear();
+                    if !self.run_bounded(bounded, cr, uw, &mut out).await? {
+                        let mut term = BytesMut::new();
+                        Frontend::Terminate.encode(&mut term);
+                        let _ = uw.write_all(&term).await;
+                        return Ok("client disconnected while waiting for approval");
+                    }
                 }
                 if let Some(held) = self.held.take() {
                     // Earlier requests go now; this one waits for its approver.
@@ -1154,8 +1210,29 @@ impl<'a> FrontendHalf<'a> {
         }
 
         match &verdict {
-            Verdict::Allow | Verdict::AllowBounded { .. } => {
-                self.forward(id, &items, next_scope, out).await
+            Verdict::Allow => self.forward(id, &items, next_scope, out).await,
+            Verdict::AllowBounded { rows, rule } => {
+                // Checked by running it in a bracket: one statement, and a Sync to end the
+                // request (Weir must see its ReadyForQuery to close the bracket).
+                let single = matches!(end, BatchEnd::Sync)
+                    && matches!(items.as_slice(), [one] if one.decision.analysis.statements.len() == 1
+                        && one.decision.analysis.statements.iter().all(|f| f.copy.is_none()));
+                if single {
+                    self.bounded = Some(Bounded {
+                        request: id,
+                        items,
+                        next_scope,
+                        end,
+                        limit: *rows,
+                        rule: rule.clone(),
+                    });
+                    return Ok(());
+                }
+                let reason = format!(
+                    "a write bounded to {rows} rows ({rule}) cannot be counted in a request with several statements or without Sync"
+                );
+                self.approval_or_refusal(id, items, next_scope, end, rule, &reason, out)
+                    .await
             }
             Verdict::Deny { rule, reason } => {
                 let fields = Fields::new(
@@ -1168,32 +1245,177 @@ impl<'a> FrontendHalf<'a> {
                 self.deny_now(out, fields, end).await
             }
             Verdict::RequireApproval { rule, reason } => {
-                let cancels_before = self.ctx.cancel.count();
-                match self.ask_approval(id, &items, rule, reason).await {
-                    Ask::Go => self.forward(id, &items, next_scope, out).await,
-                    Ask::Wait {
-                        id: approval,
-                        deadline_ms,
-                    } => {
-                        self.held = Some(Held {
-                            request: id,
-                            items,
-                            next_scope,
-                            end,
-                            approval,
-                            deadline_ms,
-                            cancels_before,
-                        });
-                        Ok(())
-                    }
-                    Ask::Refuse(fields) => {
-                        self.batch.clear();
-                        self.ops.clear();
-                        self.deny_now(out, fields, end).await
-                    }
-                }
+                self.approval_or_refusal(id, items, next_scope, end, rule, reason, out)
+                    .await
             }
         }
+    }
+
+    /// A request that needs approval: forwarded at once (an earlier approval or policy
+    /// covers it), held for approvers (`self.held`), or refused.
+    #[allow(clippy::too_many_arguments)]
+    async fn approval_or_refusal(
+        &mut self,
+        id: u64,
+        items: Vec<Item>,
+        next_scope: Option<Scope>,
+        end: BatchEnd,
+        rule: &str,
+        reason: &str,
+        out: &mut BytesMut,
+    ) -> Result<(), Fatal> {
+        let cancels_before = self.ctx.cancel.count();
+        match self.ask_approval(id, &items, rule, reason).await {
+            Ask::Go => self.forward(id, &items, next_scope, out).await,
+            Ask::Wait {
+                id: approval,
+                deadline_ms,
+            } => {
+                self.held = Some(Held {
+                    request: id,
+                    items,
+                    next_scope,
+                    end,
+                    approval,
+                    deadline_ms,
+                    cancels_before,
+                });
+                Ok(())
+            }
+            Ask::Refuse(fields) => {
+                self.batch.clear();
+                self.ops.clear();
+                self.deny_now(out, fields, end).await
+            }
+        }
+    }
+
+    /// Queues one of Weir's own statements (a bracket around a bounded write).
+    fn inject(&mut self, out: &mut BytesMut, sql: &'static str, mode: Mode) {
+        let id = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut pending = Pending::new(id, VecDeque::from([Op::Query]));
+        pending.mode = mode;
+        pending.audited = false;
+        self.send(Entry::Request(pending));
+        Frontend::Query(Bytes::from_static(sql.as_bytes())).encode(out);
+    }
+
+    /// Runs a bounded write inside a bracket — a transaction Weir opens when the client is in
+    /// none, else a savepoint in the client's transaction — with its answers held until the
+    /// count is known. Within the bound: the bracket is committed (released) and the client
+    /// gets the answers. Over it: the bracket is rolled back, nothing reaches the client, and
+    /// the write goes to approval with its exact count; approved, it runs for real. A write
+    /// that fails reaches the client as it would without Weir. Returns false when the client
+    /// went away while waiting for approval.
+    async fn run_bounded<R, W>(
+        &mut self,
+        b: Bounded,
+        cr: &mut R,
+        uw: &mut W,
+        out: &mut BytesMut,
+    ) -> Result<bool, Fatal>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let upstream_write =
+            |e: std::io::Error| Fatal::new("08006", format!("weir: upstream write failed: {e}"));
+        // The transaction status the write starts in is known once everything before it has
+        // been answered.
+        self.inbox.wait_idle().await;
+        let status = self.inbox.tx_status();
+        if status == TxStatus::Failed {
+            // The server refuses anything but the end of the transaction: nothing to count.
+            self.forward(b.request, &b.items, b.next_scope, out).await?;
+            return Ok(true);
+        }
+        let autocommit = status == TxStatus::Idle;
+        let (batch, ops) = (self.batch.clone(), self.ops.clone());
+        let (probe, result) = Probe::new();
+        self.inject(
+            out,
+            if autocommit {
+                "BEGIN"
+            } else {
+                "SAVEPOINT weir_row_bound"
+            },
+            Mode::Hidden,
+        );
+        self.forward_as(
+            b.request,
+            &b.items,
+            b.next_scope.clone(),
+            out,
+            Mode::Held(probe),
+        )
+        .await?;
+        uw.write_all(out).await.map_err(upstream_write)?;
+        out.clear();
+        let Ok(result) = result.await else {
+            return Err(Fatal::new(
+                "08006",
+                "weir: a bounded write's result was lost; the session is closed",
+            ));
+        };
+        if result.sqlstate.is_some() || result.rows <= b.limit {
+            // Failed (the client sees the failure; in its own transaction, the transaction
+            // stays aborted, as it would be), or within the bound (kept).
+            let close = match (result.sqlstate.is_some(), autocommit) {
+                (true, true) => "ROLLBACK",
+                (true, false) => "",
+                (false, true) => "COMMIT",
+                (false, false) => "RELEASE SAVEPOINT weir_row_bound",
+            };
+            self.inject(out, close, Mode::Close { release: true });
+            return Ok(true);
+        }
+        // Over the bound: undo it, then ask.
+        self.inject(
+            out,
+            if autocommit {
+                "ROLLBACK"
+            } else {
+                "ROLLBACK TO SAVEPOINT weir_row_bound; RELEASE SAVEPOINT weir_row_bound"
+            },
+            Mode::Hidden,
+        );
+        uw.write_all(out).await.map_err(upstream_write)?;
+        out.clear();
+        self.batch = batch;
+        self.ops = ops;
+        let kind = result
+            .tags
+            .last()
+            .and_then(|t| t.split(' ').next())
+            .unwrap_or("statement")
+            .to_owned();
+        let reason = format!(
+            "this {kind} would change {} rows, more than the {} allowed ({})",
+            group_digits(result.rows),
+            group_digits(b.limit),
+            b.rule
+        );
+        info!(
+            rows = result.rows,
+            limit = b.limit,
+            "bounded write over its bound; rolled back"
+        );
+        self.approval_or_refusal(
+            b.request,
+            b.items,
+            b.next_scope,
+            b.end,
+            &b.rule,
+            &reason,
+            out,
+        )
+        .await?;
+        if let Some(held) = self.held.take() {
+            uw.write_all(out).await.map_err(upstream_write)?;
+            out.clear();
+            return self.wait_for_approval(held, cr, out).await;
+        }
+        Ok(true)
     }
 
     /// Forwards a decided, recorded request: its entry goes to the backend half first, then
@@ -1205,6 +1427,18 @@ impl<'a> FrontendHalf<'a> {
         next_scope: Option<Scope>,
         out: &mut BytesMut,
     ) -> Result<(), Fatal> {
+        self.forward_as(id, items, next_scope, out, Mode::Client)
+            .await
+    }
+
+    async fn forward_as(
+        &mut self,
+        id: u64,
+        items: &[Item],
+        next_scope: Option<Scope>,
+        out: &mut BytesMut,
+        mode: Mode,
+    ) -> Result<(), Fatal> {
         let shared = &self.ctx.shared;
         if let Some(scope) = next_scope {
             // Forwarded: the session now has the scope its statements made.
@@ -1213,6 +1447,7 @@ impl<'a> FrontendHalf<'a> {
         }
         let ops = std::mem::take(&mut self.ops);
         let mut pending = Pending::new(id, ops);
+        pending.mode = mode;
         if let Some(cache) = &self.ctx.mask {
             // The catalog must know the tables this request reads before any of
             // its results arrive. On failure the previous catalog stays, and what
@@ -1646,6 +1881,8 @@ struct BackendHalf<'a> {
     catalog: Arc<weir_mask::Catalog>,
     /// Rewritten messages (and the unchanged ones between them) waiting to be written.
     out: BytesMut,
+    /// The answers of a bounded write, held until Weir knows its row count.
+    held: BytesMut,
 }
 
 /// Who may see clear text, as this session's policy says.
@@ -1732,7 +1969,15 @@ impl BackendHalf<'_> {
                 break;
             }
             let body = rest.get(Header::SIZE..h.frame_len()).unwrap_or(&[]);
+            let frame = rest.get(..h.frame_len()).unwrap_or(&[]);
             let mut replace: Option<Bytes> = None;
+            // Whom this message is for (ParameterStatus and notifications belong to no
+            // request).
+            let mode = if matches!(h.tag, b'S' | b'A') {
+                ModeKind::Client
+            } else {
+                self.tracker.mode()
+            };
             if let (Some(masker), Some(cache)) = (&mut self.masker, &self.ctx.mask) {
                 if matches!(
                     h.tag,
@@ -1766,7 +2011,13 @@ impl BackendHalf<'_> {
             if h.tag == b'A' {
                 replace = self.translate_notification(body);
             }
-            match self.tracker.on_message(h.tag, body, due) {
+            let action = self.tracker.on_message(h.tag, body, due);
+            if h.tag == b'Z' {
+                self.inbox
+                    .tx_status
+                    .store(self.tracker.tx_status.byte(), Ordering::Release);
+            }
+            match action {
                 Action::Forward => {}
                 Action::Replace(b) => replace = Some(b),
                 Action::Desync => {
@@ -1779,6 +2030,37 @@ impl BackendHalf<'_> {
                     ))
                 }
             }
+            // A bounded write's bracket: held answers, hidden bracket statements.
+            let mut release = None;
+            match mode {
+                ModeKind::Client => {}
+                ModeKind::Held => {
+                    // Its ReadyForQuery is not the client's: the closing statement's is.
+                    if h.tag != b'Z' {
+                        match &replace {
+                            Some(b) => self.held.extend_from_slice(b),
+                            None => self.held.extend_from_slice(frame),
+                        }
+                    }
+                    replace = Some(Bytes::new());
+                }
+                ModeKind::Hidden | ModeKind::Close { .. } => {
+                    if !self.held.is_empty() {
+                        let held = std::mem::take(&mut self.held);
+                        if mode == (ModeKind::Close { release: true }) {
+                            release = Some(held);
+                        }
+                    }
+                    let shown = matches!(mode, ModeKind::Close { .. })
+                        && matches!(h.tag, b'E' | b'N' | b'Z');
+                    if !shown {
+                        replace = Some(Bytes::new());
+                    } else if release.is_some() && replace.is_none() {
+                        // Through the staging path, so the released answers go first.
+                        replace = Some(Bytes::copy_from_slice(frame));
+                    }
+                }
+            }
             match replace {
                 None => kept += h.frame_len(),
                 Some(bytes) => {
@@ -1788,6 +2070,9 @@ impl BackendHalf<'_> {
                     self.out.extend_from_slice(&prefix);
                     self.buf.advance(h.frame_len());
                     kept = 0;
+                    if let Some(held) = release {
+                        self.out.extend_from_slice(&held);
+                    }
                     self.out.extend_from_slice(&bytes);
                 }
             }
@@ -1859,6 +2144,13 @@ impl BackendHalf<'_> {
             match d {
                 Due::Completed(p) => {
                     self.inbox.completed();
+                    if let Mode::Held(probe) = &p.mode {
+                        probe.send(crate::track::ProbeResult {
+                            rows: p.rows,
+                            tags: p.tags.clone(),
+                            sqlstate: p.sqlstate.clone(),
+                        });
+                    }
                     let mut masked = Vec::new();
                     if let (Some(masker), Some(cache)) = (&mut self.masker, &self.ctx.mask) {
                         masked = masker.take_masked().iter().map(|c| c.to_string()).collect();
@@ -1900,4 +2192,17 @@ async fn write<W: AsyncWrite + Unpin>(cw: &mut W, bytes: &[u8]) -> Result<(), Fa
     cw.write_all(bytes)
         .await
         .map_err(|e| Fatal::new("08006", format!("weir: client write failed: {e}")))
+}
+
+/// `48213` → `48,213`, for counts people read.
+fn group_digits(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

@@ -85,9 +85,76 @@ impl Op {
     }
 }
 
+/// Who a request's answers are for.
+#[derive(Debug, Clone, Default)]
+pub enum Mode {
+    /// The client's request: answers go to the client.
+    #[default]
+    Client,
+    /// Weir's own bracket statement (BEGIN, SAVEPOINT, ROLLBACK…): every answer is dropped,
+    /// and answers still held for a bounded write are dropped with them.
+    Hidden,
+    /// A write under a row bound: its answers are held back until Weir knows how many rows it
+    /// changed (the probe gets the count when the request completes). Its ReadyForQuery is
+    /// never the client's: the closing statement's is.
+    Held(Arc<Probe>),
+    /// The statement that closes a bounded write's bracket (COMMIT, RELEASE, or an empty
+    /// query): first the held answers are released (or dropped), then only its errors,
+    /// notices and ReadyForQuery reach the client.
+    Close { release: bool },
+}
+
+/// [`Mode`] without its data, for the relay's per-message decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeKind {
+    Client,
+    Hidden,
+    Held,
+    Close { release: bool },
+}
+
+/// What a bounded write came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeResult {
+    pub rows: u64,
+    pub tags: Vec<String>,
+    pub sqlstate: Option<String>,
+}
+
+/// Where a bounded write's result goes: the frontend half waits on the receiver.
+#[derive(Debug, Default)]
+pub struct Probe {
+    tx: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<ProbeResult>>>,
+}
+
+impl Probe {
+    pub fn new() -> (Arc<Probe>, tokio::sync::oneshot::Receiver<ProbeResult>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (
+            Arc::new(Probe {
+                tx: std::sync::Mutex::new(Some(tx)),
+            }),
+            rx,
+        )
+    }
+
+    pub fn send(&self, result: ProbeResult) {
+        let tx = self
+            .tx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(tx) = tx {
+            let _ = tx.send(result);
+        }
+    }
+}
+
 /// One forwarded request (a Query, or an extended batch up to Sync or Flush).
 #[derive(Debug)]
 pub struct Pending {
+    /// Who its answers are for.
+    pub mode: Mode,
     pub id: u64,
     pub started: Instant,
     pub ops: VecDeque<Op>,
@@ -107,6 +174,7 @@ pub struct Pending {
 impl Pending {
     pub fn new(id: u64, ops: VecDeque<Op>) -> Pending {
         Pending {
+            mode: Mode::Client,
             id,
             started: Instant::now(),
             ops,
@@ -190,6 +258,19 @@ impl Tracker {
     fn pop_op(&mut self) {
         if let Some(p) = self.head() {
             p.ops.pop_front();
+        }
+    }
+
+    /// Who the next server message is for.
+    pub fn mode(&self) -> ModeKind {
+        match self.queue.front() {
+            Some(Entry::Request(p)) => match &p.mode {
+                Mode::Client => ModeKind::Client,
+                Mode::Hidden => ModeKind::Hidden,
+                Mode::Held(_) => ModeKind::Held,
+                Mode::Close { release } => ModeKind::Close { release: *release },
+            },
+            None => ModeKind::Client,
         }
     }
 

@@ -22,11 +22,12 @@ pub fn list(path: &std::path::Path) -> anyhow::Result<()> {
         let waited = now.saturating_sub(a.created_ms) / 1000;
         let left = a.deadline_ms.saturating_sub(now) / 1000;
         println!(
-            "{}  {}  {}  {}  waiting {}s, {}s left  {}",
+            "{}  {}  {}  {}: {}  waiting {}s, {}s left  {}",
             a.id,
             a.identity,
             a.target,
             a.rule,
+            a.reason,
             waited,
             left,
             one_line(&a.statement, 200)

@@ -47,6 +47,7 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
 
     let rt = crate::serve::runtime()?;
     rt.block_on(async {
+        let stop = crate::serve::shutdown_signal();
         let gateway = Gateway::bind(config, store, policy, Arc::new(LogSink))
             .await
             .context("starting the gateway")?;
@@ -54,7 +55,7 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
         println!("{}", banner(&addr.to_string(), &cluster, &config_path));
         let (tx, rx) = watch::channel(false);
         tokio::spawn(async move {
-            crate::serve::wait_for_signal().await;
+            stop.await;
             let _ = tx.send(true);
         });
         gateway.run(rx).await;

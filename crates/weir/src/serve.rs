@@ -74,12 +74,13 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let audit = open_audit(&config)?;
     let sink = Arc::clone(&audit);
     let result = runtime()?.block_on(async move {
+        let stop = shutdown_signal();
         let gateway = Gateway::bind(config, store, policy, sink).await?;
         let addr = gateway.local_addr()?;
         tracing::info!(%addr, "weir is listening for PostgreSQL clients");
         let (tx, rx) = watch::channel(false);
         tokio::spawn(async move {
-            wait_for_signal().await;
+            stop.await;
             tracing::info!("shutting down: no new connections, draining sessions");
             let _ = tx.send(true);
         });
@@ -92,28 +93,35 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     result
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn wait_for_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called (inside a
+/// runtime), not when the future is first polled: call it before the listener is bound, so
+/// a SIGTERM that arrives as soon as clients can connect still drains instead of killing.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
+        let handlers = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+        );
+        async move {
+            match handlers {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
