@@ -123,7 +123,7 @@ pub fn request(
             rode_on: None,
         },
     )?;
-    store.create_approval(&weir_store::NewApproval {
+    let stored = store.create_approval(&weir_store::NewApproval {
         id: id.clone(),
         kind: weir_store::ApprovalKind::Access,
         grant_ms: Some(u64::try_from(grant.as_millis()).unwrap_or(u64::MAX)),
@@ -139,6 +139,11 @@ pub fn request(
         rule: "weir.access-request".into(),
         reason: reason.to_owned(),
     })?;
+    let notifier = weir_proxy::notify::Notifier::new(&config);
+    if notifier.enabled() {
+        // Approvers hear of it where they hear of waiting statements.
+        crate::serve::runtime()?.block_on(notifier.announce(stored));
+    }
     println!("requested access to {target} for {} as {id}; an approver runs: weir approve {id} --as NAME", humantime::format_duration(grant));
     println!("{id}");
     Ok(())

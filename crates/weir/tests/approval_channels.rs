@@ -393,6 +393,15 @@ fn http_api_webhook_and_slack_decide_waiting_statements() {
         assert_eq!(v["replace_original"], true);
         assert_eq!(v["text"], format!("request {id} approved by bob").as_str());
     });
+    // Access requests are announced the same way.
+    let out = g.weir(&[
+        "request", "app", "--for", "1h", "--reason", "INC-7", "--as", "alice",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let hook = s.receiver.wait_for("/hook", 3);
+    let payload: Value = serde_json::from_str(&hook.body).unwrap();
+    assert_eq!(payload["statement"], "ACCESS app FOR 1h");
+    assert_eq!(payload["reason"], "INC-7");
     // Every decision is in the trail, with its channel.
     let out = g.weir(&["audit", "search", "--decision", "approved"]);
     let text = stdout(&out);
