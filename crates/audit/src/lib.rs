@@ -136,6 +136,17 @@ fn hex_u64<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{v:016x}"))
 }
 
+/// Each statement's facts as the trail records them, as a JSON value (for approval requests,
+/// which show approvers what a statement does).
+pub fn facts_json(statements: &[StatementFacts]) -> serde_json::Value {
+    serde_json::Value::Array(
+        statements
+            .iter()
+            .filter_map(|f| serde_json::to_value(Summary(f)).ok())
+            .collect(),
+    )
+}
+
 /// Each statement's facts as the trail records them.
 fn facts<S: Serializer>(facts: &Arc<[StatementFacts]>, s: S) -> Result<S::Ok, S::Error> {
     let mut seq = s.serialize_seq(Some(facts.len()))?;

@@ -63,6 +63,7 @@ fn to_json(a: &Approval) -> Value {
         "identity_kind": a.identity_kind,
         "target": a.target,
         "statement": a.statement,
+        "facts": serde_json::from_str::<Value>(&a.facts).unwrap_or(Value::Null),
         "fingerprint": a.fingerprint,
         "rule": a.rule,
         "reason": a.reason,

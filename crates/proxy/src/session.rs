@@ -1636,6 +1636,13 @@ impl<'a> FrontendHalf<'a> {
             session: self.ctx.session,
             fingerprint,
             statement: sql,
+            facts: {
+                let all: Vec<StatementFacts> = items
+                    .iter()
+                    .flat_map(|i| i.decision.analysis.statements.iter().cloned())
+                    .collect();
+                weir_audit::facts_json(&all).to_string()
+            },
             rule: rule.to_owned(),
             reason: reason.to_owned(),
         };

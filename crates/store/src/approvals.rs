@@ -84,6 +84,8 @@ pub struct NewApproval {
     /// The statement text as the audit trail keeps it (normalized unless the target keeps
     /// full text).
     pub statement: String,
+    /// What the statement does, as JSON (kind, tables, columns, functions per statement).
+    pub facts: String,
     /// The rule that asked for approval, and its reason.
     pub rule: String,
     pub reason: String,
@@ -103,6 +105,7 @@ pub struct Approval {
     pub session: u64,
     pub fingerprint: String,
     pub statement: String,
+    pub facts: String,
     pub rule: String,
     pub reason: String,
     pub status: Status,
@@ -126,6 +129,7 @@ CREATE TABLE IF NOT EXISTS approvals (
     session      INTEGER NOT NULL,
     fingerprint  TEXT NOT NULL,
     statement    TEXT NOT NULL,
+    facts        TEXT NOT NULL DEFAULT '[]',
     rule         TEXT NOT NULL,
     reason       TEXT NOT NULL,
     status       TEXT NOT NULL,
@@ -175,7 +179,7 @@ impl Grant {
 
 const COLUMNS: &str =
     "id, kind, grant_ms, created_ms, deadline_ms, identity, identity_kind, target, session, \
-    fingerprint, statement, rule, reason, status, decided_by, decided_ms, note";
+    fingerprint, statement, rule, reason, status, decided_by, decided_ms, note, facts";
 
 fn ms(v: i64) -> u64 {
     v.max(0).unsigned_abs()
@@ -215,12 +219,13 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<Approval, StoreError>> {
         decided_by: r.get(14)?,
         decided_ms: r.get::<_, Option<i64>>(15)?.map(ms),
         note: r.get(16)?,
+        facts: r.get(17)?,
     }))
 }
 
 pub(crate) fn create(c: &rusqlite::Connection, a: &NewApproval) -> Result<Approval, StoreError> {
     c.execute(
-        &format!("INSERT INTO approvals ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', NULL, NULL, NULL)"),
+        &format!("INSERT INTO approvals ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', NULL, NULL, NULL, ?14)"),
         params![
             a.id,
             a.kind.as_str(),
@@ -235,6 +240,7 @@ pub(crate) fn create(c: &rusqlite::Connection, a: &NewApproval) -> Result<Approv
             a.statement,
             a.rule,
             a.reason,
+            a.facts,
         ],
     )?;
     get(c, &a.id)?.ok_or_else(|| StoreError::Corrupt(format!("approval {} vanished", a.id)))

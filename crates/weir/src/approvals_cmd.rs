@@ -136,6 +136,7 @@ pub fn request(
         session: 0,
         fingerprint: "access".into(),
         statement,
+        facts: "[]".into(),
         rule: "weir.access-request".into(),
         reason: reason.to_owned(),
     })?;

@@ -261,6 +261,8 @@ fn http_api_webhook_and_slack_decide_waiting_statements() {
         assert_eq!(payload["type"], "approval.requested");
         assert_eq!(payload["id"], id.as_str());
         assert_eq!(payload["identity"], "alice");
+        assert_eq!(payload["facts"][0]["kind"], "delete");
+        assert_eq!(payload["facts"][0]["tables_written"][0], "public.items");
         assert!(payload["statement"]
             .as_str()
             .unwrap()
