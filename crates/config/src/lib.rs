@@ -73,6 +73,9 @@ mod raw {
         pub issuer: Option<String>,
         pub audience: Option<String>,
         pub groups_claim: Option<String>,
+        pub username_claim: Option<String>,
+        #[serde(default)]
+        pub claims: Vec<String>,
         #[serde(default, rename = "static")]
         pub statics: Vec<StaticIdentity>,
     }
@@ -260,7 +263,14 @@ pub struct StaticIdentity {
 pub struct IdentityConfig {
     pub issuer: Option<String>,
     pub audience: Option<String>,
+    /// Where the groups are in an ID token: a claim name or a dotted path
+    /// (`realm_access.roles`).
     pub groups_claim: String,
+    /// The claim the PostgreSQL user name must equal (`email` by default, or `sub`, or any
+    /// string claim; dotted paths allowed).
+    pub username_claim: String,
+    /// Claims that become identity attributes, visible to policy.
+    pub claims: Vec<String>,
     pub statics: Vec<StaticIdentity>,
 }
 
@@ -649,10 +659,20 @@ impl Validator<'_> {
                 token: s.token,
             });
         }
+        if raw.identity.issuer.is_some() && raw.identity.audience.is_none() {
+            return Err(self.err(
+                "[identity] issuer needs audience: ID tokens are accepted only when issued for Weir",
+            ));
+        }
         let identity = IdentityConfig {
             issuer: raw.identity.issuer,
             audience: raw.identity.audience,
             groups_claim: raw.identity.groups_claim.unwrap_or_else(|| "groups".into()),
+            username_claim: raw
+                .identity
+                .username_claim
+                .unwrap_or_else(|| "email".into()),
+            claims: raw.identity.claims,
             statics,
         };
 

@@ -25,6 +25,8 @@ pub enum AuthError {
     Expired,
     #[error("store unavailable: {0}")]
     Store(String),
+    #[error("ID token refused: {0}")]
+    Oidc(#[from] crate::oidc::OidcError),
 }
 
 struct StaticEntry {
@@ -35,6 +37,8 @@ struct StaticEntry {
 pub struct Authenticator {
     statics: HashMap<String, StaticEntry>,
     store: Arc<dyn Store>,
+    /// ID tokens from `[identity] issuer`, when configured.
+    oidc: Option<crate::oidc::Oidc>,
 }
 
 pub fn hash_token(token: &[u8]) -> [u8; 32] {
@@ -63,13 +67,23 @@ impl Authenticator {
                 )
             })
             .collect();
-        Authenticator { statics, store }
+        Authenticator {
+            statics,
+            store,
+            oidc: crate::oidc::Oidc::new(&config.identity, weir_store::Clock::from_env()),
+        }
     }
 
     /// Verifies `token` for `user`. Runs the store lookup on a blocking thread.
     pub async fn verify(&self, user: &str, token: &[u8]) -> Result<Identity, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
+        }
+        if let Some(oidc) = &self.oidc {
+            if crate::oidc::Oidc::looks_like_jwt(token) {
+                let token = std::str::from_utf8(token).map_err(|_| AuthError::Unknown)?;
+                return Ok(oidc.verify(user, token).await?);
+            }
         }
         let hash = hash_token(token);
         if let Some(entry) = self.statics.get(user) {

@@ -14,6 +14,7 @@ pub mod grants;
 pub mod http;
 mod io;
 pub mod notify;
+pub mod oidc;
 mod session;
 pub mod stream;
 pub mod tls;

@@ -1,0 +1,386 @@
+//! ID tokens from the company's OpenID Provider (`[identity] issuer`, `audience`).
+//!
+//! A client logs in with user = its identity name and password = an ID token. Weir finds the
+//! issuer's keys through discovery (`/.well-known/openid-configuration` → `jwks_uri`),
+//! caches them, and verifies each token:
+//! - the header's algorithm is an asymmetric one Weir accepts (RS256/384/512, PS256/384/512,
+//!   ES256/384, EdDSA) and matches the key's: `none` and HMAC (`HS*`, which would let anyone
+//!   holding the *public* key forge tokens) are refused;
+//! - the key is the one the header's `kid` names; an unknown `kid` (the IdP rotated its keys)
+//!   triggers one refresh of the key set, at most every [`REFRESH_MIN_INTERVAL`];
+//! - `iss` is the issuer exactly, `aud` contains the audience, `exp` is in the future and
+//!   `nbf` (if present) in the past, on Weir's [`Clock`] with [`LEEWAY_S`] of skew;
+//! - the configured username claim equals the user the client named.
+//!
+//! The groups (a claim or a dotted path such as `realm_access.roles`) and the configured
+//! claims become the identity's groups and attributes for policy. Identities from the IdP
+//! are human: services and agents use Weir-issued tokens, so an agent cannot present itself
+//! as a person.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+use weir_config::IdentityConfig;
+use weir_policy::{Identity, IdentityKind};
+use weir_store::Clock;
+
+/// Clock skew allowed on `exp` and `nbf`.
+pub const LEEWAY_S: u64 = 60;
+/// An unknown `kid` refreshes the key set at most this often (a flood of tokens with made-up
+/// key ids must not become a flood of requests to the IdP).
+pub const REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// Larger tokens are refused before any parsing.
+const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OidcError {
+    #[error("not a JWT")]
+    Malformed,
+    #[error("algorithm {0} is not accepted")]
+    Algorithm(String),
+    #[error("no key {0:?} at the issuer")]
+    UnknownKey(String),
+    #[error("the key's algorithm does not match the token's")]
+    KeyMismatch,
+    #[error("bad signature or claims: {0}")]
+    Invalid(String),
+    #[error("expired")]
+    Expired,
+    #[error("not valid yet")]
+    NotYetValid,
+    #[error("the token's {claim} is not {user:?}")]
+    WrongUser { claim: String, user: String },
+    #[error("cannot reach the issuer: {0}")]
+    Issuer(String),
+}
+
+struct Keys {
+    by_kid: HashMap<String, (DecodingKey, Algorithm)>,
+    /// Keys without a `kid` (some IdPs publish a single unnamed key).
+    unnamed: Vec<(DecodingKey, Algorithm)>,
+    fetched: Instant,
+}
+
+pub struct Oidc {
+    issuer: String,
+    audience: String,
+    groups_claim: String,
+    username_claim: String,
+    claims: Vec<String>,
+    http: reqwest::Client,
+    clock: Clock,
+    keys: RwLock<Option<Keys>>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl Oidc {
+    /// `None` when no issuer is configured.
+    pub fn new(config: &IdentityConfig, clock: Clock) -> Option<Oidc> {
+        let issuer = config.issuer.clone()?;
+        let audience = config.audience.clone()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Some(Oidc {
+            issuer,
+            audience,
+            groups_claim: config.groups_claim.clone(),
+            username_claim: config.username_claim.clone(),
+            claims: config.claims.clone(),
+            http,
+            clock,
+            keys: RwLock::new(None),
+            refresh: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Whether a password looks like a JWT (three base64url parts, a JSON header).
+    pub fn looks_like_jwt(token: &[u8]) -> bool {
+        token.starts_with(b"eyJ") && token.iter().filter(|&&b| b == b'.').count() == 2
+    }
+
+    /// Verifies `token` for the client that named itself `user`.
+    pub async fn verify(&self, user: &str, token: &str) -> Result<Identity, OidcError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(OidcError::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| OidcError::Malformed)?;
+        if !accepted(header.alg) {
+            return Err(OidcError::Algorithm(format!("{:?}", header.alg)));
+        }
+        let (key, alg) = self.key(header.kid.as_deref(), header.alg).await?;
+        if alg != header.alg {
+            return Err(OidcError::KeyMismatch);
+        }
+        let mut validation = Validation::new(alg);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        // Time is checked below on Weir's clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let data = jsonwebtoken::decode::<Value>(token, &key, &validation)
+            .map_err(|e| OidcError::Invalid(e.to_string()))?;
+        let claims = data.claims;
+        let now = self.clock.now_ms() / 1000;
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or(OidcError::Expired)?;
+        if now > exp.saturating_add(LEEWAY_S) {
+            return Err(OidcError::Expired);
+        }
+        if let Some(nbf) = claims.get("nbf").and_then(Value::as_u64) {
+            if nbf > now.saturating_add(LEEWAY_S) {
+                return Err(OidcError::NotYetValid);
+            }
+        }
+        let name = path(&claims, &self.username_claim)
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let matches = if self.username_claim == "email" {
+            name.eq_ignore_ascii_case(user)
+        } else {
+            name == user
+        };
+        if name.is_empty() || !matches {
+            return Err(OidcError::WrongUser {
+                claim: self.username_claim.clone(),
+                user: user.to_owned(),
+            });
+        }
+        let groups = match path(&claims, &self.groups_claim) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            Some(Value::String(one)) => vec![one.clone()],
+            _ => Vec::new(),
+        };
+        let mut attributes = BTreeMap::new();
+        for c in &self.claims {
+            match path(&claims, c) {
+                Some(Value::String(s)) => {
+                    attributes.insert(c.clone(), s.clone());
+                }
+                Some(v @ (Value::Number(_) | Value::Bool(_))) => {
+                    attributes.insert(c.clone(), v.to_string());
+                }
+                _ => {}
+            }
+        }
+        Ok(Identity {
+            name: user.to_owned(),
+            kind: IdentityKind::Human,
+            groups,
+            attributes,
+            source: "oidc",
+        })
+    }
+
+    /// The key for `kid`, refreshing the set once if it is not known.
+    async fn key(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<(DecodingKey, Algorithm), OidcError> {
+        if let Some(found) = self.cached(kid, alg) {
+            return Ok(found);
+        }
+        let _one_at_a_time = self.refresh.lock().await;
+        // Someone else may have refreshed while this waited.
+        if let Some(found) = self.cached(kid, alg) {
+            return Ok(found);
+        }
+        let recent = self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|k| k.fetched.elapsed() < REFRESH_MIN_INTERVAL);
+        if !recent {
+            let keys = self.fetch().await?;
+            *self
+                .keys
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(keys);
+        }
+        self.cached(kid, alg)
+            .ok_or_else(|| OidcError::UnknownKey(kid.unwrap_or("").to_owned()))
+    }
+
+    fn cached(&self, kid: Option<&str>, alg: Algorithm) -> Option<(DecodingKey, Algorithm)> {
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let keys = keys.as_ref()?;
+        match kid {
+            Some(kid) => keys.by_kid.get(kid).cloned(),
+            // Without a kid, only an unambiguous key will do.
+            None => match (keys.by_kid.len(), keys.unnamed.as_slice()) {
+                (0, [one]) => Some(one.clone()),
+                (1, []) => keys
+                    .by_kid
+                    .values()
+                    .next()
+                    .filter(|(_, a)| *a == alg)
+                    .cloned(),
+                _ => None,
+            },
+        }
+    }
+
+    /// Discovery, then the key set.
+    async fn fetch(&self) -> Result<Keys, OidcError> {
+        let issuer = |e: &dyn std::fmt::Display| OidcError::Issuer(e.to_string());
+        let discovery = format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.trim_end_matches('/')
+        );
+        let doc = self
+            .http
+            .get(&discovery)
+            .send()
+            .await
+            .map_err(|e| issuer(&e))?
+            .error_for_status()
+            .map_err(|e| issuer(&e))?
+            .bytes()
+            .await
+            .map_err(|e| issuer(&e))?;
+        let doc: Value = serde_json::from_slice(&doc).map_err(|e| issuer(&e))?;
+        if doc.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
+            return Err(OidcError::Issuer(format!(
+                "{discovery} names another issuer"
+            )));
+        }
+        let jwks_uri = doc
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .ok_or_else(|| OidcError::Issuer(format!("{discovery} has no jwks_uri")))?;
+        let set = self
+            .http
+            .get(jwks_uri)
+            .send()
+            .await
+            .map_err(|e| issuer(&e))?
+            .error_for_status()
+            .map_err(|e| issuer(&e))?
+            .bytes()
+            .await
+            .map_err(|e| issuer(&e))?;
+        let set: JwkSet = serde_json::from_slice(&set).map_err(|e| issuer(&e))?;
+        let mut keys = Keys {
+            by_kid: HashMap::new(),
+            unnamed: Vec::new(),
+            fetched: Instant::now(),
+        };
+        for jwk in &set.keys {
+            let Some(alg) = key_algorithm(jwk) else {
+                continue;
+            };
+            let Ok(key) = DecodingKey::from_jwk(jwk) else {
+                continue;
+            };
+            match &jwk.common.key_id {
+                Some(kid) => {
+                    keys.by_kid.insert(kid.clone(), (key, alg));
+                }
+                None => keys.unnamed.push((key, alg)),
+            }
+        }
+        tracing::info!(issuer = %self.issuer, keys = set.keys.len(), "fetched the issuer's signing keys");
+        Ok(keys)
+    }
+}
+
+/// The asymmetric algorithms Weir accepts. Never `none`, never HMAC.
+fn accepted(alg: Algorithm) -> bool {
+    matches!(
+        alg,
+        Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512
+            | Algorithm::ES256
+            | Algorithm::ES384
+            | Algorithm::EdDSA
+    )
+}
+
+/// The algorithm a published key is for: its `alg` if it says, else what its type implies.
+/// Keys for signing only (`use` other than `sig` are skipped) and of accepted kinds.
+fn key_algorithm(jwk: &Jwk) -> Option<Algorithm> {
+    if matches!(&jwk.common.public_key_use, Some(u) if !matches!(u, jsonwebtoken::jwk::PublicKeyUse::Signature))
+    {
+        return None;
+    }
+    let alg = match jwk.common.key_algorithm {
+        Some(a) => format!("{a:?}").parse::<Algorithm>().ok()?,
+        None => match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+                EllipticCurve::P256 => Algorithm::ES256,
+                EllipticCurve::P384 => Algorithm::ES384,
+                _ => return None,
+            },
+            AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+            _ => return None,
+        },
+    };
+    accepted(alg).then_some(alg)
+}
+
+/// A claim by name or dotted path (`realm_access.roles`); a claim whose own name contains
+/// dots is found first.
+fn path<'a>(claims: &'a Value, name: &str) -> Option<&'a Value> {
+    if let Some(v) = claims.get(name) {
+        return Some(v);
+    }
+    name.split('.').try_fold(claims, |v, part| v.get(part))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_are_found_by_name_or_path() {
+        let c = serde_json::json!({
+            "groups": ["dba"],
+            "realm_access": {"roles": ["admin", "dev"]},
+            "https://example.com/team": "core"
+        });
+        assert_eq!(path(&c, "groups").unwrap()[0], "dba");
+        assert_eq!(path(&c, "realm_access.roles").unwrap()[1], "dev");
+        assert_eq!(path(&c, "https://example.com/team").unwrap(), "core");
+        assert!(path(&c, "realm_access.nothing").is_none());
+    }
+
+    #[test]
+    fn only_asymmetric_algorithms_are_accepted() {
+        for a in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+            assert!(!accepted(a));
+        }
+        for a in [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA] {
+            assert!(accepted(a));
+        }
+    }
+
+    #[test]
+    fn jwt_shape() {
+        assert!(Oidc::looks_like_jwt(b"eyJhbGciOi.eyJzdWIi.sig"));
+        assert!(!Oidc::looks_like_jwt(b"weir_abcdef"));
+        assert!(!Oidc::looks_like_jwt(b"eyJ.only-one-dot"));
+    }
+}
