@@ -384,3 +384,252 @@ mod tests {
         assert!(!Oidc::looks_like_jwt(b"eyJ.only-one-dot"));
     }
 }
+
+/// Verification against a local issuer (discovery and JWKS served over HTTP by the test,
+/// tokens signed with keys the test made). The real-provider tests are in
+/// `crates/weir/tests`.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
+mod issuer_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use base64::Engine;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+
+    struct Key {
+        kid: String,
+        alg: Algorithm,
+        encoding: EncodingKey,
+        jwk: Value,
+    }
+
+    fn b64(b: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    }
+
+    fn key(kid: &str, alg: Algorithm) -> Key {
+        let (rc_alg, pem_fn): (&rcgen::SignatureAlgorithm, fn(&[u8]) -> EncodingKey) = match alg {
+            Algorithm::ES256 => (&rcgen::PKCS_ECDSA_P256_SHA256, |p| {
+                EncodingKey::from_ec_pem(p).unwrap()
+            }),
+            Algorithm::EdDSA => (&rcgen::PKCS_ED25519, |p| {
+                EncodingKey::from_ed_pem(p).unwrap()
+            }),
+            _ => unreachable!(),
+        };
+        let pair = rcgen::KeyPair::generate_for(rc_alg).unwrap();
+        let raw = pair.public_key_raw();
+        let jwk = match alg {
+            Algorithm::ES256 => json!({
+                "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+                "x": b64(&raw[1..33]), "y": b64(&raw[33..65])
+            }),
+            _ => json!({
+                "kty": "OKP", "crv": "Ed25519", "kid": kid, "alg": "EdDSA", "use": "sig",
+                "x": b64(raw)
+            }),
+        };
+        Key {
+            kid: kid.into(),
+            alg,
+            encoding: pem_fn(pair.serialize_pem().as_bytes()),
+            jwk,
+        }
+    }
+
+    struct Issuer {
+        url: String,
+        keys: Arc<Mutex<Vec<Value>>>,
+        fetches: Arc<AtomicUsize>,
+    }
+
+    async fn issuer() -> Issuer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let keys = Arc::new(Mutex::new(Vec::new()));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (k, f, u) = (Arc::clone(&keys), Arc::clone(&fetches), url.clone());
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                axum::routing::get(move || {
+                    let u = u.clone();
+                    async move { axum::Json(json!({"issuer": u, "jwks_uri": format!("{u}/jwks")})) }
+                }),
+            )
+            .route(
+                "/jwks",
+                axum::routing::get(move || {
+                    let (k, f) = (Arc::clone(&k), Arc::clone(&f));
+                    async move {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        axum::Json(json!({"keys": *k.lock().unwrap()}))
+                    }
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Issuer { url, keys, fetches }
+    }
+
+    fn config(issuer: &str) -> IdentityConfig {
+        IdentityConfig {
+            issuer: Some(issuer.into()),
+            audience: Some("weir".into()),
+            groups_claim: "realm_access.roles".into(),
+            username_claim: "email".into(),
+            claims: vec!["department".into()],
+            statics: Vec::new(),
+        }
+    }
+
+    fn now() -> u64 {
+        Clock::system().now_ms() / 1000
+    }
+
+    fn sign(k: &Key, claims: &Value) -> String {
+        let mut h = Header::new(k.alg);
+        h.kid = Some(k.kid.clone());
+        jsonwebtoken::encode(&h, claims, &k.encoding).unwrap()
+    }
+
+    fn claims(iss: &str) -> Value {
+        json!({
+            "iss": iss, "aud": "weir", "sub": "u-123", "email": "Alice@Example.com",
+            "exp": now() + 300, "iat": now(), "nbf": now() - 5,
+            "realm_access": {"roles": ["dba", "developers"]}, "department": "payments"
+        })
+    }
+
+    #[tokio::test]
+    async fn tokens_are_verified_against_the_issuers_keys() {
+        let iss = issuer().await;
+        let es = key("k1", Algorithm::ES256);
+        let ed = key("k2", Algorithm::EdDSA);
+        *iss.keys.lock().unwrap() = vec![es.jwk.clone(), ed.jwk.clone()];
+        let oidc = Oidc::new(&config(&iss.url), Clock::system()).unwrap();
+        let user = "alice@example.com";
+
+        // Valid, with either algorithm; groups by path, a claim as attribute.
+        for k in [&es, &ed] {
+            let id = oidc
+                .verify(user, &sign(k, &claims(&iss.url)))
+                .await
+                .unwrap();
+            assert_eq!(id.groups, ["dba", "developers"]);
+            assert_eq!(id.attributes["department"], "payments");
+            assert_eq!(id.kind, IdentityKind::Human);
+            assert_eq!(id.source, "oidc");
+        }
+        assert_eq!(iss.fetches.load(Ordering::SeqCst), 1, "keys are cached");
+
+        let mut c = claims(&iss.url);
+        c["exp"] = json!(now() - 120);
+        assert_eq!(
+            oidc.verify(user, &sign(&es, &c)).await,
+            Err(OidcError::Expired)
+        );
+        // Inside the skew: still fine.
+        c["exp"] = json!(now() - 30);
+        assert!(oidc.verify(user, &sign(&es, &c)).await.is_ok());
+        let mut c = claims(&iss.url);
+        c["nbf"] = json!(now() + 600);
+        assert_eq!(
+            oidc.verify(user, &sign(&es, &c)).await,
+            Err(OidcError::NotYetValid)
+        );
+        let mut c = claims(&iss.url);
+        c["aud"] = json!("someone-else");
+        assert!(matches!(
+            oidc.verify(user, &sign(&es, &c)).await,
+            Err(OidcError::Invalid(_))
+        ));
+        let mut c = claims(&iss.url);
+        c["iss"] = json!("https://evil.example.com");
+        assert!(matches!(
+            oidc.verify(user, &sign(&es, &c)).await,
+            Err(OidcError::Invalid(_))
+        ));
+        // Someone else's token.
+        assert!(matches!(
+            oidc.verify("bob@example.com", &sign(&es, &claims(&iss.url)))
+                .await,
+            Err(OidcError::WrongUser { .. })
+        ));
+        // Tampered payload: the signature no longer matches.
+        let good = sign(&es, &claims(&iss.url));
+        let parts: Vec<&str> = good.split('.').collect();
+        let mut payload = claims(&iss.url);
+        payload["realm_access"]["roles"] = json!(["weir-admins"]);
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(payload.to_string().as_bytes()),
+            parts[2]
+        );
+        assert!(matches!(
+            oidc.verify(user, &forged).await,
+            Err(OidcError::Invalid(_))
+        ));
+        // alg=none, and HS256 keyed with the public key (the classic confusion attack).
+        let none_header = b64(br#"{"alg":"none","kid":"k1"}"#);
+        let none = format!("{none_header}.{}.", parts[1]);
+        assert_eq!(oidc.verify(user, &none).await, Err(OidcError::Malformed));
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("k1".into());
+        let hs = jsonwebtoken::encode(
+            &h,
+            &claims(&iss.url),
+            &EncodingKey::from_secret(es.jwk.to_string().as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(
+            oidc.verify(user, &hs).await,
+            Err(OidcError::Algorithm("HS256".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rotated_key_is_fetched_once_and_unknown_kids_are_rate_limited() {
+        let iss = issuer().await;
+        let old = key("old", Algorithm::ES256);
+        *iss.keys.lock().unwrap() = vec![old.jwk.clone()];
+        let oidc = Oidc::new(&config(&iss.url), Clock::system()).unwrap();
+        let user = "alice@example.com";
+        oidc.verify(user, &sign(&old, &claims(&iss.url)))
+            .await
+            .unwrap();
+        assert_eq!(iss.fetches.load(Ordering::SeqCst), 1);
+        // The IdP rotates: a token with the new kid makes Weir fetch the set again, but not
+        // before the minimum interval since the last fetch.
+        let new = key("new", Algorithm::EdDSA);
+        *iss.keys.lock().unwrap() = vec![new.jwk.clone()];
+        let token = sign(&new, &claims(&iss.url));
+        assert_eq!(
+            oidc.verify(user, &token).await,
+            Err(OidcError::UnknownKey("new".into()))
+        );
+        assert_eq!(iss.fetches.load(Ordering::SeqCst), 1, "rate-limited");
+        // Once the interval has passed (pretend the last fetch was long ago), one fetch.
+        if let Some(k) = oidc.keys.write().unwrap().as_mut() {
+            k.fetched = Instant::now() - REFRESH_MIN_INTERVAL - Duration::from_secs(1);
+        }
+        oidc.verify(user, &token).await.unwrap();
+        assert_eq!(iss.fetches.load(Ordering::SeqCst), 2);
+        // Made-up kids do not cause more fetches.
+        for i in 0..20 {
+            let mut fake = key(&format!("fake{i}"), Algorithm::ES256);
+            fake.kid = format!("fake{i}");
+            let _ = oidc.verify(user, &sign(&fake, &claims(&iss.url))).await;
+        }
+        assert_eq!(iss.fetches.load(Ordering::SeqCst), 2);
+        // The old key is gone from the set: its tokens are refused.
+        assert!(oidc
+            .verify(user, &sign(&old, &claims(&iss.url)))
+            .await
+            .is_err());
+    }
+}
