@@ -425,6 +425,7 @@ mod tests {
             fingerprint: "00ff".into(),
             statement: "DELETE FROM items WHERE id = $1".into(),
             facts: "[]".into(),
+            rows: None,
             rule: "ops.deletes".into(),
             reason: "deletes need a second pair of eyes".into(),
             status: weir_store::ApprovalStatus::Pending,

@@ -1231,7 +1231,7 @@ impl<'a> FrontendHalf<'a> {
                 let reason = format!(
                     "a write bounded to {rows} rows ({rule}) cannot be counted in a request with several statements or without Sync"
                 );
-                self.approval_or_refusal(id, items, next_scope, end, rule, &reason, out)
+                self.approval_or_refusal(id, items, next_scope, end, rule, &reason, None, out)
                     .await
             }
             Verdict::Deny { rule, reason } => {
@@ -1245,7 +1245,7 @@ impl<'a> FrontendHalf<'a> {
                 self.deny_now(out, fields, end).await
             }
             Verdict::RequireApproval { rule, reason } => {
-                self.approval_or_refusal(id, items, next_scope, end, rule, reason, out)
+                self.approval_or_refusal(id, items, next_scope, end, rule, reason, None, out)
                     .await
             }
         }
@@ -1262,10 +1262,11 @@ impl<'a> FrontendHalf<'a> {
         end: BatchEnd,
         rule: &str,
         reason: &str,
+        rows: Option<u64>,
         out: &mut BytesMut,
     ) -> Result<(), Fatal> {
         let cancels_before = self.ctx.cancel.count();
-        match self.ask_approval(id, &items, rule, reason).await {
+        match self.ask_approval(id, &items, rule, reason, rows).await {
             Ask::Go => self.forward(id, &items, next_scope, out).await,
             Ask::Wait {
                 id: approval,
@@ -1407,6 +1408,7 @@ impl<'a> FrontendHalf<'a> {
             b.end,
             &b.rule,
             &reason,
+            Some(result.rows),
             out,
         )
         .await?;
@@ -1518,6 +1520,7 @@ impl<'a> FrontendHalf<'a> {
         items: &[Item],
         rule: &str,
         reason: &str,
+        rows: Option<u64>,
     ) -> Ask {
         let shared = &self.ctx.shared;
         let approvals = &shared.approvals;
@@ -1543,7 +1546,9 @@ impl<'a> FrontendHalf<'a> {
             );
             let since = now.saturating_sub(window);
             match approvals
-                .with_store(move |s| s.recent_approval(&who, &target, &fp, since))
+                .with_store(move |s| {
+                    s.recent_approval(&who, &target, &fp, since, rows.unwrap_or(0))
+                })
                 .await
             {
                 Ok(Some(earlier)) => {
@@ -1636,6 +1641,7 @@ impl<'a> FrontendHalf<'a> {
             session: self.ctx.session,
             fingerprint,
             statement: sql,
+            rows,
             facts: {
                 let all: Vec<StatementFacts> = items
                     .iter()

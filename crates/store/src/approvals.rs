@@ -86,6 +86,9 @@ pub struct NewApproval {
     pub statement: String,
     /// What the statement does, as JSON (kind, tables, columns, functions per statement).
     pub facts: String,
+    /// For a write over its row bound: the rows it would change. An approval covers repeats
+    /// that change at most this many.
+    pub rows: Option<u64>,
     /// The rule that asked for approval, and its reason.
     pub rule: String,
     pub reason: String,
@@ -106,6 +109,7 @@ pub struct Approval {
     pub fingerprint: String,
     pub statement: String,
     pub facts: String,
+    pub rows: Option<u64>,
     pub rule: String,
     pub reason: String,
     pub status: Status,
@@ -130,6 +134,7 @@ CREATE TABLE IF NOT EXISTS approvals (
     fingerprint  TEXT NOT NULL,
     statement    TEXT NOT NULL,
     facts        TEXT NOT NULL DEFAULT '[]',
+    rows         INTEGER,
     rule         TEXT NOT NULL,
     reason       TEXT NOT NULL,
     status       TEXT NOT NULL,
@@ -179,7 +184,7 @@ impl Grant {
 
 const COLUMNS: &str =
     "id, kind, grant_ms, created_ms, deadline_ms, identity, identity_kind, target, session, \
-    fingerprint, statement, rule, reason, status, decided_by, decided_ms, note, facts";
+    fingerprint, statement, rule, reason, status, decided_by, decided_ms, note, facts, rows";
 
 fn ms(v: i64) -> u64 {
     v.max(0).unsigned_abs()
@@ -220,12 +225,13 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<Approval, StoreError>> {
         decided_ms: r.get::<_, Option<i64>>(15)?.map(ms),
         note: r.get(16)?,
         facts: r.get(17)?,
+        rows: r.get::<_, Option<i64>>(18)?.map(ms),
     }))
 }
 
 pub(crate) fn create(c: &rusqlite::Connection, a: &NewApproval) -> Result<Approval, StoreError> {
     c.execute(
-        &format!("INSERT INTO approvals ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', NULL, NULL, NULL, ?14)"),
+        &format!("INSERT INTO approvals ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', NULL, NULL, NULL, ?14, ?15)"),
         params![
             a.id,
             a.kind.as_str(),
@@ -241,6 +247,7 @@ pub(crate) fn create(c: &rusqlite::Connection, a: &NewApproval) -> Result<Approv
             a.rule,
             a.reason,
             a.facts,
+            a.rows.map(to_i64),
         ],
     )?;
     get(c, &a.id)?.ok_or_else(|| StoreError::Corrupt(format!("approval {} vanished", a.id)))
@@ -362,21 +369,29 @@ pub(crate) fn revoke_grant(
 }
 
 /// The newest approval of the same statement (fingerprint) for the same identity and
-/// target, decided at or after `since_ms`.
+/// target, decided at or after `since_ms`, that covers `rows` changed rows (approvals of
+/// statements without a count cover any).
 pub(crate) fn recent(
     c: &rusqlite::Connection,
     identity: &str,
     target: &str,
     fingerprint: &str,
     since_ms: u64,
+    rows: u64,
 ) -> Result<Option<Approval>, StoreError> {
     c.query_row(
         &format!(
             "SELECT {COLUMNS} FROM approvals WHERE identity = ?1 AND target = ?2 \
              AND fingerprint = ?3 AND status = 'approved' AND decided_ms >= ?4 \
-             ORDER BY decided_ms DESC LIMIT 1"
+             AND (rows IS NULL OR rows >= ?5) ORDER BY decided_ms DESC LIMIT 1"
         ),
-        params![identity, target, fingerprint, to_i64(since_ms)],
+        params![
+            identity,
+            target,
+            fingerprint,
+            to_i64(since_ms),
+            to_i64(rows)
+        ],
         from_row,
     )
     .optional()?

@@ -96,13 +96,14 @@ pub trait Store: Send + Sync {
         now_ms: u64,
     ) -> Result<Option<(bool, Approval)>, StoreError>;
     /// The newest approved request of `fingerprint` for `identity` on `target` decided at or
-    /// after `since_ms` (the auto-repeat window).
+    /// after `since_ms` (the auto-repeat window) that covers `rows` changed rows.
     fn recent_approval(
         &self,
         identity: &str,
         target: &str,
         fingerprint: &str,
         since_ms: u64,
+        rows: u64,
     ) -> Result<Option<Approval>, StoreError>;
 
     /// Grants neither revoked nor expired at `now_ms`.
@@ -302,8 +303,9 @@ impl Store for SqliteStore {
         target: &str,
         fingerprint: &str,
         since_ms: u64,
+        rows: u64,
     ) -> Result<Option<Approval>, StoreError> {
-        self.with(|c| approvals::recent(c, identity, target, fingerprint, since_ms))
+        self.with(|c| approvals::recent(c, identity, target, fingerprint, since_ms, rows))
     }
 
     fn active_grants(&self, now_ms: u64) -> Result<Vec<Grant>, StoreError> {

@@ -137,6 +137,7 @@ pub fn request(
         fingerprint: "access".into(),
         statement,
         facts: "[]".into(),
+        rows: None,
         rule: "weir.access-request".into(),
         reason: reason.to_owned(),
     })?;

@@ -117,6 +117,17 @@ fn over_the_bound_is_rolled_back_and_waits_for_approval_with_its_count() {
         let out = client.join().unwrap();
         assert_eq!(stdout(&out).trim(), "UPDATE 10", "{}", stderr(&out));
         assert_eq!(sql(&g, "SELECT sum(n) FROM items"), "10");
+        // The approval covers repeats within its count: 8 rows run without asking…
+        let out = g.psql(&g.alice(), "UPDATE items SET n = n + 1 WHERE id > 12;\n");
+        assert_eq!(stdout(&out).trim(), "UPDATE 8", "{}", stderr(&out));
+        // …15 rows is more than was approved: asked again, with the new count.
+        let client = s.spawn(|| g.psql(&g.alice(), "UPDATE items SET n = n + 1 WHERE id > 5;\n"));
+        let line = pending(&g, 1).remove(0);
+        assert!(line.contains("this UPDATE would change 15 rows"), "{line}");
+        let id = line.split_whitespace().next().unwrap().to_owned();
+        assert!(g.weir(&["deny", &id, "--reason", "no"]).status.success());
+        assert!(stderr(&client.join().unwrap()).contains("denied"));
+        assert_eq!(sql(&g, "SELECT sum(n) FROM items"), "18");
     });
 }
 
