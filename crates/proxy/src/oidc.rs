@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -62,7 +62,8 @@ struct Keys {
     by_kid: HashMap<String, (DecodingKey, Algorithm)>,
     /// Keys without a `kid` (some IdPs publish a single unnamed key).
     unnamed: Vec<(DecodingKey, Algorithm)>,
-    fetched: Instant,
+    /// When the set was fetched, on Weir's clock.
+    fetched_ms: u64,
 }
 
 pub struct Oidc {
@@ -203,7 +204,10 @@ impl Oidc {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_ref()
-            .is_some_and(|k| k.fetched.elapsed() < REFRESH_MIN_INTERVAL);
+            .is_some_and(|k| {
+                self.clock.now_ms().saturating_sub(k.fetched_ms)
+                    < u64::try_from(REFRESH_MIN_INTERVAL.as_millis()).unwrap_or(u64::MAX)
+            });
         if !recent {
             let keys = self.fetch().await?;
             *self
@@ -280,7 +284,7 @@ impl Oidc {
         let mut keys = Keys {
             by_kid: HashMap::new(),
             unnamed: Vec::new(),
-            fetched: Instant::now(),
+            fetched_ms: self.clock.now_ms(),
         };
         for jwk in &set.keys {
             let Some(alg) = key_algorithm(jwk) else {
@@ -615,7 +619,7 @@ mod issuer_tests {
         assert_eq!(iss.fetches.load(Ordering::SeqCst), 1, "rate-limited");
         // Once the interval has passed (pretend the last fetch was long ago), one fetch.
         if let Some(k) = oidc.keys.write().unwrap().as_mut() {
-            k.fetched = Instant::now() - REFRESH_MIN_INTERVAL - Duration::from_secs(1);
+            k.fetched_ms -= 11_000;
         }
         oidc.verify(user, &token).await.unwrap();
         assert_eq!(iss.fetches.load(Ordering::SeqCst), 2);

@@ -1,0 +1,255 @@
+//! Logging in with ID tokens from a real OpenID Provider: `oidc-provider` (npm), started on a
+//! loopback port with the device-code grant; tokens are obtained through that grant (the
+//! user's side driven by the provider's test route). Time moves by the clock file.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+use common::*;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const POLICY: &str = r#"
+@id("test.dba-deletes")
+@reason("only the dba group deletes")
+forbid (principal, action == Weir::Action::"delete", resource)
+unless { principal in Weir::Group::"dba" };
+"#;
+
+struct Provider {
+    child: Child,
+    port: u16,
+    keys: PathBuf,
+}
+
+impl Provider {
+    fn start(port: u16, keys: PathBuf) -> Provider {
+        let dir = repo_root().join("tests/clients/oidc");
+        assert!(
+            dir.join("node_modules").exists(),
+            "run scripts/test (it installs oidc-provider into tests/clients/oidc)"
+        );
+        let child = Command::new("node")
+            .arg(dir.join("provider.mjs"))
+            .env("PORT", port.to_string())
+            .env("KEYS_FILE", &keys)
+            .env(
+                "ACCOUNTS",
+                r#"{"alice":{"email":"alice@example.com","groups":["dba"]},"carol":{"email":"carol@example.com","groups":[]}}"#,
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the OpenID Provider did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Provider { child, port, keys }
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// An ID token for `account`, through the device-code grant of client `client`.
+    fn token(&self, account: &str, client: &str) -> String {
+        let post = |path: &str, form: &[(&str, &str)]| -> serde_json::Value {
+            let mut cmd = Command::new("curl");
+            cmd.args(["-s", "-X", "POST", &format!("{}{path}", self.issuer())]);
+            for (k, v) in form {
+                cmd.args(["--data-urlencode", &format!("{k}={v}")]);
+            }
+            let out = cmd.output().unwrap();
+            serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)))
+        };
+        let auth = post(
+            "/device/auth",
+            &[("client_id", client), ("scope", "openid email groups")],
+        );
+        let user_code = auth["user_code"].as_str().unwrap();
+        let done = Command::new("curl")
+            .args(["-s", "-G", &format!("{}/test/device", self.issuer())])
+            .args(["--data-urlencode", &format!("user_code={user_code}")])
+            .args(["--data-urlencode", &format!("account={account}")])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&done.stdout), "device-flow-done");
+        let tokens = post(
+            "/token",
+            &[
+                ("client_id", client),
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("device_code", auth["device_code"].as_str().unwrap()),
+            ],
+        );
+        tokens["id_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{tokens}"))
+            .to_owned()
+    }
+
+    /// Restarts with a fresh key set (new key ids): the IdP rotated its keys.
+    fn rotate(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::remove_file(&self.keys).unwrap();
+        *self = Provider::start(self.port, self.keys.clone());
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn login(g: &Gateway, user: &str, token: &str, sql: &str) -> std::process::Output {
+    g.psql(
+        &format!(
+            "host=127.0.0.1 port={} dbname=app user={user} password={token} sslmode=disable",
+            g.port
+        ),
+        sql,
+    )
+}
+
+#[test]
+fn id_tokens_from_a_real_openid_provider() {
+    let port = weir::cluster::free_port().unwrap();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let mut idp = Provider::start(port, keys_dir.path().join("keys.json"));
+    let issuer = idp.issuer();
+    let g = Gateway::start_custom(
+        Options {
+            fast: true,
+            ..Default::default()
+        },
+        |cluster, dir| {
+            cluster
+                .psql(
+                    "app",
+                    "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 5);",
+                )
+                .unwrap();
+            std::fs::write(dir.join("dba.cedar"), POLICY).unwrap();
+            format!(
+                "[identity]\nissuer = \"{issuer}\"\naudience = \"weir\"\ngroups_claim = \"groups\"\n\n[policy]\nfiles = [\"dba.cedar\"]\n"
+            )
+        },
+    );
+    let refused = |out: &std::process::Output| {
+        !out.status.success() && stderr(out).contains("weir: authentication failed")
+    };
+
+    // A valid token logs in; its groups reach policy.
+    let alice = idp.token("alice", "weir");
+    let out = login(
+        &g,
+        "alice@example.com",
+        &alice,
+        "DELETE FROM t WHERE id = 1;\n",
+    );
+    assert_eq!(stdout(&out).trim(), "DELETE 1", "{}", stderr(&out));
+    let carol = idp.token("carol", "weir");
+    let out = login(
+        &g,
+        "carol@example.com",
+        &carol,
+        "DELETE FROM t WHERE id = 2;\n",
+    );
+    assert!(
+        stderr(&out).contains("weir: denied by test.dba-deletes"),
+        "{}",
+        stderr(&out)
+    );
+    // Someone else's token, a token for another application, a tampered signature.
+    assert!(refused(&login(
+        &g,
+        "carol@example.com",
+        &alice,
+        "SELECT 1;\n"
+    )));
+    let other = idp.token("alice", "other");
+    assert!(refused(&login(
+        &g,
+        "alice@example.com",
+        &other,
+        "SELECT 1;\n"
+    )));
+    let mut tampered = alice.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    assert!(refused(&login(
+        &g,
+        "alice@example.com",
+        &tampered,
+        "SELECT 1;\n"
+    )));
+
+    // A token from another issuer (another provider, its own keys) is refused.
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let stranger = Provider::start(
+        weir::cluster::free_port().unwrap(),
+        stranger_dir.path().join("keys.json"),
+    );
+    let foreign = stranger.token("alice", "weir");
+    assert!(refused(&login(
+        &g,
+        "alice@example.com",
+        &foreign,
+        "SELECT 1;\n"
+    )));
+
+    // Expired: the clock moves past the token's hour (and the skew).
+    g.set_clock_offset(3600 + 120);
+    assert!(refused(&login(
+        &g,
+        "alice@example.com",
+        &alice,
+        "SELECT 1;\n"
+    )));
+    g.set_clock_offset(0);
+    assert!(login(&g, "alice@example.com", &alice, "SELECT 1;\n")
+        .status
+        .success());
+
+    // The IdP rotates its keys: the unknown key id makes Weir fetch the new set (once the
+    // minimum interval since the last fetch has passed on its clock).
+    idp.rotate();
+    let rotated = idp.token("alice", "weir");
+    g.set_clock_offset(11);
+    let out = login(
+        &g,
+        "alice@example.com",
+        &rotated,
+        "SELECT count(*) FROM t;\n",
+    );
+    assert_eq!(stdout(&out).trim(), "4", "{}", stderr(&out));
+    // The old key is gone from the set.
+    g.set_clock_offset(30);
+    assert!(refused(&login(
+        &g,
+        "alice@example.com",
+        &alice,
+        "SELECT 1;\n"
+    )));
+
+    let trail = stdout(&g.weir(&["audit", "search", "--identity", "carol@example.com"]));
+    assert!(
+        trail.contains("auth_failed") || trail.contains("test.dba-deletes"),
+        "{trail}"
+    );
+}
