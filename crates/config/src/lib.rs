@@ -76,6 +76,8 @@ mod raw {
         pub username_claim: Option<String>,
         #[serde(default)]
         pub claims: Vec<String>,
+        pub client_id: Option<String>,
+        pub scopes: Option<String>,
         #[serde(default, rename = "static")]
         pub statics: Vec<StaticIdentity>,
     }
@@ -271,6 +273,11 @@ pub struct IdentityConfig {
     pub username_claim: String,
     /// Claims that become identity attributes, visible to policy.
     pub claims: Vec<String>,
+    /// The OAuth client `weir login` uses (a public client with the device-code grant);
+    /// defaults to the audience, which is what the ID tokens it gets are issued for.
+    pub client_id: Option<String>,
+    /// Scopes `weir login` asks for (default `openid email offline_access`).
+    pub scopes: String,
     pub statics: Vec<StaticIdentity>,
 }
 
@@ -666,13 +673,21 @@ impl Validator<'_> {
         }
         let identity = IdentityConfig {
             issuer: raw.identity.issuer,
-            audience: raw.identity.audience,
+            audience: raw.identity.audience.clone(),
             groups_claim: raw.identity.groups_claim.unwrap_or_else(|| "groups".into()),
             username_claim: raw
                 .identity
                 .username_claim
                 .unwrap_or_else(|| "email".into()),
             claims: raw.identity.claims,
+            client_id: raw
+                .identity
+                .client_id
+                .or_else(|| raw.identity.audience.clone()),
+            scopes: raw
+                .identity
+                .scopes
+                .unwrap_or_else(|| "openid email offline_access".into()),
             statics,
         };
 

@@ -486,6 +486,8 @@ mod issuer_tests {
             groups_claim: "realm_access.roles".into(),
             username_claim: "email".into(),
             claims: vec!["department".into()],
+            client_id: None,
+            scopes: String::new(),
             statics: Vec::new(),
         }
     }

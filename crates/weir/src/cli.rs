@@ -39,6 +39,21 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Log in with the identity provider ([identity] issuer) by the device-code flow; the
+    /// tokens are cached for weir connect.
+    Login {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start psql against a target through the gateway with the cached login.
+    Connect {
+        target: String,
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the connection string instead of starting psql.
+        #[arg(long)]
+        print: bool,
+    },
     /// Pending approval requests, one per line, id first.
     Approvals {
         #[arg(long, short)]
@@ -226,6 +241,12 @@ pub fn main() -> ExitCode {
             TokenCommand::List { config } => crate::token::list(&config),
             TokenCommand::Revoke { config, name } => crate::token::revoke(&config, &name),
         },
+        Command::Login { config } => crate::login::login(&config),
+        Command::Connect {
+            target,
+            config,
+            print,
+        } => crate::login::connect(&config, &target, print),
         Command::Approvals { config } => crate::approvals_cmd::list(&config),
         Command::Request {
             target,

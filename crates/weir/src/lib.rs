@@ -6,6 +6,7 @@ pub mod audit_cmd;
 pub mod cli;
 pub mod cluster;
 pub mod demo;
+pub mod login;
 pub mod policy_cmd;
 pub mod serve;
 pub mod token;

@@ -253,3 +253,96 @@ fn id_tokens_from_a_real_openid_provider() {
         "{trail}"
     );
 }
+
+#[test]
+fn weir_login_then_weir_connect() {
+    let port = weir::cluster::free_port().unwrap();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let idp = Provider::start(port, keys_dir.path().join("keys.json"));
+    let issuer = idp.issuer();
+    let g = Gateway::start_custom(
+        Options {
+            fast: true,
+            ..Default::default()
+        },
+        |_, _| {
+            format!(
+                "[identity]\nissuer = \"{issuer}\"\naudience = \"weir\"\nscopes = \"openid email groups offline_access\"\n"
+            )
+        },
+    );
+    let cache = g.dir.path().join("home/weir/token.json");
+    let weir = |args: &[&str]| {
+        let mut cmd = Command::new(weir_bin());
+        cmd.args(args)
+            .arg("--config")
+            .arg(&g.config)
+            .env("WEIR_TOKEN_CACHE", &cache)
+            .env("WEIR_CLOCK_FILE", g.clock_file())
+            .stdin(Stdio::null());
+        cmd
+    };
+
+    // weir login prints the code; the "user" confirms it at the provider; login finishes.
+    let mut login = weir(&["login"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = std::io::BufReader::new(login.stdout.take().unwrap());
+    let mut user_code = String::new();
+    let mut printed = String::new();
+    while user_code.is_empty() {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+            "{printed}"
+        );
+        printed.push_str(&line);
+        if let Some(code) = line.trim().strip_prefix("user_code=") {
+            user_code = code.to_owned();
+        }
+    }
+    assert!(
+        printed.contains(&format!("{issuer}/device?user_code=")),
+        "{printed}"
+    );
+    let done = Command::new("curl")
+        .args(["-s", "-G", &format!("{issuer}/test/device")])
+        .args(["--data-urlencode", &format!("user_code={user_code}")])
+        .args(["--data-urlencode", "account=alice"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&done.stdout), "device-flow-done");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(login.wait().unwrap().success(), "{rest}");
+    assert!(rest.contains("logged in as alice@example.com"), "{rest}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    // weir connect --print gives a connection string that works as it is.
+    let print = |g: &Gateway| {
+        let out = weir(&["connect", "app", "--print"]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let line = stdout(&out).trim().to_owned();
+        assert!(
+            line.starts_with(&format!(
+                "host=127.0.0.1 port={} dbname=app user=alice@example.com",
+                g.port
+            )),
+            "{line}"
+        );
+        line
+    };
+    let first = print(&g);
+    let ok = g.psql(&first, "SELECT 'through weir';\n");
+    assert_eq!(stdout(&ok).trim(), "through weir", "{}", stderr(&ok));
+
+    // Close to expiry, connect refreshes the token with the refresh token first.
+    g.set_clock_offset(3600 - 30);
+    let second = print(&g);
+    assert_ne!(first, second, "the token was not refreshed");
+    let ok = g.psql(&second, "SELECT 'refreshed';\n");
+    assert_eq!(stdout(&ok).trim(), "refreshed", "{}", stderr(&ok));
+}

@@ -1,0 +1,313 @@
+//! `weir login` and `weir connect TARGET`: a developer's daily flow is two commands.
+//!
+//! `login` runs the OAuth device-code grant (RFC 8628) against `[identity] issuer` with the
+//! public client `[identity] client_id` and caches the tokens in a file only the user can read
+//! (0600, in a 0700 directory: `$WEIR_TOKEN_CACHE`, else `$XDG_CONFIG_HOME/weir/token.json`,
+//! else `~/.config/weir/token.json`). `connect` takes the cached ID token — refreshed with the
+//! refresh token when it is about to expire — and starts psql against the gateway with it as
+//! the password (`--print` prints the connection string instead).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use serde_json::Value;
+use weir_config::Config;
+use weir_store::Clock;
+
+/// A token within this many seconds of expiry is refreshed before use.
+const REFRESH_AHEAD_S: u64 = 60;
+
+/// Where the tokens are cached.
+pub fn cache_path() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("WEIR_TOKEN_CACHE") {
+        return Ok(PathBuf::from(p));
+    }
+    let base = match std::env::var_os("XDG_CONFIG_HOME") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".config"),
+    };
+    Ok(base.join("weir").join("token.json"))
+}
+
+struct Endpoints {
+    device: String,
+    token: String,
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+async fn endpoints(client: &reqwest::Client, issuer: &str) -> anyhow::Result<Endpoints> {
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let doc: Value = serde_json::from_slice(
+        &client
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("reaching {url}"))?
+            .error_for_status()?
+            .bytes()
+            .await?,
+    )
+    .with_context(|| format!("{url} is not JSON"))?;
+    let field = |k: &str| {
+        doc.get(k)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .with_context(|| format!("{url} has no {k}"))
+    };
+    Ok(Endpoints {
+        device: field("device_authorization_endpoint")?,
+        token: field("token_endpoint")?,
+    })
+}
+
+async fn post_form(
+    client: &reqwest::Client,
+    url: &str,
+    form: &[(&str, &str)],
+) -> anyhow::Result<Value> {
+    let body = serde_urlencoded::to_string(form)?;
+    let resp = client
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("reaching {url}"))?;
+    let bytes = resp.bytes().await?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{url} did not answer JSON"))
+}
+
+fn settings(config: &Config) -> anyhow::Result<(String, String, String)> {
+    let id = &config.identity;
+    let issuer = id
+        .issuer
+        .clone()
+        .context("[identity] issuer is not set: there is no identity provider to log in with")?;
+    let client_id = id
+        .client_id
+        .clone()
+        .context("[identity] client_id (or audience) is not set")?;
+    Ok((issuer, client_id, id.scopes.clone()))
+}
+
+/// `weir login`.
+pub fn login(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let (issuer, client_id, scopes) = settings(&config)?;
+    let rt = crate::serve::runtime()?;
+    let tokens = rt.block_on(async {
+        let client = http();
+        let ep = endpoints(&client, &issuer).await?;
+        let auth = post_form(
+            &client,
+            &ep.device,
+            &[("client_id", &client_id), ("scope", &scopes)],
+        )
+        .await?;
+        if let Some(e) = auth.get("error").and_then(Value::as_str) {
+            bail!("the identity provider refused the device login: {e}");
+        }
+        let device_code = auth
+            .get("device_code")
+            .and_then(Value::as_str)
+            .context("no device_code in the answer")?
+            .to_owned();
+        let user_code = auth.get("user_code").and_then(Value::as_str).unwrap_or("");
+        let uri = auth
+            .get("verification_uri_complete")
+            .or_else(|| auth.get("verification_uri"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        println!("To log in, open {uri} and confirm the code {user_code}");
+        println!("user_code={user_code}");
+        let _ = std::io::stdout().flush();
+        let mut interval = auth.get("interval").and_then(Value::as_u64).unwrap_or(5);
+        let expires = auth
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .unwrap_or(600);
+        let started = std::time::Instant::now();
+        let mut first = true;
+        loop {
+            if !first {
+                tokio::time::sleep(Duration::from_secs(interval)).await;
+            }
+            first = false;
+            if started.elapsed() > Duration::from_secs(expires) {
+                bail!("the login code expired before it was confirmed");
+            }
+            let answer = post_form(
+                &client,
+                &ep.token,
+                &[
+                    ("client_id", &client_id),
+                    ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                    ("device_code", &device_code),
+                ],
+            )
+            .await?;
+            match answer.get("error").and_then(Value::as_str) {
+                None => return Ok(answer),
+                Some("authorization_pending") => {}
+                Some("slow_down") => interval += 5,
+                Some(e) => bail!("login failed: {e}"),
+            }
+        }
+    })?;
+    let cache = cache_path()?;
+    save(&cache, &issuer, &client_id, &tokens)?;
+    let id_token = tokens
+        .get("id_token")
+        .and_then(Value::as_str)
+        .context("the identity provider returned no ID token (is `openid` among the scopes?)")?;
+    let who = claim(id_token, &config.identity.username_claim).unwrap_or_default();
+    println!("logged in as {who}; token cached in {}", cache.display());
+    Ok(())
+}
+
+/// Writes the cache, readable by its owner only.
+fn save(cache: &Path, issuer: &str, client_id: &str, tokens: &Value) -> anyhow::Result<()> {
+    if let Some(dir) = cache.parent() {
+        std::fs::create_dir_all(dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    let body = serde_json::json!({
+        "issuer": issuer,
+        "client_id": client_id,
+        "id_token": tokens.get("id_token"),
+        "refresh_token": tokens.get("refresh_token"),
+    });
+    let tmp = cache.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(body.to_string().as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, cache)?;
+    Ok(())
+}
+
+/// A claim of a JWT, read without verifying it (the gateway verifies; this is for display
+/// and for the expiry).
+fn claim(token: &str, name: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    let found = v
+        .get(name)
+        .or_else(|| name.split('.').try_fold(&v, |v, part| v.get(part)))?;
+    Some(match found {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+/// `weir connect TARGET [--print]`.
+pub fn connect(path: &Path, target: &str, print: bool) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    if config.target(target).is_none() {
+        bail!("no target named {target:?} in {}", path.display());
+    }
+    let cache = cache_path()?;
+    let cached: Value = serde_json::from_slice(&std::fs::read(&cache).with_context(|| {
+        format!(
+            "no cached login in {} (run weir login first)",
+            cache.display()
+        )
+    })?)?;
+    let mut id_token = cached
+        .get("id_token")
+        .and_then(Value::as_str)
+        .context("the cached login has no ID token; run weir login")?
+        .to_owned();
+    let now = Clock::from_env().now_ms() / 1000;
+    let exp: u64 = claim(&id_token, "exp")
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0);
+    if exp <= now + REFRESH_AHEAD_S {
+        let refresh = cached
+            .get("refresh_token")
+            .and_then(Value::as_str)
+            .context("the cached login expired and cannot be refreshed; run weir login")?
+            .to_owned();
+        let (issuer, client_id, _) = settings(&config)?;
+        let tokens = crate::serve::runtime()?.block_on(async {
+            let client = http();
+            let ep = endpoints(&client, &issuer).await?;
+            post_form(
+                &client,
+                &ep.token,
+                &[
+                    ("client_id", &client_id),
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &refresh),
+                ],
+            )
+            .await
+        })?;
+        if let Some(e) = tokens.get("error").and_then(Value::as_str) {
+            bail!("refreshing the login failed ({e}); run weir login");
+        }
+        id_token = tokens
+            .get("id_token")
+            .and_then(Value::as_str)
+            .context("the refresh returned no ID token; run weir login")?
+            .to_owned();
+        let mut keep = tokens.clone();
+        if let (None, Some(obj)) = (tokens.get("refresh_token"), keep.as_object_mut()) {
+            // Providers that do not rotate refresh tokens keep the old one valid.
+            obj.insert("refresh_token".into(), Value::String(refresh));
+        }
+        save(&cache, &issuer, &client_id, &keep)?;
+    }
+    let user = claim(&id_token, &config.identity.username_claim)
+        .context("the ID token has no username claim")?;
+    let listen = config
+        .gateway
+        .postgres_listen
+        .context("[gateway] postgres_listen is not set")?;
+    let base = format!(
+        "host={} port={} dbname={target} user={user} sslmode=require",
+        listen.ip(),
+        listen.port()
+    );
+    if print {
+        println!("{base} password={id_token}");
+        return Ok(());
+    }
+    // The token goes in the environment, not on psql's command line (visible in ps).
+    let status = std::process::Command::new("psql")
+        .arg(&base)
+        .env("PGPASSWORD", &id_token)
+        .status()
+        .context("starting psql")?;
+    if !status.success() {
+        bail!("psql exited with {status}");
+    }
+    Ok(())
+}
