@@ -74,21 +74,26 @@ impl Authenticator {
         }
     }
 
-    /// Verifies `token` for `user`. Runs the store lookup on a blocking thread.
-    pub async fn verify(&self, user: &str, token: &[u8]) -> Result<Identity, AuthError> {
+    /// Verifies `token` for `user`. Runs the store lookup on a blocking thread. Returns the
+    /// identity, and the id of the Weir token it used (sessions end when it is revoked).
+    pub async fn verify(
+        &self,
+        user: &str,
+        token: &[u8],
+    ) -> Result<(Identity, Option<i64>), AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
         if let Some(oidc) = &self.oidc {
             if crate::oidc::Oidc::looks_like_jwt(token) {
                 let token = std::str::from_utf8(token).map_err(|_| AuthError::Unknown)?;
-                return Ok(oidc.verify(user, token).await?);
+                return Ok((oidc.verify(user, token).await?, None));
             }
         }
         let hash = hash_token(token);
         if let Some(entry) = self.statics.get(user) {
             if constant_time_eq(&entry.hash, &hash) {
-                return Ok(entry.identity.clone());
+                return Ok((entry.identity.clone(), None));
             }
         }
         let store = Arc::clone(&self.store);
@@ -97,6 +102,7 @@ impl Authenticator {
             .map_err(|e| AuthError::Store(e.to_string()))?
             .map_err(|e| AuthError::Store(e.to_string()))?
             .ok_or(AuthError::Unknown)?;
+        let token_id = record.id;
         if record.name != user {
             return Err(AuthError::WrongIdentity);
         }
@@ -106,13 +112,16 @@ impl Authenticator {
         if !record.is_active(weir_store::now_secs()) {
             return Err(AuthError::Expired);
         }
-        Ok(Identity {
-            name: record.name,
-            kind: record.kind,
-            groups: record.groups,
-            attributes: Default::default(),
-            source: "token",
-        })
+        Ok((
+            Identity {
+                name: record.name,
+                kind: record.kind,
+                groups: record.groups,
+                attributes: Default::default(),
+                source: "token",
+            },
+            Some(token_id),
+        ))
     }
 
     /// The identity a bearer token (HTTP API) belongs to, whoever it names.

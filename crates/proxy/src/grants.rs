@@ -60,6 +60,11 @@ pub struct Grants {
     generation: AtomicU64,
     /// Sessions that relied on each grant.
     dependents: Mutex<HashMap<String, Vec<Dependent>>>,
+    /// Sessions opened with each Weir token (by token id): they end when it is revoked or
+    /// expires.
+    token_sessions: Mutex<HashMap<i64, Vec<Dependent>>>,
+    /// Tokens used since the last write of their last-used time (id → seconds).
+    used: Mutex<HashMap<i64, u64>>,
 }
 
 impl Grants {
@@ -70,6 +75,104 @@ impl Grants {
             active: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
             dependents: Mutex::new(HashMap::new()),
+            token_sessions: Mutex::new(HashMap::new()),
+            used: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records that `session` authenticated with Weir token `id`: its last-used time is
+    /// written, and the session ends if the token is revoked or expires.
+    pub fn token_session(&self, id: i64, session: u64, end: &Arc<SessionEnd>) {
+        self.used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, self.clock.now_ms() / 1000);
+        self.token_sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id)
+            .or_default()
+            .push(Dependent {
+                session,
+                end: Arc::downgrade(end),
+            });
+    }
+
+    /// Writes last-used times, and ends the sessions of tokens that are no longer active.
+    async fn check_tokens(&self) {
+        let used: Vec<(i64, u64)> =
+            std::mem::take(&mut *self.used.lock().unwrap_or_else(PoisonError::into_inner))
+                .into_iter()
+                .collect();
+        let watched: Vec<i64> = {
+            let mut sessions = self
+                .token_sessions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Sessions that ended on their own are forgotten.
+            sessions.retain(|_, deps| {
+                deps.retain(|d| d.end.strong_count() > 0);
+                !deps.is_empty()
+            });
+            sessions.keys().copied().collect()
+        };
+        if used.is_empty() && watched.is_empty() {
+            return;
+        }
+        let store = Arc::clone(&self.store);
+        let now = self.clock.now_ms() / 1000;
+        let read = tokio::task::spawn_blocking(move || {
+            if !used.is_empty() {
+                store.touch_tokens(&used)?;
+            }
+            if watched.is_empty() {
+                return Ok(Vec::new());
+            }
+            Ok::<_, weir_store::StoreError>(
+                store
+                    .list_tokens()?
+                    .into_iter()
+                    .filter(|t| watched.contains(&t.id) && !t.is_active(now))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await;
+        let ended = match read {
+            Ok(Ok(ended)) => ended,
+            Ok(Err(e)) => {
+                tracing::warn!(cause = %e, "cannot read tokens");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, "cannot read tokens");
+                return;
+            }
+        };
+        for t in ended {
+            let deps = self
+                .token_sessions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&t.id)
+                .unwrap_or_default();
+            let why = if t.revoked_at.is_some() {
+                "was revoked"
+            } else {
+                "expired"
+            };
+            for d in deps {
+                if let Some(end) = d.end.upgrade() {
+                    tracing::info!(
+                        session = d.session,
+                        token = t.id,
+                        "closing a session whose token {why}"
+                    );
+                    end.end(format!(
+                        "weir: the token this session of {} logged in with {why}; the session is closed",
+                        t.name
+                    ));
+                }
+            }
         }
     }
 
@@ -144,6 +247,7 @@ impl Grants {
     pub async fn run(self: Arc<Self>, audit: Arc<dyn AuditSink>) {
         loop {
             tokio::time::sleep(POLL).await;
+            self.check_tokens().await;
             let store = Arc::clone(&self.store);
             let now = self.clock.now_ms();
             let read = tokio::task::spawn_blocking(move || store.active_grants(now)).await;

@@ -379,8 +379,8 @@ async fn authenticate(
         return Err(Fatal::protocol("expected a password message"));
     }
     let token = body.strip_suffix(&[0]).unwrap_or(&body);
-    let identity = match shared.auth.verify(&user, token).await {
-        Ok(id) => id,
+    let (identity, token_id) = match shared.auth.verify(&user, token).await {
+        Ok(verified) => verified,
         Err(e) => {
             info!(user = %user, target = %database, reason = %e, "authentication failed");
             let _ = shared
@@ -443,9 +443,13 @@ async fn authenticate(
     };
     let cancel = Arc::new(CancelSignal::default());
     let (pid, secret) = shared.cancels.register(key, Arc::clone(&cancel));
+    let end = Arc::new(crate::grants::SessionEnd::default());
+    if let Some(id) = token_id {
+        shared.grants.token_session(id, session, &end);
+    }
     let result = serve(
         client, buf, upstream, *minor, params, pid, secret, identity, target, peer, session,
-        shared, cancel,
+        shared, cancel, end,
     )
     .await;
     shared.cancels.unregister(pid);
@@ -478,6 +482,7 @@ async fn serve(
     session: u64,
     shared: &Arc<Shared>,
     cancel: Arc<CancelSignal>,
+    end: Arc<crate::grants::SessionEnd>,
 ) -> Result<(), Fatal> {
     let mut out = BytesMut::new();
     Backend::Authentication(Authentication::Ok).encode(&mut out);
@@ -555,7 +560,7 @@ async fn serve(
         target: target.clone(),
         shared: Arc::clone(shared),
         cancel,
-        end: Arc::default(),
+        end,
     };
     let upstream::Upstream {
         stream: up,

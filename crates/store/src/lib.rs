@@ -55,6 +55,8 @@ pub struct TokenRecord {
     pub created_at: u64,
     pub expires_at: Option<u64>,
     pub revoked_at: Option<u64>,
+    /// When a session last authenticated with it (seconds), recorded by the gateway.
+    pub last_used_at: Option<u64>,
 }
 
 impl TokenRecord {
@@ -78,6 +80,8 @@ pub trait Store: Send + Sync {
     fn revoke_tokens(&self, name: &str) -> Result<usize, StoreError>;
     /// The record whose token hashes to `hash`, active or not.
     fn find_token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError>;
+    /// Records when tokens were last used (token id, seconds).
+    fn touch_tokens(&self, used: &[(i64, u64)]) -> Result<(), StoreError>;
 
     /// Records a new pending approval request.
     fn create_approval(&self, a: &NewApproval) -> Result<Approval, StoreError>;
@@ -162,6 +166,13 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let conn = connect(path)?;
         conn.execute_batch(SCHEMA)?;
+        // Added after the first release of the table.
+        let has_last_used: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('tokens') WHERE name = 'last_used_at'")?
+            .exists([])?;
+        if !has_last_used {
+            conn.execute_batch("ALTER TABLE tokens ADD COLUMN last_used_at INTEGER")?;
+        }
         conn.execute_batch(approvals::SCHEMA)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
@@ -188,13 +199,23 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
         row.get(4)?,
         row.get(5)?,
         row.get(6)?,
+        row.get(7)?,
     ))
 }
 
-type RawRecord = (i64, String, String, String, i64, Option<i64>, Option<i64>);
+type RawRecord = (
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
 
 fn to_record(r: RawRecord) -> Result<TokenRecord, StoreError> {
-    let (id, name, kind, groups, created, expires, revoked) = r;
+    let (id, name, kind, groups, created, expires, revoked, last_used) = r;
     Ok(TokenRecord {
         id,
         name,
@@ -207,11 +228,12 @@ fn to_record(r: RawRecord) -> Result<TokenRecord, StoreError> {
         created_at: created.unsigned_abs(),
         expires_at: expires.map(i64::unsigned_abs),
         revoked_at: revoked.map(i64::unsigned_abs),
+        last_used_at: last_used.map(i64::unsigned_abs),
     })
 }
 
 const SELECT: &str =
-    "SELECT id, name, kind, groups, created_at, expires_at, revoked_at FROM tokens";
+    "SELECT id, name, kind, groups, created_at, expires_at, revoked_at, last_used_at FROM tokens";
 
 impl Store for SqliteStore {
     fn create_token(&self, t: NewToken<'_>) -> Result<TokenRecord, StoreError> {
@@ -239,6 +261,7 @@ impl Store for SqliteStore {
                 created_at: now,
                 expires_at: expires,
                 revoked_at: None,
+                last_used_at: None,
             })
         })
     }
@@ -271,6 +294,22 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             raw.map(to_record).transpose()
+        })
+    }
+
+    fn touch_tokens(&self, used: &[(i64, u64)]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE tokens SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1",
+                )?;
+                for (id, at) in used {
+                    stmt.execute(params![id, i64::try_from(*at).unwrap_or(i64::MAX)])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
         })
     }
 
@@ -363,6 +402,7 @@ mod tests {
             created_at: 10,
             expires_at: Some(20),
             revoked_at: None,
+            last_used_at: None,
         };
         assert!(rec.is_active(19));
         assert!(!rec.is_active(20));

@@ -93,8 +93,8 @@ pub fn list(path: &Path) -> anyhow::Result<()> {
     let store = crate::serve::open_store(&config)?;
     let now = weir_store::now_secs();
     println!(
-        "{:<6} {:<24} {:<8} {:<24} {:<8} expires",
-        "id", "name", "kind", "groups", "status"
+        "{:<6} {:<24} {:<8} {:<24} {:<8} {:<21} expires",
+        "id", "name", "kind", "groups", "status", "last used"
     );
     for t in store.list_tokens()? {
         let status = if t.revoked_at.is_some() {
@@ -111,8 +111,15 @@ pub fn list(path: &Path) -> anyhow::Result<()> {
                     .to_string()
             })
             .unwrap_or_else(|| "never".into());
+        let last_used = t
+            .last_used_at
+            .map(|u| {
+                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(u))
+                    .to_string()
+            })
+            .unwrap_or_else(|| "never".into());
         println!(
-            "{:<6} {:<24} {:<8} {:<24} {:<8} {}",
+            "{:<6} {:<24} {:<8} {:<24} {:<8} {:<21} {}",
             t.id,
             t.name,
             t.kind.as_str(),
@@ -122,6 +129,7 @@ pub fn list(path: &Path) -> anyhow::Result<()> {
                 t.groups.join(",")
             },
             status,
+            last_used,
             expires
         );
     }

@@ -111,9 +111,32 @@ async fn issued_token_works_for_its_identity_only() {
     let list = stdout(&g.weir(&["token", "list"]));
     assert!(list.contains("etl") && list.contains("active"), "{list}");
     assert!(!list.contains(&token));
+    // The gateway records when the token was last used (written within a poll interval).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let list = stdout(&g.weir(&["token", "list"]));
+        let line = list.lines().find(|l| l.contains("etl")).unwrap().to_owned();
+        if !line.contains("never") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{list}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
-    // Revocation takes effect for new connections while the gateway runs.
+    // Revocation ends the live session within a second, and refuses new connections.
+    let revoked_at = std::time::Instant::now();
     assert!(g.weir(&["token", "revoke", "etl"]).status.success());
+    while !client.is_closed() {
+        assert!(
+            revoked_at.elapsed() < std::time::Duration::from_secs(10),
+            "the session outlived its token"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "session closed {:?} after the revocation",
+        revoked_at.elapsed()
+    );
     let err = g.connect("etl", &token).await.err().unwrap();
     assert_eq!(err.as_db_error().unwrap().code().code(), "28P01");
     assert!(stdout(&g.weir(&["token", "list"])).contains("revoked"));
