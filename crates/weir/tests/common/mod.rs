@@ -132,11 +132,26 @@ password_file = "upstream-password"
             .spawn()
             .expect("spawn weir serve");
         self.child = Some(child);
+        let logged_before = self.log().matches("weir is listening").count();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        // Ready when *this* process says it listens: a port that accepts connections may be
+        // another test's gateway (free ports are picked before they are bound, so two tests
+        // can pick the same one).
+        while self.log().matches("weir is listening").count() == logged_before {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    panic!("weir serve exited with {status}:\n{}", self.log());
+                    let log = self.log();
+                    if log.contains("cannot listen on") {
+                        // Someone took the port meanwhile: move to another and start again.
+                        let old = format!("127.0.0.1:{}", self.port);
+                        self.port = weir::cluster::free_port().unwrap();
+                        let config = std::fs::read_to_string(&self.config)
+                            .unwrap()
+                            .replace(&old, &format!("127.0.0.1:{}", self.port));
+                        std::fs::write(&self.config, config).unwrap();
+                        return self.spawn();
+                    }
+                    panic!("weir serve exited with {status}:\n{log}");
                 }
             }
             assert!(
@@ -144,8 +159,9 @@ password_file = "upstream-password"
                 "weir serve did not start:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
+        assert!(TcpStream::connect(("127.0.0.1", self.port)).is_ok());
     }
 
     pub fn pid(&self) -> u32 {
