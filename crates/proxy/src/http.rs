@@ -55,26 +55,6 @@ impl From<DecideError> for ApiError {
     }
 }
 
-fn to_json(a: &Approval) -> Value {
-    json!({
-        "id": a.id,
-        "status": a.status.as_str(),
-        "identity": a.identity,
-        "identity_kind": a.identity_kind,
-        "target": a.target,
-        "statement": a.statement,
-        "facts": serde_json::from_str::<Value>(&a.facts).unwrap_or(Value::Null),
-        "fingerprint": a.fingerprint,
-        "rule": a.rule,
-        "reason": a.reason,
-        "created_ms": a.created_ms,
-        "deadline_ms": a.deadline_ms,
-        "decided_by": a.decided_by,
-        "decided_ms": a.decided_ms,
-        "note": a.note,
-    })
-}
-
 /// The identity the bearer token proves.
 async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<weir_policy::Identity, ApiError> {
     let unauthorized = || {
@@ -117,7 +97,7 @@ async fn list(
         pending
             .iter()
             .filter(|a| a.deadline_ms > now)
-            .map(to_json)
+            .map(notify::approval_json)
             .collect(),
     )))
 }
@@ -130,7 +110,7 @@ async fn show(
     caller(&shared, &headers).await?;
     let key = id.clone();
     match store(&shared, move |s| s.approval(&key)).await? {
-        Some(a) => Ok(Json(to_json(&a))),
+        Some(a) => Ok(Json(notify::approval_json(&a))),
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("no approval request {id}"),
@@ -161,7 +141,7 @@ async fn approve(
     let who = caller(&shared, &headers).await?;
     let reason = reason_of(&body)?;
     let a = decide(shared, id, Approver::Identity(who), true, reason, "http").await?;
-    Ok(Json(to_json(&a)))
+    Ok(Json(notify::approval_json(&a)))
 }
 
 async fn deny(
@@ -173,7 +153,7 @@ async fn deny(
     let who = caller(&shared, &headers).await?;
     let reason = reason_of(&body)?;
     let a = decide(shared, id, Approver::Identity(who), false, reason, "http").await?;
-    Ok(Json(to_json(&a)))
+    Ok(Json(notify::approval_json(&a)))
 }
 
 /// Runs a decision (store, policy, trail: blocking) off the async threads.
@@ -219,6 +199,44 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Refuses a request to a signed endpoint unless its signature holds: 404 when the endpoint
+/// has no secret configured, 401 when the signature is missing, stale or wrong.
+fn signed(
+    shared: &Shared,
+    scheme: notify::Scheme,
+    secret: Option<&weir_config::Secret>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let what = match scheme {
+        notify::Scheme::Weir => {
+            "webhook callbacks need [approvals] webhook_secret_env or webhook_secret_file"
+        }
+        notify::Scheme::Slack => {
+            "Slack interactivity needs [approvals] slack_signing_secret_env or _file"
+        }
+    };
+    let secret = secret
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, what.into()))?
+        .read()
+        .map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("signing secret: {e}"),
+            )
+        })?;
+    let (ts, sig) = scheme.headers();
+    notify::verify(
+        scheme,
+        secret.as_bytes(),
+        header(headers, ts),
+        header(headers, sig),
+        body,
+        shared.approvals.clock().now_ms() / 1000,
+    )
+    .map_err(|e| ApiError(StatusCode::UNAUTHORIZED, format!("request refused: {e}")))
+}
+
 /// `POST /v1/webhook/decide`, signed with the webhook secret:
 /// `{"id", "decision": "approve"|"deny", "approver", "reason"}`.
 async fn webhook_decide(
@@ -226,32 +244,13 @@ async fn webhook_decide(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let Some(secret) = &shared.config.approvals.webhook_secret else {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            "webhook callbacks need [approvals] webhook_secret_env or webhook_secret_file".into(),
-        ));
-    };
-    let secret = secret.read().map_err(|e| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("webhook secret: {e}"),
-        )
-    })?;
-    let now_s = shared.approvals.clock().now_ms() / 1000;
-    notify::verify_weir(
-        secret.as_bytes(),
-        header(&headers, "x-weir-timestamp"),
-        header(&headers, "x-weir-signature"),
+    signed(
+        &shared,
+        notify::Scheme::Weir,
+        shared.config.approvals.webhook_secret.as_ref(),
+        &headers,
         &body,
-        now_s,
-    )
-    .map_err(|e| {
-        ApiError(
-            StatusCode::UNAUTHORIZED,
-            format!("webhook callback refused: {e}"),
-        )
-    })?;
+    )?;
     let v: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -287,7 +286,7 @@ async fn webhook_decide(
         "webhook",
     )
     .await?;
-    Ok(Json(to_json(&a)))
+    Ok(Json(notify::approval_json(&a)))
 }
 
 /// `POST /v1/slack/interactivity`: a button pressed on a Weir message. Slack wants a quick
@@ -297,32 +296,13 @@ async fn slack_interactivity(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let Some(secret) = &shared.config.approvals.slack_signing_secret else {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            "Slack interactivity needs [approvals] slack_signing_secret_env or _file".into(),
-        ));
-    };
-    let secret = secret.read().map_err(|e| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("Slack signing secret: {e}"),
-        )
-    })?;
-    let now_s = shared.approvals.clock().now_ms() / 1000;
-    notify::verify_slack(
-        secret.as_bytes(),
-        header(&headers, "x-slack-request-timestamp"),
-        header(&headers, "x-slack-signature"),
+    signed(
+        &shared,
+        notify::Scheme::Slack,
+        shared.config.approvals.slack_signing_secret.as_ref(),
+        &headers,
         &body,
-        now_s,
-    )
-    .map_err(|e| {
-        ApiError(
-            StatusCode::UNAUTHORIZED,
-            format!("Slack request refused: {e}"),
-        )
-    })?;
+    )?;
     let Some(action) = notify::parse_slack_action(&body) else {
         // Other interactions (a message shortcut, a modal) are not Weir's: acknowledge.
         return Ok(StatusCode::OK);

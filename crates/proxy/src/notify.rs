@@ -83,8 +83,29 @@ fn fresh(timestamp: &str, now_s: u64) -> Result<u64, SignatureError> {
     Ok(ts)
 }
 
-/// Checks a callback signed with Weir's webhook scheme.
-pub fn verify_weir(
+/// Who signed a request to Weir, and so how its signature is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// A callback of Weir's generic webhook.
+    Weir,
+    /// Slack's interactivity requests.
+    Slack,
+}
+
+impl Scheme {
+    /// The (timestamp, signature) headers.
+    pub fn headers(self) -> (&'static str, &'static str) {
+        match self {
+            Scheme::Weir => ("x-weir-timestamp", "x-weir-signature"),
+            Scheme::Slack => ("x-slack-request-timestamp", "x-slack-signature"),
+        }
+    }
+}
+
+/// Checks a signed request: both headers present, the timestamp fresh, the signature the
+/// scheme's over this body.
+pub fn verify(
+    scheme: Scheme,
     secret: &[u8],
     timestamp: Option<&str>,
     signature: Option<&str>,
@@ -94,51 +115,53 @@ pub fn verify_weir(
     let (Some(ts), Some(sig)) = (timestamp, signature) else {
         return Err(SignatureError::Missing);
     };
-    let ts = fresh(ts, now_s)?;
-    if same(&weir_signature(secret, ts, body), sig.trim()) {
-        Ok(())
-    } else {
-        Err(SignatureError::Mismatch)
-    }
-}
-
-/// Checks a request from Slack (`X-Slack-Request-Timestamp`, `X-Slack-Signature`).
-pub fn verify_slack(
-    secret: &[u8],
-    timestamp: Option<&str>,
-    signature: Option<&str>,
-    body: &[u8],
-    now_s: u64,
-) -> Result<(), SignatureError> {
-    let (Some(ts), Some(sig)) = (timestamp, signature) else {
-        return Err(SignatureError::Missing);
+    let seconds = fresh(ts, now_s)?;
+    let expected = match scheme {
+        Scheme::Weir => weir_signature(secret, seconds, body),
+        Scheme::Slack => slack_signature(secret, ts.trim(), body),
     };
-    fresh(ts, now_s)?;
-    if same(&slack_signature(secret, ts.trim(), body), sig.trim()) {
+    if same(&expected, sig.trim()) {
         Ok(())
     } else {
         Err(SignatureError::Mismatch)
     }
 }
 
-/// The webhook's JSON for a new request.
-pub fn webhook_payload(a: &Approval, public_url: Option<&str>) -> Value {
+/// An approval request as the HTTP API and the webhook show it.
+pub fn approval_json(a: &Approval) -> Value {
     json!({
-        "type": "approval.requested",
         "id": a.id,
+        "kind": a.kind.as_str(),
+        "status": a.status.as_str(),
         "identity": a.identity,
         "identity_kind": a.identity_kind,
         "target": a.target,
         "statement": a.statement,
         "facts": serde_json::from_str::<Value>(&a.facts).unwrap_or(Value::Null),
+        "rows": a.rows,
         "fingerprint": a.fingerprint,
         "rule": a.rule,
         "reason": a.reason,
         "created_ms": a.created_ms,
         "deadline_ms": a.deadline_ms,
-        // POST {"id", "decision": "approve"|"deny", "approver", "reason"} here, signed.
-        "callback": public_url.map(|u| format!("{u}/v1/webhook/decide")),
+        "decided_by": a.decided_by,
+        "decided_ms": a.decided_ms,
+        "note": a.note,
     })
+}
+
+/// The webhook's JSON for a new request: the request, and where to send the decision.
+pub fn webhook_payload(a: &Approval, public_url: Option<&str>) -> Value {
+    let mut v = approval_json(a);
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("type".into(), json!("approval.requested"));
+        // POST {"id", "decision": "approve"|"deny", "approver", "reason"} here, signed.
+        obj.insert(
+            "callback".into(),
+            json!(public_url.map(|u| format!("{u}/v1/webhook/decide"))),
+        );
+    }
+    v
 }
 
 /// The Slack message for a new request: what waits, why, and two buttons.
@@ -369,26 +392,47 @@ mod tests {
         assert_eq!(slack_signature(secret, ts, body), documented);
         let at = 1_531_420_618 + 60;
         assert_eq!(
-            verify_slack(secret, Some(ts), Some(documented), body, at),
+            verify(Scheme::Slack, secret, Some(ts), Some(documented), body, at),
             Ok(())
         );
         // Tampered body, wrong secret, replayed late, missing headers.
         let mut tampered = body.to_vec();
         tampered[6] = b'X';
         assert_eq!(
-            verify_slack(secret, Some(ts), Some(documented), &tampered, at),
+            verify(
+                Scheme::Slack,
+                secret,
+                Some(ts),
+                Some(documented),
+                &tampered,
+                at
+            ),
             Err(SignatureError::Mismatch)
         );
         assert_eq!(
-            verify_slack(b"other", Some(ts), Some(documented), body, at),
+            verify(
+                Scheme::Slack,
+                b"other",
+                Some(ts),
+                Some(documented),
+                body,
+                at
+            ),
             Err(SignatureError::Mismatch)
         );
         assert_eq!(
-            verify_slack(secret, Some(ts), Some(documented), body, at + 600),
+            verify(
+                Scheme::Slack,
+                secret,
+                Some(ts),
+                Some(documented),
+                body,
+                at + 600
+            ),
             Err(SignatureError::Stale)
         );
         assert_eq!(
-            verify_slack(secret, None, Some(documented), body, at),
+            verify(Scheme::Slack, secret, None, Some(documented), body, at),
             Err(SignatureError::Missing)
         );
     }
@@ -398,15 +442,36 @@ mod tests {
         let sig = weir_signature(b"s", 1_700_000_000, b"{}");
         assert!(sig.starts_with("sha256="));
         assert_eq!(
-            verify_weir(b"s", Some("1700000000"), Some(&sig), b"{}", 1_700_000_100),
+            verify(
+                Scheme::Weir,
+                b"s",
+                Some("1700000000"),
+                Some(&sig),
+                b"{}",
+                1_700_000_100
+            ),
             Ok(())
         );
         assert_eq!(
-            verify_weir(b"s", Some("1700000001"), Some(&sig), b"{}", 1_700_000_100),
+            verify(
+                Scheme::Weir,
+                b"s",
+                Some("1700000001"),
+                Some(&sig),
+                b"{}",
+                1_700_000_100
+            ),
             Err(SignatureError::Mismatch)
         );
         assert_eq!(
-            verify_weir(b"s", Some("soon"), Some(&sig), b"{}", 1_700_000_100),
+            verify(
+                Scheme::Weir,
+                b"s",
+                Some("soon"),
+                Some(&sig),
+                b"{}",
+                1_700_000_100
+            ),
             Err(SignatureError::BadTimestamp)
         );
     }

@@ -803,25 +803,16 @@ impl<'a> FrontendHalf<'a> {
                     }
                     return Ok("client terminated");
                 }
-                if let Some(bounded) = self.bounded.take() {
-                    uw.write_all(&out).await.map_err(|e| {
-                        Fatal::new("08006", format!("weir: upstream write failed: {e}"))
-                    })?;
-                    out.clear();
-                    if !self.run_bounded(bounded, cr, uw, &mut out).await? {
-                        let mut term = BytesMut::new();
-                        Frontend::Terminate.encode(&mut term);
-                        let _ = uw.write_all(&term).await;
-                        return Ok("client disconnected while waiting for approval");
-                    }
-                }
-                if let Some(held) = self.held.take() {
-                    // Earlier requests go now; this one waits for its approver.
-                    uw.write_all(&out).await.map_err(|e| {
-                        Fatal::new("08006", format!("weir: upstream write failed: {e}"))
-                    })?;
-                    out.clear();
-                    if !self.wait_for_approval(held, cr, &mut out).await? {
+                if self.bounded.is_some() || self.held.is_some() {
+                    // Earlier requests go now; this one runs in a bracket or waits for its
+                    // approver.
+                    flush_upstream(uw, &mut out).await?;
+                    let client_stayed = match (self.bounded.take(), self.held.take()) {
+                        (Some(bounded), _) => self.run_bounded(bounded, cr, uw, &mut out).await?,
+                        (None, Some(held)) => self.wait_for_approval(held, cr, &mut out).await?,
+                        (None, None) => true,
+                    };
+                    if !client_stayed {
                         let mut term = BytesMut::new();
                         Frontend::Terminate.encode(&mut term);
                         let _ = uw.write_all(&term).await;
@@ -831,19 +822,11 @@ impl<'a> FrontendHalf<'a> {
                 if self.inbox.is_full() {
                     // A client pipelining faster than it reads: forward what is queued, then
                     // wait for answers before taking more.
-                    uw.write_all(&out).await.map_err(|e| {
-                        Fatal::new("08006", format!("weir: upstream write failed: {e}"))
-                    })?;
-                    out.clear();
+                    flush_upstream(uw, &mut out).await?;
                     self.inbox.wait_for_space().await;
                 }
             }
-            if !out.is_empty() {
-                uw.write_all(&out).await.map_err(|e| {
-                    Fatal::new("08006", format!("weir: upstream write failed: {e}"))
-                })?;
-                out.clear();
-            }
+            flush_upstream(uw, &mut out).await?;
             let n = read_more(cr, &mut self.buf)
                 .await
                 .map_err(|e| Fatal::new("08006", format!("weir: client read failed: {e}")))?;
@@ -1324,8 +1307,6 @@ impl<'a> FrontendHalf<'a> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let upstream_write =
-            |e: std::io::Error| Fatal::new("08006", format!("weir: upstream write failed: {e}"));
         // The transaction status the write starts in is known once everything before it has
         // been answered.
         self.inbox.wait_idle().await;
@@ -1355,8 +1336,7 @@ impl<'a> FrontendHalf<'a> {
             Mode::Held(probe),
         )
         .await?;
-        uw.write_all(out).await.map_err(upstream_write)?;
-        out.clear();
+        flush_upstream(uw, out).await?;
         let Ok(result) = result.await else {
             return Err(Fatal::new(
                 "08006",
@@ -1385,8 +1365,7 @@ impl<'a> FrontendHalf<'a> {
             },
             Mode::Hidden,
         );
-        uw.write_all(out).await.map_err(upstream_write)?;
-        out.clear();
+        flush_upstream(uw, out).await?;
         self.batch = batch;
         self.ops = ops;
         let kind = result
@@ -1418,8 +1397,7 @@ impl<'a> FrontendHalf<'a> {
         )
         .await?;
         if let Some(held) = self.held.take() {
-            uw.write_all(out).await.map_err(upstream_write)?;
-            out.clear();
+            flush_upstream(uw, out).await?;
             return self.wait_for_approval(held, cr, out).await;
         }
         Ok(true)
@@ -2204,6 +2182,21 @@ async fn read_more<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> std::
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
         other => other,
     }
+}
+
+/// Writes what the frontend half has queued for the upstream, and empties the queue.
+async fn flush_upstream<W: AsyncWrite + Unpin>(
+    uw: &mut W,
+    out: &mut BytesMut,
+) -> Result<(), Fatal> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    uw.write_all(out)
+        .await
+        .map_err(|e| Fatal::new("08006", format!("weir: upstream write failed: {e}")))?;
+    out.clear();
+    Ok(())
 }
 
 async fn write<W: AsyncWrite + Unpin>(cw: &mut W, bytes: &[u8]) -> Result<(), Fatal> {
