@@ -6,6 +6,7 @@
 //! of the trail ([`chain`]: hash chain, signed checkpoints, verifier); it knows nothing about
 //! sockets, files, clocks or async runtimes.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -22,6 +23,12 @@ pub enum Event {
         session: u64,
         identity: String,
         identity_kind: &'static str,
+        /// How the identity was proven: `static`, `token` or `oidc`.
+        auth: &'static str,
+        /// The identity's groups and attributes as policy saw them for this session.
+        groups: Vec<String>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        attributes: BTreeMap<String, String>,
         client_addr: String,
         target: String,
         tls: bool,

@@ -652,6 +652,15 @@ impl Validator<'_> {
                     s.name
                 )));
             }
+            // One name is one principal to policy; names shaped like an address belong to
+            // people (the IdP's default username claim is the email).
+            if kind != IdentityKind::Human && s.name.contains('@') {
+                return Err(self.err(format!(
+                    "[[identity.static]] {}: a {} needs a name of its own, not one shaped like a person's address",
+                    s.name,
+                    kind.as_str()
+                )));
+            }
             if statics.iter().any(|x| x.name == s.name) {
                 return Err(self.err(format!(
                     "[[identity.static]] {}: name appears twice",

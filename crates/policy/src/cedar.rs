@@ -227,9 +227,9 @@ impl Engine {
             .map(|g| uid("Group", g))
             .collect::<Result<_, _>>()?;
         let mut entities = vec![
-            Entity::new(
+            Entity::new_with_tags(
                 principal.clone(),
-                HashMap::from([
+                [
                     (
                         "name".to_owned(),
                         RestrictedExpression::new_string(who.name.clone()),
@@ -238,8 +238,17 @@ impl Engine {
                         "kind".to_owned(),
                         RestrictedExpression::new_string(who.kind.as_str().to_owned()),
                     ),
-                ]),
-                groups.clone(),
+                    (
+                        "auth".to_owned(),
+                        RestrictedExpression::new_string(who.source.to_owned()),
+                    ),
+                ],
+                groups.iter().cloned(),
+                // Attributes (from config, a token, or the IdP's chosen claims) are tags:
+                // `principal.hasTag("team") && principal.getTag("team") == "payments"`.
+                who.attributes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))),
             )
             .map_err(|e| PolicyError::Load(e.to_string()))?,
             Entity::new(

@@ -117,7 +117,7 @@ impl Authenticator {
                 name: record.name,
                 kind: record.kind,
                 groups: record.groups,
-                attributes: Default::default(),
+                attributes: record.attributes,
                 source: "token",
             },
             Some(token_id),
@@ -156,7 +156,7 @@ impl Authenticator {
             name: record.name,
             kind: record.kind,
             groups: record.groups,
-            attributes: Default::default(),
+            attributes: record.attributes,
             source: "token",
         })
     }
@@ -180,7 +180,7 @@ impl Authenticator {
             name: rec.name,
             kind: rec.kind,
             groups: rec.groups,
-            attributes: Default::default(),
+            attributes: rec.attributes,
             source: "token",
         }))
     }

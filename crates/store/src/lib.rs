@@ -10,6 +10,7 @@
 //! Invariant: a token is never stored, only its SHA-256. Tokens carry 256 bits of randomness,
 //! so a fast hash is the right tool (a slow password hash protects low-entropy secrets).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -52,6 +53,8 @@ pub struct TokenRecord {
     pub name: String,
     pub kind: IdentityKind,
     pub groups: Vec<String>,
+    /// Attributes policy sees as the identity's tags.
+    pub attributes: BTreeMap<String, String>,
     pub created_at: u64,
     pub expires_at: Option<u64>,
     pub revoked_at: Option<u64>,
@@ -69,6 +72,7 @@ pub struct NewToken<'a> {
     pub name: &'a str,
     pub kind: IdentityKind,
     pub groups: &'a [String],
+    pub attributes: &'a BTreeMap<String, String>,
     pub ttl: Option<Duration>,
     pub hash: [u8; 32],
 }
@@ -173,6 +177,14 @@ impl SqliteStore {
         if !has_last_used {
             conn.execute_batch("ALTER TABLE tokens ADD COLUMN last_used_at INTEGER")?;
         }
+        let has_attributes: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('tokens') WHERE name = 'attributes'")?
+            .exists([])?;
+        if !has_attributes {
+            conn.execute_batch(
+                "ALTER TABLE tokens ADD COLUMN attributes TEXT NOT NULL DEFAULT '{}'",
+            )?;
+        }
         conn.execute_batch(approvals::SCHEMA)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
@@ -200,6 +212,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
         row.get(5)?,
         row.get(6)?,
         row.get(7)?,
+        row.get(8)?,
     ))
 }
 
@@ -212,10 +225,13 @@ type RawRecord = (
     Option<i64>,
     Option<i64>,
     Option<i64>,
+    String,
 );
 
 fn to_record(r: RawRecord) -> Result<TokenRecord, StoreError> {
-    let (id, name, kind, groups, created, expires, revoked, last_used) = r;
+    let (id, name, kind, groups, created, expires, revoked, last_used, attributes) = r;
+    let attributes = serde_json::from_str(&attributes)
+        .map_err(|e| StoreError::Corrupt(format!("attributes of token {id}: {e}")))?;
     Ok(TokenRecord {
         id,
         name,
@@ -225,6 +241,7 @@ fn to_record(r: RawRecord) -> Result<TokenRecord, StoreError> {
             .filter(|g| !g.is_empty())
             .map(str::to_owned)
             .collect(),
+        attributes,
         created_at: created.unsigned_abs(),
         expires_at: expires.map(i64::unsigned_abs),
         revoked_at: revoked.map(i64::unsigned_abs),
@@ -233,23 +250,26 @@ fn to_record(r: RawRecord) -> Result<TokenRecord, StoreError> {
 }
 
 const SELECT: &str =
-    "SELECT id, name, kind, groups, created_at, expires_at, revoked_at, last_used_at FROM tokens";
+    "SELECT id, name, kind, groups, created_at, expires_at, revoked_at, last_used_at, attributes FROM tokens";
 
 impl Store for SqliteStore {
     fn create_token(&self, t: NewToken<'_>) -> Result<TokenRecord, StoreError> {
         let now = now_secs();
         let expires = t.ttl.map(|d| now.saturating_add(d.as_secs()));
         let groups = t.groups.join(",");
+        let attributes = serde_json::to_string(t.attributes)
+            .map_err(|e| StoreError::Refused(format!("attributes: {e}")))?;
         self.with(|c| {
             c.execute(
-                "INSERT INTO tokens (name, kind, groups, hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO tokens (name, kind, groups, hash, created_at, expires_at, attributes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     t.name,
                     t.kind.as_str(),
                     groups,
                     &t.hash[..],
                     now as i64,
-                    expires.map(|e| e as i64)
+                    expires.map(|e| e as i64),
+                    attributes
                 ],
             )?;
             let id = c.last_insert_rowid();
@@ -258,6 +278,7 @@ impl Store for SqliteStore {
                 name: t.name.to_owned(),
                 kind: t.kind,
                 groups: t.groups.to_vec(),
+                attributes: t.attributes.clone(),
                 created_at: now,
                 expires_at: expires,
                 revoked_at: None,
@@ -374,6 +395,7 @@ mod tests {
                 name: "bot",
                 kind: IdentityKind::Service,
                 groups: &groups,
+                attributes: &BTreeMap::from([("team".to_owned(), "data".to_owned())]),
                 ttl: None,
                 hash: [7; 32],
             })
@@ -399,6 +421,7 @@ mod tests {
             name: "x".into(),
             kind: IdentityKind::Agent,
             groups: vec![],
+            attributes: BTreeMap::new(),
             created_at: 10,
             expires_at: Some(20),
             revoked_at: None,

@@ -170,12 +170,17 @@ fn line(seq: u64, ts_us: i64, body: &str) -> String {
                 .unwrap_or_default(),
         ),
         "connection_opened" => format!(
-            "{} ({}) {} from {} tls={}",
+            "{} ({}{}) {} from {} tls={}{}",
             str_of(&v, "identity"),
             str_of(&v, "identity_kind"),
+            v.get("auth")
+                .and_then(Value::as_str)
+                .map(|a| format!(" via {a}"))
+                .unwrap_or_default(),
             str_of(&v, "target"),
             str_of(&v, "client_addr"),
-            v.get("tls").map(|t| t.to_string()).unwrap_or_default()
+            v.get("tls").map(|t| t.to_string()).unwrap_or_default(),
+            groups_and_attributes(&v),
         ),
         "connection_closed" => format!(
             "{} {} requests={} {}",
@@ -485,4 +490,27 @@ pub fn record(config: &Config, event: weir_audit::Event) -> anyhow::Result<()> {
     let recorded = sink.append(event).wait_blocking();
     sink.close();
     recorded.context("recording in the audit trail")
+}
+
+/// ` groups=a,b attrs=k=v,…` for a `connection_opened` event, empty parts left out.
+fn groups_and_attributes(v: &Value) -> String {
+    let mut out = String::new();
+    if let Some(groups) = v.get("groups").and_then(Value::as_array) {
+        let names: Vec<&str> = groups.iter().filter_map(Value::as_str).collect();
+        if !names.is_empty() {
+            out.push_str(" groups=");
+            out.push_str(&names.join(","));
+        }
+    }
+    if let Some(attrs) = v.get("attributes").and_then(Value::as_object) {
+        let pairs: Vec<String> = attrs
+            .iter()
+            .map(|(k, val)| format!("{k}={}", val.as_str().unwrap_or_default()))
+            .collect();
+        if !pairs.is_empty() {
+            out.push_str(" attrs=");
+            out.push_str(&pairs.join(","));
+        }
+    }
+    out
 }

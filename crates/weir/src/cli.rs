@@ -207,6 +207,9 @@ enum TokenCommand {
         /// Comma-separated groups.
         #[arg(long, value_delimiter = ',')]
         groups: Vec<String>,
+        /// An attribute policy sees as a tag of the identity, KEY=VALUE; repeatable.
+        #[arg(long = "attr", value_name = "KEY=VALUE")]
+        attrs: Vec<String>,
         /// Lifetime, e.g. 24h or 30d; none means no expiry.
         #[arg(long)]
         ttl: Option<String>,
@@ -236,8 +239,18 @@ pub fn main() -> ExitCode {
                 name,
                 kind,
                 groups,
+                attrs,
                 ttl,
-            } => crate::token::create(&config, &name, &kind, &groups, ttl.as_deref()),
+            } => crate::token::create(
+                &config,
+                crate::token::NewIdentity {
+                    name: &name,
+                    kind: &kind,
+                    groups: &groups,
+                    attrs: &attrs,
+                },
+                ttl.as_deref(),
+            ),
             TokenCommand::List { config } => crate::token::list(&config),
             TokenCommand::Revoke { config, name } => crate::token::revoke(&config, &name),
         },

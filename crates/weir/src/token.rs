@@ -1,5 +1,6 @@
 //! `weir token create | list | revoke`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -30,16 +31,20 @@ fn record_admin(config: &Config, action: &str, subject: &str) -> anyhow::Result<
     crate::audit_cmd::record(config, e)
 }
 
-pub fn create(
-    path: &Path,
-    name: &str,
-    kind: &str,
-    groups: &[String],
-    ttl: Option<&str>,
-) -> anyhow::Result<()> {
+/// Who a new token is for, as the command line gave it.
+pub struct NewIdentity<'a> {
+    pub name: &'a str,
+    pub kind: &'a str,
+    pub groups: &'a [String],
+    /// `KEY=VALUE` pairs.
+    pub attrs: &'a [String],
+}
+
+pub fn create(path: &Path, who: NewIdentity<'_>, ttl: Option<&str>) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let kind = weir_policy::IdentityKind::parse(kind)
-        .with_context(|| format!("--kind {kind:?}: must be human, service or agent"))?;
+    let name = who.name;
+    let kind = weir_policy::IdentityKind::parse(who.kind)
+        .with_context(|| format!("--kind {:?}: must be human, service or agent", who.kind))?;
     if name.is_empty() {
         bail!("--name must not be empty");
     }
@@ -49,6 +54,25 @@ pub fn create(
             path.display()
         );
     }
+    // A name is one principal to policy: a service or agent must not share a person's name,
+    // or rules written for that person would apply to it. People from the IdP are named by
+    // an email address (the default username claim), so those names stay theirs.
+    if kind != weir_policy::IdentityKind::Human && name.contains('@') {
+        bail!(
+            "{name:?} is shaped like a person's address from the IdP; a {} token needs a name of its own",
+            kind.as_str()
+        );
+    }
+    let mut attributes = BTreeMap::new();
+    for pair in who.attrs {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--attr {pair:?}: expected KEY=VALUE"))?;
+        if key.is_empty() {
+            bail!("--attr {pair:?}: the key is empty");
+        }
+        attributes.insert(key.to_owned(), value.to_owned());
+    }
     let ttl: Option<Duration> = ttl
         .map(|t| {
             humantime::parse_duration(t)
@@ -56,18 +80,35 @@ pub fn create(
         })
         .transpose()?;
     let store = crate::serve::open_store(&config)?;
+    let now = weir_store::now_secs();
+    if let Some(other) = store
+        .list_tokens()?
+        .into_iter()
+        .find(|t| t.name == name && t.kind != kind && t.is_active(now))
+    {
+        bail!(
+            "{name:?} already has an active {} token; one name is one kind of identity",
+            other.kind.as_str()
+        );
+    }
     record_admin(&config, "token.create", name)?;
     let token = generate()?;
-    let groups: Vec<String> = groups.iter().filter(|g| !g.is_empty()).cloned().collect();
+    let groups: Vec<String> = who
+        .groups
+        .iter()
+        .filter(|g| !g.is_empty())
+        .cloned()
+        .collect();
     let rec = store.create_token(NewToken {
         name,
         kind,
         groups: &groups,
+        attributes: &attributes,
         ttl,
         hash: weir_proxy::auth::hash_token(token.as_bytes()),
     })?;
     println!(
-        "created token {} for {} ({}, groups: {}){}",
+        "created token {} for {} ({}, groups: {}{}){}",
         rec.id,
         rec.name,
         rec.kind.as_str(),
@@ -75,6 +116,12 @@ pub fn create(
             "-".into()
         } else {
             groups.join(",")
+        },
+        if attributes.is_empty() {
+            String::new()
+        } else {
+            let pairs: Vec<String> = attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!(", attributes: {}", pairs.join(","))
         },
         match rec.expires_at {
             Some(e) => format!(

@@ -175,3 +175,170 @@ fn config_with_unknown_key_is_refused_naming_key_and_line() {
     let err = stderr(&out);
     assert!(err.contains("listen") && err.contains("line 3"), "{err}");
 }
+
+/// An agent is an agent whatever it claims: its token does not log in under a person's
+/// name, it cannot take a person's name, and policy and the trail see its kind, groups and
+/// attributes as issued, so a group that makes a person powerful does not make it so.
+#[test]
+fn an_agent_cannot_present_itself_as_a_human() {
+    let g = Gateway::start_custom(
+        Options {
+            fast: true,
+            ..Default::default()
+        },
+        |cluster, dir| {
+            std::fs::write(
+                dir.join("teams.cedar"),
+                concat!(
+                    "@id(\"test.payments-deletes\")\n@reason(\"only the payments team deletes\")\n",
+                    "forbid(principal, action == Weir::Action::\"delete\", resource)\n",
+                    "unless { principal.hasTag(\"team\") && principal.getTag(\"team\") == \"payments\" };\n",
+                ),
+            )
+            .unwrap();
+            format!(
+                r#"
+[[target]]
+name = "prod"
+engine = "postgres"
+environment = "production"
+upstream = "127.0.0.1:{}"
+database = "app"
+user = "postgres"
+password_file = "upstream-password"
+
+[policy]
+files = ["*.cedar"]
+
+[approvals]
+timeout = "0s"
+"#,
+                cluster.port
+            )
+        },
+    );
+    let setup = g.psql(
+        &g.alice(),
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2), (3);\n",
+    );
+    assert!(setup.status.success(), "{}", stderr(&setup));
+
+    // Issued as an agent in the dba group, with the payments team as an attribute.
+    let out = g.weir(&[
+        "token",
+        "create",
+        "--name",
+        "copilot",
+        "--kind",
+        "agent",
+        "--groups",
+        "dba",
+        "--attr",
+        "team=payments",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("(agent, groups: dba, attributes: team=payments)"),
+        "{}",
+        stdout(&out)
+    );
+    let token = stdout(&out).lines().last().unwrap().to_owned();
+
+    // It cannot take a person's name: a static one, an address from the IdP, or a name
+    // already held by an identity of another kind.
+    for (name, why) in [
+        ("bob", "static identity"),
+        ("dana@example.com", "shaped like a person's address"),
+    ] {
+        let out = g.weir(&["token", "create", "--name", name, "--kind", "agent"]);
+        assert!(!out.status.success(), "{name}");
+        assert!(stderr(&out).contains(why), "{}", stderr(&out));
+    }
+    let out = g.weir(&[
+        "token", "create", "--name", "pat", "--kind", "human", "--groups", "dba",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = g.weir(&["token", "create", "--name", "pat", "--kind", "agent"]);
+    assert!(
+        stderr(&out).contains("already has an active human token"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Its token does not log in under a person's name.
+    for user in ["bob", "alice", "pat"] {
+        let out = g.psql(&g.conninfo(user, &token), "SELECT 1;\n");
+        assert!(!out.status.success(), "{user}");
+        assert!(
+            stderr(&out).contains(&format!("weir: authentication failed for \"{user}\"")),
+            "{user}: {}",
+            stderr(&out)
+        );
+    }
+
+    // Under its own name, it is an agent: the dba group does not lift the production
+    // guard that bob, a human dba, passes.
+    let prod = |user: &str, token: &str| {
+        format!(
+            "host=127.0.0.1 port={} dbname=prod user={user} password={token} sslmode=disable",
+            g.port
+        )
+    };
+    let out = g.psql(
+        &prod("copilot", &token),
+        "SELECT count(*) FROM t;\nDELETE FROM t WHERE id = 1;\n",
+    );
+    assert_eq!(stdout(&out).trim(), "3", "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("weir: denied by weir.agents-read-only-in-production"),
+        "{}",
+        stderr(&out)
+    );
+    // Its attribute reaches policy as a tag: in development it may delete, alice may not.
+    let out = g.psql(
+        &g.conninfo("copilot", &token),
+        "DELETE FROM t WHERE id = 1;\n",
+    );
+    assert_eq!(stdout(&out).trim(), "DELETE 1", "{}", stderr(&out));
+    let out = g.psql(&g.alice(), "DELETE FROM t WHERE id = 2;\n");
+    assert!(
+        stderr(&out).contains("weir: denied by test.payments-deletes"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The trail records kind, how it was proven, groups and attributes.
+    let opened: Vec<serde_json::Value> = g
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["event"] == "connection_opened")
+        .collect();
+    let copilot = opened
+        .iter()
+        .find(|e| e["identity"] == "copilot")
+        .expect("copilot's session is in the trail");
+    assert_eq!(copilot["identity_kind"], "agent");
+    assert_eq!(copilot["auth"], "token");
+    assert_eq!(copilot["groups"], serde_json::json!(["dba"]));
+    assert_eq!(
+        copilot["attributes"],
+        serde_json::json!({"team": "payments"})
+    );
+    let alice = opened.iter().find(|e| e["identity"] == "alice").unwrap();
+    assert_eq!(alice["identity_kind"], "human");
+    assert_eq!(alice["auth"], "static");
+    assert_eq!(alice["groups"], serde_json::json!(["developers"]));
+    let search = stdout(&g.weir(&[
+        "audit",
+        "search",
+        "--identity",
+        "copilot",
+        "--event",
+        "connection_opened",
+    ]));
+    assert!(
+        search.contains("copilot (agent via token) prod")
+            && search.contains("groups=dba attrs=team=payments"),
+        "{search}"
+    );
+}

@@ -146,7 +146,7 @@ fn id_tokens_from_a_real_openid_provider() {
                 .unwrap();
             std::fs::write(dir.join("dba.cedar"), POLICY).unwrap();
             format!(
-                "[identity]\nissuer = \"{issuer}\"\naudience = \"weir\"\ngroups_claim = \"groups\"\n\n[policy]\nfiles = [\"dba.cedar\"]\n"
+                "[identity]\nissuer = \"{issuer}\"\naudience = \"weir\"\ngroups_claim = \"groups\"\nclaims = [\"sub\", \"email_verified\"]\n\n[policy]\nfiles = [\"dba.cedar\"]\n"
             )
         },
     );
@@ -163,6 +163,19 @@ fn id_tokens_from_a_real_openid_provider() {
         "DELETE FROM t WHERE id = 1;\n",
     );
     assert_eq!(stdout(&out).trim(), "DELETE 1", "{}", stderr(&out));
+    // The trail records a person from the IdP with groups and the chosen claims.
+    let opened = g
+        .audit_events()
+        .into_iter()
+        .find(|e| e["event"] == "connection_opened" && e["identity"] == "alice@example.com")
+        .expect("alice's session is in the trail");
+    assert_eq!(opened["identity_kind"], "human");
+    assert_eq!(opened["auth"], "oidc");
+    assert_eq!(opened["groups"], serde_json::json!(["dba"]));
+    assert_eq!(
+        opened["attributes"],
+        serde_json::json!({"sub": "alice", "email_verified": "true"})
+    );
     let carol = idp.token("carol", "weir");
     let out = login(
         &g,
