@@ -32,6 +32,10 @@
 #   RESULTS_FILE  where the table is written                   (default bench/results/latest.md)
 #   WEIR_WORKERS  [gateway] workers (default: Weir's, one per CPU)
 #   WEIR_ENVIRONMENT  the Weir target's environment, so the default policy applies as there (default production)
+#   WEIR_LOG      Weir's RUST_LOG (default warn; weir_proxy::audit=debug shows group-commit figures)
+#   WEIR_STORE    Weir's [gateway] store (default sqlite://weir.db, beside the config in the work dir).
+#                 sqlite:///dev/shm/... puts the audit trail on tmpfs, where fsync costs nothing:
+#                 what Weir's write-ahead audit costs apart from the disk's flush latency.
 #
 # Exits non-zero if any pgbench run exits non-zero or reports failed transactions; the logs of
 # the run are then kept (their directory is printed). Weir failing to start is not fatal: the
@@ -257,7 +261,7 @@ if [ -z "$WEIR_NOTE" ]; then
   cat >"$WORK/weir.toml" <<TOML
 [gateway]
 postgres_listen = "127.0.0.1:$WEIR_PORT"
-store = "sqlite://weir.db"          # relative to this file's directory
+store = "${WEIR_STORE:-sqlite://weir.db}"  # relative to this file's directory
 ${WEIR_WORKERS:+workers = $WEIR_WORKERS}
 
 [[identity.static]]
@@ -275,7 +279,7 @@ database = "postgres"               # where pgbench -i put its tables
 user = "postgres"
 password_env = "WEIR_BENCH_PGPASSWORD"
 TOML
-  WEIR_BENCH_PGPASSWORD=$PG_PASSWORD RUST_LOG=warn \
+  WEIR_BENCH_PGPASSWORD=$PG_PASSWORD RUST_LOG=${WEIR_LOG:-warn} \
     "$WEIR_BIN" serve --config "$WORK/weir.toml" >"$WORK/weir.log" 2>&1 &
   WEIR_PID=$!
   # Ready = answers on its port within 30 s, and a query through it reaches the pgbench tables.

@@ -197,6 +197,37 @@ fn now_us() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
+/// What the writer did lately, logged at debug level every 10 s: how well group commit
+/// groups (events per batch) and what one batch costs.
+#[derive(Default)]
+struct Stats {
+    since: Option<std::time::Instant>,
+    batches: u64,
+    events: u64,
+    busy: std::time::Duration,
+}
+
+impl Stats {
+    fn batch(&mut self, events: usize, took: std::time::Duration) {
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        self.batches += 1;
+        self.events += events as u64;
+        self.busy += took;
+        let window = since.elapsed();
+        if window >= std::time::Duration::from_secs(10) {
+            tracing::debug!(
+                batches = self.batches,
+                events = self.events,
+                events_per_batch = self.events as f64 / self.batches as f64,
+                us_per_batch = self.busy.as_micros() as f64 / self.batches as f64,
+                busy_pct = 100.0 * self.busy.as_secs_f64() / window.as_secs_f64(),
+                "audit writer"
+            );
+            *self = Stats::default();
+        }
+    }
+}
+
 /// The writer thread's state.
 struct Writer<S> {
     store: S,
@@ -210,6 +241,7 @@ impl<S: AuditTrail> Writer<S> {
         let mut bodies = Vec::with_capacity(MAX_BATCH);
         let mut acks = Vec::with_capacity(MAX_BATCH);
         let mut closing = false;
+        let mut stats = Stats::default();
         while !closing {
             // Wait for one event, then take whatever else is already queued.
             match rx.recv() {
@@ -232,7 +264,10 @@ impl<S: AuditTrail> Writer<S> {
             if bodies.is_empty() {
                 continue;
             }
+            let started = std::time::Instant::now();
+            let n = bodies.len();
             let result = self.write(&mut bodies);
+            stats.batch(n, started.elapsed());
             for ack in acks.drain(..) {
                 // A session that went away no longer waits: nothing to tell it.
                 let _ = ack.send(result.clone());
