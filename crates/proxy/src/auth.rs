@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use weir_config::Config;
-use weir_policy::Identity;
+use weir_policy::{Identity, IdentityKind};
 use weir_store::Store;
 
 /// Why a client was refused. Every variant reaches the client as the same SQLSTATE 28P01
@@ -27,6 +27,10 @@ pub enum AuthError {
     Store(String),
     #[error("ID token refused: {0}")]
     Oidc(#[from] crate::oidc::OidcError),
+    /// A person from the IdP whose name is a service's or an agent's: one name is one
+    /// principal to policy, so neither may pass for the other.
+    #[error("the name belongs to an identity of kind {0}, not to a person")]
+    NameOfAnotherKind(&'static str),
 }
 
 struct StaticEntry {
@@ -87,7 +91,9 @@ impl Authenticator {
         if let Some(oidc) = &self.oidc {
             if crate::oidc::Oidc::looks_like_jwt(token) {
                 let token = std::str::from_utf8(token).map_err(|_| AuthError::Unknown)?;
-                return Ok((oidc.verify(user, token).await?, None));
+                let identity = oidc.verify(user, token).await?;
+                self.check_name_is_a_persons(&identity.name).await?;
+                return Ok((identity, None));
             }
         }
         let hash = hash_token(token);
@@ -122,6 +128,29 @@ impl Authenticator {
             },
             Some(token_id),
         ))
+    }
+
+    /// Refuses a person's login under a name that a service or agent holds (a static
+    /// identity, or an active Weir token), so rules written for one never match the other.
+    async fn check_name_is_a_persons(&self, name: &str) -> Result<(), AuthError> {
+        if let Some(entry) = self.statics.get(name) {
+            if entry.identity.kind != IdentityKind::Human {
+                return Err(AuthError::NameOfAnotherKind(entry.identity.kind.as_str()));
+            }
+        }
+        let store = Arc::clone(&self.store);
+        let tokens = tokio::task::spawn_blocking(move || store.list_tokens())
+            .await
+            .map_err(|e| AuthError::Store(e.to_string()))?
+            .map_err(|e| AuthError::Store(e.to_string()))?;
+        let now = weir_store::now_secs();
+        match tokens
+            .iter()
+            .find(|t| t.name == name && t.kind != IdentityKind::Human && t.is_active(now))
+        {
+            Some(t) => Err(AuthError::NameOfAnotherKind(t.kind.as_str())),
+            None => Ok(()),
+        }
     }
 
     /// The identity a bearer token (HTTP API) belongs to, whoever it names.

@@ -140,8 +140,8 @@ pub fn list(path: &Path) -> anyhow::Result<()> {
     let store = crate::serve::open_store(&config)?;
     let now = weir_store::now_secs();
     println!(
-        "{:<6} {:<24} {:<8} {:<24} {:<8} {:<21} expires",
-        "id", "name", "kind", "groups", "status", "last used"
+        "{:<6} {:<24} {:<8} {:<24} {:<8} {:<21} {:<21} attributes",
+        "id", "name", "kind", "groups", "status", "last used", "expires"
     );
     for t in store.list_tokens()? {
         let status = if t.revoked_at.is_some() {
@@ -165,8 +165,13 @@ pub fn list(path: &Path) -> anyhow::Result<()> {
                     .to_string()
             })
             .unwrap_or_else(|| "never".into());
+        let attributes: Vec<String> = t
+            .attributes
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         println!(
-            "{:<6} {:<24} {:<8} {:<24} {:<8} {:<21} {}",
+            "{:<6} {:<24} {:<8} {:<24} {:<8} {:<21} {:<21} {}",
             t.id,
             t.name,
             t.kind.as_str(),
@@ -177,7 +182,12 @@ pub fn list(path: &Path) -> anyhow::Result<()> {
             },
             status,
             last_used,
-            expires
+            expires,
+            if attributes.is_empty() {
+                "-".into()
+            } else {
+                attributes.join(",")
+            }
         );
     }
     Ok(())

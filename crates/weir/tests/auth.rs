@@ -243,6 +243,12 @@ timeout = "0s"
         stdout(&out)
     );
     let token = stdout(&out).lines().last().unwrap().to_owned();
+    let list = stdout(&g.weir(&["token", "list"]));
+    let line = list.lines().find(|l| l.contains("copilot")).unwrap();
+    assert!(
+        line.contains("agent") && line.ends_with("team=payments"),
+        "{list}"
+    );
 
     // It cannot take a person's name: a static one, an address from the IdP, or a name
     // already held by an identity of another kind.

@@ -366,3 +366,48 @@ fn weir_login_then_weir_connect() {
     let ok = g.psql(&second, "SELECT 'refreshed';\n");
     assert_eq!(stdout(&ok).trim(), "refreshed", "{}", stderr(&ok));
 }
+
+/// With `username_claim = "sub"` an IdP name can be any string, even a service's or an
+/// agent's: such a login is refused, so no person passes for one (nor one for a person).
+#[test]
+fn a_person_from_the_idp_cannot_take_an_agents_name() {
+    let port = weir::cluster::free_port().unwrap();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let idp = Provider::start(port, keys_dir.path().join("keys.json"));
+    let issuer = idp.issuer();
+    let g = Gateway::start_custom(
+        Options {
+            fast: true,
+            ..Default::default()
+        },
+        |_, _| {
+            format!(
+                "[identity]\nissuer = \"{issuer}\"\naudience = \"weir\"\nusername_claim = \"sub\"\n"
+            )
+        },
+    );
+    // carol at the IdP; "carol" at Weir is an agent's token.
+    let out = g.weir(&["token", "create", "--name", "carol", "--kind", "agent"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let refused = login(&g, "carol", &idp.token("carol", "weir"), "SELECT 1;\n");
+    assert!(
+        stderr(&refused).contains("weir: authentication failed for \"carol\""),
+        "{}",
+        stderr(&refused)
+    );
+    let failed = g
+        .audit_events()
+        .into_iter()
+        .find(|e| e["event"] == "auth_failed" && e["claimed"] == "carol")
+        .expect("the refusal is in the trail");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to an identity of kind agent"),
+        "{failed}"
+    );
+    // alice is a person both in the config and at the IdP: her ID token logs in.
+    let out = login(&g, "alice", &idp.token("alice", "weir"), "SELECT 1;\n");
+    assert_eq!(stdout(&out).trim(), "1", "{}", stderr(&out));
+}
