@@ -64,15 +64,22 @@ struct Waiter {
 pub struct Approvals {
     store: Arc<dyn Store>,
     clock: Clock,
+    /// Shows outcomes in the chat messages that announced the requests.
+    notifier: Arc<crate::notify::Notifier>,
     waiters: Mutex<HashMap<String, Waiter>>,
     wake: Notify,
 }
 
 impl Approvals {
-    pub fn new(store: Arc<dyn Store>, clock: Clock) -> Approvals {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Clock,
+        notifier: Arc<crate::notify::Notifier>,
+    ) -> Approvals {
         Approvals {
             store,
             clock,
+            notifier,
             waiters: Mutex::new(HashMap::new()),
             wake: Notify::new(),
         }
@@ -110,8 +117,25 @@ impl Approvals {
         by: &str,
     ) -> Result<Option<(bool, Approval)>, StoreError> {
         let (id, by, now) = (id.to_owned(), by.to_owned(), self.clock.now_ms());
-        self.with_store(move |s| s.decide_approval(&id, to, &by, None, now))
-            .await
+        let settled = self
+            .with_store(move |s| s.decide_approval(&id, to, &by, None, now))
+            .await;
+        if let Ok(Some((true, a))) = &settled {
+            self.show_outcome(a);
+        }
+        settled
+    }
+
+    /// Updates the announcement of a settled request (in the background; once per request).
+    fn show_outcome(&self, a: &Approval) {
+        if self.notifier.enabled() {
+            let (notifier, store, a) = (
+                Arc::clone(&self.notifier),
+                Arc::clone(&self.store),
+                a.clone(),
+            );
+            tokio::spawn(async move { notifier.resolved(a, store).await });
+        }
     }
 
     /// Starts watching a recorded request; the receiver gets its outcome.
@@ -185,6 +209,11 @@ impl Approvals {
                         Some(a) => Outcome::of(a),
                     };
                     if let Some(outcome) = outcome {
+                        if let Some(a) = &a {
+                            // Settled here (expired) or elsewhere (a channel without the
+                            // message, another gateway): the announcement says so.
+                            self.show_outcome(a);
+                        }
                         if let Some(w) = waiters.remove(&id) {
                             let _ = w.tx.send(outcome);
                         }

@@ -165,18 +165,32 @@ async fn decide(
     reason: Option<String>,
     channel: &'static str,
 ) -> Result<Approval, DecideError> {
-    tokio::task::spawn_blocking(move || {
+    let s = Arc::clone(&shared);
+    let decided = tokio::task::spawn_blocking(move || {
         Decider {
-            config: &shared.config,
-            policy: &shared.policy,
-            store: shared.approvals.store().as_ref(),
-            audit: shared.audit.as_ref(),
-            clock: shared.approvals.clock(),
+            config: &s.config,
+            policy: &s.policy,
+            store: s.approvals.store().as_ref(),
+            audit: s.audit.as_ref(),
+            clock: s.approvals.clock(),
         }
         .decide(&id, &by, approve, reason.as_deref(), channel)
     })
     .await
-    .unwrap_or_else(|e| Err(DecideError::Failed(e.to_string())))
+    .unwrap_or_else(|e| Err(DecideError::Failed(e.to_string())));
+    // The Slack message that announced it shows the outcome (a decision made in Slack
+    // replaces it through the interaction's response_url instead).
+    if let Ok(a) = &decided {
+        let store = Arc::clone(shared.approvals.store());
+        if channel == "slack" {
+            let id = a.id.clone();
+            tokio::task::spawn_blocking(move || store.take_approval_message(&id));
+        } else {
+            let (notifier, a) = (Arc::clone(&shared.notifier), a.clone());
+            tokio::spawn(async move { notifier.resolved(a, store).await });
+        }
+    }
+    decided
 }
 
 /// The approver an outside channel names, as an identity policy can judge.

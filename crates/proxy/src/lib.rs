@@ -136,8 +136,12 @@ impl Gateway {
         grants
             .load()
             .map_err(|e| GatewayError::Store(format!("reading access grants: {e}")))?;
-        let approvals = Arc::new(approvals::Approvals::new(Arc::clone(&store), clock));
         let notifier = Arc::new(notify::Notifier::new(&config));
+        let approvals = Arc::new(approvals::Approvals::new(
+            Arc::clone(&store),
+            clock,
+            Arc::clone(&notifier),
+        ));
         let shared = Arc::new(Shared {
             auth: Authenticator::new(&config, store),
             approvals,

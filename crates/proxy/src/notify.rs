@@ -10,13 +10,14 @@
 //! - Slack: `X-Slack-Signature: v0=<hex>`, HMAC-SHA256 with the app's signing secret over
 //!   `v0:<X-Slack-Request-Timestamp>:<body>`, as Slack documents it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use weir_config::ApprovalsConfig;
-use weir_store::Approval;
+use weir_store::{Approval, Store};
 
 /// How old a signed request may be (either direction): Slack's own recommendation.
 pub const MAX_SIGNATURE_AGE_S: u64 = 5 * 60;
@@ -165,12 +166,48 @@ pub fn webhook_payload(a: &Approval, public_url: Option<&str>) -> Value {
 }
 
 /// The Slack message for a new request: what waits, why, and two buttons.
+/// `chat.update` for the message that announced `a`, now settled: the outcome replaces the
+/// buttons.
+pub fn slack_update(a: &Approval, channel: &str, ts: &str) -> Value {
+    let outcome = slack_escape(&format!(
+        "Request `{}` ({} on {}) was *{}*{}{}",
+        a.id,
+        a.identity,
+        a.target,
+        a.status.as_str(),
+        a.decided_by
+            .as_deref()
+            .map(|b| format!(" by {b}"))
+            .unwrap_or_default(),
+        a.note
+            .as_deref()
+            .map(|n| format!(": {n}"))
+            .unwrap_or_default(),
+    ));
+    json!({
+        "channel": channel,
+        "ts": ts,
+        "text": outcome,
+        "blocks": [
+            { "type": "section", "text": { "type": "mrkdwn", "text": outcome } },
+        ],
+    })
+}
+
+/// Text from requests and people as Slack shows it literally: `&`, `<` and `>` escaped, so a
+/// statement or a reason cannot mention `<!channel>` or link anywhere.
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 pub fn slack_message(a: &Approval, channel: Option<&str>) -> Value {
-    let statement: String = a.statement.chars().take(2500).collect();
-    let text = format!(
+    let statement: String = slack_escape(&a.statement.chars().take(2500).collect::<String>());
+    let text = slack_escape(&format!(
         "{} ({}) waits for approval on *{}*: {}",
         a.identity, a.identity_kind, a.target, a.reason
-    );
+    ));
     let mut m = json!({
         "text": format!("Weir approval request {}: {} on {}", a.id, a.identity, a.target),
         "blocks": [
@@ -286,15 +323,67 @@ impl Notifier {
             || (self.config.slack_bot_token.is_some() && self.config.slack_channel.is_some())
     }
 
-    /// Announces a new request on every configured channel.
-    pub async fn announce(&self, a: Approval) {
+    /// Announces a new request on every configured channel. The Slack message posted with
+    /// the bot token is remembered in `store`, so whoever settles the request can update it.
+    pub async fn announce(&self, a: Approval, store: Arc<dyn Store>) {
         if let Some(url) = &self.config.webhook {
             if let Err(e) = self.webhook(url, &a).await {
                 tracing::warn!(approval = %a.id, cause = %e, "approval webhook failed");
             }
         }
-        if let Err(e) = self.slack(&a).await {
-            tracing::warn!(approval = %a.id, cause = %e, "approval message to Slack failed");
+        match self.slack(&a).await {
+            Err(e) => {
+                tracing::warn!(approval = %a.id, cause = %e, "approval message to Slack failed")
+            }
+            Ok(Some((channel, ts))) => {
+                let id = a.id.clone();
+                let kept = tokio::task::spawn_blocking(move || {
+                    store.set_approval_message(&id, &channel, &ts)
+                })
+                .await;
+                if !matches!(kept, Ok(Ok(()))) {
+                    tracing::warn!(approval = %a.id, "cannot remember the Slack message; it will not show the outcome");
+                }
+            }
+            Ok(None) => {}
+        }
+    }
+
+    /// Shows a settled request's outcome in the Slack message that announced it (and takes
+    /// its buttons away), whichever channel settled it. Once per request: the message is
+    /// forgotten as it is updated.
+    pub async fn resolved(&self, a: Approval, store: Arc<dyn Store>) {
+        let Some(token) = &self.config.slack_bot_token else {
+            return;
+        };
+        let id = a.id.clone();
+        let message =
+            match tokio::task::spawn_blocking(move || store.take_approval_message(&id)).await {
+                Ok(Ok(Some(m))) => m,
+                Ok(Ok(None)) => return,
+                _ => {
+                    tracing::warn!(approval = %a.id, "cannot read the Slack message to update");
+                    return;
+                }
+            };
+        let token = match token.read() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(approval = %a.id, cause = %e, "cannot update the Slack message");
+                return;
+            }
+        };
+        let body = slack_update(&a, &message.0, &message.1).to_string();
+        let sent = self
+            .http
+            .post(format!("{}/chat.update", self.config.slack_api))
+            .header("content-type", "application/json; charset=utf-8")
+            .header("authorization", format!("Bearer {token}"))
+            .body(body)
+            .send()
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(approval = %a.id, cause = %e, "cannot update the Slack message");
         }
     }
 
@@ -319,7 +408,8 @@ impl Notifier {
         Ok(())
     }
 
-    async fn slack(&self, a: &Approval) -> Result<(), String> {
+    /// Posts the request to Slack; with the bot token, returns the message's channel and ts.
+    async fn slack(&self, a: &Approval) -> Result<Option<(String, String)>, String> {
         let (url, token, channel) = match (
             &self.config.slack_bot_token,
             &self.config.slack_channel,
@@ -331,7 +421,7 @@ impl Notifier {
                 Some(channel.as_str()),
             ),
             (_, _, Some(hook)) => (hook.clone(), None, None),
-            _ => return Ok(()),
+            _ => return Ok(None),
         };
         let mut req = self
             .http
@@ -351,13 +441,22 @@ impl Notifier {
             return Err(format!("Slack answered {status}: {text}"));
         }
         // The Web API answers 200 with {"ok": false, "error": …} on failure.
-        if channel.is_some() {
-            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            if v.get("ok") != Some(&Value::Bool(true)) {
-                return Err(format!("Slack refused the message: {text}"));
-            }
+        if channel.is_none() {
+            return Ok(None);
         }
-        Ok(())
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if v.get("ok") != Some(&Value::Bool(true)) {
+            return Err(format!("Slack refused the message: {text}"));
+        }
+        Ok(
+            match (
+                v.get("channel").and_then(Value::as_str),
+                v.get("ts").and_then(Value::as_str),
+            ) {
+                (Some(c), Some(ts)) => Some((c.to_owned(), ts.to_owned())),
+                _ => None,
+            },
+        )
     }
 
     /// Replaces the Slack message a button was pressed on with the outcome.
@@ -498,6 +597,29 @@ mod tests {
             decided_ms: None,
             note: None,
         }
+    }
+
+    /// Text from the request cannot ping a channel or make a link in Slack.
+    #[test]
+    fn slack_text_is_escaped() {
+        let mut a = approval();
+        a.statement = "SELECT '<!channel> <https://evil.example|click>' & 1".into();
+        a.reason = "<@U0BOSS>".into();
+        let m = slack_message(&a, None).to_string();
+        assert!(!m.contains("<!channel>") && !m.contains("<https://") && !m.contains("<@U0BOSS>"));
+        assert!(
+            m.contains("&lt;!channel&gt;") && m.contains("&amp; 1"),
+            "{m}"
+        );
+        a.status = weir_store::ApprovalStatus::Denied;
+        a.decided_by = Some("bob".into());
+        a.note = Some("<!here> not now".into());
+        let u = slack_update(&a, "C1", "1.2");
+        assert_eq!(u["ts"], "1.2");
+        assert_eq!(
+            u["text"],
+            "Request `r-abc23456` (alice on shop) was *denied* by bob: &lt;!here&gt; not now"
+        );
     }
 
     /// The message follows Slack's Block Kit: a section, the statement, context, and an

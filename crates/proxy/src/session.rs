@@ -1642,7 +1642,8 @@ impl<'a> FrontendHalf<'a> {
             Err(e) => return refuse("the approval request could not be stored", &e),
             Ok(stored) if !auto && shared.notifier.enabled() => {
                 let notifier = Arc::clone(&shared.notifier);
-                tokio::spawn(async move { notifier.announce(stored).await });
+                let store = Arc::clone(approvals.store());
+                tokio::spawn(async move { notifier.announce(stored, store).await });
             }
             Ok(_) => {}
         }

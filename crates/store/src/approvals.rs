@@ -157,7 +157,42 @@ CREATE TABLE IF NOT EXISTS grants (
     revoked_by   TEXT
 );
 CREATE INDEX IF NOT EXISTS grants_open ON grants(expires_ms) WHERE revoked_ms IS NULL;
+CREATE TABLE IF NOT EXISTS approval_messages (
+    id      TEXT PRIMARY KEY,
+    channel TEXT NOT NULL,
+    ts      TEXT NOT NULL
+);
 ";
+
+/// Remembers the chat message that announced request `id` (Slack: channel and ts), so that
+/// whoever settles the request can update it.
+pub(crate) fn set_message(
+    c: &rusqlite::Connection,
+    id: &str,
+    channel: &str,
+    ts: &str,
+) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT OR REPLACE INTO approval_messages (id, channel, ts) VALUES (?1, ?2, ?3)",
+        params![id, channel, ts],
+    )?;
+    Ok(())
+}
+
+/// The message that announced request `id`, forgotten as it is returned: it is updated once.
+pub(crate) fn take_message(
+    c: &rusqlite::Connection,
+    id: &str,
+) -> Result<Option<(String, String)>, StoreError> {
+    let found = c
+        .query_row(
+            "DELETE FROM approval_messages WHERE id = ?1 RETURNING channel, ts",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(found)
+}
 
 /// Just-in-time access to a target, made when an access request is approved. It ends at
 /// `expires_ms` or when revoked; sessions that relied on it end with it.

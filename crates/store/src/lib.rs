@@ -119,6 +119,12 @@ pub trait Store: Send + Sync {
     fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError>;
     /// Revokes an active grant; true if this call revoked it.
     fn revoke_grant(&self, id: &str, by: &str, now_ms: u64) -> Result<bool, StoreError>;
+
+    /// Remembers the chat message (channel, ts) that announced request `id`.
+    fn set_approval_message(&self, id: &str, channel: &str, ts: &str) -> Result<(), StoreError>;
+    /// The chat message that announced request `id`, forgotten as it is returned (whoever
+    /// settles the request updates it, once).
+    fn take_approval_message(&self, id: &str) -> Result<Option<(String, String)>, StoreError>;
 }
 
 pub fn now_secs() -> u64 {
@@ -378,6 +384,14 @@ impl Store for SqliteStore {
 
     fn revoke_grant(&self, id: &str, by: &str, now_ms: u64) -> Result<bool, StoreError> {
         self.with(|c| approvals::revoke_grant(c, id, by, now_ms))
+    }
+
+    fn set_approval_message(&self, id: &str, channel: &str, ts: &str) -> Result<(), StoreError> {
+        self.with(|c| approvals::set_message(c, id, channel, ts))
+    }
+
+    fn take_approval_message(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        self.with(|c| approvals::take_message(c, id))
     }
 }
 

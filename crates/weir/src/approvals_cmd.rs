@@ -5,6 +5,8 @@
 //! client. Who may approve is policy (Cedar action `approve`, principal = the approver named
 //! by `--as`); the decision is recorded in the audit trail before it takes effect.
 
+use std::sync::Arc;
+
 use weir_config::Config;
 use weir_proxy::approvals::{Approver, Decider};
 use weir_store::Clock;
@@ -74,6 +76,9 @@ pub fn decide(
     audit.close();
     let a = result?;
     println!("{} {}", a.status.as_str(), a.id);
+    // The Slack message that announced it shows the outcome.
+    crate::serve::runtime()?
+        .block_on(weir_proxy::notify::Notifier::new(&config).resolved(a, store));
     Ok(())
 }
 
@@ -144,7 +149,7 @@ pub fn request(
     let notifier = weir_proxy::notify::Notifier::new(&config);
     if notifier.enabled() {
         // Approvers hear of it where they hear of waiting statements.
-        crate::serve::runtime()?.block_on(notifier.announce(stored));
+        crate::serve::runtime()?.block_on(notifier.announce(stored, Arc::clone(&store)));
     }
     println!("requested access to {target} for {} as {id}; an approver runs: weir approve {id} --as NAME", humantime::format_duration(grant));
     println!("{id}");

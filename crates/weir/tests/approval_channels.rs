@@ -45,7 +45,7 @@ impl Receiver {
     fn start() -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
         let keep = Arc::clone(&seen);
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -74,17 +74,53 @@ impl Receiver {
                     .unwrap_or(0);
                 let mut body = vec![0; len];
                 reader.read_exact(&mut body).unwrap();
-                keep.lock().unwrap().push(Seen {
+                let mut seen = keep.lock().unwrap();
+                // chat.postMessage answers with the message's channel and ts, as Slack does.
+                let answer = if path.ends_with("/chat.postMessage") {
+                    let n = seen.iter().filter(|s| s.path == path).count();
+                    format!(
+                        "{{\"ok\":true,\"channel\":\"C0DBAPPROVE\",\"ts\":\"1700000000.{n:06}\"}}"
+                    )
+                } else {
+                    "{\"ok\":true}".to_owned()
+                };
+                seen.push(Seen {
                     path,
                     headers,
                     body: String::from_utf8_lossy(&body).into_owned(),
                 });
+                drop(seen);
                 let _ = conn.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"ok\":true}",
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                        answer.len()
+                    )
+                    .as_bytes(),
                 );
             }
         });
         Receiver { port, seen }
+    }
+
+    /// The `chat.update` of the message posted `n`-th (from 0), waiting for it to arrive.
+    fn update_of(&self, n: usize) -> Value {
+        let ts = format!("1700000000.{n:06}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self
+                .seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|s| s.path == "/slack/chat.update")
+                .map(|s| serde_json::from_str::<Value>(&s.body).unwrap())
+                .find(|v| v["ts"] == ts.as_str());
+            if let Some(v) = found {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "message {ts} was not updated");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The first request to `path` after `skip` of them, waiting for it to arrive.
@@ -282,6 +318,15 @@ fn http_api_webhook_and_slack_decide_waiting_statements() {
         assert_eq!(buttons[0]["action_id"], "weir_approve");
         assert_eq!(buttons[0]["value"], id.as_str());
         assert_eq!(buttons[1]["action_id"], "weir_deny");
+        // Approved over HTTP: the Slack message shows it, without buttons.
+        let update = s.receiver.update_of(0);
+        assert_eq!(update["channel"], "C0DBAPPROVE");
+        let text = update["text"].as_str().unwrap();
+        assert!(
+            text.contains(&id) && text.contains("*approved* by bob"),
+            "{text}"
+        );
+        assert_eq!(update["blocks"].as_array().unwrap().len(), 1, "{update}");
 
         // 2. The webhook's callback: signed, naming the approver.
         let client = scope.spawn(|| {
@@ -324,6 +369,8 @@ fn http_api_webhook_and_slack_decide_waiting_statements() {
             )),
             "{se}"
         );
+        let text = s.receiver.update_of(1)["text"].as_str().unwrap().to_owned();
+        assert!(text.contains("*denied* by bob: ticket missing"), "{text}");
 
         // 3. Slack: a button press, signed as Slack signs it, by a mapped user.
         let client =
@@ -404,6 +451,15 @@ fn http_api_webhook_and_slack_decide_waiting_statements() {
     let payload: Value = serde_json::from_str(&hook.body).unwrap();
     assert_eq!(payload["statement"], "ACCESS app FOR 1h");
     assert_eq!(payload["reason"], "INC-7");
+    // Approved at the CLI: the Slack message (the fourth posted) shows it.
+    let access = payload["id"].as_str().unwrap().to_owned();
+    let out = g.weir(&["approve", &access, "--as", "bob"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = s.receiver.update_of(3)["text"].as_str().unwrap().to_owned();
+    assert!(
+        text.contains(&access) && text.contains("*approved* by bob"),
+        "{text}"
+    );
     // Every decision is in the trail, with its channel.
     let out = g.weir(&["audit", "search", "--decision", "approved"]);
     let text = stdout(&out);
