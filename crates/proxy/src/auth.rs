@@ -130,8 +130,9 @@ impl Authenticator {
         ))
     }
 
-    /// Refuses a person's login under a name that a service or agent holds (a static
-    /// identity, or an active Weir token), so rules written for one never match the other.
+    /// Refuses a person's login under a name that a service or agent holds or held (a static
+    /// identity, or a Weir token, even revoked), so rules written for one never match the
+    /// other.
     async fn check_name_is_a_persons(&self, name: &str) -> Result<(), AuthError> {
         if let Some(entry) = self.statics.get(name) {
             if entry.identity.kind != IdentityKind::Human {
@@ -143,10 +144,10 @@ impl Authenticator {
             .await
             .map_err(|e| AuthError::Store(e.to_string()))?
             .map_err(|e| AuthError::Store(e.to_string()))?;
-        let now = weir_store::now_secs();
+        // Revoked and expired tokens count too: rules written for that service stay its.
         match tokens
             .iter()
-            .find(|t| t.name == name && t.kind != IdentityKind::Human && t.is_active(now))
+            .find(|t| t.name == name && t.kind != IdentityKind::Human)
         {
             Some(t) => Err(AuthError::NameOfAnotherKind(t.kind.as_str())),
             None => Ok(()),

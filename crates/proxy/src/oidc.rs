@@ -54,6 +54,8 @@ pub enum OidcError {
     NotYetValid,
     #[error("the token's {claim} is not {user:?}")]
     WrongUser { claim: String, user: String },
+    #[error("the IdP has not verified the email address (email_verified is not true)")]
+    EmailNotVerified,
     #[error("cannot reach the issuer: {0}")]
     Issuer(String),
 }
@@ -62,8 +64,6 @@ struct Keys {
     by_kid: HashMap<String, (DecodingKey, Algorithm)>,
     /// Keys without a `kid` (some IdPs publish a single unnamed key).
     unnamed: Vec<(DecodingKey, Algorithm)>,
-    /// When the set was fetched, on Weir's clock.
-    fetched_ms: u64,
 }
 
 pub struct Oidc {
@@ -76,6 +76,9 @@ pub struct Oidc {
     clock: Clock,
     keys: RwLock<Option<Keys>>,
     refresh: tokio::sync::Mutex<()>,
+    /// When the key set was last fetched or tried, on Weir's clock (0: never): failed
+    /// fetches count too, so an unreachable issuer is not asked once per login.
+    last_attempt_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Oidc {
@@ -97,6 +100,7 @@ impl Oidc {
             clock,
             keys: RwLock::new(None),
             refresh: tokio::sync::Mutex::new(()),
+            last_attempt_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -136,10 +140,13 @@ impl Oidc {
         if now > exp.saturating_add(LEEWAY_S) {
             return Err(OidcError::Expired);
         }
-        if let Some(nbf) = claims.get("nbf").and_then(Value::as_u64) {
-            if nbf > now.saturating_add(LEEWAY_S) {
-                return Err(OidcError::NotYetValid);
-            }
+        match claims.get("nbf") {
+            None => {}
+            Some(nbf) => match nbf.as_u64() {
+                Some(nbf) if nbf <= now.saturating_add(LEEWAY_S) => {}
+                Some(_) => return Err(OidcError::NotYetValid),
+                None => return Err(OidcError::Invalid("nbf is not a number".into())),
+            },
         }
         let name = path(&claims, &self.username_claim)
             .and_then(Value::as_str)
@@ -154,6 +161,17 @@ impl Oidc {
                 claim: self.username_claim.clone(),
                 user: user.to_owned(),
             });
+        }
+        // An address the IdP has not verified may be anyone's (users can often set their own).
+        if self.username_claim == "email" {
+            let verified = match claims.get("email_verified") {
+                Some(Value::Bool(b)) => *b,
+                Some(Value::String(s)) => s == "true",
+                _ => false,
+            };
+            if !verified {
+                return Err(OidcError::EmailNotVerified);
+            }
         }
         let groups = match path(&claims, &self.groups_claim) {
             Some(Value::Array(items)) => items
@@ -176,8 +194,10 @@ impl Oidc {
                 _ => {}
             }
         }
+        // Named as the IdP spells it, not as the client typed it: `ALICE@corp.com` and
+        // `alice@corp.com` are one principal to policy and the trail.
         Ok(Identity {
-            name: user.to_owned(),
+            name: name.to_owned(),
             kind: IdentityKind::Human,
             groups,
             attributes,
@@ -199,16 +219,16 @@ impl Oidc {
         if let Some(found) = self.cached(kid, alg) {
             return Ok(found);
         }
-        let recent = self
-            .keys
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|k| {
-                self.clock.now_ms().saturating_sub(k.fetched_ms)
-                    < u64::try_from(REFRESH_MIN_INTERVAL.as_millis()).unwrap_or(u64::MAX)
-            });
+        let now = self.clock.now_ms();
+        let last = self
+            .last_attempt_ms
+            .load(std::sync::atomic::Ordering::Acquire);
+        let recent = last != 0
+            && now.saturating_sub(last)
+                < u64::try_from(REFRESH_MIN_INTERVAL.as_millis()).unwrap_or(u64::MAX);
         if !recent {
+            self.last_attempt_ms
+                .store(now.max(1), std::sync::atomic::Ordering::Release);
             let keys = self.fetch().await?;
             *self
                 .keys
@@ -284,7 +304,6 @@ impl Oidc {
         let mut keys = Keys {
             by_kid: HashMap::new(),
             unnamed: Vec::new(),
-            fetched_ms: self.clock.now_ms(),
         };
         for jwk in &set.keys {
             let Some(alg) = key_algorithm(jwk) else {
@@ -505,6 +524,7 @@ mod issuer_tests {
     fn claims(iss: &str) -> Value {
         json!({
             "iss": iss, "aud": "weir", "sub": "u-123", "email": "Alice@Example.com",
+            "email_verified": true,
             "exp": now() + 300, "iat": now(), "nbf": now() - 5,
             "realm_access": {"roles": ["dba", "developers"]}, "department": "payments"
         })
@@ -529,8 +549,33 @@ mod issuer_tests {
             assert_eq!(id.attributes["department"], "payments");
             assert_eq!(id.kind, IdentityKind::Human);
             assert_eq!(id.source, "oidc");
+            // Named as the IdP spells it, whatever case the client typed.
+            assert_eq!(id.name, "Alice@Example.com");
         }
         assert_eq!(iss.fetches.load(Ordering::SeqCst), 1, "keys are cached");
+
+        // An address the IdP has not verified is nobody's.
+        for unverified in [json!(false), json!("false"), Value::Null] {
+            let mut c = claims(&iss.url);
+            match unverified {
+                Value::Null => c.as_object_mut().unwrap().remove("email_verified"),
+                v => c
+                    .as_object_mut()
+                    .unwrap()
+                    .insert("email_verified".into(), v),
+            };
+            assert_eq!(
+                oidc.verify(user, &sign(&es, &c)).await,
+                Err(OidcError::EmailNotVerified)
+            );
+        }
+        // A malformed nbf is refused, not ignored.
+        let mut c = claims(&iss.url);
+        c["nbf"] = json!("soon");
+        assert!(matches!(
+            oidc.verify(user, &sign(&es, &c)).await,
+            Err(OidcError::Invalid(_))
+        ));
 
         let mut c = claims(&iss.url);
         c["exp"] = json!(now() - 120);
@@ -620,9 +665,7 @@ mod issuer_tests {
         );
         assert_eq!(iss.fetches.load(Ordering::SeqCst), 1, "rate-limited");
         // Once the interval has passed (pretend the last fetch was long ago), one fetch.
-        if let Some(k) = oidc.keys.write().unwrap().as_mut() {
-            k.fetched_ms -= 11_000;
-        }
+        oidc.last_attempt_ms.fetch_sub(11_000, Ordering::SeqCst);
         oidc.verify(user, &token).await.unwrap();
         assert_eq!(iss.fetches.load(Ordering::SeqCst), 2);
         // Made-up kids do not cause more fetches.

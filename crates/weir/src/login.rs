@@ -179,7 +179,12 @@ pub fn login(path: &Path) -> anyhow::Result<()> {
 
 /// Writes the cache, readable by its owner only.
 fn save(cache: &Path, issuer: &str, client_id: &str, tokens: &Value) -> anyhow::Result<()> {
-    if let Some(dir) = cache.parent() {
+    // A directory Weir makes is its owner's alone; one that exists (say $HOME, where
+    // $WEIR_TOKEN_CACHE may point) keeps its mode: the file's own mode protects the tokens.
+    if let Some(dir) = cache
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
         std::fs::create_dir_all(dir)?;
         #[cfg(unix)]
         {
@@ -193,9 +198,13 @@ fn save(cache: &Path, issuer: &str, client_id: &str, tokens: &Value) -> anyhow::
         "id_token": tokens.get("id_token"),
         "refresh_token": tokens.get("refresh_token"),
     });
-    let tmp = cache.with_extension("tmp");
+    // A fresh name, created exclusively: never an existing file or a planted symlink, and
+    // two logins at once do not write the same file.
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
+    let tmp = cache.with_extension(format!("tmp.{}", hex::encode(nonce)));
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -234,6 +243,17 @@ pub fn connect(path: &Path, target: &str, print: bool) -> anyhow::Result<()> {
         bail!("no target named {target:?} in {}", path.display());
     }
     let cache = cache_path()?;
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(&cache) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            bail!(
+                "{} is readable by others (mode {:o}); remove it and run weir login again",
+                cache.display(),
+                meta.permissions().mode() & 0o777
+            );
+        }
+    }
     let cached: Value = serde_json::from_slice(&std::fs::read(&cache).with_context(|| {
         format!(
             "no cached login in {} (run weir login first)",

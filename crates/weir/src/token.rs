@@ -80,15 +80,16 @@ pub fn create(path: &Path, who: NewIdentity<'_>, ttl: Option<&str>) -> anyhow::R
         })
         .transpose()?;
     let store = crate::serve::open_store(&config)?;
-    let now = weir_store::now_secs();
+    // Revoked and expired tokens count too: the rules written for that name stay its kind's.
     if let Some(other) = store
         .list_tokens()?
         .into_iter()
-        .find(|t| t.name == name && t.kind != kind && t.is_active(now))
+        .find(|t| t.name == name && t.kind != kind)
     {
         bail!(
-            "{name:?} already has an active {} token; one name is one kind of identity",
-            other.kind.as_str()
+            "{name:?} is already the name of a {} (token {}); one name is one kind of identity",
+            other.kind.as_str(),
+            other.id
         );
     }
     record_admin(&config, "token.create", name)?;

@@ -266,7 +266,7 @@ timeout = "0s"
     assert!(out.status.success(), "{}", stderr(&out));
     let out = g.weir(&["token", "create", "--name", "pat", "--kind", "agent"]);
     assert!(
-        stderr(&out).contains("already has an active human token"),
+        stderr(&out).contains("is already the name of a human"),
         "{}",
         stderr(&out)
     );
