@@ -312,9 +312,11 @@ pub fn connect(path: &Path, target: &str, print: bool) -> anyhow::Result<()> {
         .postgres_listen
         .context("[gateway] postgres_listen is not set")?;
     let base = format!(
-        "host={} port={} dbname={target} user={user} sslmode=require",
+        "host={} port={} dbname={} user={} sslmode=require",
         listen.ip(),
-        listen.port()
+        listen.port(),
+        conninfo_value(target),
+        conninfo_value(&user)
     );
     if print {
         println!("{base} password={id_token}");
@@ -330,4 +332,19 @@ pub fn connect(path: &Path, target: &str, print: bool) -> anyhow::Result<()> {
         bail!("psql exited with {status}");
     }
     Ok(())
+}
+
+/// A libpq connection-string value, quoted (`'…'` with `\'` and `\\` escaped) so a name with
+/// a space or a quote stays one value and cannot add settings such as `host=`.
+fn conninfo_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('\'');
+    for c in v.chars() {
+        if c == '\'' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
 }

@@ -341,7 +341,7 @@ fn weir_login_then_weir_connect() {
         let line = stdout(&out).trim().to_owned();
         assert!(
             line.starts_with(&format!(
-                "host=127.0.0.1 port={} dbname=app user=alice@example.com",
+                "host=127.0.0.1 port={} dbname='app' user='alice@example.com'",
                 g.port
             )),
             "{line}"
