@@ -137,12 +137,11 @@ impl Grants {
             )
         })
         .await;
-        let ended = match read {
-            Ok(Ok(ended)) => ended,
-            Ok(Err(e)) => {
-                tracing::warn!(cause = %e, "cannot read tokens");
-                return;
-            }
+        let ended = match read
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            Ok(ended) => ended,
             Err(e) => {
                 tracing::warn!(cause = %e, "cannot read tokens");
                 return;

@@ -263,44 +263,12 @@ impl Oidc {
 
     /// Discovery, then the key set.
     async fn fetch(&self) -> Result<Keys, OidcError> {
-        let issuer = |e: &dyn std::fmt::Display| OidcError::Issuer(e.to_string());
-        let discovery = format!(
-            "{}/.well-known/openid-configuration",
-            self.issuer.trim_end_matches('/')
-        );
-        let doc = self
-            .http
-            .get(&discovery)
-            .send()
-            .await
-            .map_err(|e| issuer(&e))?
-            .error_for_status()
-            .map_err(|e| issuer(&e))?
-            .bytes()
-            .await
-            .map_err(|e| issuer(&e))?;
-        let doc: Value = serde_json::from_slice(&doc).map_err(|e| issuer(&e))?;
-        if doc.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
-            return Err(OidcError::Issuer(format!(
-                "{discovery} names another issuer"
-            )));
-        }
+        let doc = discover(&self.http, &self.issuer).await?;
         let jwks_uri = doc
             .get("jwks_uri")
             .and_then(Value::as_str)
-            .ok_or_else(|| OidcError::Issuer(format!("{discovery} has no jwks_uri")))?;
-        let set = self
-            .http
-            .get(jwks_uri)
-            .send()
-            .await
-            .map_err(|e| issuer(&e))?
-            .error_for_status()
-            .map_err(|e| issuer(&e))?
-            .bytes()
-            .await
-            .map_err(|e| issuer(&e))?;
-        let set: JwkSet = serde_json::from_slice(&set).map_err(|e| issuer(&e))?;
+            .ok_or_else(|| OidcError::Issuer(format!("{} has no jwks_uri", self.issuer)))?;
+        let set: JwkSet = get_json(&self.http, jwks_uri).await?;
         let mut keys = Keys {
             by_kid: HashMap::new(),
             unnamed: Vec::new(),
@@ -322,6 +290,47 @@ impl Oidc {
         tracing::info!(issuer = %self.issuer, keys = set.keys.len(), "fetched the issuer's signing keys");
         Ok(keys)
     }
+}
+
+/// Most bytes read from the issuer for one document (discovery, key set): a misbehaving
+/// issuer cannot make Weir buffer without bound.
+const MAX_DOCUMENT: usize = 1024 * 1024;
+
+/// The issuer's discovery document (`/.well-known/openid-configuration`), which must name
+/// `issuer` itself. Shared by the verifier (for `jwks_uri`) and `weir login` (for its
+/// endpoints).
+pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Value, OidcError> {
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let doc: Value = get_json(http, &url).await?;
+    if doc.get("issuer").and_then(Value::as_str) != Some(issuer) {
+        return Err(OidcError::Issuer(format!("{url} names another issuer")));
+    }
+    Ok(doc)
+}
+
+/// GETs `url` and parses its JSON body, read up to [`MAX_DOCUMENT`] bytes.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<T, OidcError> {
+    let failed = |e: &dyn std::fmt::Display| OidcError::Issuer(format!("{url}: {e}"));
+    let mut resp = http
+        .get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| failed(&e))?;
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| failed(&e))? {
+        if body.len().saturating_add(chunk.len()) > MAX_DOCUMENT {
+            return Err(failed(&format!("more than {MAX_DOCUMENT} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| failed(&e))
 }
 
 /// The asymmetric algorithms Weir accepts. Never `none`, never HMAC.

@@ -45,26 +45,12 @@ fn http() -> reqwest::Client {
 }
 
 async fn endpoints(client: &reqwest::Client, issuer: &str) -> anyhow::Result<Endpoints> {
-    let url = format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    );
-    let doc: Value = serde_json::from_slice(
-        &client
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("reaching {url}"))?
-            .error_for_status()?
-            .bytes()
-            .await?,
-    )
-    .with_context(|| format!("{url} is not JSON"))?;
+    let doc = weir_proxy::oidc::discover(client, issuer).await?;
     let field = |k: &str| {
         doc.get(k)
             .and_then(Value::as_str)
             .map(str::to_owned)
-            .with_context(|| format!("{url} has no {k}"))
+            .with_context(|| format!("{issuer}'s discovery document has no {k}"))
     };
     Ok(Endpoints {
         device: field("device_authorization_endpoint")?,
