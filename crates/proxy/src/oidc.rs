@@ -374,7 +374,7 @@ fn key_algorithm(jwk: &Jwk) -> Option<Algorithm> {
 
 /// A claim by name or dotted path (`realm_access.roles`); a claim whose own name contains
 /// dots is found first.
-fn path<'a>(claims: &'a Value, name: &str) -> Option<&'a Value> {
+pub fn path<'a>(claims: &'a Value, name: &str) -> Option<&'a Value> {
     if let Some(v) = claims.get(name) {
         return Some(v);
     }

@@ -119,7 +119,12 @@ pub fn login(path: &Path) -> anyhow::Result<()> {
         println!("To log in, open {uri} and confirm the code {user_code}");
         println!("user_code={user_code}");
         let _ = std::io::stdout().flush();
-        let mut interval = auth.get("interval").and_then(Value::as_u64).unwrap_or(5);
+        // At least a second between polls, whatever the provider says.
+        let mut interval = auth
+            .get("interval")
+            .and_then(Value::as_u64)
+            .unwrap_or(5)
+            .max(1);
         let expires = auth
             .get("expires_in")
             .and_then(Value::as_u64)
@@ -213,10 +218,7 @@ fn claim(token: &str, name: &str) -> Option<String> {
         .decode(payload.trim_end_matches('='))
         .ok()?;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
-    let found = v
-        .get(name)
-        .or_else(|| name.split('.').try_fold(&v, |v, part| v.get(part)))?;
-    Some(match found {
+    Some(match weir_proxy::oidc::path(&v, name)? {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     })
