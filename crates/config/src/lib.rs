@@ -675,6 +675,15 @@ impl Validator<'_> {
                 token: s.token,
             });
         }
+        if let Some(issuer) = &raw.identity.issuer {
+            if !secure_url(issuer) {
+                return Err(self.err(format!(
+                    "[identity] issuer {issuer:?} must be an https:// URL: its keys decide who \
+                     is who, so they are fetched only over TLS (plain http only from this \
+                     machine: http://127.0.0.1, http://[::1], http://localhost)"
+                )));
+            }
+        }
         if raw.identity.issuer.is_some() && raw.identity.audience.is_none() {
             return Err(self.err(
                 "[identity] issuer needs audience: ID tokens are accepted only when issued for Weir",
@@ -871,9 +880,62 @@ impl Validator<'_> {
     }
 }
 
+/// A URL whose answers cannot be changed in transit: https, or plain http to this machine
+/// itself (a provider beside Weir, as in tests). The issuer and every endpoint its discovery
+/// document names must be one.
+pub fn secure_url(issuer: &str) -> bool {
+    if issuer.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = issuer.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // No userinfo: `http://127.0.0.1@evil.example` is evil.example.
+    if authority.contains('@') {
+        return false;
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_issuer_is_https_or_on_this_machine() {
+        for ok in [
+            "https://idp.example.com",
+            "https://idp.example.com/realms/corp",
+            "http://127.0.0.1:8080",
+            "http://localhost:9000/oidc",
+            "http://[::1]:4000",
+        ] {
+            assert!(secure_url(ok), "{ok}");
+        }
+        for bad in [
+            "http://idp.example.com",
+            "http://127.0.0.1.evil.example",
+            "http://127.0.0.1@evil.example",
+            "http://localhost.evil.example/",
+            "ftp://idp.example.com",
+            "idp.example.com",
+        ] {
+            assert!(!secure_url(bad), "{bad}");
+        }
+        let text = "[identity]\nissuer = \"http://idp.example.com\"\naudience = \"weir\"\n";
+        let err = Config::parse(Path::new("w.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must be an https:// URL"), "{err}");
+    }
 
     const CONTRACT: &str = r#"
 [gateway]

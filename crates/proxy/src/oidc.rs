@@ -24,7 +24,7 @@ use std::time::Duration;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
-use weir_config::IdentityConfig;
+use weir_config::{secure_url, IdentityConfig};
 use weir_policy::{Identity, IdentityKind};
 use weir_store::Clock;
 
@@ -69,6 +69,8 @@ struct Keys {
 pub struct Oidc {
     issuer: String,
     audience: String,
+    /// `[identity] client_id`: the party ID tokens from `weir login` are issued to (`azp`).
+    client_id: Option<String>,
     groups_claim: String,
     username_claim: String,
     claims: Vec<String>,
@@ -86,13 +88,11 @@ impl Oidc {
     pub fn new(config: &IdentityConfig, clock: Clock) -> Option<Oidc> {
         let issuer = config.issuer.clone()?;
         let audience = config.audience.clone()?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+        let http = http_client(Duration::from_secs(10));
         Some(Oidc {
             issuer,
             audience,
+            client_id: config.client_id.clone(),
             groups_claim: config.groups_claim.clone(),
             username_claim: config.username_claim.clone(),
             claims: config.claims.clone(),
@@ -132,6 +132,19 @@ impl Oidc {
         let data = jsonwebtoken::decode::<Value>(token, &key, &validation)
             .map_err(|e| OidcError::Invalid(e.to_string()))?;
         let claims = data.claims;
+        // OpenID Connect Core 3.1.3.7: a token for several audiences must say which party it
+        // was issued to (`azp`), and that party must be Weir; otherwise a token issued to
+        // another application that also lists Weir could be replayed here.
+        let several = matches!(claims.get("aud"), Some(Value::Array(a)) if a.len() > 1);
+        match claims.get("azp") {
+            None if several => {
+                return Err(OidcError::Invalid("several audiences and no azp".into()))
+            }
+            None => {}
+            Some(Value::String(azp))
+                if *azp == self.audience || Some(azp) == self.client_id.as_ref() => {}
+            Some(_) => return Err(OidcError::Invalid("issued to another party (azp)".into())),
+        }
         let now = self.clock.now_ms() / 1000;
         let exp = claims
             .get("exp")
@@ -311,12 +324,36 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Value, Oid
     Ok(doc)
 }
 
-/// GETs `url` and parses its JSON body, read up to [`MAX_DOCUMENT`] bytes.
+/// The HTTP client for the issuer: follows a redirect only to a [`secure_url`] (an https
+/// issuer cannot be sent to plain http), at most 5 times.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    let redirects = reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.previous().len() >= 5 {
+            attempt.error("too many redirects")
+        } else if secure_url(attempt.url().as_str()) {
+            attempt.follow()
+        } else {
+            attempt.error("redirected to a URL that is not https")
+        }
+    });
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(redirects)
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// GETs `url` and parses its JSON body, read up to [`MAX_DOCUMENT`] bytes. `url` must be a
+/// [`secure_url`]: the discovery document names where the keys are, and keys fetched over
+/// plain http from another machine could be anyone's.
 async fn get_json<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
     url: &str,
 ) -> Result<T, OidcError> {
     let failed = |e: &dyn std::fmt::Display| OidcError::Issuer(format!("{url}: {e}"));
+    if !secure_url(url) {
+        return Err(failed(&"not an https URL"));
+    }
     let mut resp = http
         .get(url)
         .send()
@@ -603,6 +640,26 @@ mod issuer_tests {
         );
         let mut c = claims(&iss.url);
         c["aud"] = json!("someone-else");
+        assert!(matches!(
+            oidc.verify(user, &sign(&es, &c)).await,
+            Err(OidcError::Invalid(_))
+        ));
+        // Several audiences: only with an azp that is Weir.
+        let mut c = claims(&iss.url);
+        c["aud"] = json!(["other-app", "weir"]);
+        assert_eq!(
+            oidc.verify(user, &sign(&es, &c)).await,
+            Err(OidcError::Invalid("several audiences and no azp".into()))
+        );
+        c["azp"] = json!("other-app");
+        assert_eq!(
+            oidc.verify(user, &sign(&es, &c)).await,
+            Err(OidcError::Invalid("issued to another party (azp)".into()))
+        );
+        c["azp"] = json!("weir");
+        assert!(oidc.verify(user, &sign(&es, &c)).await.is_ok());
+        let mut c = claims(&iss.url);
+        c["azp"] = json!("other-app");
         assert!(matches!(
             oidc.verify(user, &sign(&es, &c)).await,
             Err(OidcError::Invalid(_))

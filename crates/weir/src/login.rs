@@ -38,19 +38,22 @@ struct Endpoints {
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+    weir_proxy::oidc::http_client(Duration::from_secs(15))
 }
 
 async fn endpoints(client: &reqwest::Client, issuer: &str) -> anyhow::Result<Endpoints> {
     let doc = weir_proxy::oidc::discover(client, issuer).await?;
     let field = |k: &str| {
-        doc.get(k)
+        let url = doc
+            .get(k)
             .and_then(Value::as_str)
-            .map(str::to_owned)
-            .with_context(|| format!("{issuer}'s discovery document has no {k}"))
+            .with_context(|| format!("{issuer}'s discovery document has no {k}"))?;
+        // The token is posted there: not over plain http to another machine.
+        anyhow::ensure!(
+            weir_config::secure_url(url),
+            "{issuer}'s discovery document names {k} {url:?}, which is not https"
+        );
+        Ok(url.to_owned())
     };
     Ok(Endpoints {
         device: field("device_authorization_endpoint")?,
@@ -248,6 +251,17 @@ pub fn connect(path: &Path, target: &str, print: bool) -> anyhow::Result<()> {
             cache.display()
         )
     })?)?;
+    // A login cached for another issuer (another config, another company) is not this
+    // config's: its token would only be refused by the gateway, or refreshed at the wrong
+    // place.
+    let (issuer, client_id, _) = settings(&config)?;
+    let cached_issuer = cached.get("issuer").and_then(Value::as_str).unwrap_or("");
+    if cached_issuer != issuer {
+        bail!(
+            "the cached login in {} is from {cached_issuer:?}, not from [identity] issuer {issuer:?}; run weir login",
+            cache.display()
+        );
+    }
     let mut id_token = cached
         .get("id_token")
         .and_then(Value::as_str)
@@ -263,7 +277,6 @@ pub fn connect(path: &Path, target: &str, print: bool) -> anyhow::Result<()> {
             .and_then(Value::as_str)
             .context("the cached login expired and cannot be refreshed; run weir login")?
             .to_owned();
-        let (issuer, client_id, _) = settings(&config)?;
         let tokens = crate::serve::runtime()?.block_on(async {
             let client = http();
             let ep = endpoints(&client, &issuer).await?;

@@ -365,6 +365,18 @@ fn weir_login_then_weir_connect() {
     assert_ne!(before, refresh_token(&cache), "the login was not refreshed");
     let ok = g.psql(&second, "SELECT 'refreshed';\n");
     assert_eq!(stdout(&ok).trim(), "refreshed", "{}", stderr(&ok));
+
+    // A login cached from another issuer is not used (nor refreshed there).
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    v["issuer"] = serde_json::json!("https://idp.other.example");
+    std::fs::write(&cache, v.to_string()).unwrap();
+    let out = weir(&["connect", "app", "--print"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is from \"https://idp.other.example\", not from [identity] issuer"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// With `username_claim = "sub"` an IdP name can be any string, even a service's or an
