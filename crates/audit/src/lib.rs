@@ -82,6 +82,13 @@ pub enum Event {
         target: String,
         reason: String,
     },
+    /// Failed logins from one address counted, not recorded one by one: past the first 20 of
+    /// a `window_secs` window (so nobody can flood the trail by failing to log in).
+    AuthThrottled {
+        client_addr: String,
+        failures: u64,
+        window_secs: u64,
+    },
     /// An approval request's life: `requested` (the statement waits), `approved` / `denied`
     /// (by a person, before the decision takes effect), `auto_approved` (by policy),
     /// `repeated` (ran on an earlier approval of the same statement, `rode_on`), `released`

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod cancel;
 mod catalog;
+pub mod failures;
 pub mod grants;
 pub mod http;
 mod io;
@@ -74,6 +75,8 @@ pub struct Shared {
     catalogs: HashMap<String, Arc<catalog::CatalogCache>>,
     /// The key of the `hash` masking strategy.
     mask_key: weir_mask::HashKey,
+    /// Failed logins per client address, so they cannot flood the trail.
+    pub failed_logins: failures::FailedLogins,
 }
 
 /// A bound, not yet running, gateway.
@@ -137,6 +140,7 @@ impl Gateway {
             .load()
             .map_err(|e| GatewayError::Store(format!("reading access grants: {e}")))?;
         let notifier = Arc::new(notify::Notifier::new(&config));
+        let failed_logins = failures::FailedLogins::new(clock.clone());
         let approvals = Arc::new(approvals::Approvals::new(
             Arc::clone(&store),
             clock,
@@ -156,6 +160,7 @@ impl Gateway {
             upstream_tls,
             catalogs,
             mask_key,
+            failed_logins,
         });
         Ok(Gateway {
             shared,
@@ -181,6 +186,21 @@ impl Gateway {
         let watcher = tokio::spawn(Arc::clone(&self.shared.approvals).run());
         let grant_watcher =
             tokio::spawn(Arc::clone(&self.shared.grants).run(Arc::clone(&self.shared.audit)));
+        // Summaries of failed-login windows that ended without another failure to carry them.
+        let failure_sweeper = {
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move {
+                let period = std::time::Duration::from_millis(failures::WINDOW_MS);
+                let mut every = tokio::time::interval(period);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    for e in shared.failed_logins.sweep() {
+                        let _ = shared.audit.append(e);
+                    }
+                }
+            })
+        };
         let api = self.http.map(|listener| {
             let app = http::router(Arc::clone(&self.shared));
             let mut stop = shutdown.clone();
@@ -251,6 +271,10 @@ impl Gateway {
         }
         watcher.abort();
         grant_watcher.abort();
+        failure_sweeper.abort();
+        for e in self.shared.failed_logins.sweep() {
+            let _ = self.shared.audit.append(e);
+        }
         if let Some(api) = api {
             api.abort();
         }

@@ -21,7 +21,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 use weir_analyze::{AnalyzeError, Scope, StatementFacts};
 use weir_audit::Event;
 use weir_config::Target;
@@ -382,17 +382,27 @@ async fn authenticate(
     let (identity, token_id) = match shared.auth.verify(&user, token).await {
         Ok(verified) => verified,
         Err(e) => {
-            info!(user = %user, target = %database, reason = %e, "authentication failed");
-            let _ = shared
-                .audit
-                .append(Event::AuthFailed {
-                    claimed: user.clone(),
-                    client_addr: peer.to_string(),
-                    target: database.clone(),
-                    reason: e.to_string(),
-                })
-                .wait()
-                .await;
+            let verdict = shared.failed_logins.failed(peer.ip());
+            for summary in verdict.summaries {
+                let _ = shared.audit.append(summary);
+            }
+            if verdict.record {
+                info!(user = %user, target = %database, reason = %e, "authentication failed");
+                let _ = shared
+                    .audit
+                    .append(Event::AuthFailed {
+                        claimed: user.clone(),
+                        client_addr: peer.to_string(),
+                        target: database.clone(),
+                        reason: e.to_string(),
+                    })
+                    .wait()
+                    .await;
+            } else {
+                // Past the address's limit: counted for its window's summary, and not logged
+                // one by one either.
+                debug!(user = %user, target = %database, reason = %e, "authentication failed (counted)");
+            }
             return Err(Fatal::new(
                 "28P01",
                 format!("weir: authentication failed for \"{user}\": the password must be a valid Weir token or ID token for this identity"),

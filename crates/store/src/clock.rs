@@ -24,6 +24,13 @@ impl Clock {
         }
     }
 
+    /// The system clock offset by the seconds in `file` (tests).
+    pub fn from_file(file: PathBuf) -> Clock {
+        Clock {
+            offset_file: Some(file),
+        }
+    }
+
     pub fn system() -> Clock {
         Clock { offset_file: None }
     }

@@ -196,6 +196,14 @@ fn line(seq: u64, ts_us: i64, body: &str) -> String {
             str_of(&v, "client_addr"),
             str_of(&v, "reason")
         ),
+        "auth_throttled" => format!(
+            "from {}: {} more failed logins within {} s, counted, not recorded one by one",
+            str_of(&v, "client_addr"),
+            v.get("failures").map(|t| t.to_string()).unwrap_or_default(),
+            v.get("window_secs")
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+        ),
         _ => body.to_owned(),
     };
     format!("{seq} {} {event}{session} {detail}", time(ts_us))

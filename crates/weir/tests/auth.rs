@@ -348,3 +348,43 @@ timeout = "0s"
         "{search}"
     );
 }
+
+/// Failing to log in cannot flood the trail: past 20 failures a minute from one address, the
+/// rest are counted and summed up in one `auth_throttled` event when the minute is over. The
+/// limit condenses the record only: a good token from the same address still logs in.
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_logins_from_one_address_are_counted_past_twenty_a_minute() {
+    let g = Gateway::start();
+    for _ in 0..25 {
+        let err = g.connect("alice", "not-a-token").await.err().unwrap();
+        let code = err.as_db_error().map(|e| e.code().code().to_owned());
+        assert_eq!(code.as_deref(), Some("28P01"), "{err}");
+    }
+    let kinds = |g: &Gateway, kind: &str| {
+        g.audit_events()
+            .into_iter()
+            .filter(|e| e["event"] == kind)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(&g, "auth_failed").len(), 20);
+    assert!(kinds(&g, "auth_throttled").is_empty());
+    let client = g.connect("alice", ALICE_TOKEN).await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    drop(client);
+
+    // A minute later the next failure opens a new window, after the last one's summary.
+    g.set_clock_offset(61);
+    assert!(g.connect("alice", "still-not-a-token").await.is_err());
+    let throttled = kinds(&g, "auth_throttled");
+    assert_eq!(throttled.len(), 1, "{throttled:?}");
+    assert_eq!(throttled[0]["failures"], 5);
+    assert_eq!(throttled[0]["client_addr"], "127.0.0.1");
+    assert_eq!(kinds(&g, "auth_failed").len(), 21);
+    let out = g.weir(&["audit", "search", "--text", "auth_throttled"]);
+    assert!(
+        stdout(&out).contains("from 127.0.0.1: 5 more failed logins within 60 s"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
