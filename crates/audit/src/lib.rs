@@ -82,12 +82,17 @@ pub enum Event {
         target: String,
         reason: String,
     },
-    /// Failed logins from one address counted, not recorded one by one: past the first 20 of
-    /// a `window_secs` window (so nobody can flood the trail by failing to log in).
+    /// Failed logins from one source counted, not recorded one by one: past the first 20 of a
+    /// `window_secs` window, or past 1,000 from all sources (so nobody can flood the trail by
+    /// failing to log in).
     AuthThrottled {
+        /// An IPv4 address, an IPv6 /64, or `*` (the shared entry of a full table).
         client_addr: String,
         failures: u64,
         window_secs: u64,
+        /// Up to 10 distinct user names those failures tried.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        claimed: Vec<String>,
     },
     /// An approval request's life: `requested` (the statement waits), `approved` / `denied`
     /// (by a person, before the decision takes effect), `auto_approved` (by policy),

@@ -272,7 +272,7 @@ impl Gateway {
         watcher.abort();
         grant_watcher.abort();
         failure_sweeper.abort();
-        for e in self.shared.failed_logins.sweep() {
+        for e in self.shared.failed_logins.drain() {
             let _ = self.shared.audit.append(e);
         }
         if let Some(api) = api {

@@ -88,7 +88,7 @@ impl Oidc {
     pub fn new(config: &IdentityConfig, clock: Clock) -> Option<Oidc> {
         let issuer = config.issuer.clone()?;
         let audience = config.audience.clone()?;
-        let http = http_client(Duration::from_secs(10));
+        let http = http_client(Duration::from_secs(10), &issuer, true);
         Some(Oidc {
             issuer,
             audience,
@@ -132,9 +132,10 @@ impl Oidc {
         let data = jsonwebtoken::decode::<Value>(token, &key, &validation)
             .map_err(|e| OidcError::Invalid(e.to_string()))?;
         let claims = data.claims;
-        // OpenID Connect Core 3.1.3.7: a token for several audiences must say which party it
-        // was issued to (`azp`), and that party must be Weir; otherwise a token issued to
-        // another application that also lists Weir could be replayed here.
+        // OpenID Connect Core 3.1.3.7: an `azp` names the party the token was issued to, and
+        // it must be Weir (`audience` or `client_id`); a token for several audiences must
+        // have one. Otherwise a token issued to another application that also lists Weir
+        // could be replayed here.
         let several = matches!(claims.get("aud"), Some(Value::Array(a)) if a.len() > 1);
         match claims.get("azp") {
             None if several => {
@@ -324,23 +325,33 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Value, Oid
     Ok(doc)
 }
 
-/// The HTTP client for the issuer: follows a redirect only to a [`secure_url`] (an https
-/// issuer cannot be sent to plain http), at most 5 times.
-pub fn http_client(timeout: Duration) -> reqwest::Client {
-    let redirects = reqwest::redirect::Policy::custom(|attempt| {
-        if attempt.previous().len() >= 5 {
-            attempt.error("too many redirects")
-        } else if secure_url(attempt.url().as_str()) {
-            attempt.follow()
-        } else {
-            attempt.error("redirected to a URL that is not https")
-        }
-    });
-    reqwest::Client::builder()
+/// The HTTP client for `issuer`. With `follow_redirects` (GETs of public documents), it
+/// follows at most 5 redirects, each only to a [`secure_url`], so an https issuer cannot be
+/// sent to plain http; without (POSTs carrying a device code or a refresh token), none. A
+/// plain-http issuer (only ever on this machine) is reached directly, never through an
+/// `HTTP_PROXY`, which would carry the exchange off the machine in clear.
+pub fn http_client(timeout: Duration, issuer: &str, follow_redirects: bool) -> reqwest::Client {
+    let redirects = if follow_redirects {
+        reqwest::redirect::Policy::custom(|attempt| {
+            // `previous` holds the original URL and every redirect so far.
+            if attempt.previous().len() > 5 {
+                attempt.error("too many redirects")
+            } else if secure_url(attempt.url().as_str()) {
+                attempt.follow()
+            } else {
+                attempt.error("redirected to a URL that is not https")
+            }
+        })
+    } else {
+        reqwest::redirect::Policy::none()
+    };
+    let mut builder = reqwest::Client::builder()
         .timeout(timeout)
-        .redirect(redirects)
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+        .redirect(redirects);
+    if !issuer.starts_with("https://") {
+        builder = builder.no_proxy();
+    }
+    builder.build().unwrap_or_else(|_| reqwest::Client::new())
 }
 
 /// GETs `url` and parses its JSON body, read up to [`MAX_DOCUMENT`] bytes. `url` must be a

@@ -382,7 +382,7 @@ async fn authenticate(
     let (identity, token_id) = match shared.auth.verify(&user, token).await {
         Ok(verified) => verified,
         Err(e) => {
-            let verdict = shared.failed_logins.failed(peer.ip());
+            let verdict = shared.failed_logins.failed(peer.ip(), &user);
             for summary in verdict.summaries {
                 let _ = shared.audit.append(summary);
             }

@@ -196,14 +196,7 @@ fn line(seq: u64, ts_us: i64, body: &str) -> String {
             str_of(&v, "client_addr"),
             str_of(&v, "reason")
         ),
-        "auth_throttled" => format!(
-            "from {}: {} more failed logins within {} s, counted, not recorded one by one",
-            str_of(&v, "client_addr"),
-            v.get("failures").map(|t| t.to_string()).unwrap_or_default(),
-            v.get("window_secs")
-                .map(|t| t.to_string())
-                .unwrap_or_default(),
-        ),
+        "auth_throttled" => throttled(&v),
         _ => body.to_owned(),
     };
     format!("{seq} {} {event}{session} {detail}", time(ts_us))
@@ -498,6 +491,27 @@ pub fn record(config: &Config, event: weir_audit::Event) -> anyhow::Result<()> {
     let recorded = sink.append(event).wait_blocking();
     sink.close();
     recorded.context("recording in the audit trail")
+}
+
+/// The detail of an `auth_throttled` event.
+fn throttled(v: &Value) -> String {
+    let mut line = format!(
+        "from {}: {} more failed logins within {} s, counted, not recorded one by one",
+        str_of(v, "client_addr"),
+        v.get("failures").map(|t| t.to_string()).unwrap_or_default(),
+        v.get("window_secs")
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+    );
+    let tried: Vec<&str> = v
+        .get("claimed")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !tried.is_empty() {
+        line.push_str(&format!(" (as {})", tried.join(", ")));
+    }
+    line
 }
 
 /// ` groups=a,b attrs=k=v,…` for a `connection_opened` event, empty parts left out.

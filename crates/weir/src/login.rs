@@ -37,8 +37,14 @@ struct Endpoints {
     token: String,
 }
 
-fn http() -> reqwest::Client {
-    weir_proxy::oidc::http_client(Duration::from_secs(15))
+/// For the issuer's documents (redirects followed, https only).
+fn http(issuer: &str) -> reqwest::Client {
+    weir_proxy::oidc::http_client(Duration::from_secs(15), issuer, true)
+}
+
+/// For POSTs that carry a device code or a refresh token: never redirected.
+fn http_post(issuer: &str) -> reqwest::Client {
+    weir_proxy::oidc::http_client(Duration::from_secs(15), issuer, false)
 }
 
 async fn endpoints(client: &reqwest::Client, issuer: &str) -> anyhow::Result<Endpoints> {
@@ -97,8 +103,8 @@ pub fn login(path: &Path) -> anyhow::Result<()> {
     let (issuer, client_id, scopes) = settings(&config)?;
     let rt = crate::serve::runtime()?;
     let tokens = rt.block_on(async {
-        let client = http();
-        let ep = endpoints(&client, &issuer).await?;
+        let ep = endpoints(&http(&issuer), &issuer).await?;
+        let client = http_post(&issuer);
         let auth = post_form(
             &client,
             &ep.device,
@@ -262,6 +268,16 @@ pub fn connect(path: &Path, target: &str, print: bool) -> anyhow::Result<()> {
             cache.display()
         );
     }
+    let cached_client = cached
+        .get("client_id")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if cached_client != client_id {
+        bail!(
+            "the cached login in {} was made for client {cached_client:?}, not [identity] client_id {client_id:?}; run weir login",
+            cache.display()
+        );
+    }
     let mut id_token = cached
         .get("id_token")
         .and_then(Value::as_str)
@@ -278,10 +294,9 @@ pub fn connect(path: &Path, target: &str, print: bool) -> anyhow::Result<()> {
             .context("the cached login expired and cannot be refreshed; run weir login")?
             .to_owned();
         let tokens = crate::serve::runtime()?.block_on(async {
-            let client = http();
-            let ep = endpoints(&client, &issuer).await?;
+            let ep = endpoints(&http(&issuer), &issuer).await?;
             post_form(
-                &client,
+                &http_post(&issuer),
                 &ep.token,
                 &[
                     ("client_id", &client_id),

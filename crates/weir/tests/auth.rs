@@ -379,10 +379,13 @@ async fn failed_logins_from_one_address_are_counted_past_twenty_a_minute() {
     assert_eq!(throttled.len(), 1, "{throttled:?}");
     assert_eq!(throttled[0]["failures"], 5);
     assert_eq!(throttled[0]["client_addr"], "127.0.0.1");
+    assert_eq!(throttled[0]["claimed"], serde_json::json!(["alice"]));
     assert_eq!(kinds(&g, "auth_failed").len(), 21);
     let out = g.weir(&["audit", "search", "--text", "auth_throttled"]);
     assert!(
-        stdout(&out).contains("from 127.0.0.1: 5 more failed logins within 60 s"),
+        stdout(&out).contains(
+            "from 127.0.0.1: 5 more failed logins within 60 s, counted, not recorded one by one (as alice)"
+        ),
         "{}{}",
         stdout(&out),
         stderr(&out)
