@@ -36,6 +36,12 @@
 #   WEIR_STORE    Weir's [gateway] store (default sqlite://weir.db, beside the config in the work dir).
 #                 sqlite:///dev/shm/... puts the audit trail on tmpfs, where fsync costs nothing:
 #                 what Weir's write-ahead audit costs apart from the disk's flush latency.
+#   WORKLOADS     which workloads, in order                    (default "select-only tpcb-like")
+#
+# Besides TPS and latency, the table gives Weir's CPU time per transaction (all its threads, from
+# /proc: steadier than TPS on a noisy machine) and the flush latency of the filesystem that holds
+# Weir's store (600-byte pwrite + fdatasync, 300 times, before the runs): with write-ahead audit
+# every statement waits for at least one such flush, so it bounds what Weir can do there.
 #
 # Exits non-zero if any pgbench run exits non-zero or reports failed transactions; the logs of
 # the run are then kept (their directory is printed). Weir failing to start is not fatal: the
@@ -53,12 +59,17 @@ DURATION=${DURATION:-20}
 ROUNDS=${ROUNDS:-2}
 PROTOCOL=${PROTOCOL:-simple}
 CLIENTS=${CLIENTS:-8}
+read -r -a WORKLOADS <<<"${WORKLOADS:-select-only tpcb-like}"
 THREADS=${THREADS:-2}
 SCALE=${SCALE:-10}
 
 die() { echo "pgbench.sh: $*" >&2; exit 1; }
 
 case $PROTOCOL in simple | extended | prepared) ;; *) die "PROTOCOL must be simple, extended or prepared (got '$PROTOCOL')" ;; esac
+for w in "${WORKLOADS[@]}"; do
+  case $w in select-only | tpcb-like) ;; *) die "WORKLOADS: unknown workload '$w' (select-only, tpcb-like)" ;; esac
+done
+[ ${#WORKLOADS[@]} -gt 0 ] || die "WORKLOADS is empty"
 for v in DURATION ROUNDS CLIENTS THREADS SCALE; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
@@ -313,7 +324,35 @@ done
 # ---------------------------------------------------------------------------------------------
 # The runs
 # ---------------------------------------------------------------------------------------------
-declare -A TPS LAT # "mode,workload" -> space-separated per-round figures
+declare -A TPS LAT CPU # "mode,workload" -> space-separated per-round figures
+CLK_TCK=$(getconf CLK_TCK)
+
+# Weir's CPU time so far, all threads, in clock ticks (user + system).
+weir_cpu_ticks() {
+  awk '{ print $14 + $15 }' "/proc/$WEIR_PID/stat" 2>/dev/null || echo 0
+}
+
+# The flush latency where Weir's store lives: 300 x (600-byte pwrite + fdatasync) into a
+# preallocated file, median and mean in microseconds.
+STORE_DIR=$WORK
+case ${WEIR_STORE:-} in sqlite://*/*) d=${WEIR_STORE#sqlite://}; d=${d%/*}; [ -z "$d" ] || [[ $d != /* ]] || STORE_DIR=$d ;; esac
+FLUSH=$(python3 - "$STORE_DIR" <<'PY' 2>/dev/null || echo "not measured"
+import os, sys, time
+path = os.path.join(sys.argv[1], ".weir-bench-flush")
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+try:
+    os.write(fd, b"\0" * (1 << 20)); os.fsync(fd)
+    ts = []
+    for i in range(300):
+        os.pwrite(fd, b"x" * 600, (i * 600) % (1 << 20))
+        t = time.perf_counter(); os.fdatasync(fd); ts.append(time.perf_counter() - t)
+    ts.sort()
+    print("p50 %.0f us, mean %.0f us" % (ts[150] * 1e6, sum(ts) / len(ts) * 1e6))
+finally:
+    os.close(fd); os.unlink(path)
+PY
+)
+echo "== flush latency in $STORE_DIR: $FLUSH"
 
 # run_pgbench MODE WORKLOAD ROUND
 run_pgbench() {
@@ -328,7 +367,8 @@ run_pgbench() {
     -c 'vacuum pgbench_branches' -c 'vacuum pgbench_tellers' -c 'truncate pgbench_history' >/dev/null
 
   # pgbench exits non-zero when a client aborts (its "failed transactions" count stays 0 then).
-  local rc=0
+  local rc=0 cpu_before=0
+  [ "$mode" != weir ] || cpu_before=$(weir_cpu_ticks)
   as_client "$mode" "$BINDIR/pgbench" "${args[@]}" >"$log" 2>&1 || rc=$?
   if [ "$rc" != 0 ]; then
     tail -n 30 "$log" >&2
@@ -346,12 +386,21 @@ run_pgbench() {
     cat "$log" >&2
     die "$mode/$workload round $round: no 'tps = ... (without initial connection time)' or 'latency average' line"
   fi
-  printf '   round %d  %-10s %10.0f tps  %8.3f ms\n' "$round" "$mode" "$tps" "$lat"
+  local cpu=""
+  if [ "$mode" = weir ]; then
+    local ticks txns
+    ticks=$(($(weir_cpu_ticks) - cpu_before))
+    txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log")
+    if [ -n "$txns" ] && [ "$txns" -gt 0 ]; then
+      cpu=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$txns" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+      CPU[$mode,$workload]="${CPU[$mode,$workload]:-} $cpu"
+    fi
+  fi
+  printf '   round %d  %-10s %10.0f tps  %8.3f ms%s\n' "$round" "$mode" "$tps" "$lat" "${cpu:+  $cpu us cpu/txn}"
   TPS[$mode,$workload]="${TPS[$mode,$workload]:-} $tps"
   LAT[$mode,$workload]="${LAT[$mode,$workload]:-} $lat"
 }
 
-WORKLOADS=(select-only tpcb-like)
 for workload in "${WORKLOADS[@]}"; do
   echo "== $workload: -c $CLIENTS -j $THREADS -T $DURATION -M $PROTOCOL, $ROUNDS round(s)"
   for round in $(seq "$ROUNDS"); do
@@ -378,20 +427,23 @@ mkdir -p "$(dirname "$RESULTS_FILE")"
 {
   echo "pgbench $CLIENTS clients, $THREADS threads, -M $PROTOCOL, scale $SCALE, ${DURATION}s x $ROUNDS round(s) per mode, alternating order; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
   echo "PostgreSQL $("$BINDIR/postgres" --version | awk '{print $3}'), pgbouncer $BOUNCER_VERSION (transaction pooling), $WEIR_DESC; work tree at $GIT_REV. TPS excludes connection time; latency is pgbench's average; both are means over rounds."
+  echo "Weir's store: ${WEIR_STORE:-sqlite://weir.db in the work dir}; flush latency there (600-byte pwrite + fdatasync): $FLUSH."
   echo
-  echo "| workload | mode | TPS | latency avg (ms) | TPS vs direct |"
-  echo "|---|---|---:|---:|---:|"
+  echo "| workload | mode | TPS | latency avg (ms) | TPS vs direct | Weir CPU per txn (µs) |"
+  echo "|---|---|---:|---:|---:|---:|"
   for workload in "${WORKLOADS[@]}"; do
     direct_tps=$(mean "${TPS[direct,$workload]}")
     for mode in direct pgbouncer weir; do
       if [ -z "${TPS[$mode,$workload]:-}" ]; then
-        echo "| $workload | $mode | not run | – | – |"
+        echo "| $workload | $mode | not run | – | – | – |"
         continue
       fi
       t=$(mean "${TPS[$mode,$workload]}")
       l=$(mean "${LAT[$mode,$workload]}")
-      printf '| %s | %s | %.0f | %.3f | %.2fx |\n' "$workload" "$mode" "$t" "$l" \
-        "$(awk -v a="$t" -v b="$direct_tps" 'BEGIN { print a / b }')"
+      c="–"
+      [ -z "${CPU[$mode,$workload]:-}" ] || c=$(printf '%.0f' "$(mean "${CPU[$mode,$workload]}")")
+      printf '| %s | %s | %.0f | %.3f | %.2fx | %s |\n' "$workload" "$mode" "$t" "$l" \
+        "$(awk -v a="$t" -v b="$direct_tps" 'BEGIN { print a / b }')" "$c"
     done
   done
   if [ -n "$BOUNCER_NOTE$WEIR_NOTE" ]; then echo; fi
