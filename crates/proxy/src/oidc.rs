@@ -371,14 +371,21 @@ async fn get_json<T: serde::de::DeserializeOwned>(
         .await
         .and_then(reqwest::Response::error_for_status)
         .map_err(|e| failed(&e))?;
+    let body = read_json_body(&mut resp).await.map_err(|e| failed(&e))?;
+    serde_json::from_slice(&body).map_err(|e| failed(&e))
+}
+
+/// An answer's body, read up to [`MAX_DOCUMENT`] bytes: a misbehaving issuer cannot make
+/// Weir (or `weir login`) buffer without bound.
+pub async fn read_json_body(resp: &mut reqwest::Response) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| failed(&e))? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
         if body.len().saturating_add(chunk.len()) > MAX_DOCUMENT {
-            return Err(failed(&format!("more than {MAX_DOCUMENT} bytes")));
+            return Err(format!("more than {MAX_DOCUMENT} bytes"));
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|e| failed(&e))
+    Ok(body)
 }
 
 /// The asymmetric algorithms Weir accepts. Never `none`, never HMAC.

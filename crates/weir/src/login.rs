@@ -73,14 +73,16 @@ async fn post_form(
     form: &[(&str, &str)],
 ) -> anyhow::Result<Value> {
     let body = serde_urlencoded::to_string(form)?;
-    let resp = client
+    let mut resp = client
         .post(url)
         .header("content-type", "application/x-www-form-urlencoded")
         .body(body)
         .send()
         .await
         .with_context(|| format!("reaching {url}"))?;
-    let bytes = resp.bytes().await?;
+    let bytes = weir_proxy::oidc::read_json_body(&mut resp)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading {url}'s answer: {e}"))?;
     serde_json::from_slice(&bytes).with_context(|| format!("{url} did not answer JSON"))
 }
 
