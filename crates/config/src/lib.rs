@@ -883,11 +883,11 @@ impl Validator<'_> {
 /// A URL whose answers cannot be changed in transit: https, or plain http to this machine
 /// itself (a provider beside Weir, as in tests). The issuer and every endpoint its discovery
 /// document names must be one.
-pub fn secure_url(issuer: &str) -> bool {
-    if issuer.starts_with("https://") {
+pub fn secure_url(url: &str) -> bool {
+    if url.starts_with("https://") {
         return true;
     }
-    let Some(rest) = issuer.strip_prefix("http://") else {
+    let Some(rest) = url.strip_prefix("http://") else {
         return false;
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");

@@ -127,7 +127,7 @@ impl Approvals {
     }
 
     /// Updates the announcement of a settled request (in the background; once per request).
-    fn show_outcome(&self, a: &Approval) {
+    pub(crate) fn show_outcome(&self, a: &Approval) {
         if self.notifier.enabled() {
             let (notifier, store, a) = (
                 Arc::clone(&self.notifier),

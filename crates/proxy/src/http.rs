@@ -181,13 +181,11 @@ async fn decide(
     // The Slack message that announced it shows the outcome (a decision made in Slack
     // replaces it through the interaction's response_url instead).
     if let Ok(a) = &decided {
-        let store = Arc::clone(shared.approvals.store());
         if channel == "slack" {
-            let id = a.id.clone();
+            let (store, id) = (Arc::clone(shared.approvals.store()), a.id.clone());
             tokio::task::spawn_blocking(move || store.take_approval_message(&id));
         } else {
-            let (notifier, a) = (Arc::clone(&shared.notifier), a.clone());
-            tokio::spawn(async move { notifier.resolved(a, store).await });
+            shared.approvals.show_outcome(a);
         }
     }
     decided
