@@ -60,6 +60,8 @@ mod raw {
         pub store: Option<String>,
         pub tls_cert: Option<String>,
         pub tls_key: Option<String>,
+        pub tls_ca: Option<String>,
+        pub public_host: Option<String>,
         pub max_message_size: Option<u64>,
         pub max_connections: Option<usize>,
         pub workers: Option<usize>,
@@ -222,6 +224,14 @@ pub struct Gateway {
     pub store: StoreUrl,
     /// Both or neither: without them a self-signed pair is made beside the store.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// What clients (`weir connect`) trust for the gateway's certificate: `[gateway] tls_ca`,
+    /// a PEM file of CA certificates. `None`: the generated self-signed certificate, when
+    /// `tls` is `None`; nothing otherwise.
+    pub tls_ca: Option<PathBuf>,
+    /// The host name or address clients reach the listeners by (`[gateway] public_host`); it
+    /// must be in the gateway's certificate. `None`: the listen address (loopback when that is
+    /// unspecified).
+    pub public_host: Option<String>,
     pub max_message_size: usize,
     pub max_connections: usize,
     /// Session threads (default: one per CPU).
@@ -591,6 +601,22 @@ impl Validator<'_> {
                 )
             }
         };
+        let public_host = match g.public_host {
+            None => None,
+            Some(h)
+                if !h.is_empty()
+                    && h.len() <= 253
+                    && h.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':')) =>
+            {
+                Some(h)
+            }
+            Some(h) => {
+                return Err(self.err(format!(
+                    "[gateway] public_host = {h:?}: expected a host name or an IP address"
+                )))
+            }
+        };
         let max_message_size = match g.max_message_size {
             None => 64 * 1024 * 1024,
             Some(n) if (1024..=1 << 30).contains(&n) => n as usize,
@@ -610,6 +636,8 @@ impl Validator<'_> {
                 .map(|u| u.trim_end_matches('/').to_owned()),
             store,
             tls,
+            tls_ca: g.tls_ca.map(|c| self.rel(&c)),
+            public_host,
             max_message_size,
             max_connections: g.max_connections.unwrap_or(10_000),
             workers: match g.workers {
@@ -935,6 +963,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("must be an https:// URL"), "{err}");
+    }
+
+    #[test]
+    fn gateway_public_host_and_client_ca() {
+        let parse = |extra: &str| {
+            Config::parse(
+                Path::new("/etc/weir/w.toml"),
+                &format!("[gateway]\npostgres_listen = \"0.0.0.0:6432\"\n{extra}"),
+            )
+        };
+        let c = parse("public_host = \"db-gw.corp.example\"\ntls_ca = \"ca.pem\"\n").unwrap();
+        assert_eq!(c.gateway.public_host.as_deref(), Some("db-gw.corp.example"));
+        assert_eq!(c.gateway.tls_ca, Some(PathBuf::from("/etc/weir/ca.pem")));
+        for bad in ["", "gw host", "gw' sslmode=disable", "gw\\n"] {
+            let err = parse(&format!("public_host = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("expected a host name or an IP address"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     const CONTRACT: &str = r#"

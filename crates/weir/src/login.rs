@@ -329,12 +329,16 @@ pub fn connect(path: &Path, target: &str, print: bool) -> anyhow::Result<()> {
         .gateway
         .postgres_listen
         .context("[gateway] postgres_listen is not set")?;
+    let (host, ca) = gateway_endpoint(&config, listen)?;
+    // verify-full: the token is a bearer credential, so it goes only to a listener that
+    // proves it is this gateway (its certificate chains to `ca` and names `host`).
     let base = format!(
-        "host={} port={} dbname={} user={} sslmode=require",
-        listen.ip(),
+        "host={} port={} dbname={} user={} sslmode=verify-full sslrootcert={}",
+        host, // an IP address, or public_host (letters, digits, '.', '-', ':' only)
         listen.port(),
         conninfo_value(target),
-        conninfo_value(&user)
+        conninfo_value(&user),
+        conninfo_value(&ca.to_string_lossy()),
     );
     if print {
         println!("{base} password={id_token}");
@@ -350,6 +354,48 @@ pub fn connect(path: &Path, target: &str, print: bool) -> anyhow::Result<()> {
         bail!("psql exited with {status}");
     }
     Ok(())
+}
+
+/// Where `weir connect` reaches the gateway and what it trusts for the gateway's certificate:
+/// `[gateway] public_host` (else the listen address; loopback when that is unspecified) and
+/// `[gateway] tls_ca` (else the self-signed certificate Weir generated beside the store).
+/// Without a certificate to trust there is no connection: a token is never sent to a listener
+/// that has not proven it is the gateway.
+fn gateway_endpoint(
+    config: &Config,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<(String, PathBuf)> {
+    let host = match &config.gateway.public_host {
+        Some(h) => h.clone(),
+        None => match listen.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => "::1".to_owned(),
+            ip => ip.to_string(),
+        },
+    };
+    let ca = match (&config.gateway.tls_ca, &config.gateway.tls) {
+        (Some(ca), _) => ca.clone(),
+        (None, None) => weir_proxy::tls::generated_paths(config).0,
+        (None, Some(_)) => bail!(
+            "weir connect cannot verify the gateway: [gateway] tls_cert is set but tls_ca is not; \
+             set tls_ca to the CA certificate(s) that issued it (for a publicly trusted \
+             certificate, the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt)"
+        ),
+    };
+    if !ca.is_file() {
+        bail!(
+            "weir connect cannot verify the gateway: {} is not here{}",
+            ca.display(),
+            if config.gateway.tls_ca.is_some() {
+                ""
+            } else {
+                " (weir serve makes it on first start; on another machine, copy it and set \
+                 [gateway] tls_ca)"
+            }
+        );
+    }
+    let ca = std::path::absolute(&ca).unwrap_or(ca);
+    Ok((host, ca))
 }
 
 /// A libpq connection-string value, quoted (`'…'` with `\'` and `\\` escaped) so a name with

@@ -349,8 +349,63 @@ fn weir_login_then_weir_connect() {
         line
     };
     let first = print(&g);
+    assert!(
+        first.contains(" sslmode=verify-full sslrootcert='")
+            && first.contains("weir-tls-cert.pem'"),
+        "{first}"
+    );
     let ok = g.psql(&first, "SELECT 'through weir';\n");
     assert_eq!(stdout(&ok).trim(), "through weir", "{}", stderr(&ok));
+
+    // The listener must prove it is the gateway before the token is sent: trusting another
+    // CA, psql refuses the same gateway.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    std::fs::write(g.dir.path().join("other-ca.pem"), other.cert.pem()).unwrap();
+    let with = |name: &str, line: &str| {
+        let path = g.dir.path().join(name);
+        let text = std::fs::read_to_string(&g.config).unwrap();
+        std::fs::write(
+            &path,
+            text.replacen("[gateway]\n", &format!("[gateway]\n{line}\n"), 1),
+        )
+        .unwrap();
+        Command::new(weir_bin())
+            .args(["connect", "app", "--print", "--config"])
+            .arg(&path)
+            .env("WEIR_TOKEN_CACHE", &cache)
+            .env("WEIR_CLOCK_FILE", g.clock_file())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = with("other-ca.toml", "tls_ca = \"other-ca.pem\"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let refused = g.psql(stdout(&out).trim(), "SELECT 'must not run';\n");
+    assert!(
+        stderr(&refused).contains("certificate verify failed"),
+        "{}{}",
+        stdout(&refused),
+        stderr(&refused)
+    );
+    // A certificate of its own (tls_cert) without the CA to check it by: nothing to verify
+    // with, so weir connect refuses rather than send the token unverified.
+    let pair = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    std::fs::write(g.dir.path().join("own-cert.pem"), pair.cert.pem()).unwrap();
+    std::fs::write(
+        g.dir.path().join("own-key.pem"),
+        pair.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    let out = with(
+        "own-cert.toml",
+        "tls_cert = \"own-cert.pem\"\ntls_key = \"own-key.pem\"",
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("tls_cert is set but tls_ca is not"),
+        "{}",
+        stderr(&out)
+    );
 
     // Close to expiry, connect refreshes the token with the refresh token first (the ID
     // token itself may come back identical within the same second; the refresh token is
