@@ -603,11 +603,14 @@ impl Validator<'_> {
         };
         let public_host = match g.public_host {
             None => None,
+            // A DNS name, an IPv4 address, or an IPv6 address (unbracketed, as libpq takes it);
+            // a port does not belong here.
             Some(h)
-                if !h.is_empty()
-                    && h.len() <= 253
-                    && h.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':')) =>
+                if h.parse::<std::net::Ipv6Addr>().is_ok()
+                    || (!h.is_empty()
+                        && h.len() <= 253
+                        && h.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))) =>
             {
                 Some(h)
             }
@@ -976,7 +979,16 @@ mod tests {
         let c = parse("public_host = \"db-gw.corp.example\"\ntls_ca = \"ca.pem\"\n").unwrap();
         assert_eq!(c.gateway.public_host.as_deref(), Some("db-gw.corp.example"));
         assert_eq!(c.gateway.tls_ca, Some(PathBuf::from("/etc/weir/ca.pem")));
-        for bad in ["", "gw host", "gw' sslmode=disable", "gw\\n"] {
+        let c = parse("public_host = \"fd00::17\"\n").unwrap();
+        assert_eq!(c.gateway.public_host.as_deref(), Some("fd00::17"));
+        for bad in [
+            "",
+            "gw host",
+            "gw' sslmode=disable",
+            "gw\\n",
+            "gw:6432",
+            "[fd00::17]",
+        ] {
             let err = parse(&format!("public_host = \"{bad}\"\n"))
                 .unwrap_err()
                 .to_string();

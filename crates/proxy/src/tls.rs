@@ -40,7 +40,7 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, TlsError> {
         None => {
             let (c, k) = generated_paths(config);
             if !c.exists() || !k.exists() {
-                generate_self_signed(&c, &k)?;
+                generate_self_signed(&c, &k, &generated_names(config))?;
             }
             (c, k)
         }
@@ -59,14 +59,32 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(cfg))
 }
 
-fn generate_self_signed(cert: &Path, key: &Path) -> Result<(), TlsError> {
-    let names = vec![
+/// The names a generated certificate carries: loopback, the listeners' own addresses when they
+/// are specific, and `[gateway] public_host` — every name `weir connect` may verify it by.
+fn generated_names(config: &Config) -> Vec<String> {
+    let mut names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
     ];
-    let pair =
-        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let listeners = [config.gateway.postgres_listen, config.gateway.mysql_listen];
+    let specific = listeners
+        .into_iter()
+        .flatten()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified())
+        .map(|ip| ip.to_string());
+    for name in specific.chain(config.gateway.public_host.clone()) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+fn generate_self_signed(cert: &Path, key: &Path, names: &[String]) -> Result<(), TlsError> {
+    let pair = rcgen::generate_simple_self_signed(names.to_vec())
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
     if let Some(dir) = cert.parent() {
         std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     }
@@ -170,5 +188,29 @@ impl ServerCertVerifier for NoVerify {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_certificate_names_what_clients_verify_it_by() {
+        let config = Config::parse(
+            Path::new("/etc/weir/weir.toml"),
+            "[gateway]\npostgres_listen = \"10.1.2.3:6432\"\nmysql_listen = \"0.0.0.0:3307\"\npublic_host = \"db-gw.corp.example\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            generated_names(&config),
+            [
+                "localhost",
+                "127.0.0.1",
+                "::1",
+                "10.1.2.3",
+                "db-gw.corp.example"
+            ]
+        );
     }
 }

@@ -329,16 +329,15 @@ pub fn connect(path: &Path, target: &str, print: bool) -> anyhow::Result<()> {
         .gateway
         .postgres_listen
         .context("[gateway] postgres_listen is not set")?;
-    let (host, ca) = gateway_endpoint(&config, listen)?;
+    let endpoint = gateway_endpoint(&config, listen)?;
     // verify-full: the token is a bearer credential, so it goes only to a listener that
-    // proves it is this gateway (its certificate chains to `ca` and names `host`).
+    // proves it is this gateway (its certificate chains to the CA and names the host).
+    // gssencmode=disable: GSS encryption would take the place of TLS and of that proof.
     let base = format!(
-        "host={} port={} dbname={} user={} sslmode=verify-full sslrootcert={}",
-        host, // an IP address, or public_host (letters, digits, '.', '-', ':' only)
+        "{endpoint} port={} dbname={} user={} sslmode=verify-full gssencmode=disable",
         listen.port(),
         conninfo_value(target),
         conninfo_value(&user),
-        conninfo_value(&ca.to_string_lossy()),
     );
     if print {
         println!("{base} password={id_token}");
@@ -356,21 +355,29 @@ pub fn connect(path: &Path, target: &str, print: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where `weir connect` reaches the gateway and what it trusts for the gateway's certificate:
-/// `[gateway] public_host` (else the listen address; loopback when that is unspecified) and
-/// `[gateway] tls_ca` (else the self-signed certificate Weir generated beside the store).
-/// Without a certificate to trust there is no connection: a token is never sent to a listener
-/// that has not proven it is the gateway.
-fn gateway_endpoint(
-    config: &Config,
-    listen: std::net::SocketAddr,
-) -> anyhow::Result<(String, PathBuf)> {
+/// Where `weir connect` reaches the gateway and what it trusts for the gateway's certificate,
+/// as conninfo: `host=…` (and `hostaddr=…`), then `sslrootcert=…`.
+///
+/// The host is `[gateway] public_host`, else the listen address. A loopback or unspecified
+/// listen address is reached as `host=localhost hostaddr=IP`: the certificate is checked
+/// against the name `localhost`, which every libpq matches (IP addresses in certificates
+/// only from libpq 15 on). The CA is `[gateway] tls_ca`, else the self-signed certificate
+/// Weir generated beside the store. Without a certificate to trust there is no connection:
+/// a token is never sent to a listener that has not proven it is the gateway.
+fn gateway_endpoint(config: &Config, listen: std::net::SocketAddr) -> anyhow::Result<String> {
+    // public_host is validated by config (letters, digits, '.', '-', or an IPv6 address), and
+    // an IP address prints as such: neither needs quoting.
     let host = match &config.gateway.public_host {
-        Some(h) => h.clone(),
+        Some(h) => format!("host={h}"),
         None => match listen.ip() {
-            std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
-            std::net::IpAddr::V6(ip) if ip.is_unspecified() => "::1".to_owned(),
-            ip => ip.to_string(),
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+                "host=localhost hostaddr=127.0.0.1".to_owned()
+            }
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                "host=localhost hostaddr=::1".to_owned()
+            }
+            ip if ip.is_loopback() => format!("host=localhost hostaddr={ip}"),
+            ip => format!("host={ip}"),
         },
     };
     let ca = match (&config.gateway.tls_ca, &config.gateway.tls) {
@@ -382,8 +389,13 @@ fn gateway_endpoint(
              certificate, the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt)"
         ),
     };
-    if !ca.is_file() {
-        bail!(
+    match std::fs::metadata(&ca) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => bail!(
+            "weir connect cannot verify the gateway: {} is not a file",
+            ca.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "weir connect cannot verify the gateway: {} is not here{}",
             ca.display(),
             if config.gateway.tls_ca.is_some() {
@@ -392,10 +404,17 @@ fn gateway_endpoint(
                 " (weir serve makes it on first start; on another machine, copy it and set \
                  [gateway] tls_ca)"
             }
-        );
+        ),
+        Err(e) => bail!(
+            "weir connect cannot verify the gateway: reading {}: {e}",
+            ca.display()
+        ),
     }
     let ca = std::path::absolute(&ca).unwrap_or(ca);
-    Ok((host, ca))
+    Ok(format!(
+        "{host} sslrootcert={}",
+        conninfo_value(&ca.to_string_lossy())
+    ))
 }
 
 /// A libpq connection-string value, quoted (`'…'` with `\'` and `\\` escaped) so a name with
