@@ -74,7 +74,9 @@ pub struct Oidc {
     groups_claim: String,
     username_claim: String,
     claims: Vec<String>,
-    http: reqwest::Client,
+    /// The client for the issuer, or why it could not be built: then every token is refused
+    /// (a client without the redirect and proxy rules of [`http_client`] is never used).
+    http: Result<reqwest::Client, String>,
     clock: Clock,
     keys: RwLock<Option<Keys>>,
     refresh: tokio::sync::Mutex<()>,
@@ -277,12 +279,16 @@ impl Oidc {
 
     /// Discovery, then the key set.
     async fn fetch(&self) -> Result<Keys, OidcError> {
-        let doc = discover(&self.http, &self.issuer).await?;
+        let http = self
+            .http
+            .as_ref()
+            .map_err(|e| OidcError::Issuer(e.clone()))?;
+        let doc = discover(http, &self.issuer).await?;
         let jwks_uri = doc
             .get("jwks_uri")
             .and_then(Value::as_str)
             .ok_or_else(|| OidcError::Issuer(format!("{} has no jwks_uri", self.issuer)))?;
-        let set: JwkSet = get_json(&self.http, jwks_uri).await?;
+        let set: JwkSet = get_json(http, jwks_uri).await?;
         let mut keys = Keys {
             by_kid: HashMap::new(),
             unnamed: Vec::new(),
@@ -329,8 +335,13 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Value, Oid
 /// follows at most 5 redirects, each only to a [`secure_url`], so an https issuer cannot be
 /// sent to plain http; without (POSTs carrying a device code or a refresh token), none. A
 /// plain-http issuer (only ever on this machine) is reached directly, never through an
-/// `HTTP_PROXY`, which would carry the exchange off the machine in clear.
-pub fn http_client(timeout: Duration, issuer: &str, follow_redirects: bool) -> reqwest::Client {
+/// `HTTP_PROXY`, which would carry the exchange off the machine in clear. An error when the
+/// client cannot be built: falling back to a default client would drop those rules.
+pub fn http_client(
+    timeout: Duration,
+    issuer: &str,
+    follow_redirects: bool,
+) -> Result<reqwest::Client, String> {
     let redirects = if follow_redirects {
         reqwest::redirect::Policy::custom(|attempt| {
             // `previous` holds the original URL and every redirect so far.
@@ -351,7 +362,9 @@ pub fn http_client(timeout: Duration, issuer: &str, follow_redirects: bool) -> r
     if !issuer.starts_with("https://") {
         builder = builder.no_proxy();
     }
-    builder.build().unwrap_or_else(|_| reqwest::Client::new())
+    builder
+        .build()
+        .map_err(|e| format!("building the HTTP client for {issuer}: {e}"))
 }
 
 /// GETs `url` and parses its JSON body, read up to [`MAX_DOCUMENT`] bytes. `url` must be a

@@ -38,13 +38,14 @@ struct Endpoints {
 }
 
 /// For the issuer's documents (redirects followed, https only).
-fn http(issuer: &str) -> reqwest::Client {
-    weir_proxy::oidc::http_client(Duration::from_secs(15), issuer, true)
+fn http(issuer: &str) -> anyhow::Result<reqwest::Client> {
+    weir_proxy::oidc::http_client(Duration::from_secs(15), issuer, true).map_err(anyhow::Error::msg)
 }
 
 /// For POSTs that carry a device code or a refresh token: never redirected.
-fn http_post(issuer: &str) -> reqwest::Client {
+fn http_post(issuer: &str) -> anyhow::Result<reqwest::Client> {
     weir_proxy::oidc::http_client(Duration::from_secs(15), issuer, false)
+        .map_err(anyhow::Error::msg)
 }
 
 async fn endpoints(client: &reqwest::Client, issuer: &str) -> anyhow::Result<Endpoints> {
@@ -105,8 +106,8 @@ pub fn login(path: &Path) -> anyhow::Result<()> {
     let (issuer, client_id, scopes) = settings(&config)?;
     let rt = crate::serve::runtime()?;
     let tokens = rt.block_on(async {
-        let ep = endpoints(&http(&issuer), &issuer).await?;
-        let client = http_post(&issuer);
+        let ep = endpoints(&http(&issuer)?, &issuer).await?;
+        let client = http_post(&issuer)?;
         let auth = post_form(
             &client,
             &ep.device,
@@ -296,9 +297,9 @@ pub fn connect(path: &Path, target: &str, print: bool) -> anyhow::Result<()> {
             .context("the cached login expired and cannot be refreshed; run weir login")?
             .to_owned();
         let tokens = crate::serve::runtime()?.block_on(async {
-            let ep = endpoints(&http(&issuer), &issuer).await?;
+            let ep = endpoints(&http(&issuer)?, &issuer).await?;
             post_form(
-                &http_post(&issuer),
+                &http_post(&issuer)?,
                 &ep.token,
                 &[
                     ("client_id", &client_id),
