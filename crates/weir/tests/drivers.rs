@@ -1,5 +1,6 @@
-//! Drivers from other languages through the gateway: psycopg 3 (Python) and node-postgres
-//! (Node). The scripts live in `tests/clients/`; `scripts/test` installs their packages.
+//! Drivers from other languages through the gateway: psycopg 3 (Python), node-postgres (Node)
+//! and pgjdbc (Java, what DBeaver and DataGrip use). The scripts live in `tests/clients/`;
+//! `scripts/test` installs their packages.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,9 +13,18 @@ use common::*;
 
 use std::process::Command;
 
+/// Pgjdbc from Debian's `libpostgresql-jdbc-java`, run with Java's source launcher.
+const PGJDBC_JAR: &str = "/usr/share/java/postgresql.jar";
+
 fn run_client(g: &Gateway, program: &str, script: &str, sslmode: &str) {
+    run_client_with(g, program, &[], script, sslmode);
+}
+
+/// Runs `program [args...] <script>` from the script's directory against the gateway.
+fn run_client_with(g: &Gateway, program: &str, args: &[&str], script: &str, sslmode: &str) {
     let root = repo_root();
     let out = Command::new(program)
+        .args(args)
         .arg(root.join(script))
         .current_dir(root.join(script).parent().unwrap())
         .env("WEIR_HOST", "127.0.0.1")
@@ -62,4 +72,29 @@ fn psycopg3_over_tls() {
 fn node_postgres_through_the_gateway() {
     let g = Gateway::start();
     run_client(&g, "node", "tests/clients/node/test.js", "disable");
+}
+
+fn run_pgjdbc(sslmode: &str) {
+    assert!(
+        std::path::Path::new(PGJDBC_JAR).exists(),
+        "{PGJDBC_JAR} is missing (scripts/test installs libpostgresql-jdbc-java)"
+    );
+    let g = Gateway::start();
+    run_client_with(
+        &g,
+        "java",
+        &["-cp", PGJDBC_JAR],
+        "tests/clients/java/WeirJdbc.java",
+        sslmode,
+    );
+}
+
+#[test]
+fn pgjdbc_through_the_gateway() {
+    run_pgjdbc("disable");
+}
+
+#[test]
+fn pgjdbc_over_tls() {
+    run_pgjdbc("require");
 }
