@@ -472,13 +472,43 @@ pub fn tail(config: &Path, args: &FilterArgs, lines: u64, follow: bool) -> anyho
     }
 }
 
-/// `weir audit replay SESSION`: what one session did, in order.
-pub fn replay(config: &Path, session: u64) -> anyhow::Result<()> {
+/// `weir audit replay SESSION`: what one session did, in order. Without a number, the most
+/// recent session (of `identity`, when given).
+pub fn replay(config: &Path, session: Option<u64>, identity: Option<&str>) -> anyhow::Result<()> {
+    let session = match session {
+        Some(s) => s,
+        None => last_session(config, identity)?,
+    };
     let args = FilterArgs {
         session: Some(session),
         ..FilterArgs::default()
     };
     search(config, &args, None)
+}
+
+/// The session of the most recent `connection_opened` event (of `identity`, when given).
+fn last_session(config: &Path, identity: Option<&str>) -> anyhow::Result<u64> {
+    let (_, store) = open(config)?;
+    let filter = FilterArgs {
+        identity: identity.map(str::to_owned),
+        event: Some("connection_opened".into()),
+        ..FilterArgs::default()
+    }
+    .filter()?;
+    let mut last = None;
+    store.for_each_event(1, &filter, &mut |r: &Record| {
+        if let Some(s) = serde_json::from_str::<Value>(&r.body)
+            .ok()
+            .and_then(|v| v.get("session").and_then(Value::as_u64))
+        {
+            last = Some(s);
+        }
+        ControlFlow::Continue(())
+    })?;
+    last.with_context(|| match identity {
+        Some(who) => format!("no session of {who} in the trail"),
+        None => "no session in the trail".to_owned(),
+    })
 }
 
 /// Appends one event to the trail from the CLI (administrative actions), through the same

@@ -167,7 +167,15 @@ enum AuditCommand {
     Replay {
         #[arg(long, short)]
         config: PathBuf,
-        session: u64,
+        /// The session's number (`session` in the trail's events).
+        #[arg(required_unless_present = "last", conflicts_with = "last")]
+        session: Option<u64>,
+        /// The most recent session (of `--identity`, when given) instead of a number.
+        #[arg(long)]
+        last: bool,
+        /// With --last: the most recent session of this identity.
+        #[arg(long, requires = "last")]
+        identity: Option<String>,
     },
 }
 
@@ -320,7 +328,12 @@ pub fn main() -> ExitCode {
                 no_follow,
                 filter,
             } => crate::audit_cmd::tail(&config, &filter, lines, !no_follow),
-            AuditCommand::Replay { config, session } => crate::audit_cmd::replay(&config, session),
+            AuditCommand::Replay {
+                config,
+                session,
+                last: _,
+                identity,
+            } => crate::audit_cmd::replay(&config, session, identity.as_deref()),
         },
         Command::Policy { command } => match command {
             PolicyCommand::Check {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::watch;
 use weir_config::Config;
-use weir_proxy::audit::LogSink;
 use weir_proxy::Gateway;
 
 use crate::cluster::{Cluster, Options};
@@ -41,14 +40,20 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
     let password_path = cluster.dir().join("upstream-password");
     std::fs::write(&password_path, &cluster.password)?;
     std::fs::write(&config_path, config_text(&listen, cluster.port))?;
+    std::fs::create_dir_all(cluster.dir().join("policy"))?;
+    std::fs::write(cluster.dir().join("policy/agents.cedar"), AGENT_POLICY)?;
     let config = Config::load(&config_path)?;
     let store = crate::serve::open_store(&config)?;
     let policy = crate::serve::load_policy(&config)?;
+    // The real trail (SQLite beside the demo's config, signed checkpoints), so `weir audit
+    // verify | search | replay | export` work on the demo as in production.
+    let audit = crate::serve::open_audit(&config)?;
 
     let rt = crate::serve::runtime()?;
+    let sink = Arc::clone(&audit);
     rt.block_on(async {
         let stop = crate::serve::shutdown_signal();
-        let gateway = Gateway::bind(config, store, policy, Arc::new(LogSink))
+        let gateway = Gateway::bind(config, store, policy, sink)
             .await
             .context("starting the gateway")?;
         let addr = gateway.local_addr()?;
@@ -62,6 +67,7 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     drop(rt);
+    audit.close();
     eprintln!(
         "weir demo: stopping PostgreSQL and removing {}",
         cluster.dir().display()
@@ -70,12 +76,30 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo's own rule, beside the built-in ones: policy is code the operator writes.
+const AGENT_POLICY: &str = r#"// Written by `weir demo`: agents never write in production, not even with an approval.
+@id("demo.agents-never-write-in-production")
+@reason("the demo's policy (policy/agents.cedar) lets agents only read in production")
+forbid (principal, action, resource)
+when {
+  principal.kind == "agent" &&
+  resource.environment == "production" &&
+  context.writes
+};
+"#;
+
 fn config_text(listen: &str, pg_port: u16) -> String {
     let mut s = format!(
         r#"# Written by `weir demo`; removed when it stops.
 [gateway]
 postgres_listen = "{listen}"
 store = "sqlite://weir.db"
+
+[policy]
+files = ["policy/*.cedar"]
+
+[approvals]
+approvers = ["dba"]
 "#
     );
     for (name, kind, groups, token) in IDENTITIES {
@@ -115,6 +139,15 @@ sensitivity = "pii"
 
 fn banner(addr: &str, cluster: &Cluster, config: &std::path::Path) -> String {
     let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "6432"));
+    let weir = std::env::current_exe()
+        .ok()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "weir".into());
+    let cfg = config.display();
+    let conn = |user: &str, token: &str| {
+        format!("host={host} port={port} dbname=shop user={user} password={token}")
+    };
+    let alice = conn("alice", "alice-demo-token");
     let mut s = String::new();
     let _ = writeln!(s, "\nWeir demo is running.");
     let _ = writeln!(
@@ -122,45 +155,91 @@ fn banner(addr: &str, cluster: &Cluster, config: &std::path::Path) -> String {
         "  throwaway PostgreSQL  127.0.0.1:{} (its password stays inside Weir)",
         cluster.port
     );
-    let _ = writeln!(
-        s,
-        "  gateway               {addr}  (config: {})",
-        config.display()
-    );
+    let _ = writeln!(s, "  gateway               {addr}  (config: {cfg})");
     let _ = writeln!(
         s,
         "  targets               shop (production), shop_dev (development)"
+    );
+    let _ = writeln!(
+        s,
+        "  audit trail           {}  (hash chain, signed checkpoints)",
+        config.with_file_name("weir.db").display()
     );
     let _ = writeln!(s, "\nConnect as one of the demo identities:");
     for (name, kind, groups, token) in IDENTITIES {
         let _ = writeln!(
             s,
-            "  psql \"host={host} port={port} dbname=shop user={name} password={token}\"   # {kind}, group {groups}"
+            "  psql \"{}\"   # {kind}, group {groups}",
+            conn(name, token)
         );
     }
-    let _ = writeln!(s, "\nThings to try:");
     let _ = writeln!(
         s,
-        "  SELECT full_name, email, card_number FROM customers LIMIT 5;"
+        "  psql \"{}\"   # refused: 28P01",
+        conn("alice", "wrong")
     );
-    let _ = writeln!(s, "  SELECT status, count(*) FROM orders GROUP BY status;");
+    let _ = writeln!(s, "\nThings to try, top to bottom (copy and paste):");
     let _ = writeln!(
         s,
-        "  DELETE FROM orders;                -- denied in production: no WHERE"
-    );
-    let _ = writeln!(
-        s,
-        "  DROP TABLE orders;                 -- denied in production (fine on shop_dev)"
+        "  # 1. A masked read: PII leaves Weir masked, the rest as it is."
     );
     let _ = writeln!(
         s,
-        "  SELECT pg_read_file('/etc/passwd'); -- denied everywhere but to admins"
+        "  psql \"{alice}\" -c \"SELECT full_name, email, card_number, ssn FROM customers LIMIT 3\""
     );
-    let _ = writeln!(s, "  psql \"host={host} port={port} dbname=shop user=alice password=wrong\"   # refused: 28P01");
     let _ = writeln!(
         s,
-        "\nEvery statement is logged as an audit event (target weir::audit) on stderr."
+        "  # 2. A denial: no DELETE without a WHERE in production."
     );
+    let _ = writeln!(s, "  psql \"{alice}\" -c \"DELETE FROM orders\"");
+    let _ = writeln!(
+        s,
+        "  # 3. An agent's write, refused by the demo's own Cedar rule."
+    );
+    let _ = writeln!(
+        s,
+        "  psql \"{}\" -c \"UPDATE orders SET status = 'refunded' WHERE id = 1\"",
+        conn("claude", "claude-demo-token")
+    );
+    let _ = writeln!(
+        s,
+        "  # 4. DDL in production waits for an approver (alice's psql waits up to 120 s)…"
+    );
+    let _ = writeln!(
+        s,
+        "  psql \"{alice}\" -c \"CREATE INDEX ON orders (status)\""
+    );
+    let _ = writeln!(
+        s,
+        "  #    …and in a second terminal dana (group dba) approves it; alice's statement runs."
+    );
+    let _ = writeln!(s, "  {weir} approvals --config {cfg}");
+    let _ = writeln!(
+        s,
+        "  {weir} approve $({weir} approvals --config {cfg} | awk 'NR==1{{print $1}}') --config {cfg} --as dana"
+    );
+    let _ = writeln!(
+        s,
+        "  # 5. The tamper-evident trail: every statement above is in it, the chain verifies."
+    );
+    let _ = writeln!(s, "  {weir} audit verify --config {cfg}");
+    let _ = writeln!(
+        s,
+        "  # 6. Replay alice's last session, decision by decision."
+    );
+    let _ = writeln!(
+        s,
+        "  {weir} audit replay --config {cfg} --last --identity alice"
+    );
+    let _ = writeln!(
+        s,
+        "\nMore: DROP TABLE orders; (denied in production, fine on dbname=shop_dev),"
+    );
+    let _ = writeln!(
+        s,
+        "  SELECT pg_read_file('/etc/passwd'); (denied but to admins),"
+    );
+    let _ = writeln!(s, "  {weir} audit export --config {cfg} --format csv");
     let _ = writeln!(s, "Ctrl-C stops the demo and removes everything it made.");
     s
 }

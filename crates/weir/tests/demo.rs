@@ -80,6 +80,88 @@ fn demo_runs_serves_the_printed_lines_and_cleans_up() {
         stderr(&out)
     );
 
+    // "Things to try", top to bottom, run as printed (through a shell, as a user pastes them).
+    let tries: Vec<&String> = banner
+        .iter()
+        .skip_while(|l| !l.starts_with("Things to try"))
+        .take_while(|l| !l.starts_with("More:"))
+        .filter(|l| !l.trim_start().starts_with('#') && l.starts_with("  "))
+        .collect();
+    assert_eq!(tries.len(), 8, "{text}");
+    let path = format!(
+        "{}:{}",
+        bindir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let sh = |line: &str| {
+        Command::new("sh")
+            .args(["-c", line.trim()])
+            .env("PATH", &path)
+            .output()
+            .unwrap()
+    };
+    // 1. A masked read.
+    let out = sh(tries[0]);
+    assert!(
+        stdout(&out).contains("***"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    // 2. A denial.
+    let out = sh(tries[1]);
+    assert!(
+        stderr(&out).contains("weir: denied by weir.where-required-in-production"),
+        "{}",
+        stderr(&out)
+    );
+    // 3. An agent's write, refused by the demo's rule.
+    let out = sh(tries[2]);
+    assert!(
+        stderr(&out).contains("weir: denied by demo.agents-never-write-in-production"),
+        "{}",
+        stderr(&out)
+    );
+    // 4. A statement that waits, approved from "a second terminal".
+    let waiting = Command::new("sh")
+        .args(["-c", tries[3].trim()])
+        .env("PATH", &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stdout(&sh(tries[4])).trim().is_empty() {
+        assert!(Instant::now() < deadline, "no pending approval appeared");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let approved = sh(tries[5]);
+    assert!(approved.status.success(), "{}", stderr(&approved));
+    let done = waiting.wait_with_output().unwrap();
+    assert!(
+        stdout(&done).contains("CREATE INDEX"),
+        "{}{}",
+        stdout(&done),
+        stderr(&done)
+    );
+    // 5. The trail verifies and holds the session's events.
+    let out = sh(tries[6]);
+    let verified = stdout(&out);
+    let n: u64 = verified
+        .strip_prefix("ok ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{verified}{}", stderr(&out)));
+    assert!(n > 10, "{verified}");
+    // 6. Replay of alice's last session: her approved CREATE INDEX.
+    let out = sh(tries[7]);
+    assert!(
+        stdout(&out).to_lowercase().contains("create index"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+
     // Ctrl-C removes everything it made.
     Command::new("kill")
         .arg("-INT")
