@@ -11,6 +11,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+pub mod lexing;
 pub mod postgres;
 mod scope;
 mod shape;
@@ -174,6 +175,12 @@ pub struct StatementFacts {
     /// text alone: a set operation (UNION, …), a `*` in the select list, not a SELECT. The
     /// masking stage uses it for result columns that are not plain table columns.
     pub outputs: Option<Vec<Vec<Column>>>,
+    /// Per result column (when `outputs` is known), the columns its expression reads only
+    /// through something whose result carries none of their values: `count(x)`,
+    /// `count(DISTINCT x)`, `x IS [NOT] NULL`, `EXISTS (…)`. Not in `outputs`, so a count of
+    /// a sensitive column comes back exact; the masking stage still treats them as read when
+    /// the result column is text (a function shadowing `count` could return the value).
+    pub outputs_counted: Option<Vec<Vec<Column>>>,
     /// Functions called anywhere in the statement, lower-cased, qualified as written.
     pub functions: BTreeSet<String>,
     /// The subset of `functions` that are not PostgreSQL built-ins (user-defined or from an
@@ -212,6 +219,10 @@ pub struct StatementFacts {
     pub name: Option<String>,
     /// PREPARE / DECLARE: the statement they hold.
     pub inner: Option<Box<StatementFacts>>,
+    /// Operational hazards: what can cause an outage without touching data (see
+    /// [`postgres::HAZARDS`]): `exclusive_lock`, `rewrite`, `kills_sessions`,
+    /// `server_control`, `two_phase`, `sequence_reset`, `large_objects`.
+    pub hazards: BTreeSet<&'static str>,
     /// Some fact depends on the value of a constant or parameter (`set_config`'s setting),
     /// so texts that differ only in constants must not share these facts.
     pub value_dependent: bool,
@@ -226,6 +237,7 @@ impl StatementFacts {
             tables_written: BTreeSet::new(),
             columns: BTreeSet::new(),
             outputs: None,
+            outputs_counted: None,
             functions: BTreeSet::new(),
             user_functions: BTreeSet::new(),
             has_where: false,
@@ -244,6 +256,7 @@ impl StatementFacts {
             untrusted_language: false,
             name: None,
             inner: None,
+            hazards: BTreeSet::new(),
             value_dependent: false,
         }
     }
@@ -420,6 +433,10 @@ pub enum AnalyzeError {
     Parse(String),
     #[error("analyzer failure: {0}")]
     Internal(String),
+    /// The statement would put the session in a lexing mode Weir does not analyze in
+    /// (`lexing::RULE`).
+    #[error("{0}")]
+    LexingMode(String),
 }
 
 #[cfg(test)]

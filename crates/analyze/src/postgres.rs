@@ -119,6 +119,117 @@ const CHANGES_STATE: &[&str] = &[
     "pg_stop_making_pinned_objects",
 ];
 
+/// The operational hazards analysis reports (`StatementFacts::hazards`), for policy's
+/// `context.hazards`.
+pub const HAZARDS: &[&str] = &[
+    "exclusive_lock",
+    "rewrite",
+    "kills_sessions",
+    "server_control",
+    "two_phase",
+    "sequence_reset",
+    "large_objects",
+];
+
+/// Built-ins that end or interrupt other sessions.
+const KILLS_SESSIONS: &[&str] = &["pg_terminate_backend", "pg_cancel_backend"];
+
+/// Built-ins that act on the server itself: configuration, logs, WAL, recovery, promotion.
+const SERVER_CONTROL: &[&str] = &[
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_rotate_logfile_old",
+    "pg_promote",
+    "pg_switch_wal",
+    "pg_wal_replay_pause",
+    "pg_wal_replay_resume",
+    "pg_create_restore_point",
+    "pg_backup_start",
+    "pg_backup_stop",
+    "pg_log_backend_memory_contexts",
+    "pg_drop_replication_slot",
+    "pg_create_logical_replication_slot",
+    "pg_create_physical_replication_slot",
+];
+
+/// The hazards of a maintenance, lock or transaction statement, from its node.
+fn statement_hazards(name: &str, body: &Map<String, Value>, f: &mut StatementFacts) {
+    let option = |field: &str, wanted: &str| {
+        body.get(field)
+            .and_then(Value::as_array)
+            .is_some_and(|opts| opts.iter().any(|o| def_name(o) == Some(wanted)))
+    };
+    match name {
+        // VACUUM FULL rewrites the table under ACCESS EXCLUSIVE; plain VACUUM and ANALYZE
+        // take a lock that lets readers and writers on.
+        "VacuumStmt" if option("options", "full") => {
+            f.hazards.extend(["exclusive_lock", "rewrite"]);
+        }
+        "ClusterStmt" => f.hazards.extend(["exclusive_lock", "rewrite"]),
+        "ReindexStmt" if !option("params", "concurrently") => {
+            f.hazards.extend(["exclusive_lock", "rewrite"]);
+        }
+        "RefreshMatViewStmt"
+            if !body
+                .get("concurrent")
+                .and_then(Value::as_bool)
+                .unwrap_or(false) =>
+        {
+            f.hazards.extend(["exclusive_lock", "rewrite"]);
+        }
+        // Lock modes as PostgreSQL numbers them: 6 is SHARE ROW EXCLUSIVE, which (like
+        // EXCLUSIVE and ACCESS EXCLUSIVE) blocks every writer; ACCESS EXCLUSIVE blocks readers.
+        "LockStmt" if body.get("mode").and_then(Value::as_i64).unwrap_or(8) >= 6 => {
+            f.hazards.insert("exclusive_lock");
+        }
+        "CheckPointStmt" => {
+            f.hazards.insert("server_control");
+        }
+        "TransactionStmt"
+            if matches!(
+                body.get("kind")
+                    .and_then(Value::as_i64)
+                    .map(transaction_kind),
+                Some("prepare" | "commit_prepared" | "rollback_prepared")
+            ) =>
+        {
+            f.hazards.insert("two_phase");
+        }
+        "AlterSeqStmt" if option("options", "restart") => {
+            f.hazards.insert("sequence_reset");
+        }
+        _ => {}
+    }
+}
+
+/// The hazards of a call of built-in `base`.
+fn call_hazards(base: &str, call: &Map<String, Value>, f: &mut StatementFacts) {
+    let args: Vec<&Value> = call
+        .get("args")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    if KILLS_SESSIONS.contains(&base) {
+        // A session ending or cancelling itself is no hazard.
+        let own = matches!(args.first().and_then(|a| tagged(a)), Some(("FuncCall", inner))
+            if function_name(inner).as_deref().is_some_and(|n| n.rsplit('.').next() == Some("pg_backend_pid")));
+        if !own {
+            f.hazards.insert("kills_sessions");
+        }
+    }
+    if SERVER_CONTROL.contains(&base) {
+        f.hazards.insert("server_control");
+    }
+    if base == "setval" {
+        f.hazards.insert("sequence_reset");
+    }
+    // lo_unlink of one constant OID removes one object; of anything else (a column, a
+    // subquery), as many as the query yields.
+    if base == "lo_unlink" && !matches!(args.first().and_then(|a| tagged(a)), Some(("AConst", _))) {
+        f.hazards.insert("large_objects");
+    }
+}
+
 /// Whether a called function (lower case, qualified as written) is a PostgreSQL built-in.
 /// `pg_catalog` is searched first whatever the search_path, so an unqualified built-in name
 /// is the built-in.
@@ -145,7 +256,11 @@ pub fn analyze_sql(sql: &str) -> Result<Vec<StatementFacts>, AnalyzeError> {
         };
         let value =
             serde_json::to_value(node).map_err(|e| AnalyzeError::Internal(e.to_string()))?;
-        out.push(statement(&value));
+        let names_lexing_setting = lexing_mode_kept(&value).map_err(AnalyzeError::LexingMode)?;
+        let mut facts = statement(&value);
+        // Whether it is refused depends on the value: such texts are cached only as they are.
+        facts.value_dependent |= names_lexing_setting;
+        out.push(facts);
     }
     if out.is_empty() {
         out.push(StatementFacts::new(StatementKind::Empty));
@@ -360,6 +475,7 @@ fn statement(value: &Value) -> StatementFacts {
     };
     let mut f = StatementFacts::new(kind_of(name));
     f.node = name.to_owned();
+    statement_hazards(name, body, &mut f);
     match name {
         "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
             // MERGE restricts rows by its join condition.
@@ -679,7 +795,7 @@ impl Names {
 
     /// Attributes each column to a table where the statement makes it clear: a qualifier
     /// that is an alias or a table, or the only table of the statement.
-    fn resolve(self, f: &mut StatementFacts, outputs: Option<Vec<Vec<Vec<String>>>>) {
+    fn resolve(self, f: &mut StatementFacts, outputs: Option<Vec<OutputRefs>>) {
         let tables: Vec<String> = f
             .tables_read
             .iter()
@@ -718,12 +834,19 @@ impl Names {
             };
             Some(Column { table, name })
         };
-        f.outputs = outputs.map(|outputs| {
-            outputs
+        if let Some(outputs) = outputs {
+            let (shown, counted): (Vec<_>, Vec<_>) = outputs
                 .into_iter()
-                .map(|refs| refs.into_iter().filter_map(&attribute).collect())
-                .collect()
-        });
+                .map(|o| {
+                    (
+                        o.shown.into_iter().filter_map(&attribute).collect(),
+                        o.counted.into_iter().filter_map(&attribute).collect(),
+                    )
+                })
+                .unzip();
+            f.outputs = Some(shown);
+            f.outputs_counted = Some(counted);
+        }
         for parts in self.columns {
             if let Some(c) = attribute(parts) {
                 f.columns.insert(c);
@@ -738,9 +861,33 @@ impl Names {
     }
 }
 
+/// The column references of one select-list entry, as written.
+#[derive(Default)]
+struct OutputRefs {
+    /// Read in a way that can carry their values into the result.
+    shown: Vec<Vec<String>>,
+    /// Read only through `count(…)`, `IS [NOT] NULL` or `EXISTS (…)`.
+    counted: Vec<Vec<String>>,
+}
+
+/// Whether a node's result carries none of the values of the columns it reads: `count`
+/// (any arguments, DISTINCT, FILTER, OVER: always a number), a NULL test, EXISTS.
+fn discloses_no_value(node: &str, body: &Map<String, Value>) -> bool {
+    match node {
+        "FuncCall" => matches!(
+            function_name(body).as_deref(),
+            Some("count" | "pg_catalog.count")
+        ),
+        "NullTest" => true,
+        // SubLinkType, in protobuf numbering: 1 is EXISTS_SUBLINK.
+        "SubLink" => body.get("sub_link_type").and_then(Value::as_i64) == Some(1),
+        _ => false,
+    }
+}
+
 /// For a plain SELECT, the column references of each select-list entry, in order; `None`
 /// for a set operation or a `*` entry (the result's columns are not the list's entries).
-fn output_refs(top: &str, body: &Map<String, Value>) -> Option<Vec<Vec<Vec<String>>>> {
+fn output_refs(top: &str, body: &Map<String, Value>) -> Option<Vec<OutputRefs>> {
     if top != "SelectStmt" || body.get("larg").is_some_and(|l| !l.is_null()) {
         return None;
     }
@@ -758,14 +905,20 @@ fn output_refs(top: &str, body: &Map<String, Value>) -> Option<Vec<Vec<Vec<Strin
                     return None;
                 }
             }
-            let mut refs = Vec::new();
-            let mut stack = vec![val];
-            while let Some(v) = stack.pop() {
+            let mut refs = OutputRefs::default();
+            // (value, inside something that discloses no value)
+            let mut stack = vec![(val, false)];
+            while let Some((v, counted)) = stack.pop() {
                 match v {
-                    Value::Array(items) => stack.extend(items),
+                    Value::Array(items) => stack.extend(items.iter().map(|i| (i, counted))),
                     Value::Object(obj) => match tagged(v) {
-                        Some(("ColumnRef", c)) => refs.push(column_parts(c)?),
-                        _ => stack.extend(obj.values()),
+                        Some(("ColumnRef", c)) if counted => refs.counted.push(column_parts(c)?),
+                        Some(("ColumnRef", c)) => refs.shown.push(column_parts(c)?),
+                        Some((node, inner)) => {
+                            let counted = counted || discloses_no_value(node, inner);
+                            stack.extend(obj.values().map(|c| (c, counted)));
+                        }
+                        None => stack.extend(obj.values().map(|c| (c, counted))),
                     },
                     _ => {}
                 }
@@ -882,6 +1035,7 @@ fn call(name: &str, call: &Map<String, Value>, f: &mut StatementFacts) {
         return;
     }
     let base = name.rsplit('.').next().unwrap_or(name);
+    call_hazards(base, call, f);
     if RUNS_SQL_TEXT.contains(&base) {
         f.unknown_effect = true;
     }
@@ -902,6 +1056,107 @@ fn call(name: &str, call: &Map<String, Value>, f: &mut StatementFacts) {
             Some(prev) if *prev != setting => "*".into(),
             _ => setting,
         });
+    }
+}
+
+/// Refuses a statement that would put the session in a lexing mode Weir does not analyze in
+/// (see [`crate::lexing`]): a SET / SET LOCAL / ALTER ROLE|DATABASE|SYSTEM … SET / a
+/// function's SET clause of `standard_conforming_strings`, `backslash_quote` or
+/// `client_encoding` to a value outside it, and `set_config` of one of them. (A `set_config`
+/// whose name is not a constant is left to the session: it waits for the server's
+/// ParameterStatus before forwarding more text.) `RESET`, `DEFAULT` and `FROM CURRENT` return to values
+/// Weir made sure of at startup. `Ok(true)` when the statement names such a setting (its
+/// value decided).
+fn lexing_mode_kept(stmt: &Value) -> Result<bool, String> {
+    let mut named = false;
+    let mut stack = vec![stmt];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(obj) => {
+                // ALTER ROLE | DATABASE | SYSTEM hold their SET as a typed field, untagged.
+                let untagged_set = obj.contains_key("is_local")
+                    && obj.contains_key("kind")
+                    && obj.contains_key("name");
+                let node = if untagged_set {
+                    Some(("VariableSetStmt", obj))
+                } else {
+                    tagged(v)
+                };
+                match node {
+                    Some(("VariableSetStmt", body)) => {
+                        let name = body.get("name").and_then(Value::as_str).unwrap_or("");
+                        // VariableSetKind, in protobuf numbering: 1 is SET name = value.
+                        named |= crate::lexing::is_lexing_setting(name);
+                        if body.get("kind").and_then(Value::as_i64) == Some(1) {
+                            let args = body.get("args").and_then(Value::as_array);
+                            let value = match args.map(Vec::as_slice) {
+                                Some([one]) => constant_text(one),
+                                _ => None,
+                            };
+                            crate::lexing::check_setting(name, value.as_deref())?;
+                        }
+                    }
+                    Some(("FuncCall", call)) => {
+                        let base = function_name(call);
+                        let base = base.as_deref().map(|n| n.rsplit('.').next().unwrap_or(n));
+                        if base == Some("set_config") {
+                            let args = call.get("args").and_then(Value::as_array);
+                            let arg = |i: usize| args.and_then(|a| a.get(i));
+                            // A name that is not a constant could be any setting: the
+                            // session's barrier and ParameterStatus check guard it
+                            // (`setting` is "*").
+                            if let Some(name) = arg(0).and_then(string_constant) {
+                                named |= crate::lexing::is_lexing_setting(&name);
+                                crate::lexing::check_setting(
+                                    &name,
+                                    arg(1).and_then(constant_text).as_deref(),
+                                )?;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                stack.extend(obj.values());
+            }
+            _ => {}
+        }
+    }
+    Ok(named)
+}
+
+/// A constant's text as the server would take it for a setting: a string, a number or a
+/// boolean (also through a cast).
+fn constant_text(v: &Value) -> Option<String> {
+    let (kind, body) = tagged(v)?;
+    match kind {
+        "AConst" => {
+            let val = body.get("val")?;
+            let (k, c) = tagged(val).or_else(|| {
+                let o = val.as_object()?;
+                let (k, c) = o.iter().next()?;
+                Some((k.as_str(), c.as_object()?))
+            })?;
+            match k {
+                "Sval" => c.get("sval").and_then(Value::as_str).map(str::to_owned),
+                "Ival" => Some(
+                    c.get("ival")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0)
+                        .to_string(),
+                ),
+                "Fval" => c.get("fval").and_then(Value::as_str).map(str::to_owned),
+                "Boolval" => Some(
+                    c.get("boolval")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false)
+                        .to_string(),
+                ),
+                _ => None,
+            }
+        }
+        "TypeCast" => constant_text(body.get("arg")?),
+        _ => None,
     }
 }
 

@@ -245,19 +245,23 @@ impl Scope {
                 name: c.name.clone(),
             })
             .collect();
-        r.outputs = f.outputs.as_ref().map(|outputs| {
-            outputs
-                .iter()
-                .map(|refs| {
-                    refs.iter()
-                        .map(|c| Column {
-                            table: c.table.as_deref().map(|t| self.qualify(t)),
-                            name: c.name.clone(),
-                        })
-                        .collect()
-                })
-                .collect()
-        });
+        let qualify_outputs = |outputs: &Option<Vec<Vec<Column>>>| {
+            outputs.as_ref().map(|outputs| {
+                outputs
+                    .iter()
+                    .map(|refs| {
+                        refs.iter()
+                            .map(|c| Column {
+                                table: c.table.as_deref().map(|t| self.qualify(t)),
+                                name: c.name.clone(),
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+        };
+        r.outputs = qualify_outputs(&f.outputs);
+        r.outputs_counted = qualify_outputs(&f.outputs_counted);
         r.inner = f.inner.as_deref().map(|i| Box::new(self.resolve_facts(i)));
         r
     }

@@ -563,3 +563,64 @@ fn copy_out_says_how_its_data_is_written() {
     assert_eq!(c.format.kind, weir_analyze::CopyKind::Text);
     assert_eq!(c.columns, None);
 }
+
+#[test]
+fn leaving_the_lexing_mode_is_refused_and_never_borrowed_from_the_cache() {
+    let a = weir_analyze::Analyzer::new();
+    for _ in 0..3 {
+        for ok in [
+            "SET client_encoding = 'LATIN1'",
+            "ALTER ROLE r SET client_encoding = 'UTF8'",
+            "SELECT set_config('standard_conforming_strings', 'on', false)",
+            "SET standard_conforming_strings = on",
+        ] {
+            assert!(a.analyze(ok.as_bytes()).is_ok(), "{ok}");
+        }
+        for refused in [
+            "SET client_encoding = 'SJIS'",
+            "ALTER ROLE r SET client_encoding = 'GBK'",
+            "SELECT set_config('standard_conforming_strings', 'off', false)",
+            "SET standard_conforming_strings = off",
+            "SELECT set_config('client_encoding', $1, false)",
+        ] {
+            assert!(
+                matches!(
+                    a.analyze(refused.as_bytes()),
+                    Err(weir_analyze::AnalyzeError::LexingMode(_))
+                ),
+                "{refused}"
+            );
+        }
+    }
+}
+
+#[test]
+fn operational_hazards_are_facts() {
+    let a = weir_analyze::Analyzer::new();
+    let hazards = |sql: &str| -> Vec<&'static str> {
+        a.analyze(sql.as_bytes()).unwrap().statements[0]
+            .hazards
+            .iter()
+            .copied()
+            .collect()
+    };
+    assert_eq!(hazards("VACUUM FULL t"), ["exclusive_lock", "rewrite"]);
+    assert_eq!(hazards("VACUUM t"), Vec::<&str>::new());
+    assert_eq!(
+        hazards("LOCK t IN SHARE ROW EXCLUSIVE MODE"),
+        ["exclusive_lock"]
+    );
+    assert_eq!(hazards("LOCK t IN ROW EXCLUSIVE MODE"), Vec::<&str>::new());
+    assert_eq!(
+        hazards("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"),
+        ["kills_sessions"]
+    );
+    assert_eq!(
+        hazards("SELECT pg_terminate_backend(pg_backend_pid())"),
+        Vec::<&str>::new()
+    );
+    assert_eq!(hazards("PREPARE TRANSACTION 'x'"), ["two_phase"]);
+    assert_eq!(hazards("ALTER SEQUENCE s RESTART"), ["sequence_reset"]);
+    assert_eq!(hazards("SELECT setval('s', 1)"), ["sequence_reset"]);
+    assert_eq!(hazards("CHECKPOINT"), ["server_control"]);
+}

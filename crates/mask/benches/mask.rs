@@ -64,6 +64,7 @@ fn catalog() -> Catalog {
                 type_oid: 25,
                 is_view: false,
                 view_reads: Vec::new(),
+                row_types: [0, 0],
             });
         }
     }

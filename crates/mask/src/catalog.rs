@@ -140,6 +140,9 @@ pub struct CatalogRow {
     pub is_view: bool,
     /// …and the `schema.table.column`s it reads.
     pub view_reads: Vec<String>,
+    /// The relation's row type and the array type of that (0 when none): a value of either
+    /// type holds the relation's columns, so it is as sensitive as they are.
+    pub row_types: [u32; 2],
 }
 
 /// The classified catalog of one target.
@@ -155,16 +158,67 @@ pub struct Catalog {
     names: HashMap<String, HashSet<String>>,
     /// `schema.table` → its columns' keys in column-number order (what `COPY table` writes).
     ordered: HashMap<String, Vec<(i16, u32)>>,
+    /// A relation's row type (and its array type) → `schema.table`: whole-row values, also
+    /// nested in arrays, in other composites or in columns of a composite type.
+    row_types: HashMap<u32, String>,
 }
+
+/// How many levels of composites in composites are followed when classifying columns of a
+/// composite type; deeper nesting is found by content, or not at all.
+const NESTING: usize = 8;
 
 impl Catalog {
     /// Builds and classifies. Tables first, then views (which look up what they read).
     pub fn build(rows: Vec<CatalogRow>, rules: &Rules) -> Catalog {
         let mut c = Catalog::default();
+        for r in &rows {
+            for t in r.row_types.into_iter().filter(|t| *t != 0) {
+                c.row_types
+                    .entry(t)
+                    .or_insert_with(|| format!("{}.{}", r.schema, r.table));
+            }
+        }
         let (views, tables): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.is_view);
+        // A column of a composite type (a table's row type, `CREATE TYPE … AS`) holds that
+        // type's columns: it is as sensitive as they are. Classified from the inside out.
+        let mut classified: HashMap<(u32, i16), Option<Sensitive>> = tables
+            .iter()
+            .map(|r| {
+                let table = format!("{}.{}", r.schema, r.table);
+                ((r.table_oid, r.attnum), rules.classify(&table, &r.column))
+            })
+            .collect();
+        for _ in 0..NESTING {
+            let mut sensitive_types: HashMap<String, Sensitive> = HashMap::new();
+            for r in &tables {
+                if let Some(Some(s)) = classified.get(&(r.table_oid, r.attnum)) {
+                    sensitive_types
+                        .entry(format!("{}.{}", r.schema, r.table))
+                        .or_insert_with(|| whole(s));
+                }
+            }
+            let mut changed = false;
+            for r in &tables {
+                let entry = classified.entry((r.table_oid, r.attnum)).or_default();
+                if entry.is_some() {
+                    continue;
+                }
+                let holds = c
+                    .row_types
+                    .get(&r.type_oid)
+                    .and_then(|t| sensitive_types.get(t));
+                if let Some(s) = holds {
+                    *entry = Some(s.clone());
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
         for r in tables {
             let table = format!("{}.{}", r.schema, r.table);
-            let sensitive = rules.classify(&table, &r.column);
+            let sensitive = classified.remove(&(r.table_oid, r.attnum)).flatten();
             c.add(r, table, sensitive);
         }
         for r in views {
@@ -183,6 +237,9 @@ impl Catalog {
                     None => read.iter().flatten().find_map(|s| s.sensitive.clone()),
                 }
             });
+            // A whole row of a sensitive table (`CREATE VIEW v AS SELECT c FROM customers c`):
+            // the view's rule names no column of it.
+            let sensitive = sensitive.or_else(|| c.row_type_sensitive(r.type_oid).map(|(_, s)| s));
             c.add(r, table, sensitive);
         }
         c
@@ -274,6 +331,27 @@ impl Catalog {
     pub fn knows_table(&self, table_oid: u32) -> bool {
         self.tables.contains(&table_oid)
     }
+
+    /// For a value of a relation's row type (or an array of it), the first sensitive column
+    /// it holds, as `schema.table.column`, with how the whole value is masked.
+    pub fn row_type_sensitive(&self, type_oid: u32) -> Option<(String, Sensitive)> {
+        let table = self.row_types.get(&type_oid)?;
+        let (name, s) = self.sensitive_columns(table).first()?;
+        Some((format!("{table}.{name}"), whole(s)))
+    }
+}
+
+/// How a value that holds a sensitive column among others (a whole row, a composite) is
+/// masked: its text cannot keep the column's shape, so redacted (NULL for types other than
+/// text), or NULL / a keyed hash when the column asks for one.
+fn whole(s: &Sensitive) -> Sensitive {
+    Sensitive {
+        label: Arc::clone(&s.label),
+        strategy: match s.strategy {
+            Strategy::Null | Strategy::Hash => s.strategy,
+            _ => Strategy::Redact,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -291,6 +369,7 @@ mod tests {
             type_oid: 25,
             is_view: !reads.is_empty(),
             view_reads: reads.iter().map(|s| s.to_string()).collect(),
+            row_types: [0, 0],
         }
     }
 

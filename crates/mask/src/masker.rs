@@ -382,7 +382,16 @@ impl Masker {
                 Some(all) => all.get(i).copied().unwrap_or(0),
             };
             let shape = Shape::of(field.type_oid);
-            let found: Option<(Arc<str>, Sensitive)> = if field.table_oid != 0 {
+            // A value of a sensitive relation's row type, or an array of it, holds its
+            // sensitive columns whatever the expression that made it. (A whole-row column
+            // names its table with column number 0, which is no column of it.)
+            let whole_row = catalog.row_type_sensitive(field.type_oid).map(|(from, s)| {
+                let name = String::from_utf8_lossy(&field.name);
+                (Arc::from(format!("{name} (from {from})")), s)
+            });
+            let found: Option<(Arc<str>, Sensitive)> = if whole_row.is_some() {
+                whole_row
+            } else if field.table_oid != 0 {
                 match catalog.column(field.table_oid, field.column) {
                     Lookup::Column(src) => src
                         .sensitive
@@ -423,7 +432,7 @@ impl Masker {
                     }
                 }
             } else {
-                computed(facts, i, catalog).map(|(from, s)| {
+                computed(facts, i, shape.is_textual(), catalog).map(|(from, s)| {
                     let name = String::from_utf8_lossy(&field.name);
                     (Arc::from(format!("{name} (from {from})")), s)
                 })
@@ -437,7 +446,7 @@ impl Masker {
                         Act::Mask(s.strategy)
                     }
                 }
-                None if shape.is_textual() => Act::Scan,
+                None if shape.is_textual() || strategy::holds_text(field.type_oid) => Act::Scan,
                 None => Act::Keep,
             };
             out.push(FieldPlan { act, shape, format });
@@ -499,7 +508,7 @@ impl Masker {
             return Some(
                 (0..columns)
                     .map(|i| {
-                        let found = computed(Some(f), i, catalog).map(|(from, s)| {
+                        let found = computed(Some(f), i, true, catalog).map(|(from, s)| {
                             (Arc::from(format!("copy column {} (from {from})", i + 1)), s)
                         });
                         decide(self, found, Shape::Text)
@@ -716,6 +725,7 @@ fn content_strategy(c: classify::Class) -> Strategy {
 fn computed(
     facts: Option<&StatementFacts>,
     i: usize,
+    textual: bool,
     catalog: &Catalog,
 ) -> Option<(String, Sensitive)> {
     let Some(facts) = facts else {
@@ -759,9 +769,18 @@ fn computed(
         }
     };
     if let Some(refs) = facts.outputs.as_ref().and_then(|o| o.get(i)) {
+        // Columns read only through count(), IS NULL or EXISTS carry no value into a number
+        // or a boolean; a text result could still hold one (a function shadowing count).
+        let counted = facts
+            .outputs_counted
+            .as_ref()
+            .and_then(|o| o.get(i))
+            .filter(|_| textual)
+            .into_iter()
+            .flatten();
         let mut all_known = true;
         let mut found = Vec::new();
-        for c in refs {
+        for c in refs.iter().chain(counted) {
             match check(c) {
                 Ok(Some(f)) => found.push(f),
                 Ok(None) => {}
@@ -832,7 +851,7 @@ fn copies_sensitive(f: &StatementFacts, catalog: &Catalog) -> bool {
             .is_none_or(|t| !f.tables_written.contains(t))
     });
     read.tables_written.clear();
-    computed(Some(&read), usize::MAX, catalog).is_some()
+    computed(Some(&read), usize::MAX, true, catalog).is_some()
 }
 
 /// The masked text of an error field, or `None` when nothing in it is sensitive.

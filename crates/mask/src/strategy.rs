@@ -94,6 +94,18 @@ impl Shape {
     }
 }
 
+/// Types whose values hold text without being text (Shape::Other): records, arrays of text
+/// or JSON, xml, and any type made in the database (composites, domains, enums — OIDs from
+/// 16384 on). Content detection scans them as a backstop; what it finds makes the value NULL,
+/// since its text cannot keep the type's shape.
+pub fn holds_text(type_oid: u32) -> bool {
+    matches!(
+        type_oid,
+        // record, _record, xml, _xml, _text, _varchar, _bpchar, _name, _json, _jsonb
+        2249 | 2287 | 142 | 143 | 1009 | 1015 | 1014 | 1003 | 199 | 3807
+    ) || type_oid >= 16384
+}
+
 /// The text of `value` as content detection and the strategies see it: jsonb in binary
 /// format without its version byte.
 pub fn text_of(shape: Shape, format: i16, value: &[u8]) -> &[u8] {

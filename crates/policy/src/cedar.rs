@@ -553,6 +553,10 @@ fn context_pairs(
         ),
         b("untrusted_language", f.untrusted_language),
         (
+            "hazards".to_owned(),
+            strings(f.hazards.iter().map(|h| (*h).to_owned())),
+        ),
+        (
             "sensitivity".to_owned(),
             strings(sensitivity.iter().cloned()),
         ),

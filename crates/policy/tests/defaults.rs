@@ -526,3 +526,89 @@ when { context.column_tags.contains("card") };
     ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn operational_hazards_need_approval_in_production() {
+    let policy = Policy::load(true, "weir-admins", &[], &[]).unwrap();
+    let analyzer = Analyzer::new();
+    let dev = who("alice", IdentityKind::Human, &["developers"]);
+    let ci = who("ci", IdentityKind::Service, &["ci"]);
+    let admin = who("root", IdentityKind::Human, &["weir-admins"]);
+    const RULE: &str = "approve weir.operational-hazard-needs-approval-in-production";
+    let held = [
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = 'shop'",
+        "SELECT pg_catalog.pg_terminate_backend(12345)",
+        "LOCK TABLE orders IN ACCESS EXCLUSIVE MODE",
+        "LOCK TABLE orders",
+        "LOCK TABLE orders IN EXCLUSIVE MODE",
+        "LOCK TABLE orders IN SHARE ROW EXCLUSIVE MODE",
+        "VACUUM FULL orders",
+        "VACUUM (FULL, ANALYZE) orders",
+        "CLUSTER orders USING orders_pkey",
+        "REINDEX TABLE orders",
+        "REINDEX INDEX orders_pkey",
+        "REFRESH MATERIALIZED VIEW order_totals",
+        "PREPARE TRANSACTION 'x'",
+        "COMMIT PREPARED 'x'",
+        "ROLLBACK PREPARED 'x'",
+        "SELECT lo_unlink(oid) FROM pg_largeobject_metadata",
+        "SELECT setval('orders_id_seq', 1)",
+        "SELECT pg_reload_conf()",
+        "SELECT pg_rotate_logfile()",
+        "SELECT pg_promote()",
+        "CHECKPOINT",
+        "WITH x AS (SELECT pg_terminate_backend(pid) FROM pg_stat_activity) SELECT count(*) FROM x",
+    ];
+    let allowed = [
+        "VACUUM orders",
+        "VACUUM (ANALYZE) orders",
+        "ANALYZE orders",
+        "REINDEX TABLE CONCURRENTLY orders",
+        "REFRESH MATERIALIZED VIEW CONCURRENTLY order_totals",
+        "SELECT * FROM orders FOR UPDATE",
+        "LOCK TABLE orders IN ACCESS SHARE MODE",
+        "LOCK TABLE orders IN ROW EXCLUSIVE MODE",
+        "LOCK TABLE orders IN SHARE UPDATE EXCLUSIVE MODE",
+        "SELECT nextval('orders_id_seq')",
+        "SELECT pg_terminate_backend(pg_backend_pid())",
+        "SELECT lo_unlink(16400)",
+        "BEGIN",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+        "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1",
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 1, CURRENT_TIMESTAMP)",
+    ];
+    let mut failures = Vec::new();
+    for sql in held {
+        for id in [&dev, &ci] {
+            let got = outcome(&policy, &analyzer, id, "production", sql);
+            if got != vec![RULE.to_string()] {
+                failures.push(format!("{} production: {sql}: {got:?}", id.name));
+            }
+        }
+        for (id, env) in [(&dev, "development"), (&admin, "production")] {
+            let got = outcome(&policy, &analyzer, id, env, sql);
+            if got.iter().any(|v| v.contains("operational-hazard")) {
+                failures.push(format!("{} {env}: {sql}: {got:?}", id.name));
+            }
+        }
+    }
+    for sql in allowed {
+        let got = outcome(&policy, &analyzer, &dev, "production", sql);
+        if got != vec!["allow".to_string()] {
+            failures.push(format!("alice production: {sql}: want allow, got {got:?}"));
+        }
+    }
+    // CREATE INDEX CONCURRENTLY is DDL: approval as before, not a hazard.
+    assert_eq!(
+        outcome(
+            &policy,
+            &analyzer,
+            &dev,
+            "production",
+            "CREATE INDEX CONCURRENTLY ON orders (status)"
+        ),
+        vec!["approve weir.ddl-needs-approval-in-production".to_string()]
+    );
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}

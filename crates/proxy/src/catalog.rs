@@ -20,7 +20,8 @@ use crate::upstream;
 use crate::Shared;
 
 /// Every column of every relation a client can name in a result: tables, partitioned
-/// tables, views, materialized views, foreign tables, in every schema (system catalogs too:
+/// tables, views, materialized views, foreign tables, composite types (whose values can be
+/// columns of the others), with each relation's row type and its array type, in every schema (system catalogs too:
 /// a result from `pg_authid` must be known, not "unknown"). For views, the columns the view's
 /// rule reads (from `pg_depend`), joined with ASCII unit separators.
 const CATALOG_QUERY: &str = "\
@@ -33,11 +34,13 @@ SELECT c.oid::int8, a.attnum::int4, n.nspname, c.relname, a.attname, a.atttypid:
     JOIN pg_class rc ON rc.oid = d.refobjid \
     JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
     JOIN pg_attribute ra ON ra.attrelid = d.refobjid AND ra.attnum = d.refobjsubid \
-    WHERE r.ev_class = c.oid), '') END \
+    WHERE r.ev_class = c.oid), '') END, \
+  c.reltype::int8, coalesce(t.typarray, 0)::int8 \
 FROM pg_attribute a \
 JOIN pg_class c ON c.oid = a.attrelid \
 JOIN pg_namespace n ON n.oid = c.relnamespace \
-WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+LEFT JOIN pg_type t ON t.oid = c.reltype \
+WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c') \
   AND n.nspname NOT LIKE 'pg\\_toast%'";
 
 /// One target's catalog.
@@ -208,6 +211,7 @@ async fn load(shared: &Shared, target: &Target) -> Result<Vec<CatalogRow>, Strin
                         .filter(|s| !s.is_empty())
                         .map(str::to_owned)
                         .collect(),
+                    row_types: [7, 8].map(|i| text(i).and_then(|t| t.parse().ok()).unwrap_or(0)),
                 });
             }
             Ok(Backend::ErrorResponse(f)) => {

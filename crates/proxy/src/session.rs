@@ -410,11 +410,24 @@ async fn authenticate(
         }
     };
 
-    let client_params: Vec<(String, String)> = params
+    // INVARIANT: the session starts in the lexing mode Weir analyzes in
+    // (`weir_analyze::lexing`): the client may not choose another, and
+    // standard_conforming_strings is always sent as `on`, so neither a role's or database's
+    // default nor a later RESET or DISCARD ALL can return to another.
+    for (k, v) in params.iter().filter(|(k, _)| forwardable(k)) {
+        if let Err(why) = weir_analyze::lexing::check_setting(k, Some(v)) {
+            return Err(Fatal::new(
+                "22023",
+                format!("weir: denied by {}: {why}", weir_analyze::lexing::RULE),
+            ));
+        }
+    }
+    let mut client_params: Vec<(String, String)> = params
         .iter()
-        .filter(|(k, _)| forwardable(k))
+        .filter(|(k, _)| forwardable(k) && k != "standard_conforming_strings")
         .cloned()
         .collect();
+    client_params.push(("standard_conforming_strings".into(), "on".into()));
     let tls_cfg = shared.upstream_tls.get(&target.name).cloned().flatten();
     let upstream = upstream::connect(upstream::ConnectParams {
         target: &target,
@@ -446,6 +459,13 @@ async fn authenticate(
         }
     })?;
 
+    if let Some(why) = lexing_refusal(&upstream.startup_frames) {
+        warn!(target = %target.name, reason = %why, "upstream session is not in a lexing mode Weir reads");
+        return Err(Fatal::new(
+            "22023",
+            format!("weir: denied by {}: the target's session reports {why}; connect with client_encoding=UTF8", weir_analyze::lexing::RULE),
+        ));
+    }
     let key = UpstreamKey {
         addr: target.upstream.clone(),
         process_id: upstream.process_id,
@@ -464,6 +484,36 @@ async fn authenticate(
     .await;
     shared.cancels.unregister(pid);
     result
+}
+
+/// The first ParameterStatus among `frames` that reports a lexing mode Weir does not analyze
+/// in (`weir_analyze::lexing`), described.
+fn lexing_refusal(frames: &[u8]) -> Option<String> {
+    let mut rest = frames;
+    while let Ok(Some(h)) = Header::parse(rest, usize::MAX) {
+        let frame = rest.get(..h.frame_len())?;
+        if h.tag == b'S' {
+            if let Some(why) = reported_lexing_refusal(frame.get(Header::SIZE..)?) {
+                return Some(why);
+            }
+        }
+        rest = rest.get(h.frame_len()..)?;
+    }
+    None
+}
+
+/// A ParameterStatus body that reports a lexing mode Weir does not analyze in, described.
+fn reported_lexing_refusal(body: &[u8]) -> Option<String> {
+    let Ok(Backend::ParameterStatus { name, value }) =
+        Backend::decode(b'S', Bytes::copy_from_slice(body))
+    else {
+        return None;
+    };
+    let name = String::from_utf8_lossy(&name);
+    let value = String::from_utf8_lossy(&value);
+    weir_analyze::lexing::check_reported(&name, &value)
+        .err()
+        .map(|why| format!("{name} = {value} ({why})"))
 }
 
 /// SQLSTATEs are five ASCII characters; keep the ones the upstream sends that clients act on.
@@ -705,6 +755,22 @@ struct FrontendHalf<'a> {
     /// A write under a row bound, decided and recorded, its messages still in `batch` and
     /// `ops`: the run loop runs it inside a bracket and checks the count.
     bounded: Option<Bounded>,
+    /// A forwarded request ran code Weir cannot see (a function, DO, CALL, SQL from text),
+    /// which may have changed how the server lexes: the next SQL text waits until it is
+    /// answered, so its ParameterStatus (checked by the backend half) comes first.
+    unseen_in_flight: bool,
+    /// The request being assembled executes such code: more SQL text in it is refused,
+    /// since the server would lex that text after the code ran.
+    batch_unseen: bool,
+}
+
+/// Whether a decided statement runs code Weir cannot see into, which could change session
+/// settings unseen (a function body's `set_config`, a DO block's SET, a `set_config` whose
+/// setting is not a constant).
+fn runs_unseen_code(decision: &Decision) -> bool {
+    decision.analysis.statements.iter().any(|f| {
+        f.unknown_effect || !f.user_functions.is_empty() || f.setting.as_deref() == Some("*")
+    })
 }
 
 /// A write that may change at most `limit` rows.
@@ -766,6 +832,8 @@ impl<'a> FrontendHalf<'a> {
             relied_on: Default::default(),
             held: None,
             bounded: None,
+            unseen_in_flight: false,
+            batch_unseen: false,
         }
     }
 
@@ -806,6 +874,12 @@ impl<'a> FrontendHalf<'a> {
                 if self.buf.len() < h.frame_len() {
                     self.buf.reserve(h.frame_len() - self.buf.len());
                     break;
+                }
+                if self.unseen_in_flight && matches!(h.tag, b'Q' | b'P') {
+                    // Lexed only once the server has reported what that code left behind.
+                    flush_upstream(uw, &mut out).await?;
+                    self.inbox.wait_idle().await;
+                    self.unseen_in_flight = false;
                 }
                 let frame = self.buf.split_to(h.frame_len());
                 if self.on_frame(h.tag, frame, &mut out).await? {
@@ -974,7 +1048,16 @@ impl<'a> FrontendHalf<'a> {
             Frontend::Parse(p) => {
                 self.batch.extend_from_slice(&frame);
                 self.ops.push_back(Op::Parse);
-                let decision = self.decide(&p.query)?;
+                let mut decision = self.decide(&p.query)?;
+                if self.batch_unseen {
+                    decision = Arc::new(Decision {
+                        analysis: Arc::clone(&decision.analysis),
+                        verdicts: vec![Verdict::Deny {
+                            rule: weir_analyze::lexing::RULE.into(),
+                            reason: "this request executes code Weir cannot see (a function, DO, CALL) and then more SQL text, which the server would read in whatever mode that code left; send Sync before the next statement".into(),
+                        }],
+                    });
+                }
                 if !p.name.is_empty()
                     && !self.statements.contains_key(&p.name)
                     && self.statements.len() >= MAX_PREPARED
@@ -1067,6 +1150,7 @@ impl<'a> FrontendHalf<'a> {
                         )
                     }
                 };
+                self.batch_unseen |= runs_unseen_code(&decision);
                 self.items.push(Item {
                     via: "execute",
                     decision,
@@ -1106,6 +1190,7 @@ impl<'a> FrontendHalf<'a> {
                 let rule = match e {
                     AnalyzeError::Parse(_) => "weir.parse",
                     AnalyzeError::NotUtf8 | AnalyzeError::Internal(_) => "weir.analyze",
+                    AnalyzeError::LexingMode(_) => weir_analyze::lexing::RULE,
                 };
                 return Ok(Arc::new(Decision {
                     analysis: Arc::new(weir_analyze::Analysis::synthetic(
@@ -1167,6 +1252,7 @@ impl<'a> FrontendHalf<'a> {
         let id = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let items = std::mem::take(&mut self.items);
         let next_scope = self.pending_scope.take();
+        self.batch_unseen = false;
         let verdict = items
             .iter()
             .map(|i| i.decision.overall())
@@ -1442,6 +1528,9 @@ impl<'a> FrontendHalf<'a> {
             // Forwarded: the session now has the scope its statements made.
             self.scope = scope;
             self.decisions.clear();
+        }
+        if items.iter().any(|i| runs_unseen_code(&i.decision)) {
+            self.unseen_in_flight = true;
         }
         let ops = std::mem::take(&mut self.ops);
         let mut pending = Pending::new(id, ops);
@@ -2020,6 +2109,21 @@ impl BackendHalf<'_> {
             }
             if h.tag == b'A' {
                 replace = self.translate_notification(body);
+            }
+            if h.tag == b'S' {
+                // The check of last resort: a change Weir could not see (a function's
+                // set_config) put the server in a lexing mode Weir does not analyze in.
+                // Nothing more is forwarded on this session.
+                if let Some(why) = reported_lexing_refusal(body) {
+                    warn!(reason = %why, "the server left the lexing mode Weir analyzes in; session closed");
+                    return Err(Fatal::new(
+                        "22023",
+                        format!(
+                            "weir: denied by {}: the server reports {why}; the session is closed",
+                            weir_analyze::lexing::RULE
+                        ),
+                    ));
+                }
             }
             let action = self.tracker.on_message(h.tag, body, due);
             if h.tag == b'Z' {

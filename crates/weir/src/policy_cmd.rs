@@ -79,6 +79,9 @@ fn decide(
             .map(verdict_line)
             .collect(),
         Err(weir_analyze::AnalyzeError::Parse(_)) => vec!["deny weir.parse".into()],
+        Err(weir_analyze::AnalyzeError::LexingMode(_)) => {
+            vec![format!("deny {}", weir_analyze::lexing::RULE)]
+        }
         Err(_) => vec!["deny weir.analyze".into()],
     })
 }
