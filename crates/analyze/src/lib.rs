@@ -11,6 +11,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+pub mod approval;
 pub mod lexing;
 pub mod postgres;
 mod scope;
@@ -219,6 +220,10 @@ pub struct StatementFacts {
     pub name: Option<String>,
     /// PREPARE / DECLARE: the statement they hold.
     pub inner: Option<Box<StatementFacts>>,
+    /// UPDATE / DELETE on one table, with no FROM / USING and no nested write: the columns of
+    /// that table its WHERE compares for equality with a constant or parameter, in a chain of
+    /// ANDs. With a unique key among them the statement changes at most one row.
+    pub key_equalities: BTreeSet<String>,
     /// Operational hazards: what can cause an outage without touching data (see
     /// [`postgres::HAZARDS`]): `exclusive_lock`, `rewrite`, `kills_sessions`,
     /// `server_control`, `two_phase`, `sequence_reset`, `large_objects`.
@@ -256,6 +261,7 @@ impl StatementFacts {
             untrusted_language: false,
             name: None,
             inner: None,
+            key_equalities: BTreeSet::new(),
             hazards: BTreeSet::new(),
             value_dependent: false,
         }

@@ -488,6 +488,11 @@ fn statement(value: &Value) -> StatementFacts {
             f.has_where = w.is_some();
             f.where_effective = w.is_some_and(|w| !tautology(w));
             f.unrestricted_write = !f.where_effective;
+            if name != "MergeStmt" {
+                if let Some(w) = w {
+                    key_equalities(body, w, &mut f);
+                }
+            }
         }
         "SelectStmt" => {
             f.has_limit = body.get("limit_count").is_some_and(|l| !l.is_null());
@@ -659,6 +664,10 @@ fn statement(value: &Value) -> StatementFacts {
         _ => {}
     }
     walk(name, body, &mut f);
+    if f.nested_write {
+        // `DELETE … WHERE id = 1` around a data-modifying CTE changes more than one row.
+        f.key_equalities.clear();
+    }
     if name == "CopyStmt" {
         // COPY (query) TO: the data's columns are the query's result columns.
         if let Some(inner) = body.get("query").filter(|q| !q.is_null()) {
@@ -666,6 +675,87 @@ fn statement(value: &Value) -> StatementFacts {
         }
     }
     f
+}
+
+/// The target table's columns an UPDATE's or DELETE's WHERE compares for equality with a
+/// constant or parameter, through ANDs only (`StatementFacts::key_equalities`). Nothing when
+/// the statement joins other tables (FROM / USING) or holds a CTE: a column name could then
+/// be another table's. Nested writes clear it after the walk.
+fn key_equalities(body: &Map<String, Value>, w: &Value, f: &mut StatementFacts) {
+    let joined = ["from_clause", "using_clause"].iter().any(|k| {
+        body.get(*k)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    }) || body.get("with_clause").is_some_and(|c| !c.is_null());
+    if joined {
+        return;
+    }
+    let relation = body
+        .get("relation")
+        .and_then(|r| tagged(r).map(|(_, inner)| inner).or_else(|| r.as_object()));
+    let Some(relation) = relation else { return };
+    let table = table_name(relation);
+    let unqualified = table.rsplit('.').next().unwrap_or(&table).to_owned();
+    let alias = relation
+        .get("alias")
+        .and_then(|a| a.get("aliasname"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let names_target = |q: &str| match &alias {
+        Some(a) => q == a,
+        None => q == table || q == unqualified,
+    };
+    let constant = |v: &Value| {
+        let mut v = v;
+        loop {
+            match tagged(v) {
+                Some(("AConst" | "ParamRef", _)) => return true,
+                Some(("TypeCast", c)) => match c.get("arg") {
+                    Some(arg) => v = arg,
+                    None => return false,
+                },
+                _ => return false,
+            }
+        }
+    };
+    let mut stack = vec![w];
+    while let Some(v) = stack.pop() {
+        match tagged(v) {
+            // AND_EXPR is 1 in protobuf numbering.
+            Some(("BoolExpr", b)) if b.get("boolop").and_then(Value::as_i64) == Some(1) => {
+                stack.extend(
+                    b.get("args")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten(),
+                );
+            }
+            // AEXPR_OP (1) with the operator `=`.
+            Some(("AExpr", e))
+                if e.get("kind").and_then(Value::as_i64) == Some(1)
+                    && e.get("name").and_then(strings).as_deref() == Some(&["=".to_owned()]) =>
+            {
+                let (Some(l), Some(r)) = (e.get("lexpr"), e.get("rexpr")) else {
+                    continue;
+                };
+                let column = match (tagged(l), tagged(r)) {
+                    (Some(("ColumnRef", c)), _) if constant(r) => column_parts(c),
+                    (_, Some(("ColumnRef", c))) if constant(l) => column_parts(c),
+                    _ => None,
+                };
+                match column.as_deref() {
+                    Some([name]) => {
+                        f.key_equalities.insert(name.clone());
+                    }
+                    Some([q, name]) if names_target(q) => {
+                        f.key_equalities.insert(name.clone());
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn transaction_kind(k: i64) -> &'static str {

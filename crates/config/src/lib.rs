@@ -126,6 +126,8 @@ mod raw {
         pub admin_group: Option<String>,
         #[serde(default)]
         pub trusted_functions: Vec<String>,
+        pub bulk_write_rows: Option<u64>,
+        pub agent_write_rows: Option<u64>,
     }
 
     impl Default for Policy {
@@ -135,6 +137,8 @@ mod raw {
                 files: Vec::new(),
                 admin_group: None,
                 trusted_functions: Vec::new(),
+                bulk_write_rows: None,
+                agent_write_rows: None,
             }
         }
     }
@@ -402,6 +406,12 @@ pub struct PolicyConfig {
     /// Functions that are not PostgreSQL built-ins but whose calls the operator vouches for
     /// (extension or application functions without side effects), as `name` or `schema.name`.
     pub trusted_functions: Vec<String>,
+    /// In production an UPDATE, DELETE or MERGE that would change more rows waits for
+    /// approval (default 1000; 0 turns the built-in rule off).
+    pub bulk_write_rows: u64,
+    /// Agents may write at most this many rows in production without approval (default 0:
+    /// read-only).
+    pub agent_write_rows: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -835,6 +845,8 @@ impl Validator<'_> {
                 .admin_group
                 .unwrap_or_else(|| "weir-admins".into()),
             trusted_functions: raw.policy.trusted_functions,
+            bulk_write_rows: raw.policy.bulk_write_rows.unwrap_or(1000),
+            agent_write_rows: raw.policy.agent_write_rows.unwrap_or(0),
         };
         let a = raw.approvals;
         let approvals = ApprovalsConfig {

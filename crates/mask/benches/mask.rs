@@ -65,6 +65,7 @@ fn catalog() -> Catalog {
                 is_view: false,
                 view_reads: Vec::new(),
                 row_types: [0, 0],
+                unique_keys: Vec::new(),
             });
         }
     }

@@ -143,6 +143,9 @@ pub struct CatalogRow {
     /// The relation's row type and the array type of that (0 when none): a value of either
     /// type holds the relation's columns, so it is as sensitive as they are.
     pub row_types: [u32; 2],
+    /// The unique indexes this column is a key column of: (index OID, its number of key
+    /// columns). Immediate, valid, non-partial, on plain columns only.
+    pub unique_keys: Vec<(u32, u16)>,
 }
 
 /// The classified catalog of one target.
@@ -161,6 +164,8 @@ pub struct Catalog {
     /// A relation's row type (and its array type) → `schema.table`: whole-row values, also
     /// nested in arrays, in other composites or in columns of a composite type.
     row_types: HashMap<u32, String>,
+    /// `schema.table` → its unique keys, each the names of its key columns.
+    unique_keys: HashMap<String, Vec<Vec<String>>>,
 }
 
 /// How many levels of composites in composites are followed when classifying columns of a
@@ -176,6 +181,20 @@ impl Catalog {
                 c.row_types
                     .entry(t)
                     .or_insert_with(|| format!("{}.{}", r.schema, r.table));
+            }
+        }
+        let mut keys: HashMap<(String, u32), (u16, Vec<String>)> = HashMap::new();
+        for r in &rows {
+            for &(index, n) in &r.unique_keys {
+                keys.entry((format!("{}.{}", r.schema, r.table), index))
+                    .or_insert_with(|| (n, Vec::new()))
+                    .1
+                    .push(r.column.clone());
+            }
+        }
+        for ((table, _), (n, columns)) in keys {
+            if columns.len() == usize::from(n) {
+                c.unique_keys.entry(table).or_default().push(columns);
             }
         }
         let (views, tables): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.is_view);
@@ -332,6 +351,18 @@ impl Catalog {
         self.tables.contains(&table_oid)
     }
 
+    /// Whether `columns` hold every key column of some unique key of `schema.table`: a
+    /// statement whose WHERE fixes them to values matches at most one row.
+    pub fn covers_unique_key(
+        &self,
+        table: &str,
+        columns: &std::collections::BTreeSet<String>,
+    ) -> bool {
+        self.unique_keys
+            .get(table)
+            .is_some_and(|keys| keys.iter().any(|k| k.iter().all(|c| columns.contains(c))))
+    }
+
     /// For a value of a relation's row type (or an array of it), the first sensitive column
     /// it holds, as `schema.table.column`, with how the whole value is masked.
     pub fn row_type_sensitive(&self, type_oid: u32) -> Option<(String, Sensitive)> {
@@ -370,6 +401,7 @@ mod tests {
             is_view: !reads.is_empty(),
             view_reads: reads.iter().map(|s| s.to_string()).collect(),
             row_types: [0, 0],
+            unique_keys: Vec::new(),
         }
     }
 

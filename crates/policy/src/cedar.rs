@@ -58,6 +58,30 @@ pub struct Engine {
     authorizer: Authorizer,
 }
 
+/// `text` with the lines between `// weir:NAME begin` and `// weir:NAME end` kept (markers
+/// and all) or blanked (so line numbers in errors stay those of the file).
+fn optional_block(text: &str, name: &str, keep: bool) -> String {
+    let (begin, end) = (
+        format!("// weir:{name} begin"),
+        format!("// weir:{name} end"),
+    );
+    let mut inside = false;
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line.trim() == begin {
+            inside = true;
+        }
+        if !inside || keep {
+            out.push_str(line);
+        }
+        out.push('\n');
+        if line.trim() == end {
+            inside = false;
+        }
+    }
+    out
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset.min(text.len()))
         .map(|t| t.matches('\n').count() + 1)
@@ -79,6 +103,7 @@ impl Engine {
         defaults: bool,
         admin_group: &str,
         approvers: &[String],
+        limits: crate::Limits,
         files: &[PathBuf],
     ) -> Result<Engine, PolicyError> {
         let (schema, _) = Schema::from_cedarschema_str(SCHEMA)
@@ -96,11 +121,22 @@ impl Engine {
                     .collect::<Vec<_>>()
                     .join(" || ")
             };
+            let text = optional_block(DEFAULTS, "bulk-write", limits.bulk_write_rows > 0);
+            let text = optional_block(&text, "agent-writes", limits.agent_write_rows > 0);
             sources.push((
                 "<built-in defaults>".into(),
-                DEFAULTS
-                    .replace("__ADMIN_GROUP__", &admin)
-                    .replace("__APPROVERS__", &approvers),
+                text.replace("__ADMIN_GROUP__", &admin)
+                    .replace("__APPROVERS__", &approvers)
+                    .replace("__BULK_WRITE_ROWS__", &limits.bulk_write_rows.to_string())
+                    .replace("__AGENT_WRITE_ROWS__", &limits.agent_write_rows.to_string())
+                    .replace(
+                        "__AGENT_WRITES_ALLOWED__",
+                        if limits.agent_write_rows > 0 {
+                            "true"
+                        } else {
+                            "false"
+                        },
+                    ),
             ));
         }
         for f in files {
@@ -341,7 +377,9 @@ impl Engine {
             CedarDecision::Allow => match reasons
                 .iter()
                 .filter_map(|m| m.bound.map(|b| (b, m)))
-                .min_by_key(|(b, _)| *b)
+                // The smallest bound; at equal bounds the rule loaded last (an operator's
+                // file over the built-in one) names it.
+                .min_by_key(|(b, m)| (*b, std::cmp::Reverse(m.order)))
             {
                 Some((rows, m)) => Verdict::AllowBounded {
                     rows,

@@ -180,6 +180,26 @@ impl PolicySession {
     }
 }
 
+/// Row limits of the built-in rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `weir.bulk-write-needs-approval-in-production`: an UPDATE, DELETE or MERGE in
+    /// production that would change more rows waits for approval; 0 turns the rule off.
+    pub bulk_write_rows: u64,
+    /// Agents may write at most this many rows in production without approval; 0 keeps
+    /// agents read-only there.
+    pub agent_write_rows: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            bulk_write_rows: 1000,
+            agent_write_rows: 0,
+        }
+    }
+}
+
 impl Policy {
     /// No rules at all: everything is allowed. For tests of other stages only.
     pub fn allow_all() -> Policy {
@@ -197,11 +217,23 @@ impl Policy {
 
     /// Loads and validates the policy set. Errors name the file and line.
     /// `approvers`: the groups the built-in `weir.approvers` rule lets approve (the admin
-    /// group when empty).
+    /// group when empty). The built-in row limits are [`Limits::default`].
     pub fn load(
         defaults: bool,
         admin_group: &str,
         approvers: &[String],
+        files: &[PathBuf],
+    ) -> Result<Policy, PolicyError> {
+        Policy::load_with_limits(defaults, admin_group, approvers, Limits::default(), files)
+    }
+
+    /// [`Policy::load`] with the built-in rules' row limits (`[policy] bulk_write_rows`,
+    /// `agent_write_rows`).
+    pub fn load_with_limits(
+        defaults: bool,
+        admin_group: &str,
+        approvers: &[String],
+        limits: Limits,
         files: &[PathBuf],
     ) -> Result<Policy, PolicyError> {
         Ok(Policy {
@@ -209,6 +241,7 @@ impl Policy {
                 defaults,
                 admin_group,
                 approvers,
+                limits,
                 files,
             )?),
             trusted_functions: Default::default(),
@@ -281,9 +314,10 @@ impl Policy {
                 // PREPARE and DECLARE are decided as the statement they hold: that is what
                 // EXECUTE and FETCH will run.
                 let raw = scope.source(raw);
+                let holds = raw.inner.is_some();
                 let raw = raw.inner.as_deref().unwrap_or(raw);
                 let f = f.inner.as_deref().unwrap_or(f);
-                match (&self.engine, &session.entities) {
+                let verdict = match (&self.engine, &session.entities) {
                     (Some(engine), Some(entities)) => {
                         let untrusted = f
                             .user_functions
@@ -298,6 +332,11 @@ impl Policy {
                         )
                     }
                     _ => Verdict::Allow,
+                };
+                match verdict {
+                    // PREPARE changes no rows: the bound is counted when EXECUTE runs it.
+                    Verdict::AllowBounded { .. } if holds => Verdict::Allow,
+                    v => v,
                 }
             })
             .collect();

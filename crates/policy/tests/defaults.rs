@@ -67,7 +67,9 @@ fn default_policy_cases() {
             &dev,
             "production",
             "UPDATE orders SET status = 'paid' WHERE id = 7",
-            "allow",
+            // Every write in production runs under the bulk-write bound (the gateway skips
+            // the bracket when the catalog proves a key equality).
+            "bound 1000 weir.bulk-write-needs-approval-in-production",
         ),
         (&dev, "production", "BEGIN", "allow"),
         (&dev, "production", "SET search_path = public", "allow"),
@@ -355,7 +357,8 @@ fn every_statement_of_a_multi_statement_string_is_decided() {
         got,
         vec![
             "allow",
-            "allow",
+            // EXECUTE runs under the bound; PREPARE changes no rows.
+            "bound 1000 weir.bulk-write-needs-approval-in-production",
             "deny weir.where-required-in-production",
             "deny weir.where-required-in-production"
         ]
@@ -575,7 +578,6 @@ fn operational_hazards_need_approval_in_production() {
         "SELECT lo_unlink(16400)",
         "BEGIN",
         "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
-        "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1",
         "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 1, CURRENT_TIMESTAMP)",
     ];
     let mut failures = Vec::new();
@@ -611,4 +613,117 @@ fn operational_hazards_need_approval_in_production() {
         vec!["approve weir.ddl-needs-approval-in-production".to_string()]
     );
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn bulk_writes_are_bounded_in_production_and_agents_within_their_limit() {
+    let analyzer = Analyzer::new();
+    let dev = who("alice", IdentityKind::Human, &["developers"]);
+    let ci = who("ci", IdentityKind::Service, &["ci"]);
+    let agent = who("claude", IdentityKind::Agent, &["agents"]);
+    const BULK: &str = "weir.bulk-write-needs-approval-in-production";
+    let policy = Policy::load(true, "weir-admins", &[], &[]).unwrap();
+    for id in [&dev, &ci] {
+        for sql in [
+            "DELETE FROM orders WHERE id > 0",
+            "UPDATE orders SET status = 'x' WHERE status <> 'x'",
+            "DELETE FROM orders WHERE id IN (SELECT id FROM orders)",
+            "MERGE INTO orders o USING returns r ON o.id = r.order_id WHEN MATCHED THEN DELETE",
+        ] {
+            assert_eq!(
+                outcome(&policy, &analyzer, id, "production", sql),
+                vec![format!("bound 1000 {BULK}")],
+                "{sql}"
+            );
+            assert_eq!(
+                outcome(&policy, &analyzer, id, "development", sql),
+                vec!["allow"],
+                "{sql}"
+            );
+        }
+        // INSERT ... VALUES is not a bulk write.
+        assert_eq!(
+            outcome(
+                &policy,
+                &analyzer,
+                id,
+                "production",
+                "INSERT INTO orders (status) VALUES ('new')"
+            ),
+            vec!["allow"]
+        );
+    }
+    // Agents stay read-only unless agent_write_rows allows a bound.
+    assert_eq!(
+        outcome(
+            &policy,
+            &analyzer,
+            &agent,
+            "production",
+            "UPDATE orders SET status = 'x' WHERE id = 1"
+        ),
+        vec!["approve weir.agents-read-only-in-production"]
+    );
+    let limits = weir_policy::Limits {
+        bulk_write_rows: 500,
+        agent_write_rows: 20,
+    };
+    let policy = Policy::load_with_limits(true, "weir-admins", &[], limits, &[]).unwrap();
+    assert_eq!(
+        outcome(
+            &policy,
+            &analyzer,
+            &dev,
+            "production",
+            "DELETE FROM orders WHERE id > 0"
+        ),
+        vec![format!("bound 500 {BULK}")]
+    );
+    for sql in [
+        "UPDATE orders SET status = 'x' WHERE id > 1",
+        "INSERT INTO orders (status) SELECT status FROM orders",
+    ] {
+        assert_eq!(
+            outcome(&policy, &analyzer, &agent, "production", sql),
+            vec!["bound 20 weir.agent-writes-bounded-in-production"],
+            "{sql}"
+        );
+    }
+    // Still not DDL, DROP, functions or state-changing built-ins.
+    assert_eq!(
+        outcome(
+            &policy,
+            &analyzer,
+            &agent,
+            "production",
+            "SELECT nextval('orders_id_seq')"
+        ),
+        vec!["approve weir.agents-read-only-in-production"]
+    );
+    assert_eq!(
+        outcome(
+            &policy,
+            &analyzer,
+            &agent,
+            "production",
+            "UPDATE orders SET status = f(status) WHERE id = 1"
+        ),
+        vec!["approve weir.unknown-effect-needs-approval-in-production"]
+    );
+    // 0 turns the bulk rule off.
+    let limits = weir_policy::Limits {
+        bulk_write_rows: 0,
+        agent_write_rows: 0,
+    };
+    let policy = Policy::load_with_limits(true, "weir-admins", &[], limits, &[]).unwrap();
+    assert_eq!(
+        outcome(
+            &policy,
+            &analyzer,
+            &dev,
+            "production",
+            "DELETE FROM orders WHERE id > 0"
+        ),
+        vec!["allow"]
+    );
 }

@@ -35,7 +35,12 @@ SELECT c.oid::int8, a.attnum::int4, n.nspname, c.relname, a.attname, a.atttypid:
     JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
     JOIN pg_attribute ra ON ra.attrelid = d.refobjid AND ra.attnum = d.refobjsubid \
     WHERE r.ev_class = c.oid), '') END, \
-  c.reltype::int8, coalesce(t.typarray, 0)::int8 \
+  c.reltype::int8, coalesce(t.typarray, 0)::int8, \
+  (SELECT string_agg(i.indexrelid::text || ':' || i.indnkeyatts::text, ',') FROM pg_index i \
+    WHERE i.indrelid = c.oid AND i.indisunique AND i.indimmediate AND i.indisvalid \
+      AND i.indpred IS NULL AND i.indexprs IS NULL \
+      AND NOT (c.relkind = 'r' AND c.relhassubclass) \
+      AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])) \
 FROM pg_attribute a \
 JOIN pg_class c ON c.oid = a.attrelid \
 JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -212,6 +217,14 @@ async fn load(shared: &Shared, target: &Target) -> Result<Vec<CatalogRow>, Strin
                         .map(str::to_owned)
                         .collect(),
                     row_types: [7, 8].map(|i| text(i).and_then(|t| t.parse().ok()).unwrap_or(0)),
+                    unique_keys: text(9)
+                        .iter()
+                        .flat_map(|k| k.split(','))
+                        .filter_map(|k| {
+                            let (index, n) = k.split_once(':')?;
+                            Some((index.parse().ok()?, n.parse().ok()?))
+                        })
+                        .collect(),
                 });
             }
             Ok(Backend::ErrorResponse(f)) => {

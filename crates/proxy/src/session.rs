@@ -1298,6 +1298,12 @@ impl<'a> FrontendHalf<'a> {
 
         match &verdict {
             Verdict::Allow => self.forward(id, &items, next_scope, out).await,
+            Verdict::AllowBounded { rows, .. }
+                if *rows >= 1 && self.at_most_one_row(&items).await =>
+            {
+                // No bracket where it cannot matter: a key equality changes at most one row.
+                self.forward(id, &items, next_scope, out).await
+            }
             Verdict::AllowBounded { rows, rule } => {
                 // Checked by running it in a bracket: one statement, and a Sync to end the
                 // request (Weir must see its ReadyForQuery to close the bracket).
@@ -1336,6 +1342,42 @@ impl<'a> FrontendHalf<'a> {
                     .await
             }
         }
+    }
+
+    /// Whether every bounded statement of the request is an UPDATE or DELETE whose WHERE
+    /// fixes every column of a unique key of the one table it writes (the target's catalog, loaded fresh
+    /// if due), so it changes at most one row. Without a catalog (masking off): no.
+    async fn at_most_one_row(&self, items: &[Item]) -> bool {
+        let Some(cache) = &self.ctx.mask else {
+            return false;
+        };
+        if let Err(e) = cache.ensure(&self.ctx.shared, &self.ctx.target).await {
+            warn!(cause = %e, "cannot load the catalog; the bounded write is bracketed");
+            return false;
+        }
+        let catalog = cache.snapshot();
+        !items.is_empty()
+            && items.iter().all(|i| {
+                let bounded = i
+                    .decision
+                    .analysis
+                    .statements
+                    .iter()
+                    .zip(&i.decision.verdicts)
+                    .filter(|(_, v)| matches!(v, Verdict::AllowBounded { .. }));
+                bounded.into_iter().all(|(f, _)| {
+                    matches!(
+                        f.kind,
+                        weir_analyze::StatementKind::Update | weir_analyze::StatementKind::Delete
+                    ) && !f.nested_write
+                        && f.user_functions.is_empty()
+                        && !f.unknown_effect
+                        && f.tables_written.len() == 1
+                        && f.tables_written
+                            .iter()
+                            .all(|t| catalog.covers_unique_key(t, &f.key_equalities))
+                })
+            })
     }
 
     /// A request that needs approval: forwarded at once (an earlier approval or policy
@@ -1558,26 +1600,51 @@ impl<'a> FrontendHalf<'a> {
         Ok(())
     }
 
-    /// The text and fingerprint an approval is for: the request's statements as the trail
-    /// keeps them, and their fingerprint (combined when the request holds several).
-    fn approval_subject(&self, items: &[Item]) -> (String, String) {
+    /// What an approval of the request is for: the statements as an approver sees them
+    /// (data constants as `$n`, code, names, paths and settings as written; full text for
+    /// `[audit] full_text_targets`), the repeat key (`weir_analyze::approval`: equal only for
+    /// texts that differ in data constants; a key that never repeats when a parameter decides
+    /// what runs), and how far the approval reaches, in words.
+    fn approval_subject(&self, items: &[Item]) -> (String, String, &'static str) {
+        let scopes: Vec<Option<weir_analyze::approval::ApprovalScope>> = items
+            .iter()
+            .map(|i| weir_analyze::approval::scope(&i.decision.analysis.sql))
+            .collect();
         let sql: Vec<&str> = items
             .iter()
-            .map(|i| {
-                if self.ctx.full_text {
-                    &*i.decision.analysis.sql
-                } else {
-                    &*i.decision.analysis.normalized
-                }
+            .zip(&scopes)
+            .map(|(i, s)| match s {
+                _ if self.ctx.full_text => &*i.decision.analysis.sql,
+                Some(s) => s.shown.as_str(),
+                None => &*i.decision.analysis.normalized,
             })
             .collect();
-        let fingerprint = match items {
-            [one] => one.decision.analysis.fingerprint,
-            many => many.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, i| {
-                (h ^ i.decision.analysis.fingerprint).wrapping_mul(0x0100_0000_01b3)
-            }),
+        let all: Option<Vec<&weir_analyze::approval::ApprovalScope>> =
+            scopes.iter().map(Option::as_ref).collect();
+        let (key, reach) = match all {
+            Some(all) if !all.is_empty() && all.iter().all(|s| s.reusable) => {
+                let key = match all.as_slice() {
+                    [one] => one.key.clone(),
+                    many => many
+                        .iter()
+                        .map(|s| s.key.as_str())
+                        .collect::<Vec<_>>()
+                        .join("+"),
+                };
+                let reach = all
+                    .iter()
+                    .map(|s| s.describe())
+                    .find(|d| d.starts_with("this exact"))
+                    .unwrap_or("this statement with any values");
+                (key, reach)
+            }
+            // Never the same twice: each run asks.
+            _ => (
+                format!("once-{}", crate::approvals::new_id()),
+                "this run only (a parameter decides what it runs)",
+            ),
         };
-        (sql.join("; "), format!("{fingerprint:016x}"))
+        (sql.join("; "), key, reach)
     }
 
     fn approval_event(&self, id: &str, decision: &str) -> Event {
@@ -1618,7 +1685,8 @@ impl<'a> FrontendHalf<'a> {
                 &format!("weir: the statement needs approval ({rule}), and {what}: {e}"),
             ))
         };
-        let (sql, fingerprint) = self.approval_subject(items);
+        let (sql, fingerprint, reach) = self.approval_subject(items);
+        let reason = &format!("{reason}; an approval covers {reach}");
         let now = approvals.clock().now_ms();
         let window = u64::try_from(cfg.auto_repeat_window.as_millis()).unwrap_or(u64::MAX);
 

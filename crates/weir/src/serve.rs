@@ -25,10 +25,14 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 /// The policy of `[policy]`: built-in defaults unless turned off, plus the operator's files.
 pub fn load_policy(config: &Config) -> anyhow::Result<weir_policy::Policy> {
     let files = weir_policy::cedar::expand(&config.dir(), &config.policy.files)?;
-    Ok(weir_policy::Policy::load(
+    Ok(weir_policy::Policy::load_with_limits(
         config.policy.defaults,
         &config.policy.admin_group,
         &config.approvals.approvers,
+        weir_policy::Limits {
+            bulk_write_rows: config.policy.bulk_write_rows,
+            agent_write_rows: config.policy.agent_write_rows,
+        },
         &files,
     )?
     .with_trusted_functions(&config.policy.trusted_functions))
