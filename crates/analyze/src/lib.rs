@@ -224,6 +224,11 @@ pub struct StatementFacts {
     /// that table its WHERE compares for equality with a constant or parameter, in a chain of
     /// ANDs. With a unique key among them the statement changes at most one row.
     pub key_equalities: BTreeSet<String>,
+    /// Columns whose values a built-in keeps in session or server state, where a later
+    /// statement, another session or another identity reads them back unmasked:
+    /// `set_config`'s, `pg_notify`'s, `setval`'s and advisory-lock functions' arguments
+    /// (attributed as in `columns`).
+    pub state_sinks: BTreeSet<Column>,
     /// Operational hazards: what can cause an outage without touching data (see
     /// [`postgres::HAZARDS`]): `exclusive_lock`, `rewrite`, `kills_sessions`,
     /// `server_control`, `two_phase`, `sequence_reset`, `large_objects`.
@@ -262,6 +267,7 @@ impl StatementFacts {
             name: None,
             inner: None,
             key_equalities: BTreeSet::new(),
+            state_sinks: BTreeSet::new(),
             hazards: BTreeSet::new(),
             value_dependent: false,
         }

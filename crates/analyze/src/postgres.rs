@@ -828,6 +828,43 @@ struct Names {
     columns: Vec<Vec<String>>,
     /// Columns assigned by INSERT's column list or UPDATE's SET, with their table.
     assigned: Vec<(String, String)>,
+    /// Columns read in the arguments of a built-in that keeps its arguments in session or
+    /// server state (`StatementFacts::state_sinks`).
+    sinks: Vec<Vec<String>>,
+}
+
+/// Built-ins that keep a value where another statement, session or identity can read it
+/// back: settings, notification payloads, sequences, advisory-lock keys.
+const STATE_SINKS: &[&str] = &[
+    "set_config",
+    "pg_notify",
+    "setval",
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
+    "pg_logical_emit_message",
+];
+
+/// Every column reference in `v` whose value can reach the result, as written: not those
+/// only counted or tested for NULL (`discloses_no_value`).
+fn column_refs(v: &Value, out: &mut Vec<Vec<String>>) {
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Array(a) => stack.extend(a),
+            Value::Object(o) => match tagged(v) {
+                Some(("ColumnRef", c)) => out.extend(column_parts(c)),
+                Some((node, inner)) if discloses_no_value(node, inner) => {}
+                _ => stack.extend(o.values()),
+            },
+            _ => {}
+        }
+    }
 }
 
 impl Names {
@@ -942,6 +979,7 @@ impl Names {
                 f.columns.insert(c);
             }
         }
+        f.state_sinks = self.sinks.into_iter().filter_map(&attribute).collect();
         for (table, name) in self.assigned {
             f.columns.insert(Column {
                 table: Some(table),
@@ -1053,6 +1091,12 @@ fn walk(top: &str, body: &Map<String, Value>, f: &mut StatementFacts) {
                         }
                         "FuncCall" => {
                             if let Some(name) = function_name(inner) {
+                                let base = name.rsplit('.').next().unwrap_or(&name);
+                                if builtin(&name) && STATE_SINKS.contains(&base) {
+                                    if let Some(args) = inner.get("args") {
+                                        column_refs(args, &mut names.sinks);
+                                    }
+                                }
                                 call(&name, inner, f);
                                 f.functions.insert(name);
                             }

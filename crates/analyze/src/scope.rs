@@ -260,6 +260,14 @@ impl Scope {
                     .collect()
             })
         };
+        r.state_sinks = f
+            .state_sinks
+            .iter()
+            .map(|c| Column {
+                table: c.table.as_deref().map(|t| self.qualify(t)),
+                name: c.name.clone(),
+            })
+            .collect();
         r.outputs = qualify_outputs(&f.outputs);
         r.outputs_counted = qualify_outputs(&f.outputs_counted);
         r.inner = f.inner.as_deref().map(|i| Box::new(self.resolve_facts(i)));

@@ -154,6 +154,8 @@ mod raw {
         pub hash_key: Option<String>,
         pub hash_key_file: Option<String>,
         pub default_strategy: Option<String>,
+        #[serde(default)]
+        pub clean_functions: Vec<String>,
     }
 
     #[derive(Debug, Deserialize, Default)]
@@ -473,6 +475,10 @@ pub struct MaskingConfig {
     pub hash_key: Option<String>,
     pub hash_key_file: Option<PathBuf>,
     pub default_strategy: Option<String>,
+    /// Functions whose results the operator promises carry no sensitive value although Weir
+    /// cannot see what they read (`name` or `schema.name`): their computed columns are not
+    /// masked for that reason alone.
+    pub clean_functions: Vec<String>,
 }
 
 impl Config {
@@ -909,6 +915,7 @@ impl Validator<'_> {
             hash_key: m.hash_key,
             hash_key_file: m.hash_key_file.map(|p| self.rel(&p)),
             default_strategy: m.default_strategy,
+            clean_functions: m.clean_functions.iter().map(|f| f.to_lowercase()).collect(),
         };
         Ok(Config {
             path: self.path.to_path_buf(),

@@ -45,6 +45,18 @@ pub struct Rules {
     pub tables: BTreeMap<String, ColumnRule>,
     /// Replaces each class's own default strategy.
     pub default_strategy: Option<Strategy>,
+    /// `[masking] clean_functions`, lower case: functions the operator vouches for.
+    pub clean_functions: std::collections::BTreeSet<String>,
+}
+
+/// One function of the catalog's second query (not in `pg_catalog`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionRow {
+    pub schema: String,
+    pub name: String,
+    pub language: String,
+    /// A SQL-language function's body (`prosrc`).
+    pub body: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +178,9 @@ pub struct Catalog {
     row_types: HashMap<u32, String>,
     /// `schema.table` → its unique keys, each the names of its key columns.
     unique_keys: HashMap<String, Vec<Vec<String>>>,
+    /// Functions outside `pg_catalog`, as `schema.name` and as `name`: whether their results
+    /// can carry a sensitive value Weir cannot trace (`false`: clean).
+    opaque_functions: HashMap<String, bool>,
 }
 
 /// How many levels of composites in composites are followed when classifying columns of a
@@ -349,6 +364,50 @@ impl Catalog {
     /// Whether the catalog knows a relation of this OID.
     pub fn knows_table(&self, table_oid: u32) -> bool {
         self.tables.contains(&table_oid)
+    }
+
+    /// Classifies the target's functions: clean when the operator vouches for them
+    /// (`[masking] clean_functions`) or when they are SQL functions whose body reads no table
+    /// or view with a sensitive column and calls only built-ins; opaque otherwise (other
+    /// languages, SQL from text, bodies that read sensitive data or that do not parse).
+    pub fn add_functions(&mut self, functions: Vec<FunctionRow>, rules: &Rules) {
+        for f in functions {
+            let name = f.name.to_lowercase();
+            let qualified = format!("{}.{name}", f.schema.to_lowercase());
+            let vouched =
+                rules.clean_functions.contains(&qualified) || rules.clean_functions.contains(&name);
+            let opaque = !vouched
+                && match (f.language.as_str(), &f.body) {
+                    ("sql", Some(body)) => self.body_is_opaque(body),
+                    _ => true,
+                };
+            self.opaque_functions.insert(qualified, opaque);
+            let e = self.opaque_functions.entry(name).or_insert(false);
+            *e |= opaque;
+        }
+    }
+
+    fn body_is_opaque(&self, body: &str) -> bool {
+        let Ok(statements) = weir_analyze::postgres::analyze_sql(body) else {
+            return true;
+        };
+        statements.iter().any(|s| {
+            s.unknown_effect
+                || !s.user_functions.is_empty()
+                || s.tables_read.iter().chain(&s.tables_written).any(|t| {
+                    // As written: unqualified names could be any schema's table.
+                    let last = t.rsplit('.').next().unwrap_or(t);
+                    self.sensitive_by_table.iter().any(|(table, cols)| {
+                        !cols.is_empty() && (table == t || table.rsplit('.').next() == Some(last))
+                    })
+                })
+        })
+    }
+
+    /// Whether a called function (lower case, as written) may return values Weir cannot
+    /// trace: true for opaque functions and for functions the catalog does not know.
+    pub fn function_is_opaque(&self, name: &str) -> bool {
+        self.opaque_functions.get(name).copied().unwrap_or(true)
     }
 
     /// Whether `columns` hold every key column of some unique key of `schema.table`: a

@@ -21,6 +21,10 @@ mod copy;
 mod masker;
 pub mod strategy;
 
-pub use catalog::{Catalog, CatalogRow, ColumnRule, Lookup, Rules, Sensitive, SourceColumn};
-pub use masker::{Answering, Env, Masker, NeverUnmask, Rewrite, RowPlan, Unmask};
+pub use catalog::{
+    Catalog, CatalogRow, ColumnRule, FunctionRow, Lookup, Rules, Sensitive, SourceColumn,
+};
+pub use masker::{
+    sensitive_state_sink, Answering, Env, Masker, NeverUnmask, Rewrite, RowPlan, Unmask,
+};
 pub use strategy::{HashKey, Strategy};

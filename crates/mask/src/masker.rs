@@ -738,6 +738,26 @@ fn computed(
             },
         ));
     };
+    // A function whose reads Weir cannot see (another language, SQL from text, a body that
+    // reads sensitive data) may return any value: every computed column of the statement is
+    // masked, whatever its lineage says, unless the operator vouches for the function.
+    // FETCH from a cursor: its query may be one a function opened (a refcursor), which Weir
+    // never saw. Its table columns are traced by the catalog; computed ones are masked.
+    if facts.node == "FetchStmt"
+        || facts.unknown_effect
+        || facts
+            .user_functions
+            .iter()
+            .any(|f| catalog.function_is_opaque(f))
+    {
+        return Some((
+            "a function whose reads Weir cannot see".into(),
+            Sensitive {
+                label: Arc::from("unknown"),
+                strategy: Strategy::Redact,
+            },
+        ));
+    }
     let tables: Vec<&str> = facts
         .tables_read
         .iter()
@@ -838,6 +858,22 @@ fn computed(
         }
     }
     None
+}
+
+/// The first sensitive column among the values a statement keeps in session or server state
+/// (`StatementFacts::state_sinks`: `set_config`, `pg_notify`, `setval`, advisory locks), by
+/// the same lineage rules as a result column; `None` when none is.
+pub fn sensitive_state_sink(f: &StatementFacts, catalog: &Catalog) -> Option<(String, Sensitive)> {
+    if f.state_sinks.is_empty() {
+        return None;
+    }
+    let mut sink = f.clone();
+    sink.node = String::new();
+    sink.unknown_effect = false;
+    sink.user_functions.clear();
+    sink.outputs = Some(vec![f.state_sinks.iter().cloned().collect()]);
+    sink.outputs_counted = None;
+    computed(Some(&sink), 0, true, catalog)
 }
 
 /// Whether a write reads sensitive columns (of tables it does not write): it may copy them

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use weir_config::Target;
-use weir_mask::{Catalog, CatalogRow, ColumnRule, Rules, Strategy};
+use weir_mask::{Catalog, CatalogRow, ColumnRule, FunctionRow, Rules, Strategy};
 use weir_wire::backend::Message as Backend;
 use weir_wire::frontend::Message as Frontend;
 
@@ -46,7 +46,11 @@ JOIN pg_class c ON c.oid = a.attrelid \
 JOIN pg_namespace n ON n.oid = c.relnamespace \
 LEFT JOIN pg_type t ON t.oid = c.reltype \
 WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c') \
-  AND n.nspname NOT LIKE 'pg\\_toast%'";
+  AND n.nspname NOT LIKE 'pg\\_toast%'; \
+SELECT n.nspname, p.proname, l.lanname, CASE WHEN l.lanname = 'sql' THEN p.prosrc END \
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+JOIN pg_language l ON l.oid = p.prolang \
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')";
 
 /// One target's catalog.
 pub struct CatalogCache {
@@ -69,7 +73,11 @@ impl std::fmt::Debug for CatalogCache {
 }
 
 impl CatalogCache {
-    pub fn new(target: &Target, default_strategy: Option<Strategy>) -> CatalogCache {
+    pub fn new(
+        target: &Target,
+        default_strategy: Option<Strategy>,
+        clean_functions: &[String],
+    ) -> CatalogCache {
         let rule = |tag: &Option<String>, mask: &Option<String>| ColumnRule {
             tag: tag.clone(),
             mask: mask.as_deref().map(|m| {
@@ -92,6 +100,7 @@ impl CatalogCache {
                 .map(|(k, t)| (k.clone(), rule(&t.sensitivity, &t.mask)))
                 .collect(),
             default_strategy,
+            clean_functions: clean_functions.iter().cloned().collect(),
         };
         CatalogCache {
             current: RwLock::new(Arc::new(Catalog::default())),
@@ -131,14 +140,20 @@ impl CatalogCache {
         // stale, and the next request loads once more.
         let generation = self.invalidations.load(Ordering::Acquire);
         let rows = load(shared, target).await?;
-        let catalog = Arc::new(Catalog::build(rows, &self.rules));
+        let (rows, functions) = rows;
+        let mut catalog = Catalog::build(rows, &self.rules);
+        catalog.add_functions(functions, &self.rules);
+        let catalog = Arc::new(catalog);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = catalog;
         self.loaded_at.store(generation, Ordering::Release);
         Ok(())
     }
 }
 
-async fn load(shared: &Shared, target: &Target) -> Result<Vec<CatalogRow>, String> {
+async fn load(
+    shared: &Shared,
+    target: &Target,
+) -> Result<(Vec<CatalogRow>, Vec<FunctionRow>), String> {
     // Weir's own statement is on record like any other, before it is sent: every statement
     // that reaches the database has its event.
     shared
@@ -177,12 +192,32 @@ async fn load(shared: &Shared, target: &Target) -> Result<Vec<CatalogRow>, Strin
         .map_err(|e| format!("sending the catalog query: {e}"))?;
     let mut buf = up.leftover;
     let mut rows = Vec::new();
+    let mut functions = Vec::new();
+    // Which result: 1 the columns, 2 the functions.
+    let mut result = 0;
     let mut failure = None;
     loop {
         let (tag, body) = read_frame(&mut up.stream, &mut buf, max)
             .await
             .map_err(|e| format!("reading the catalog: {e}"))?;
         match Backend::decode(tag, body) {
+            Ok(Backend::RowDescription(_)) => result += 1,
+            Ok(Backend::DataRow(values)) if result == 2 => {
+                let text = |i: usize| -> Option<String> {
+                    values
+                        .get(i)
+                        .and_then(|v| v.as_ref())
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                };
+                if let (Some(schema), Some(name), Some(language)) = (text(0), text(1), text(2)) {
+                    functions.push(FunctionRow {
+                        schema,
+                        name,
+                        language,
+                        body: text(3),
+                    });
+                }
+            }
             Ok(Backend::DataRow(values)) => {
                 let text = |i: usize| -> Option<String> {
                     values
@@ -241,6 +276,6 @@ async fn load(shared: &Shared, target: &Target) -> Result<Vec<CatalogRow>, Strin
     }
     match failure {
         Some(m) => Err(format!("the catalog query failed: {m}")),
-        None => Ok(rows),
+        None => Ok((rows, functions)),
     }
 }

@@ -113,7 +113,11 @@ impl Gateway {
         for t in &config.targets {
             catalogs.insert(
                 t.name.clone(),
-                Arc::new(catalog::CatalogCache::new(t, default_strategy)),
+                Arc::new(catalog::CatalogCache::new(
+                    t,
+                    default_strategy,
+                    &config.masking.clean_functions,
+                )),
             );
         }
         let mask_key = mask_key(&config).map_err(GatewayError::Masking)?;

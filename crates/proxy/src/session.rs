@@ -1250,9 +1250,10 @@ impl<'a> FrontendHalf<'a> {
             return Ok(());
         }
         let id = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        let items = std::mem::take(&mut self.items);
+        let mut items = std::mem::take(&mut self.items);
         let next_scope = self.pending_scope.take();
         self.batch_unseen = false;
+        self.guard_state_sinks(&mut items).await;
         let verdict = items
             .iter()
             .map(|i| i.decision.overall())
@@ -1340,6 +1341,72 @@ impl<'a> FrontendHalf<'a> {
             Verdict::RequireApproval { rule, reason } => {
                 self.approval_or_refusal(id, items, next_scope, end, rule, reason, None, out)
                     .await
+            }
+        }
+    }
+
+    /// No side door through session state: a statement that would keep a value derived from
+    /// a sensitive column in a setting, a notification, a sequence or an advisory-lock key
+    /// (where a later statement, another session or another identity reads it back unmasked)
+    /// is denied, unless policy lets this identity see that column in clear. Without a
+    /// catalog to tell (it cannot be loaded), such a statement is denied too.
+    async fn guard_state_sinks(&self, items: &mut [Item]) {
+        const RULE: &str = "weir.sensitive-value-into-session-state";
+        let Some(cache) = &self.ctx.mask else {
+            return;
+        };
+        if !items.iter().any(|i| {
+            i.decision
+                .analysis
+                .statements
+                .iter()
+                .any(|f| !f.state_sinks.is_empty())
+        }) {
+            return;
+        }
+        let loaded = cache.ensure(&self.ctx.shared, &self.ctx.target).await;
+        let catalog = cache.snapshot();
+        for item in items.iter_mut() {
+            let d = &item.decision;
+            let mut verdicts = d.verdicts.clone();
+            let mut changed = false;
+            for (f, v) in d.analysis.statements.iter().zip(verdicts.iter_mut()) {
+                if f.state_sinks.is_empty() || matches!(v, Verdict::Deny { .. }) {
+                    continue;
+                }
+                let found = match &loaded {
+                    Ok(()) => weir_mask::sensitive_state_sink(f, &catalog),
+                    Err(_) => Some((
+                        "a column (the masking catalog cannot be loaded)".into(),
+                        weir_mask::Sensitive {
+                            label: Arc::from("unknown"),
+                            strategy: weir_mask::Strategy::Redact,
+                        },
+                    )),
+                };
+                let Some((column, s)) = found else { continue };
+                if self
+                    .ctx
+                    .shared
+                    .policy
+                    .may_unmask(&self.ctx.policy, &column, &s.label)
+                {
+                    continue;
+                }
+                *v = Verdict::Deny {
+                    rule: RULE.into(),
+                    reason: format!(
+                        "this statement would keep a value of {column} ({}) in session or server state (a setting, a notification, a sequence, an advisory lock), where it can be read back unmasked",
+                        s.label
+                    ),
+                };
+                changed = true;
+            }
+            if changed {
+                item.decision = Arc::new(Decision {
+                    analysis: Arc::clone(&d.analysis),
+                    verdicts,
+                });
             }
         }
     }
@@ -2192,6 +2259,9 @@ impl BackendHalf<'_> {
                         ),
                     ));
                 }
+                if let Some(masked) = self.mask_parameter_status(body) {
+                    replace = Some(masked);
+                }
             }
             let action = self.tracker.on_message(h.tag, body, due);
             if h.tag == b'Z' {
@@ -2289,12 +2359,42 @@ impl BackendHalf<'_> {
             .ctx
             .shared
             .cancels
-            .weir_pid(&self.ctx.upstream_addr, process_id)?;
+            .weir_pid(&self.ctx.upstream_addr, process_id);
+        // A backstop behind the analysis' state-sink rule: a payload holding what content
+        // detection recognizes (another session's NOTIFY, a constant) is withheld.
+        let sensitive =
+            self.ctx.mask.is_some() && weir_mask::classify::by_content(&payload).is_some();
+        if pid.is_none() && !sensitive {
+            return None;
+        }
         let mut out = BytesMut::new();
         Backend::NotificationResponse {
-            process_id: pid,
+            process_id: pid.unwrap_or(process_id),
             channel,
-            payload,
+            payload: if sensitive {
+                Bytes::from_static(b"****")
+            } else {
+                payload
+            },
+        }
+        .encode(&mut out);
+        Some(out.freeze())
+    }
+
+    /// A ParameterStatus whose value content detection recognizes (`SET application_name`
+    /// to an address), with the value withheld; `None` to pass it as it is.
+    fn mask_parameter_status(&self, body: &[u8]) -> Option<Bytes> {
+        self.ctx.mask.as_ref()?;
+        let Ok(Backend::ParameterStatus { name, value }) =
+            Backend::decode(b'S', Bytes::copy_from_slice(body))
+        else {
+            return None;
+        };
+        weir_mask::classify::by_content(&value)?;
+        let mut out = BytesMut::new();
+        Backend::ParameterStatus {
+            name,
+            value: Bytes::from_static(b"****"),
         }
         .encode(&mut out);
         Some(out.freeze())
