@@ -37,6 +37,8 @@
 #                 sqlite:///dev/shm/... puts the audit trail on tmpfs, where fsync costs nothing:
 #                 what Weir's write-ahead audit costs apart from the disk's flush latency.
 #   WORKLOADS     which workloads, in order                    (default "select-only tpcb-like")
+#   WEIR_EXTRA_CONFIG  TOML appended to Weir's config, e.g. $'[policy]\nbulk_write_rows = 0'
+#                 to measure the built-in bulk-write bound against no bound
 #
 # Besides TPS and latency, the table gives Weir's CPU time per transaction (all its threads, from
 # /proc: steadier than TPS on a noisy machine) and the flush latency of the filesystem that holds
@@ -289,6 +291,7 @@ upstream = "127.0.0.1:$PG_PORT"
 database = "postgres"               # where pgbench -i put its tables
 user = "postgres"
 password_env = "WEIR_BENCH_PGPASSWORD"
+${WEIR_EXTRA_CONFIG:-}
 TOML
   WEIR_BENCH_PGPASSWORD=$PG_PASSWORD RUST_LOG=${WEIR_LOG:-warn} \
     "$WEIR_BIN" serve --config "$WORK/weir.toml" >"$WORK/weir.log" 2>&1 &

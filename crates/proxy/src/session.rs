@@ -790,6 +790,8 @@ struct Held {
     next_scope: Option<Scope>,
     end: BatchEnd,
     approval: String,
+    /// The rule and why (a bounded write's count), for the client's NOTICE.
+    subject: String,
     deadline_ms: u64,
     /// The session's cancel count before the request was recorded: a cancel after it (even
     /// one that arrives before the wait begins) withdraws the request.
@@ -1474,6 +1476,7 @@ impl<'a> FrontendHalf<'a> {
                     next_scope,
                     end,
                     approval,
+                    subject: format!("{rule}: {reason}"),
                     deadline_ms,
                     cancels_before,
                 });
@@ -1917,15 +1920,7 @@ impl<'a> FrontendHalf<'a> {
         let shared = Arc::clone(&self.ctx.shared);
         let approvals = &shared.approvals;
         let id = held.approval.clone();
-        let rule = match held
-            .items
-            .iter()
-            .map(|i| i.decision.overall())
-            .max_by_key(|v| v.severity())
-        {
-            Some(Verdict::RequireApproval { rule, reason }) => format!("{rule}: {reason}"),
-            _ => String::new(),
-        };
+        let rule = held.subject.clone();
         self.inbox.tell_client(
             Backend::notice(
                 Fields::new(

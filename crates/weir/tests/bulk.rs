@@ -97,10 +97,14 @@ fn a_where_that_restricts_nothing_waits_with_the_exact_count() {
             .status
             .success());
         let out = client.join().unwrap();
-        assert!(stderr(&out).contains(&id), "{}", stderr(&out));
+        // The waiting client was told the request, the count and the rule.
+        assert!(
+            stderr(&out).contains(&format!("waiting for approval of request {id} (weir.bulk-write-needs-approval-in-production: this DELETE would change 1,500 rows")),
+            "{}",
+            stderr(&out)
+        );
     });
     assert_eq!(sql(&g, "SELECT count(*) FROM orders"), "1500");
-    // The waiting client was told the request, the count and the rule.
     // Approved: runs for real.
     std::thread::scope(|s| {
         let client = s.spawn(|| {
