@@ -51,7 +51,7 @@ impl ApprovalScope {
 }
 
 /// Bounds the walk: a tree deeper than this is not reusable.
-const MAX_DEPTH: usize = 2000;
+const MAX_DEPTH: usize = 500;
 
 struct Walk {
     exact: bool,
@@ -221,9 +221,8 @@ fn shown(sql: &str, locations: &[i64]) -> String {
     let mut at = 0usize;
     let mut n = 0;
     for start in starts {
-        let Some(i) = tokens
-            .iter()
-            .position(|t| usize::try_from(t.start).ok() == Some(start))
+        // Tokens come in text order: a binary search keeps long texts fast.
+        let Ok(i) = tokens.binary_search_by_key(&start, |t| usize::try_from(t.start).unwrap_or(0))
         else {
             continue;
         };
