@@ -36,11 +36,14 @@ pub struct ApprovalScope {
     pub shown: String,
 }
 
+/// The reach of an approval that can never be reused.
+pub const ONE_RUN: &str = "this run only (a parameter decides what it runs)";
+
 impl ApprovalScope {
     /// How the approval's reach reads to an approver.
     pub fn describe(&self) -> &'static str {
         match (self.reusable, self.exact, self.any_values) {
-            (false, _, _) => "this run only (a parameter decides what it runs)",
+            (false, _, _) => ONE_RUN,
             (true, true, true) => {
                 "this exact statement, with any values in WHERE, VALUES, SET and LIMIT"
             }
@@ -48,6 +51,21 @@ impl ApprovalScope {
             (true, false, _) => "this statement with any values",
         }
     }
+}
+
+/// The repeat key and reach of an approval of several texts (a request's statements): one
+/// key over all of them, reusable only if each is; `None` when none was given.
+pub fn combined(scopes: &[&ApprovalScope]) -> Option<(String, &'static str)> {
+    let (first, rest) = scopes.split_first()?;
+    if scopes.iter().any(|s| !s.reusable) {
+        return None;
+    }
+    let key = rest
+        .iter()
+        .fold(first.key.clone(), |k, s| format!("{k}+{}", s.key));
+    // The narrowest reach of the parts: any exact one makes the whole exact.
+    let reach = scopes.iter().find(|s| s.exact).unwrap_or(first).describe();
+    Some((key, reach))
 }
 
 /// Bounds the walk: a tree deeper than this is not reusable.
@@ -117,7 +135,7 @@ fn canon(v: &Value, pos: Pos, w: &mut Walk, depth: usize) -> Option<Value> {
             }
             if let Some((tag, body)) = single(obj) {
                 match tag {
-                    "AConst" | "AConstValue" if pos == Pos::Data => {
+                    "AConst" if pos == Pos::Data => {
                         w.data
                             .push(body.get("location").and_then(Value::as_i64).unwrap_or(-1));
                         return Some(Value::String("$data".into()));
@@ -170,7 +188,8 @@ fn canon_fields(
             ("AExpr", "lexpr" | "rexpr") if pos == Pos::Condition => Pos::Data,
             ("TypeCast", "arg") if pos == Pos::Data => Pos::Data,
             ("List", "items") if pos == Pos::Data => Pos::Data,
-            ("", _) | ("node", _) => pos,
+            // An untagged object's fields (a typed message field) keep their position.
+            ("", _) => pos,
             _ => Pos::Code,
         };
         // A VALUES row is a List of expressions; SET targets are ResTargets: keep Data

@@ -1691,29 +1691,15 @@ impl<'a> FrontendHalf<'a> {
             .collect();
         let all: Option<Vec<&weir_analyze::approval::ApprovalScope>> =
             scopes.iter().map(Option::as_ref).collect();
-        let (key, reach) = match all {
-            Some(all) if !all.is_empty() && all.iter().all(|s| s.reusable) => {
-                let key = match all.as_slice() {
-                    [one] => one.key.clone(),
-                    many => many
-                        .iter()
-                        .map(|s| s.key.as_str())
-                        .collect::<Vec<_>>()
-                        .join("+"),
-                };
-                let reach = all
-                    .iter()
-                    .map(|s| s.describe())
-                    .find(|d| d.starts_with("this exact"))
-                    .unwrap_or("this statement with any values");
-                (key, reach)
-            }
+        let (key, reach) = all
+            .and_then(|all| weir_analyze::approval::combined(&all))
             // Never the same twice: each run asks.
-            _ => (
-                format!("once-{}", crate::approvals::new_id()),
-                "this run only (a parameter decides what it runs)",
-            ),
-        };
+            .unwrap_or_else(|| {
+                (
+                    format!("once-{}", crate::approvals::new_id()),
+                    weir_analyze::approval::ONE_RUN,
+                )
+            });
         (sql.join("; "), key, reach)
     }
 
