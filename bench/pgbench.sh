@@ -5,7 +5,9 @@
 #   pgbouncer  pgbench -> pgbouncer (pool_mode = transaction) -> PostgreSQL
 #   weir       pgbench -> Weir -> PostgreSQL
 #
-# Two workloads, select-only (-S) and TPC-B-like (the default script), each run ROUNDS times per
+# Three workloads, select-only (-S), TPC-B-like (the default script) and range-update (one
+# UPDATE of one account by a range, `aid >= :aid AND aid < :aid + 1`: a write no analysis can
+# prove to touch one row, so Weir's bulk-write bound brackets it), each run ROUNDS times per
 # mode. The order of the modes alternates between rounds (odd rounds direct, pgbouncer, weir; even
 # rounds the reverse) so that warm-up and drift do not always favour the same mode. The table at
 # the end gives, per workload and mode, the mean TPS, the mean average latency and TPS relative to
@@ -36,7 +38,8 @@
 #   WEIR_STORE    Weir's [gateway] store (default sqlite://weir.db, beside the config in the work dir).
 #                 sqlite:///dev/shm/... puts the audit trail on tmpfs, where fsync costs nothing:
 #                 what Weir's write-ahead audit costs apart from the disk's flush latency.
-#   WORKLOADS     which workloads, in order                    (default "select-only tpcb-like")
+#   WORKLOADS     which workloads, in order                    (default "select-only tpcb-like";
+#                 range-update is run only when named)
 #   WEIR_EXTRA_CONFIG  TOML appended to Weir's config, e.g. $'[policy]\nbulk_write_rows = 0'
 #                 to measure the built-in bulk-write bound against no bound
 #
@@ -69,7 +72,7 @@ die() { echo "pgbench.sh: $*" >&2; exit 1; }
 
 case $PROTOCOL in simple | extended | prepared) ;; *) die "PROTOCOL must be simple, extended or prepared (got '$PROTOCOL')" ;; esac
 for w in "${WORKLOADS[@]}"; do
-  case $w in select-only | tpcb-like) ;; *) die "WORKLOADS: unknown workload '$w' (select-only, tpcb-like)" ;; esac
+  case $w in select-only | tpcb-like | range-update) ;; *) die "WORKLOADS: unknown workload '$w' (select-only, tpcb-like, range-update)" ;; esac
 done
 [ ${#WORKLOADS[@]} -gt 0 ] || die "WORKLOADS is empty"
 for v in DURATION ROUNDS CLIENTS THREADS SCALE; do
@@ -363,6 +366,13 @@ run_pgbench() {
   local log="$WORK/pgbench-$workload-$mode-$round.log"
   local args=(-n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -M "$PROTOCOL")
   [ "$workload" = select-only ] && args+=(-S)
+  if [ "$workload" = range-update ]; then
+    printf '%s\n' "\\set aid random(1, $((100000 * SCALE)))" \
+      'UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid >= :aid AND aid < :aid + 1;' \
+      >"$WORK/range-update.sql"
+    chmod a+r "$WORK/range-update.sql"
+    args+=(-f "$WORK/range-update.sql")
+  fi
 
   # What pgbench itself does before a run unless -n: vacuum the small tables and empty the history,
   # so every run starts from the same state. Done directly, so it costs no mode anything.
