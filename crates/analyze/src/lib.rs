@@ -159,6 +159,40 @@ impl std::fmt::Display for Column {
     }
 }
 
+/// Where a value a write copies lands in the written table (`Flow::sink`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Sink {
+    /// A column named by the statement (INSERT's column list, UPDATE's SET, CREATE TABLE
+    /// AS's column names or a select-list alias).
+    Column(String),
+    /// The n-th column (from 0) of the table in column order: INSERT without a column list,
+    /// or a column of the table a CREATE TABLE AS / SELECT INTO makes, named by the server.
+    Position(usize),
+    /// The source's columns in order, into these columns (empty: the table's columns in
+    /// order): a select list that is one `*`, whose `Flow::from` is that star.
+    Spread(Vec<String>),
+    /// Some column of the table; which one the text does not tell (a set operation, a `*`
+    /// among other entries).
+    Every,
+}
+
+/// A value that a write copies into a table (`StatementFacts::flows`), and the columns it
+/// derives from: INSERT … SELECT / VALUES, UPDATE … SET, MERGE, INSERT … ON CONFLICT DO
+/// UPDATE, CREATE TABLE AS, SELECT INTO, also nested in a CTE.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Flow {
+    /// The written table, as written until a [`Scope`] qualifies it; `pg_temp.name` for a
+    /// temporary table.
+    pub table: String,
+    /// The statement creates the table (CREATE TABLE AS, SELECT INTO).
+    pub creates: bool,
+    pub temporary: bool,
+    pub sink: Sink,
+    /// The columns whose values can reach the written value (attributed as in `columns`;
+    /// `*` for a star), not those only counted or tested for NULL. Never empty.
+    pub from: Vec<Column>,
+}
+
 /// Facts about one statement of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatementFacts {
@@ -229,6 +263,9 @@ pub struct StatementFacts {
     /// `set_config`'s, `pg_notify`'s, `setval`'s and advisory-lock functions' arguments
     /// (attributed as in `columns`).
     pub state_sinks: BTreeSet<Column>,
+    /// Values the statement writes into tables that derive from columns it reads (lineage of
+    /// writes): where a sensitive value is copied, the written column becomes sensitive.
+    pub flows: Vec<Flow>,
     /// Operational hazards: what can cause an outage without touching data (see
     /// [`postgres::HAZARDS`]): `exclusive_lock`, `rewrite`, `kills_sessions`,
     /// `server_control`, `two_phase`, `sequence_reset`, `large_objects`.
@@ -268,6 +305,7 @@ impl StatementFacts {
             inner: None,
             key_equalities: BTreeSet::new(),
             state_sinks: BTreeSet::new(),
+            flows: Vec::new(),
             hazards: BTreeSet::new(),
             value_dependent: false,
         }

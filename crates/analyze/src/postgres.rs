@@ -20,7 +20,7 @@ use std::sync::LazyLock;
 use serde_json::{Map, Value};
 
 use crate::{
-    AnalyzeError, Column, CopyEndpoint, CopyFacts, CopyFormat, CopyKind, PathChange,
+    AnalyzeError, Column, CopyEndpoint, CopyFacts, CopyFormat, CopyKind, Flow, PathChange, Sink,
     StatementFacts, StatementKind,
 };
 
@@ -831,6 +831,323 @@ struct Names {
     /// Columns read in the arguments of a built-in that keeps its arguments in session or
     /// server state (`StatementFacts::state_sinks`).
     sinks: Vec<Vec<String>>,
+    /// Values written into tables, with the column references they derive from, as written
+    /// (`StatementFacts::flows`).
+    flows: Vec<RawFlow>,
+}
+
+/// A [`Flow`] before its source columns are attributed to tables.
+struct RawFlow {
+    table: String,
+    /// The value is computed by a query over other tables (INSERT's rows, CREATE TABLE AS),
+    /// never from the written row: an unqualified column is one of the tables read.
+    from_query: bool,
+    creates: bool,
+    temporary: bool,
+    sink: Sink,
+    from: Vec<Vec<String>>,
+}
+
+/// Every value that a write in the statement (the top one or one nested in a CTE) copies
+/// into a table (`StatementFacts::flows`).
+fn flows(top: &str, body: &Map<String, Value>) -> Vec<RawFlow> {
+    let mut out = Vec::new();
+    write_flows(top, body, &mut out);
+    let mut stack: Vec<&Value> = body.values().collect();
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(obj) => match tagged(v) {
+                Some((node, inner)) => {
+                    write_flows(node, inner, &mut out);
+                    stack.extend(inner.values());
+                }
+                None => stack.extend(obj.values()),
+            },
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A relation field (`relation`, `into.rel`), tagged or not, as written; `pg_temp.name` for
+/// a temporary one. With whether it is temporary.
+fn written_relation(v: Option<&Value>) -> Option<(String, bool)> {
+    let v = v?;
+    let obj = tagged(v)
+        .filter(|(k, _)| *k == "RangeVar")
+        .map(|(_, inner)| inner)
+        .or_else(|| v.as_object())?;
+    let name = table_name(obj);
+    if name.is_empty() {
+        return None;
+    }
+    let declared_temp = obj.get("relpersistence").and_then(Value::as_str) == Some("t");
+    match name.split_once('.') {
+        Some(("pg_temp", _)) => Some((name, true)),
+        None if declared_temp => Some((format!("pg_temp.{name}"), true)),
+        _ => Some((name, false)),
+    }
+}
+
+/// The names of a list of ResTargets (INSERT's column list, MERGE INSERT's).
+fn target_names(list: Option<&Value>) -> Vec<String> {
+    list.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            let (kind, t) = tagged(t)?;
+            (kind == "ResTarget")
+                .then(|| t.get("name").and_then(Value::as_str).map(str::to_owned))?
+        })
+        .collect()
+}
+
+/// The flows of one statement node, when it is a write.
+fn write_flows(node: &str, body: &Map<String, Value>, out: &mut Vec<RawFlow>) {
+    let into = body.get("into_clause").filter(|i| !i.is_null());
+    match node {
+        "InsertStmt" => {
+            let Some((table, temporary)) = written_relation(body.get("relation")) else {
+                return;
+            };
+            let cols = target_names(body.get("cols"));
+            if let Some((_, select)) = body
+                .get("select_stmt")
+                .and_then(tagged)
+                .filter(|(k, _)| *k == "SelectStmt")
+            {
+                select_flows(&table, false, temporary, &cols, select, out);
+            }
+            if let Some(conflict) = body
+                .get("on_conflict_clause")
+                .and_then(|c| tagged(c).map(|(_, inner)| inner).or_else(|| c.as_object()))
+            {
+                set_flows(&table, temporary, conflict.get("target_list"), out);
+            }
+        }
+        "UpdateStmt" => {
+            if let Some((table, temporary)) = written_relation(body.get("relation")) {
+                set_flows(&table, temporary, body.get("target_list"), out);
+            }
+        }
+        "MergeStmt" => {
+            let Some((table, temporary)) = written_relation(body.get("relation")) else {
+                return;
+            };
+            for clause in body
+                .get("merge_when_clauses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let Some(("MergeWhenClause", c)) = tagged(clause) else {
+                    continue;
+                };
+                match c.get("values").and_then(Value::as_array) {
+                    // WHEN NOT MATCHED THEN INSERT [(cols)] VALUES (…)
+                    Some(values) if !values.is_empty() => {
+                        let cols = target_names(c.get("target_list"));
+                        for (i, v) in values.iter().enumerate() {
+                            push_flow(out, &table, false, temporary, sink_at(&cols, i), v);
+                        }
+                    }
+                    // WHEN MATCHED THEN UPDATE SET …
+                    _ => set_flows(&table, temporary, c.get("target_list"), out),
+                }
+            }
+        }
+        "CreateTableAsStmt" => {
+            let Some(into) = body
+                .get("into")
+                .and_then(|i| tagged(i).map(|(_, inner)| inner).or_else(|| i.as_object()))
+            else {
+                return;
+            };
+            let Some((table, temporary)) = written_relation(into.get("rel")) else {
+                return;
+            };
+            let cols = into.get("col_names").and_then(strings).unwrap_or_default();
+            if let Some((_, select)) = body
+                .get("query")
+                .and_then(tagged)
+                .filter(|(k, _)| *k == "SelectStmt")
+            {
+                select_flows(&table, true, temporary, &cols, select, out);
+            }
+        }
+        "SelectStmt" if into.is_some() => {
+            let Some(into) =
+                into.and_then(|i| tagged(i).map(|(_, inner)| inner).or_else(|| i.as_object()))
+            else {
+                return;
+            };
+            let Some((table, temporary)) = written_relation(into.get("rel")) else {
+                return;
+            };
+            let cols = into.get("col_names").and_then(strings).unwrap_or_default();
+            select_flows(&table, true, temporary, &cols, body, out);
+        }
+        _ => {}
+    }
+}
+
+/// Column `i` of a write with column list `cols` (empty: none given).
+fn sink_at(cols: &[String], i: usize) -> Sink {
+    match cols.get(i) {
+        Some(c) => Sink::Column(c.clone()),
+        None if cols.is_empty() => Sink::Position(i),
+        // More values than columns: the server refuses it.
+        None => Sink::Every,
+    }
+}
+
+/// A flow of `value` into `sink`, when it reads any column.
+fn push_flow(
+    out: &mut Vec<RawFlow>,
+    table: &str,
+    creates: bool,
+    temporary: bool,
+    sink: Sink,
+    value: &Value,
+) {
+    let mut from = Vec::new();
+    column_refs(value, &mut from);
+    if !from.is_empty() {
+        out.push(RawFlow {
+            table: table.to_owned(),
+            from_query: false,
+            creates,
+            temporary,
+            sink,
+            from,
+        });
+    }
+}
+
+/// UPDATE's SET, ON CONFLICT DO UPDATE's SET, MERGE's UPDATE SET: each `column = value`.
+fn set_flows(table: &str, temporary: bool, list: Option<&Value>, out: &mut Vec<RawFlow>) {
+    for t in list.and_then(Value::as_array).into_iter().flatten() {
+        let Some(("ResTarget", t)) = tagged(t) else {
+            continue;
+        };
+        let (Some(name), Some(val)) = (t.get("name").and_then(Value::as_str), t.get("val")) else {
+            continue;
+        };
+        push_flow(
+            out,
+            table,
+            false,
+            temporary,
+            Sink::Column(name.to_owned()),
+            val,
+        );
+    }
+}
+
+/// The values a query puts into the columns of `table`: VALUES rows item by item, a plain
+/// select list entry by entry (names from `cols`, else a select-list alias, else a plain
+/// column's name, else a position), a single `*` spread over the columns, anything else
+/// (a set operation, a `*` among other entries) into every column.
+fn select_flows(
+    table: &str,
+    creates: bool,
+    temporary: bool,
+    cols: &[String],
+    select: &Map<String, Value>,
+    out: &mut Vec<RawFlow>,
+) {
+    let start = out.len();
+    select_values(table, creates, temporary, cols, select, out);
+    for flow in out.iter_mut().skip(start) {
+        flow.from_query = true;
+    }
+}
+
+fn select_values(
+    table: &str,
+    creates: bool,
+    temporary: bool,
+    cols: &[String],
+    select: &Map<String, Value>,
+    out: &mut Vec<RawFlow>,
+) {
+    if let Some(rows) = select
+        .get("values_lists")
+        .and_then(Value::as_array)
+        .filter(|r| !r.is_empty())
+    {
+        for row in rows {
+            let items = tagged(row)
+                .and_then(|(_, l)| l.get("items"))
+                .and_then(Value::as_array);
+            for (i, item) in items.into_iter().flatten().enumerate() {
+                push_flow(out, table, creates, temporary, sink_at(cols, i), item);
+            }
+        }
+        return;
+    }
+    let set_operation = select.get("larg").is_some_and(|l| !l.is_null());
+    let targets: Vec<(Option<&str>, &Value)> = select
+        .get("target_list")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            let (kind, t) = tagged(t)?;
+            (kind == "ResTarget").then_some(())?;
+            let alias = t
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty());
+            Some((alias, t.get("val")?))
+        })
+        .collect();
+    let star = |v: &Value| {
+        matches!(tagged(v), Some(("ColumnRef", c))
+            if column_parts(c).is_some_and(|p| p.last().is_some_and(|l| l == "*")))
+    };
+    if set_operation || targets.iter().any(|(_, v)| star(v)) {
+        let sink = match targets.as_slice() {
+            [(_, v)] if !set_operation && star(v) => Sink::Spread(cols.to_vec()),
+            _ => Sink::Every,
+        };
+        let mut from = Vec::new();
+        if set_operation {
+            column_refs(&Value::Object(select.clone()), &mut from);
+        } else {
+            for (_, v) in &targets {
+                column_refs(v, &mut from);
+            }
+        }
+        if !from.is_empty() {
+            out.push(RawFlow {
+                table: table.to_owned(),
+                from_query: false,
+                creates,
+                temporary,
+                sink,
+                from,
+            });
+        }
+        return;
+    }
+    for (i, (alias, v)) in targets.iter().enumerate() {
+        let sink = match cols.get(i) {
+            Some(c) => Sink::Column(c.clone()),
+            None if creates => match (alias, tagged(v)) {
+                // The server names a new table's column by its alias, or by the column it is.
+                (Some(a), _) => Sink::Column((*a).to_owned()),
+                (None, Some(("ColumnRef", c))) => match column_parts(c).and_then(|mut p| p.pop()) {
+                    Some(name) => Sink::Column(name),
+                    None => Sink::Position(i),
+                },
+                _ => Sink::Position(i),
+            },
+            None => sink_at(cols, i),
+        };
+        push_flow(out, table, creates, temporary, sink, v);
+    }
 }
 
 /// Built-ins that keep a value where another statement, session or identity can read it
@@ -980,6 +1297,42 @@ impl Names {
             }
         }
         f.state_sinks = self.sinks.into_iter().filter_map(&attribute).collect();
+        // A query's unqualified column is one of the tables it reads, not the one written.
+        let read: Vec<&String> = f
+            .tables_read
+            .iter()
+            .filter(|t| !f.tables_written.contains(*t))
+            .collect();
+        let only_read = match read.as_slice() {
+            [one] => Some((*one).clone()),
+            _ => None,
+        };
+        f.flows = self
+            .flows
+            .into_iter()
+            .filter_map(|raw| {
+                let from_query = raw.from_query;
+                let from: Vec<Column> = raw
+                    .from
+                    .into_iter()
+                    .filter_map(|parts| {
+                        let unqualified = parts.len() == 1;
+                        let mut c = attribute(parts)?;
+                        if from_query && unqualified && c.table.is_none() {
+                            c.table.clone_from(&only_read);
+                        }
+                        Some(c)
+                    })
+                    .collect();
+                (!from.is_empty()).then_some(Flow {
+                    table: raw.table,
+                    creates: raw.creates,
+                    temporary: raw.temporary,
+                    sink: raw.sink,
+                    from,
+                })
+            })
+            .collect();
         for (table, name) in self.assigned {
             f.columns.insert(Column {
                 table: Some(table),
@@ -1072,6 +1425,10 @@ fn walk(top: &str, body: &Map<String, Value>, f: &mut StatementFacts) {
         stack.push((v, top, written));
     }
     names.assignments(top, body);
+    // PREPARE and DECLARE hold a statement that runs later (its own facts are `inner`).
+    if !matches!(top, "PrepareStmt" | "DeclareCursorStmt") {
+        names.flows = flows(top, body);
+    }
     if top == "DropStmt" {
         collect_drop_objects(body, f);
     }

@@ -270,6 +270,28 @@ impl Scope {
             .collect();
         r.outputs = qualify_outputs(&f.outputs);
         r.outputs_counted = qualify_outputs(&f.outputs_counted);
+        r.flows = f
+            .flows
+            .iter()
+            .map(|flow| crate::Flow {
+                table: if flow.temporary {
+                    flow.table.clone()
+                } else {
+                    self.qualify(&flow.table)
+                },
+                creates: flow.creates,
+                temporary: flow.temporary,
+                sink: flow.sink.clone(),
+                from: flow
+                    .from
+                    .iter()
+                    .map(|c| Column {
+                        table: c.table.as_deref().map(|t| self.qualify(t)),
+                        name: c.name.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
         r.inner = f.inner.as_deref().map(|i| Box::new(self.resolve_facts(i)));
         r
     }

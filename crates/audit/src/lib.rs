@@ -137,6 +137,16 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         session: Option<u64>,
     },
+    /// A write copies values of sensitive columns: the columns it writes them into are
+    /// marked sensitive from now on. Recorded with the statement, before it is forwarded.
+    /// Each tag reads `column <- source (label, strategy)`.
+    SensitivityDerived {
+        session: u64,
+        request: u64,
+        identity: Arc<str>,
+        target: Arc<str>,
+        tags: Vec<String>,
+    },
     /// Token and policy administration.
     Admin {
         actor: String,

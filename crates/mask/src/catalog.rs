@@ -47,6 +47,11 @@ pub struct Rules {
     pub default_strategy: Option<Strategy>,
     /// `[masking] clean_functions`, lower case: functions the operator vouches for.
     pub clean_functions: std::collections::BTreeSet<String>,
+    /// Tags Weir derived from writes that copied sensitive values (see [`crate::derived`]),
+    /// not yet cleared by an operator: `schema.table.column`, `schema.table.#n` (column
+    /// number n) or `schema.table.*` (every column) → how it is masked. They win over the
+    /// operator's tags and the name rules: the column now holds a copy of sensitive data.
+    pub derived: BTreeMap<String, Sensitive>,
 }
 
 /// One function of the catalog's second query (not in `pg_catalog`).
@@ -80,6 +85,26 @@ impl Rules {
 
     fn fallback(&self) -> Strategy {
         self.default_strategy.unwrap_or(Strategy::Redact)
+    }
+
+    /// A derived tag for column `column` (number `attnum`) of `schema.table`. A session's
+    /// temporary schema (`pg_temp_N`) is `pg_temp`.
+    pub fn derived_for(&self, table: &str, column: &str, attnum: i16) -> Option<Sensitive> {
+        if self.derived.is_empty() {
+            return None;
+        }
+        let table = match table.split_once('.') {
+            Some((schema, rel)) if schema.starts_with("pg_temp_") => format!("pg_temp.{rel}"),
+            _ => table.to_owned(),
+        };
+        [
+            format!("{table}.{column}"),
+            format!("{table}.#{attnum}"),
+            format!("{table}.*"),
+        ]
+        .iter()
+        .find_map(|k| self.derived.get(k))
+        .cloned()
     }
 
     /// Classifies one table column: column tag, then table tag, then the column's name.
@@ -178,6 +203,9 @@ pub struct Catalog {
     row_types: HashMap<u32, String>,
     /// `schema.table` → its unique keys, each the names of its key columns.
     unique_keys: HashMap<String, Vec<Vec<String>>>,
+    /// A view → the `schema.table.column`s its rule reads: a write into an updatable view
+    /// lands in them.
+    view_reads: HashMap<String, Vec<String>>,
     /// Functions outside `pg_catalog`, as `schema.name` and as `name`: whether their results
     /// can carry a sensitive value Weir cannot trace (`false`: clean).
     opaque_functions: HashMap<String, bool>,
@@ -219,7 +247,10 @@ impl Catalog {
             .iter()
             .map(|r| {
                 let table = format!("{}.{}", r.schema, r.table);
-                ((r.table_oid, r.attnum), rules.classify(&table, &r.column))
+                let sensitive = rules
+                    .derived_for(&table, &r.column, r.attnum)
+                    .or_else(|| rules.classify(&table, &r.column));
+                ((r.table_oid, r.attnum), sensitive)
             })
             .collect();
         for _ in 0..NESTING {
@@ -257,20 +288,29 @@ impl Catalog {
         }
         for r in views {
             let table = format!("{}.{}", r.schema, r.table);
-            let sensitive = rules.classify(&table, &r.column).or_else(|| {
-                let read: Vec<Option<&SourceColumn>> =
-                    r.view_reads.iter().map(|q| c.by_qualified(q)).collect();
-                let same_name = read.iter().flatten().find(|s| {
-                    s.qualified
-                        .rsplit('.')
-                        .next()
-                        .is_some_and(|n| n == r.column)
-                });
-                match same_name {
-                    Some(s) => s.sensitive.clone(),
-                    None => read.iter().flatten().find_map(|s| s.sensitive.clone()),
+            let reads = c.view_reads.entry(table.clone()).or_default();
+            for q in &r.view_reads {
+                if !reads.contains(q) {
+                    reads.push(q.clone());
                 }
-            });
+            }
+            let sensitive = rules
+                .derived_for(&table, &r.column, r.attnum)
+                .or_else(|| rules.classify(&table, &r.column))
+                .or_else(|| {
+                    let read: Vec<Option<&SourceColumn>> =
+                        r.view_reads.iter().map(|q| c.by_qualified(q)).collect();
+                    let same_name = read.iter().flatten().find(|s| {
+                        s.qualified
+                            .rsplit('.')
+                            .next()
+                            .is_some_and(|n| n == r.column)
+                    });
+                    match same_name {
+                        Some(s) => s.sensitive.clone(),
+                        None => read.iter().flatten().find_map(|s| s.sensitive.clone()),
+                    }
+                });
             // A whole row of a sensitive table (`CREATE VIEW v AS SELECT c FROM customers c`):
             // the view's rule names no column of it.
             let sensitive = sensitive.or_else(|| c.row_type_sensitive(r.type_oid).map(|(_, s)| s));
@@ -359,6 +399,31 @@ impl Catalog {
     /// Whether `schema.table` has a column of this name (false for unknown tables).
     pub fn has_column(&self, table: &str, column: &str) -> bool {
         self.names.get(table).is_some_and(|n| n.contains(column))
+    }
+
+    /// For a view, the `schema.table.column`s its rule reads; `None` for anything else.
+    pub fn view_reads(&self, view: &str) -> Option<&[String]> {
+        self.view_reads.get(view).map(Vec::as_slice)
+    }
+
+    /// Whether some session has a temporary table of this name (in a `pg_temp_N` schema).
+    pub fn has_temp_table(&self, name: &str) -> bool {
+        self.temp_table_columns(name).is_some()
+    }
+
+    /// The columns, in order, of a temporary table of this name (the first found, if
+    /// several sessions have one).
+    pub fn temp_table_columns(&self, name: &str) -> Option<Vec<&SourceColumn>> {
+        let table = self
+            .ordered
+            .keys()
+            .filter(|t| {
+                t.split_once('.')
+                    .is_some_and(|(s, rel)| s.starts_with("pg_temp_") && rel == name)
+            })
+            .min()?
+            .clone();
+        self.columns_in_order(&table)
     }
 
     /// Whether the catalog knows a relation of this OID.

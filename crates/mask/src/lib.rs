@@ -18,12 +18,14 @@
 pub mod catalog;
 pub mod classify;
 mod copy;
+pub mod derived;
 mod masker;
 pub mod strategy;
 
 pub use catalog::{
     Catalog, CatalogRow, ColumnRule, FunctionRow, Lookup, Rules, Sensitive, SourceColumn,
 };
+pub use derived::{derived_tags, DerivedTag};
 pub use masker::{
     sensitive_state_sink, Answering, Env, Masker, NeverUnmask, Rewrite, RowPlan, Unmask,
 };

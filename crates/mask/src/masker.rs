@@ -722,7 +722,7 @@ fn content_strategy(c: classify::Class) -> Strategy {
 
 /// Whether result column `i` of a statement, a computed one, derives from a sensitive
 /// column; the column and why.
-fn computed(
+pub(crate) fn computed(
     facts: Option<&StatementFacts>,
     i: usize,
     textual: bool,

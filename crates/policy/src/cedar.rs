@@ -325,8 +325,9 @@ impl Engine {
         untrusted_calls: bool,
         sensitivity: &[String],
         granted: bool,
+        copied: Option<&crate::Copied>,
     ) -> Verdict {
-        match self.try_decide(s, facts, untrusted_calls, sensitivity, granted) {
+        match self.try_decide(s, facts, untrusted_calls, sensitivity, granted, copied) {
             Ok(v) => v,
             Err(e) => Verdict::Deny {
                 rule: "weir.policy-error".into(),
@@ -342,14 +343,24 @@ impl Engine {
         untrusted_calls: bool,
         sensitivity: &[String],
         granted: bool,
+        copied: Option<&crate::Copied>,
     ) -> Result<Verdict, String> {
         let action = uid("Action", facts.kind.as_str()).map_err(|e| e.to_string())?;
         let mut pairs = context_pairs(facts, untrusted_calls, sensitivity);
-        if granted {
-            for (k, v) in pairs.iter_mut() {
-                if k == "granted" {
-                    *v = RestrictedExpression::new_bool(true);
+        for (k, v) in pairs.iter_mut() {
+            match k.as_str() {
+                "granted" if granted => *v = RestrictedExpression::new_bool(true),
+                "copies_sensitive" => {
+                    if let Some(c) = copied {
+                        *v = strings(c.labels.iter().cloned());
+                    }
                 }
+                "may_unmask_copies" => {
+                    if let Some(c) = copied {
+                        *v = RestrictedExpression::new_bool(c.may_unmask);
+                    }
+                }
+                _ => {}
             }
         }
         let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
@@ -594,6 +605,8 @@ fn context_pairs(
             "hazards".to_owned(),
             strings(f.hazards.iter().map(|h| (*h).to_owned())),
         ),
+        ("copies_sensitive".to_owned(), strings(std::iter::empty())),
+        b("may_unmask_copies", false),
         (
             "sensitivity".to_owned(),
             strings(sensitivity.iter().cloned()),

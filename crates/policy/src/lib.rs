@@ -180,6 +180,17 @@ impl PolicySession {
     }
 }
 
+/// What a write copies, as the session found by lineage against the target's catalog
+/// (`context.copies_sensitive`, `context.may_unmask_copies`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Copied {
+    /// The labels (classes such as `ssn`, or the operator's tags) of the sensitive columns
+    /// the write copies into other columns.
+    pub labels: std::collections::BTreeSet<String>,
+    /// The identity may see every one of those columns in clear.
+    pub may_unmask: bool,
+}
+
 /// Row limits of the built-in rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -296,6 +307,56 @@ impl Policy {
         }
     }
 
+    /// Decides one statement again, now that the session knows what its writes copy
+    /// (`context.copies_sensitive`): `raw` as analyzed (or as resolved, when that is all the
+    /// caller has), `f` as resolved in the session's scope.
+    pub fn decide_copying(
+        &self,
+        session: &PolicySession,
+        scope: &Scope,
+        f: &StatementFacts,
+        copied: &Copied,
+    ) -> Verdict {
+        self.decide_one(session, scope, f, f, Some(copied))
+    }
+
+    fn decide_one(
+        &self,
+        session: &PolicySession,
+        scope: &Scope,
+        raw: &StatementFacts,
+        f: &StatementFacts,
+        copied: Option<&Copied>,
+    ) -> Verdict {
+        // PREPARE and DECLARE are decided as the statement they hold: that is what
+        // EXECUTE and FETCH will run.
+        let holds = raw.inner.is_some();
+        let raw = raw.inner.as_deref().unwrap_or(raw);
+        let f = f.inner.as_deref().unwrap_or(f);
+        let verdict = match (&self.engine, &session.entities) {
+            (Some(engine), Some(entities)) => {
+                let untrusted = f
+                    .user_functions
+                    .iter()
+                    .any(|n| !self.trusted_functions.contains(n));
+                engine.decide(
+                    entities,
+                    f,
+                    untrusted,
+                    &session.target.tags(raw, scope),
+                    session.granted(),
+                    copied,
+                )
+            }
+            _ => Verdict::Allow,
+        };
+        match verdict {
+            // PREPARE changes no rows: the bound is counted when EXECUTE runs it.
+            Verdict::AllowBounded { .. } if holds => Verdict::Allow,
+            v => v,
+        }
+    }
+
     /// Decides every statement of an analyzed text, in the session's scope. The decision
     /// carries the facts as resolved in that scope (qualified names, `EXECUTE` replaced by
     /// what it runs), which is what later stages see.
@@ -310,35 +371,7 @@ impl Policy {
             .statements
             .iter()
             .zip(&resolved)
-            .map(|(raw, f)| {
-                // PREPARE and DECLARE are decided as the statement they hold: that is what
-                // EXECUTE and FETCH will run.
-                let raw = scope.source(raw);
-                let holds = raw.inner.is_some();
-                let raw = raw.inner.as_deref().unwrap_or(raw);
-                let f = f.inner.as_deref().unwrap_or(f);
-                let verdict = match (&self.engine, &session.entities) {
-                    (Some(engine), Some(entities)) => {
-                        let untrusted = f
-                            .user_functions
-                            .iter()
-                            .any(|n| !self.trusted_functions.contains(n));
-                        engine.decide(
-                            entities,
-                            f,
-                            untrusted,
-                            &session.target.tags(raw, scope),
-                            session.granted(),
-                        )
-                    }
-                    _ => Verdict::Allow,
-                };
-                match verdict {
-                    // PREPARE changes no rows: the bound is counted when EXECUTE runs it.
-                    Verdict::AllowBounded { .. } if holds => Verdict::Allow,
-                    v => v,
-                }
-            })
+            .map(|(raw, f)| self.decide_one(session, scope, scope.source(raw), f, None))
             .collect();
         Decision {
             analysis: Arc::new(analysis.with_statements(resolved.into())),

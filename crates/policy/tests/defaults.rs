@@ -727,3 +727,52 @@ fn bulk_writes_are_bounded_in_production_and_agents_within_their_limit() {
         vec!["allow"]
     );
 }
+
+#[test]
+fn a_sensitive_copy_needs_approval_in_production_unless_its_columns_may_be_seen() {
+    let policy = Policy::load(true, "weir-admins", &[], &[]).unwrap();
+    let analyzer = Analyzer::new();
+    let dev = who("alice", IdentityKind::Human, &["developers"]);
+    let analysis = analyzer
+        .analyze(b"INSERT INTO products (name) SELECT ssn FROM customers")
+        .unwrap();
+    let scope = weir_analyze::Scope::default();
+    let verdict = |env: &str, labels: &[&str], may_unmask: bool| {
+        let target = TargetInfo {
+            name: "shop".into(),
+            environment: env.into(),
+            sensitivity: Default::default(),
+        };
+        let session = policy.session(&dev, &target).unwrap();
+        let f = scope.resolve_facts(&analysis.statements[0]);
+        let copied = weir_policy::Copied {
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            may_unmask,
+        };
+        match policy.decide_copying(&session, &scope, &f, &copied) {
+            Verdict::Allow => "allow".to_string(),
+            Verdict::Deny { rule, .. } => format!("deny {rule}"),
+            Verdict::RequireApproval { rule, .. } => format!("approve {rule}"),
+            Verdict::AllowBounded { rows, rule } => format!("bound {rows} {rule}"),
+        }
+    };
+    const RULE: &str = "approve weir.sensitive-copy-needs-approval-in-production";
+    assert_eq!(verdict("production", &["ssn"], false), RULE);
+    assert_eq!(verdict("production", &["ssn", "email"], false), RULE);
+    // Someone who may see the columns in clear copies them without asking.
+    assert_eq!(verdict("production", &["ssn"], true), "allow");
+    // Nothing sensitive copied, or not production: as without the rule.
+    assert_eq!(verdict("production", &[], false), "allow");
+    assert_eq!(verdict("development", &["ssn"], false), "allow");
+    // Without the session's lineage check, the rule never fires.
+    assert_eq!(
+        outcome(
+            &policy,
+            &analyzer,
+            &dev,
+            "production",
+            "INSERT INTO products (name) SELECT ssn FROM customers"
+        ),
+        ["allow"]
+    );
+}

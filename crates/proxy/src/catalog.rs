@@ -62,7 +62,19 @@ pub struct CatalogCache {
     loaded_at: AtomicU64,
     load: tokio::sync::Mutex<()>,
     rules: Rules,
+    /// The store's derived-tags version last seen, and when it was last read: tags added or
+    /// cleared elsewhere (another gateway, `weir tags clear`) make the catalog stale.
+    derived_seen: std::sync::Mutex<DerivedSeen>,
 }
+
+#[derive(Default)]
+struct DerivedSeen {
+    version: Option<(i64, i64)>,
+    checked_at: Option<std::time::Instant>,
+}
+
+/// How often the store's derived-tags version is read (at most), per target.
+const DERIVED_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl std::fmt::Debug for CatalogCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -101,6 +113,7 @@ impl CatalogCache {
                 .collect(),
             default_strategy,
             clean_functions: clean_functions.iter().cloned().collect(),
+            derived: Default::default(),
         };
         CatalogCache {
             current: RwLock::new(Arc::new(Catalog::default())),
@@ -108,6 +121,7 @@ impl CatalogCache {
             loaded_at: AtomicU64::new(u64::MAX),
             load: tokio::sync::Mutex::new(()),
             rules,
+            derived_seen: std::sync::Mutex::new(DerivedSeen::default()),
         }
     }
 
@@ -129,6 +143,7 @@ impl CatalogCache {
     /// load. On failure the previous catalog stays (relations it does not know are masked)
     /// and the next request tries again.
     pub async fn ensure(&self, shared: &Shared, target: &Target) -> Result<(), String> {
+        self.check_derived(shared).await;
         if self.is_fresh() {
             return Ok(());
         }
@@ -141,13 +156,73 @@ impl CatalogCache {
         let generation = self.invalidations.load(Ordering::Acquire);
         let rows = load(shared, target).await?;
         let (rows, functions) = rows;
-        let mut catalog = Catalog::build(rows, &self.rules);
-        catalog.add_functions(functions, &self.rules);
+        let mut rules = self.rules.clone();
+        rules.derived = load_derived(shared, &target.name).await?;
+        let mut catalog = Catalog::build(rows, &rules);
+        catalog.add_functions(functions, &rules);
         let catalog = Arc::new(catalog);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = catalog;
         self.loaded_at.store(generation, Ordering::Release);
         Ok(())
     }
+}
+
+impl CatalogCache {
+    /// Reads the store's derived-tags version (at most every [`DERIVED_CHECK`]); a change
+    /// makes the catalog stale. A store that cannot be read leaves the catalog as it is.
+    async fn check_derived(&self, shared: &Shared) {
+        let now = std::time::Instant::now();
+        {
+            let mut seen = self.derived_seen.lock().unwrap_or_else(|p| p.into_inner());
+            if seen
+                .checked_at
+                .is_some_and(|at| now.duration_since(at) < DERIVED_CHECK)
+            {
+                return;
+            }
+            seen.checked_at = Some(now);
+        }
+        let Ok(version) = shared
+            .approvals
+            .with_store(|s| s.derived_tags_version())
+            .await
+        else {
+            return;
+        };
+        let mut seen = self.derived_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.version != Some(version) {
+            if seen.version.is_some() {
+                self.invalidate();
+            }
+            seen.version = Some(version);
+        }
+    }
+}
+
+/// The derived tags in force for a target, as masking rules.
+async fn load_derived(
+    shared: &Shared,
+    target: &str,
+) -> Result<std::collections::BTreeMap<String, weir_mask::Sensitive>, String> {
+    let target = target.to_owned();
+    let tags = shared
+        .approvals
+        .with_store(move |s| s.derived_tags(Some(&target), false))
+        .await
+        .map_err(|e| format!("reading derived sensitivity tags: {e}"))?;
+    Ok(tags
+        .into_iter()
+        .map(|t| {
+            let strategy = Strategy::parse(&t.tag.strategy).unwrap_or(Strategy::Redact);
+            (
+                t.tag.column,
+                weir_mask::Sensitive {
+                    label: std::sync::Arc::from(t.tag.label.as_str()),
+                    strategy,
+                },
+            )
+        })
+        .collect())
 }
 
 async fn load(

@@ -28,6 +28,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/approvals/{id}", get(show))
         .route("/v1/approvals/{id}/approve", post(approve))
         .route("/v1/approvals/{id}/deny", post(deny))
+        .route("/v1/derived-tags", get(derived_tags))
         .route("/v1/webhook/decide", post(webhook_decide))
         .route("/v1/slack/interactivity", post(slack_interactivity))
         .with_state(shared)
@@ -116,6 +117,35 @@ async fn show(
             format!("no approval request {id}"),
         )),
     }
+}
+
+/// `GET /v1/derived-tags[?target=T]`: the columns marked sensitive because a write copied
+/// sensitive values into them, in force (not cleared), oldest first.
+async fn derived_tags(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    caller(&shared, &headers).await?;
+    let target = q.get("target").cloned();
+    let tags = store(&shared, move |s| s.derived_tags(target.as_deref(), false)).await?;
+    Ok(Json(Value::Array(
+        tags.iter()
+            .map(|t| {
+                json!({
+                    "id": t.id,
+                    "target": t.tag.target,
+                    "column": t.tag.column,
+                    "source": t.tag.source,
+                    "label": t.tag.label,
+                    "strategy": t.tag.strategy,
+                    "identity": t.tag.identity,
+                    "statement": t.tag.statement,
+                    "created_ms": t.created_at_ms,
+                })
+            })
+            .collect(),
+    )))
 }
 
 /// A decision's optional body: `{"reason": "…"}`.

@@ -711,6 +711,9 @@ struct Context {
 struct Item {
     via: &'static str,
     decision: Arc<Decision>,
+    /// Columns its writes make sensitive (copies of sensitive values), recorded before it
+    /// is forwarded.
+    derived: Vec<weir_mask::DerivedTag>,
 }
 
 /// A decision the session reached, kept for texts with the same facts.
@@ -1032,6 +1035,7 @@ impl<'a> FrontendHalf<'a> {
                 self.items.push(Item {
                     via: "query",
                     decision,
+                    derived: Vec::new(),
                 });
                 self.finish_batch(out, BatchEnd::Sync).await?;
             }
@@ -1078,6 +1082,7 @@ impl<'a> FrontendHalf<'a> {
                     self.items.push(Item {
                         via: "parse",
                         decision: Arc::clone(&decision),
+                        derived: Vec::new(),
                     });
                 }
                 if self.ctx.mask.is_some() {
@@ -1156,6 +1161,7 @@ impl<'a> FrontendHalf<'a> {
                 self.items.push(Item {
                     via: "execute",
                     decision,
+                    derived: Vec::new(),
                 });
             }
             Frontend::Close(t, name) => {
@@ -1256,6 +1262,7 @@ impl<'a> FrontendHalf<'a> {
         let next_scope = self.pending_scope.take();
         self.batch_unseen = false;
         self.guard_state_sinks(&mut items).await;
+        self.guard_copies(&mut items, next_scope.as_ref()).await;
         let verdict = items
             .iter()
             .map(|i| i.decision.overall())
@@ -1285,6 +1292,22 @@ impl<'a> FrontendHalf<'a> {
                 rule: v.rule().map(str::to_owned),
             }));
         }
+        // What copies of sensitive values this request's writes make: on record with the
+        // statements, and in the store (which every catalog reads) before anything runs.
+        let derived: Vec<&weir_mask::DerivedTag> = if matches!(verdict, Verdict::Deny { .. }) {
+            Vec::new()
+        } else {
+            items.iter().flat_map(|i| &i.derived).collect()
+        };
+        if !derived.is_empty() {
+            acks.push(shared.audit.append(Event::SensitivityDerived {
+                session: self.ctx.session,
+                request: id,
+                identity: Arc::clone(&self.ctx.identity_name),
+                target: Arc::clone(&self.ctx.target_name),
+                tags: derived.iter().map(|t| t.to_string()).collect(),
+            }));
+        }
         let mut audit_failure = None;
         for ack in acks {
             if let Err(e) = ack.wait().await {
@@ -1297,6 +1320,16 @@ impl<'a> FrontendHalf<'a> {
             self.batch.clear();
             self.ops.clear();
             return self.deny_now(out, fields, end).await;
+        }
+
+        if !derived.is_empty() {
+            if let Err(e) = self.record_derived(&items).await {
+                warn!(cause = %e, "recording derived sensitivity failed; request refused");
+                let fields = Fields::new("ERROR", "58000", &format!("weir: the statement was not run because the columns it copies sensitive values into could not be marked sensitive ({e})"));
+                self.batch.clear();
+                self.ops.clear();
+                return self.deny_now(out, fields, end).await;
+            }
         }
 
         match &verdict {
@@ -1411,6 +1444,115 @@ impl<'a> FrontendHalf<'a> {
                 });
             }
         }
+    }
+
+    /// Sensitivity flows with the data: a write whose values derive, by lineage, from a
+    /// sensitive column (`StatementFacts::flows` against the target's catalog) marks the
+    /// columns it writes sensitive (`Item::derived`, recorded before it runs), and policy
+    /// decides it again knowing what it copies (`context.copies_sensitive`; the built-in
+    /// policy asks for approval in production unless the identity may see those columns in
+    /// clear). Without a catalog to tell (it cannot be loaded), such a write is denied.
+    async fn guard_copies(&self, items: &mut [Item], next_scope: Option<&Scope>) {
+        let Some(cache) = &self.ctx.mask else {
+            return;
+        };
+        let copies = |f: &StatementFacts| {
+            !f.flows.is_empty()
+                && !matches!(
+                    f.kind,
+                    weir_analyze::StatementKind::Prepare | weir_analyze::StatementKind::Cursor
+                )
+        };
+        if !items
+            .iter()
+            .any(|i| i.decision.analysis.statements.iter().any(copies))
+        {
+            return;
+        }
+        let shared = &self.ctx.shared;
+        let scope = next_scope.unwrap_or(&self.scope);
+        let loaded = cache.ensure(shared, &self.ctx.target).await;
+        let catalog = cache.snapshot();
+        for item in items.iter_mut() {
+            let d = &item.decision;
+            let mut verdicts = d.verdicts.clone();
+            let mut changed = false;
+            for (f, v) in d.analysis.statements.iter().zip(verdicts.iter_mut()) {
+                if !copies(f) || matches!(v, Verdict::Deny { .. }) {
+                    continue;
+                }
+                if let Err(e) = &loaded {
+                    *v = Verdict::Deny {
+                        rule: "weir.sensitive-copy".into(),
+                        reason: format!("this write copies columns, and Weir cannot tell whether they are sensitive: the masking catalog cannot be loaded ({e})"),
+                    };
+                    changed = true;
+                    continue;
+                }
+                let tags = weir_mask::derived_tags(f, &catalog);
+                if tags.is_empty() {
+                    continue;
+                }
+                let copied = weir_policy::Copied {
+                    labels: tags.iter().map(|t| t.label.to_string()).collect(),
+                    may_unmask: tags.iter().all(|t| {
+                        shared
+                            .policy
+                            .may_unmask(&self.ctx.policy, &t.source, &t.label)
+                    }),
+                };
+                let again = shared
+                    .policy
+                    .decide_copying(&self.ctx.policy, scope, f, &copied);
+                if again.severity() > v.severity() {
+                    *v = again;
+                    changed = true;
+                }
+                item.derived.extend(tags);
+            }
+            if changed {
+                item.decision = Arc::new(Decision {
+                    analysis: Arc::clone(&d.analysis),
+                    verdicts,
+                });
+            }
+        }
+    }
+
+    /// Records the request's derived tags in the store, and makes the target's catalog
+    /// stale so that it is rebuilt with them before the next request is forwarded.
+    async fn record_derived(&self, items: &[Item]) -> Result<(), weir_store::StoreError> {
+        let statement = |i: &Item| {
+            if self.ctx.full_text {
+                i.decision.analysis.sql.to_string()
+            } else {
+                i.decision.analysis.normalized.to_string()
+            }
+        };
+        let tags: Vec<weir_store::NewDerivedTag> = items
+            .iter()
+            .flat_map(|i| {
+                i.derived.iter().map(move |t| weir_store::NewDerivedTag {
+                    target: self.ctx.target_name.to_string(),
+                    column: t.column.clone(),
+                    label: t.label.to_string(),
+                    strategy: t.strategy.as_str().to_owned(),
+                    source: t.source.clone(),
+                    identity: self.ctx.identity_name.to_string(),
+                    statement: statement(i),
+                })
+            })
+            .collect();
+        let now = self.ctx.shared.approvals.clock().now_ms();
+        self.ctx
+            .shared
+            .approvals
+            .with_store(move |s| s.add_derived_tags(&tags, now))
+            .await?;
+        if let Some(cache) = &self.ctx.mask {
+            cache.invalidate();
+        }
+        Ok(())
     }
 
     /// Whether every bounded statement of the request is an UPDATE or DELETE whose WHERE

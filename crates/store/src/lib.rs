@@ -21,9 +21,11 @@ use weir_policy::IdentityKind;
 pub mod approvals;
 pub mod audit;
 pub mod clock;
+pub mod derived;
 
 pub use approvals::{Approval, Grant, Kind as ApprovalKind, NewApproval, Status as ApprovalStatus};
 pub use clock::Clock;
+pub use derived::{DerivedTagRecord, NewDerivedTag};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -125,6 +127,25 @@ pub trait Store: Send + Sync {
     /// The chat message that announced request `id`, forgotten as it is returned (whoever
     /// settles the request updates it, once).
     fn take_approval_message(&self, id: &str) -> Result<Option<(String, String)>, StoreError>;
+
+    /// Records derived sensitivity tags, leaving out those already in force; returns how many
+    /// it added (see [`derived`]).
+    fn add_derived_tags(&self, tags: &[NewDerivedTag], now_ms: u64) -> Result<usize, StoreError>;
+    /// Tags of one target (every target when `None`), oldest first.
+    fn derived_tags(
+        &self,
+        target: Option<&str>,
+        include_cleared: bool,
+    ) -> Result<Vec<DerivedTagRecord>, StoreError>;
+    /// Clears a tag once; `Some((true, _))` if this call cleared it, `None` if there is none.
+    fn clear_derived_tag(
+        &self,
+        id: i64,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<Option<(bool, DerivedTagRecord)>, StoreError>;
+    /// Changes whenever a tag is added or cleared.
+    fn derived_tags_version(&self) -> Result<(i64, i64), StoreError>;
 }
 
 pub fn now_secs() -> u64 {
@@ -192,6 +213,7 @@ impl SqliteStore {
             )?;
         }
         conn.execute_batch(approvals::SCHEMA)?;
+        conn.execute_batch(derived::SCHEMA)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -392,6 +414,31 @@ impl Store for SqliteStore {
 
     fn take_approval_message(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
         self.with(|c| approvals::take_message(c, id))
+    }
+
+    fn add_derived_tags(&self, tags: &[NewDerivedTag], now_ms: u64) -> Result<usize, StoreError> {
+        self.with(|c| derived::add(c, tags, now_ms))
+    }
+
+    fn derived_tags(
+        &self,
+        target: Option<&str>,
+        include_cleared: bool,
+    ) -> Result<Vec<DerivedTagRecord>, StoreError> {
+        self.with(|c| derived::list(c, target, include_cleared))
+    }
+
+    fn clear_derived_tag(
+        &self,
+        id: i64,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<Option<(bool, DerivedTagRecord)>, StoreError> {
+        self.with(|c| derived::clear(c, id, by, now_ms))
+    }
+
+    fn derived_tags_version(&self) -> Result<(i64, i64), StoreError> {
+        self.with(derived::version)
     }
 }
 

@@ -106,10 +106,38 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Columns marked sensitive because a write copied sensitive values into them, and
+    /// clearing such a mark after review.
+    Tags {
+        #[command(subcommand)]
+        command: TagsCommand,
+    },
     /// Read and verify the audit trail.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TagsCommand {
+    /// Derived tags in force, one per line, id first.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        target: Option<String>,
+        /// Cleared tags too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Clear a derived tag: its column is no longer masked on its account.
+    Clear {
+        id: String,
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        reason: Option<String>,
     },
 }
 
@@ -290,6 +318,16 @@ pub fn main() -> ExitCode {
             who,
             reason,
         } => crate::approvals_cmd::decide(&config, &id, who.as_deref(), reason.as_deref(), false),
+        Command::Tags { command } => match command {
+            TagsCommand::List {
+                config,
+                target,
+                all,
+            } => crate::tags_cmd::list(&config, target.as_deref(), all),
+            TagsCommand::Clear { id, config, reason } => {
+                crate::tags_cmd::clear(&config, &id, reason.as_deref())
+            }
+        },
         Command::Audit { command } => match command {
             AuditCommand::Verify {
                 config,

@@ -9,4 +9,5 @@ pub mod demo;
 pub mod login;
 pub mod policy_cmd;
 pub mod serve;
+pub mod tags_cmd;
 pub mod token;
