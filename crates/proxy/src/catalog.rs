@@ -5,6 +5,7 @@
 //! The load runs on its own upstream connection (the target's credentials), one query, so a
 //! session's connection never carries Weir's own statements.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -65,7 +66,21 @@ pub struct CatalogCache {
     /// The store's derived-tags version last seen, and when it was last read: tags added or
     /// cleared elsewhere (another gateway, `weir tags clear`) make the catalog stale.
     derived_seen: std::sync::Mutex<DerivedSeen>,
+    /// Function OID → `"schema"."name"` for every function of the database (`pg_catalog`
+    /// too), loaded at the first fastpath call and again, at most once a second, when a
+    /// call names an OID it does not hold (a function made since).
+    function_oids: tokio::sync::Mutex<FunctionOids>,
 }
+
+#[derive(Default)]
+struct FunctionOids {
+    by_oid: HashMap<u32, String>,
+    loaded_at: Option<std::time::Instant>,
+}
+
+/// Every function, by OID, with its schema: what a fastpath FunctionCall names.
+const FUNCTION_OID_QUERY: &str = "SELECT p.oid::int8, n.nspname, p.proname \
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace";
 
 #[derive(Default)]
 struct DerivedSeen {
@@ -122,6 +137,7 @@ impl CatalogCache {
             load: tokio::sync::Mutex::new(()),
             rules,
             derived_seen: std::sync::Mutex::new(DerivedSeen::default()),
+            function_oids: tokio::sync::Mutex::new(FunctionOids::default()),
         }
     }
 
@@ -195,6 +211,117 @@ impl CatalogCache {
                 self.invalidate();
             }
             seen.version = Some(version);
+        }
+    }
+}
+
+impl CatalogCache {
+    /// The function a fastpath call's OID names, as `"schema"."name"`; `None` for an OID the
+    /// database does not have (or that Weir could not look up within the last second).
+    pub async fn function_by_oid(
+        &self,
+        shared: &Shared,
+        target: &Target,
+        oid: u32,
+    ) -> Result<Option<String>, String> {
+        let mut known = self.function_oids.lock().await;
+        if let Some(name) = known.by_oid.get(&oid) {
+            return Ok(Some(name.clone()));
+        }
+        if known
+            .loaded_at
+            .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1))
+        {
+            return Ok(None);
+        }
+        let rows = query_rows(
+            shared,
+            target,
+            FUNCTION_OID_QUERY,
+            "weir.fastpath-functions",
+        )
+        .await?;
+        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        known.by_oid = rows
+            .into_iter()
+            .filter_map(|r| {
+                let oid = r.first()?.as_deref()?.parse::<u32>().ok()?;
+                let schema = r.get(1)?.as_deref()?;
+                let name = r.get(2)?.as_deref()?;
+                Some((oid, format!("{}.{}", quote(schema), quote(name))))
+            })
+            .collect();
+        known.loaded_at = Some(std::time::Instant::now());
+        Ok(known.by_oid.get(&oid).cloned())
+    }
+}
+
+/// Runs one of Weir's own read-only queries on its own upstream connection, on record
+/// first, and returns every row of its results as text.
+async fn query_rows(
+    shared: &Shared,
+    target: &Target,
+    sql: &'static str,
+    rule: &str,
+) -> Result<Vec<Vec<Option<String>>>, String> {
+    shared
+        .audit
+        .append(weir_audit::Event::Statement {
+            session: 0,
+            request: 0,
+            identity: std::sync::Arc::from("weir"),
+            target: std::sync::Arc::from(target.name.as_str()),
+            via: "catalog",
+            sql: std::sync::Arc::from(sql),
+            fingerprint: 0,
+            statements: std::sync::Arc::from(Vec::new()),
+            decision: "allow",
+            rule: Some(rule.into()),
+        })
+        .wait()
+        .await
+        .map_err(|e| format!("recording Weir's query: {e}"))?;
+    let max = shared.config.gateway.max_message_size;
+    let mut up = upstream::connect(upstream::ConnectParams {
+        target,
+        tls: shared.upstream_tls.get(&target.name).cloned().flatten(),
+        client_params: vec![("application_name".into(), "weir-catalog".into())],
+        max_message: max,
+        timeout: shared.config.gateway.connect_timeout,
+    })
+    .await
+    .map_err(|e| format!("connecting for Weir's query: {e}"))?;
+    let mut out = BytesMut::new();
+    Frontend::Query(bytes::Bytes::from_static(sql.as_bytes())).encode(&mut out);
+    Frontend::Terminate.encode(&mut out);
+    up.stream
+        .write_all(&out)
+        .await
+        .map_err(|e| format!("sending Weir's query: {e}"))?;
+    let mut buf = up.leftover;
+    let mut rows = Vec::new();
+    loop {
+        let (tag, body) = read_frame(&mut up.stream, &mut buf, max)
+            .await
+            .map_err(|e| format!("reading Weir's query: {e}"))?;
+        match Backend::decode(tag, body) {
+            Ok(Backend::DataRow(values)) => rows.push(
+                values
+                    .iter()
+                    .map(|v| v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()))
+                    .collect(),
+            ),
+            Ok(Backend::ErrorResponse(f)) => {
+                return Err(format!(
+                    "Weir's query failed: {}",
+                    f.get(b'M')
+                        .map(|m| String::from_utf8_lossy(m).into_owned())
+                        .unwrap_or_default()
+                ))
+            }
+            Ok(Backend::ReadyForQuery(_)) => return Ok(rows),
+            Ok(_) => {}
+            Err(e) => return Err(format!("decoding Weir's query: {e}")),
         }
     }
 }

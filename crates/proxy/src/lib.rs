@@ -79,6 +79,14 @@ pub struct Shared {
     pub failed_logins: failures::FailedLogins,
 }
 
+impl Shared {
+    /// A target's catalog cache (also when masking is off: fastpath calls resolve OIDs
+    /// through it).
+    pub(crate) fn catalog(&self, target: &str) -> Option<&Arc<catalog::CatalogCache>> {
+        self.catalogs.get(target)
+    }
+}
+
 /// A bound, not yet running, gateway.
 pub struct Gateway {
     shared: Arc<Shared>,

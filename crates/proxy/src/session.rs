@@ -993,37 +993,59 @@ impl<'a> FrontendHalf<'a> {
                         "FunctionCall inside an unfinished extended-protocol batch",
                     ));
                 }
-                // The fastpath interface calls a function by OID, out of sight of statement
-                // analysis (lo_export and friends): refuse it, as a denied request, on record.
-                const RULE: &str = "weir.protocol.function_call";
-                let id = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
-                let recorded = self
-                    .ctx
-                    .shared
-                    .audit
-                    .append(Event::Statement {
-                        session: self.ctx.session,
-                        request: id,
-                        identity: Arc::clone(&self.ctx.identity_name),
-                        target: Arc::clone(&self.ctx.target_name),
-                        via: "function_call",
-                        sql: Arc::from(format!("-- fastpath call of function oid {}", call.oid)),
-                        fingerprint: 0,
-                        statements: Arc::from(Vec::new()),
-                        decision: "deny",
-                        rule: Some(RULE.into()),
-                    })
-                    .wait()
-                    .await;
-                if let Err(e) = recorded {
-                    warn!(cause = %e, "audit write failed for a refused function call");
+                // The fastpath interface calls a function by OID (libpq's and pgjdbc's
+                // large-object calls): decided, recorded and run exactly as
+                // `SELECT schema.fn($1, …)` would be. An OID Weir cannot resolve is refused.
+                let name = match self.ctx.shared.catalog(&self.ctx.target.name) {
+                    Some(cache) => cache
+                        .function_by_oid(&self.ctx.shared, &self.ctx.target, call.oid as u32)
+                        .await
+                        .unwrap_or_else(|e| {
+                            warn!(cause = %e, "cannot look up a fastpath call's function");
+                            None
+                        }),
+                    None => None,
+                };
+                let Some(name) = name else {
+                    return self
+                        .refuse_function_call(
+                            out,
+                            &format!("-- fastpath call of function oid {}", call.oid),
+                            &format!("function oid {} is not one Weir can resolve; call the function in SQL", call.oid),
+                        )
+                        .await
+                        .map(|()| false);
+                };
+                let params: Vec<String> = (1..=call.args.len()).map(|i| format!("${i}")).collect();
+                let sql = format!("SELECT {name}({})", params.join(", "));
+                let decision = self.decide(sql.as_bytes())?;
+                // A result of a function Weir cannot see into is masked in SQL; a fastpath
+                // answer has no columns to mask, so such a call must be made in SQL.
+                let opaque = decision
+                    .analysis
+                    .statements
+                    .iter()
+                    .any(|f| !f.user_functions.is_empty() || f.unknown_effect);
+                if opaque && self.ctx.mask.is_some() {
+                    return self
+                        .refuse_function_call(
+                            out,
+                            &sql,
+                            &format!("{name} is not a built-in function, and a fastpath call's result cannot be masked; call it in SQL"),
+                        )
+                        .await
+                        .map(|()| false);
                 }
-                let fields = Fields::new(
-                    "ERROR",
-                    "42501",
-                    "weir: denied by weir.protocol.function_call: the fastpath function-call interface is not allowed; call the function in SQL",
-                );
-                self.deny_now(out, fields, BatchEnd::Sync).await?;
+                self.batch.extend_from_slice(&frame);
+                // Answered like a simple query: a FunctionCallResponse or an error, then
+                // ReadyForQuery.
+                self.ops.push_back(Op::Query);
+                self.items.push(Item {
+                    via: "function_call",
+                    decision,
+                    derived: Vec::new(),
+                });
+                self.finish_batch(out, BatchEnd::Sync).await?;
             }
             Frontend::Password(_) => {
                 return Err(Fatal::protocol("password message after authentication"))
@@ -1250,6 +1272,44 @@ impl<'a> FrontendHalf<'a> {
             },
         );
         Ok(Arc::new(decision))
+    }
+
+    /// Refuses a fastpath call, on record, as a denied request.
+    async fn refuse_function_call(
+        &mut self,
+        out: &mut BytesMut,
+        sql: &str,
+        reason: &str,
+    ) -> Result<(), Fatal> {
+        const RULE: &str = "weir.protocol.function_call";
+        let id = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let recorded = self
+            .ctx
+            .shared
+            .audit
+            .append(Event::Statement {
+                session: self.ctx.session,
+                request: id,
+                identity: Arc::clone(&self.ctx.identity_name),
+                target: Arc::clone(&self.ctx.target_name),
+                via: "function_call",
+                sql: Arc::from(sql),
+                fingerprint: 0,
+                statements: Arc::from(Vec::new()),
+                decision: "deny",
+                rule: Some(RULE.into()),
+            })
+            .wait()
+            .await;
+        if let Err(e) = recorded {
+            warn!(cause = %e, "audit write failed for a refused function call");
+        }
+        let fields = Fields::new(
+            "ERROR",
+            "42501",
+            &format!("weir: denied by {RULE}: {reason}"),
+        );
+        self.deny_now(out, fields, BatchEnd::Sync).await
     }
 
     /// The request is complete: audit it, then forward it or its denial.

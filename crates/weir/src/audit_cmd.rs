@@ -102,6 +102,8 @@ fn report(verdict: Result<Summary, VerifyError>) -> bool {
     match verdict {
         Ok(s) => {
             println!("ok {} events", s.events);
+            // Out before the next line, wherever the two streams end up together.
+            let _ = std::io::Write::flush(&mut std::io::stdout());
             eprintln!("{} signed checkpoints verified", s.checkpoints);
             true
         }

@@ -5,6 +5,44 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Every verb's `--config`.
+const CONFIG_HELP: &str = "The configuration file [default: $WEIR_CONFIG, then ./weir.toml]";
+
+/// The configuration file a verb uses: `--config`, else `$WEIR_CONFIG`, else `./weir.toml`
+/// when it exists; `None` when there is none.
+pub fn config_path(given: Option<PathBuf>) -> Option<PathBuf> {
+    given
+        .or_else(|| {
+            std::env::var_os("WEIR_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .or_else(|| {
+            let local = PathBuf::from("weir.toml");
+            local.is_file().then_some(local)
+        })
+}
+
+/// [`config_path`], or an error that says where Weir looked.
+fn required_config(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    config_path(given).ok_or_else(|| {
+        let cwd = std::env::current_dir()
+            .map(|d| d.join("weir.toml").display().to_string())
+            .unwrap_or_else(|_| "./weir.toml".into());
+        anyhow::anyhow!(
+            "no configuration file: --config was not given, WEIR_CONFIG is not set, and {cwd} does not exist; pass --config weir.toml or set WEIR_CONFIG"
+        )
+    })
+}
+
+/// Runs `f` with the verb's configuration file.
+fn with_config(
+    given: Option<PathBuf>,
+    f: impl FnOnce(&std::path::Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    f(&required_config(given)?)
+}
+
 #[derive(Parser)]
 #[command(
     name = "weir",
@@ -20,8 +58,8 @@ struct Cli {
 enum Command {
     /// Run the gateway in the foreground until SIGTERM or Ctrl-C.
     Serve {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
     },
     /// Start a throwaway PostgreSQL with sample data and the gateway in front of it.
     Demo {
@@ -42,28 +80,28 @@ enum Command {
     /// Log in with the identity provider ([identity] issuer) by the device-code flow; the
     /// tokens are cached for weir connect.
     Login {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
     },
     /// Start psql against a target through the gateway with the cached login.
     Connect {
         target: String,
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
         /// Print the connection string instead of starting psql.
         #[arg(long)]
         print: bool,
     },
     /// Pending approval requests, one per line, id first.
     Approvals {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
     },
     /// Approve a waiting request: its statement runs and the client gets the result.
     Approve {
         id: String,
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
         /// The approver; policy decides whether they may.
         #[arg(long = "as")]
         who: Option<String>,
@@ -73,8 +111,8 @@ enum Command {
     /// Deny a waiting request: the client gets SQLSTATE 42501 with the reason.
     Deny {
         id: String,
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
         #[arg(long = "as")]
         who: Option<String>,
         #[arg(long)]
@@ -84,8 +122,8 @@ enum Command {
     /// expires or is revoked.
     Request {
         target: String,
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
         /// How long the access lasts once approved, e.g. 2h.
         #[arg(long = "for")]
         duration: String,
@@ -97,14 +135,14 @@ enum Command {
     },
     /// Active access grants, one per line, id first.
     Grants {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
     },
     /// End an access grant now; sessions that relied on it are closed.
     Revoke {
         id: String,
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
     },
     /// Columns marked sensitive because a write copied sensitive values into them, and
     /// clearing such a mark after review.
@@ -123,8 +161,8 @@ enum Command {
 enum TagsCommand {
     /// Derived tags in force, one per line, id first.
     List {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
         #[arg(long)]
         target: Option<String>,
         /// Cleared tags too.
@@ -134,8 +172,8 @@ enum TagsCommand {
     /// Clear a derived tag: its column is no longer masked on its account.
     Clear {
         id: String,
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
         #[arg(long)]
         reason: Option<String>,
     },
@@ -146,7 +184,7 @@ enum AuditCommand {
     /// Check the hash chain and every signed checkpoint; `ok <n> events`, or exit 1 naming
     /// the first bad event.
     Verify {
-        #[arg(long, short, required_unless_present = "file")]
+        #[arg(long, short, help = CONFIG_HELP)]
         config: Option<PathBuf>,
         /// Verify with this public key (hex) instead of the one derived from the signing key.
         #[arg(long)]
@@ -158,13 +196,13 @@ enum AuditCommand {
     },
     /// Print the public key that verifies the checkpoints (hex), for auditors.
     PublicKey {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
     },
     /// Events matching every filter given, oldest first.
     Search {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
         #[command(flatten)]
         filter: crate::audit_cmd::FilterArgs,
         #[arg(long)]
@@ -172,8 +210,8 @@ enum AuditCommand {
     },
     /// Stream matching events as JSON lines (with their chain fields) or CSV.
     Export {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "jsonl")]
         format: crate::audit_cmd::Format,
         #[command(flatten)]
@@ -181,8 +219,8 @@ enum AuditCommand {
     },
     /// The last events, then new ones as they are written.
     Tail {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
         #[arg(long, short = 'n', default_value_t = 20)]
         lines: u64,
         /// Print and exit instead of following.
@@ -193,8 +231,8 @@ enum AuditCommand {
     },
     /// One session's statements, decisions and outcomes, in order.
     Replay {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
         /// The session's number (`session` in the trail's events).
         #[arg(required_unless_present = "last", conflicts_with = "last")]
         session: Option<u64>,
@@ -212,8 +250,8 @@ enum PolicyCommand {
     /// Print the decision for each statement of SQL: allow, deny <rule>, approve <rule> or
     /// bound <n> <rule>.
     Check {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
         /// The identity to decide for.
         #[arg(long = "as")]
         who: String,
@@ -224,7 +262,8 @@ enum PolicyCommand {
     /// Run a policy unit-test file (TOML `[[case]]` entries); exits 1 if any case fails.
     Test {
         file: PathBuf,
-        /// Use this config's policy, identities and targets (else the built-in defaults).
+        /// Use this config's policy, identities and targets [default: $WEIR_CONFIG, then
+        /// ./weir.toml; without either, the built-in defaults].
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -234,8 +273,8 @@ enum PolicyCommand {
 enum TokenCommand {
     /// Issue a token; prints it alone on the last line.
     Create {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
         #[arg(long)]
         name: String,
         #[arg(long, default_value = "service")]
@@ -252,13 +291,13 @@ enum TokenCommand {
     },
     /// List tokens (never the tokens themselves).
     List {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
     },
     /// Revoke every token of an identity.
     Revoke {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
         name: String,
     },
 }
@@ -267,7 +306,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
-        Command::Serve { config } => crate::serve::run(&config),
+        Command::Serve { config } => with_config(config, crate::serve::run),
         Command::Demo { listen } => crate::demo::run(&listen),
         Command::Token { command } => match command {
             TokenCommand::Create {
@@ -277,56 +316,68 @@ pub fn main() -> ExitCode {
                 groups,
                 attrs,
                 ttl,
-            } => crate::token::create(
-                &config,
-                crate::token::NewIdentity {
-                    name: &name,
-                    kind: &kind,
-                    groups: &groups,
-                    attrs: &attrs,
-                },
-                ttl.as_deref(),
-            ),
-            TokenCommand::List { config } => crate::token::list(&config),
-            TokenCommand::Revoke { config, name } => crate::token::revoke(&config, &name),
+            } => with_config(config, |c| {
+                crate::token::create(
+                    c,
+                    crate::token::NewIdentity {
+                        name: &name,
+                        kind: &kind,
+                        groups: &groups,
+                        attrs: &attrs,
+                    },
+                    ttl.as_deref(),
+                )
+            }),
+            TokenCommand::List { config } => with_config(config, crate::token::list),
+            TokenCommand::Revoke { config, name } => {
+                with_config(config, |c| crate::token::revoke(c, &name))
+            }
         },
-        Command::Login { config } => crate::login::login(&config),
+        Command::Login { config } => with_config(config, crate::login::login),
         Command::Connect {
             target,
             config,
             print,
-        } => crate::login::connect(&config, &target, print),
-        Command::Approvals { config } => crate::approvals_cmd::list(&config),
+        } => with_config(config, |c| crate::login::connect(c, &target, print)),
+        Command::Approvals { config } => with_config(config, crate::approvals_cmd::list),
         Command::Request {
             target,
             config,
             duration,
             reason,
             who,
-        } => crate::approvals_cmd::request(&config, &target, &duration, &reason, &who),
-        Command::Grants { config } => crate::approvals_cmd::grants(&config),
-        Command::Revoke { id, config } => crate::approvals_cmd::revoke(&config, &id),
+        } => with_config(config, |c| {
+            crate::approvals_cmd::request(c, &target, &duration, &reason, &who)
+        }),
+        Command::Grants { config } => with_config(config, crate::approvals_cmd::grants),
+        Command::Revoke { id, config } => {
+            with_config(config, |c| crate::approvals_cmd::revoke(c, &id))
+        }
         Command::Approve {
             id,
             config,
             who,
             reason,
-        } => crate::approvals_cmd::decide(&config, &id, who.as_deref(), reason.as_deref(), true),
+        } => with_config(config, |c| {
+            crate::approvals_cmd::decide(c, &id, who.as_deref(), reason.as_deref(), true)
+        }),
         Command::Deny {
             id,
             config,
             who,
             reason,
-        } => crate::approvals_cmd::decide(&config, &id, who.as_deref(), reason.as_deref(), false),
+        } => with_config(config, |c| {
+            crate::approvals_cmd::decide(c, &id, who.as_deref(), reason.as_deref(), false)
+        }),
         Command::Tags { command } => match command {
             TagsCommand::List {
                 config,
                 target,
                 all,
-            } => crate::tags_cmd::list(&config, target.as_deref(), all),
-            TagsCommand::Clear { id, config, reason } => {
-                crate::tags_cmd::clear(&config, &id, reason.as_deref())
-            }
+            } => with_config(config, |c| crate::tags_cmd::list(c, target.as_deref(), all)),
+            TagsCommand::Clear { id, config, reason } => with_config(config, |c| {
+                crate::tags_cmd::clear(c, &id, reason.as_deref())
+            }),
         },
         Command::Audit { command } => match command {
             AuditCommand::Verify {
@@ -334,14 +385,13 @@ pub fn main() -> ExitCode {
                 public_key,
                 file,
             } => {
-                let verdict = match (file, config) {
-                    (Some(file), _) => {
+                let verdict = match file {
+                    Some(file) => {
                         crate::audit_cmd::verify_export(&file, public_key.as_deref().unwrap_or(""))
                     }
-                    (None, Some(config)) => {
-                        crate::audit_cmd::verify(&config, public_key.as_deref())
-                    }
-                    (None, None) => Err(anyhow::anyhow!("--config or --file is required")),
+                    None => required_config(config)
+                        .map_err(|e| anyhow::anyhow!("{e} (or verify an export with --file)"))
+                        .and_then(|c| crate::audit_cmd::verify(&c, public_key.as_deref())),
                 };
                 match verdict {
                     Ok(true) => Ok(()),
@@ -349,29 +399,35 @@ pub fn main() -> ExitCode {
                     Err(e) => Err(e),
                 }
             }
-            AuditCommand::PublicKey { config } => crate::audit_cmd::print_public_key(&config),
+            AuditCommand::PublicKey { config } => {
+                with_config(config, crate::audit_cmd::print_public_key)
+            }
             AuditCommand::Search {
                 config,
                 filter,
                 limit,
-            } => crate::audit_cmd::search(&config, &filter, limit),
+            } => with_config(config, |c| crate::audit_cmd::search(c, &filter, limit)),
             AuditCommand::Export {
                 config,
                 format,
                 filter,
-            } => crate::audit_cmd::export(&config, &filter, format),
+            } => with_config(config, |c| crate::audit_cmd::export(c, &filter, format)),
             AuditCommand::Tail {
                 config,
                 lines,
                 no_follow,
                 filter,
-            } => crate::audit_cmd::tail(&config, &filter, lines, !no_follow),
+            } => with_config(config, |c| {
+                crate::audit_cmd::tail(c, &filter, lines, !no_follow)
+            }),
             AuditCommand::Replay {
                 config,
                 session,
                 last: _,
                 identity,
-            } => crate::audit_cmd::replay(&config, session, identity.as_deref()),
+            } => with_config(config, |c| {
+                crate::audit_cmd::replay(c, session, identity.as_deref())
+            }),
         },
         Command::Policy { command } => match command {
             PolicyCommand::Check {
@@ -379,9 +435,9 @@ pub fn main() -> ExitCode {
                 who,
                 target,
                 sql,
-            } => crate::policy_cmd::check(&config, &who, &target, &sql),
+            } => with_config(config, |c| crate::policy_cmd::check(c, &who, &target, &sql)),
             PolicyCommand::Test { file, config } => {
-                match crate::policy_cmd::test(&file, config.as_deref()) {
+                match crate::policy_cmd::test(&file, config_path(config).as_deref()) {
                     Ok(true) => Ok(()),
                     Ok(false) => return ExitCode::FAILURE,
                     Err(e) => Err(e),
@@ -392,10 +448,24 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("weir: {e:#}");
+            eprintln!("weir: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each said once: a cause whose text the message already holds
+/// (`cannot read x: No such file…` caused by `No such file…`) is not repeated.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
 }
 
 fn init_tracing() {

@@ -786,8 +786,9 @@ fn fastpath_function_call_is_denied_and_the_session_goes_on() {
     let (msgs, status) = w.until_ready();
     let (code, message) = first_error(&msgs).unwrap();
     assert_eq!(code, "42501");
+    // Decided as `SELECT pg_catalog.lo_import($1)`: the server-files rule refuses it.
     assert!(
-        message.starts_with("weir: denied by weir.protocol.function_call"),
+        message.starts_with("weir: denied by weir.server-files-and-programs"),
         "{message}"
     );
     assert!(

@@ -186,6 +186,7 @@ public class WeirJdbc {
         CHECKS.put("denial", WeirJdbc::denial);
         CHECKS.put("masked_results", WeirJdbc::maskedResults);
         CHECKS.put("ssl_status", WeirJdbc::sslStatus);
+        CHECKS.put("large_objects", WeirJdbc::largeObjects);
     }
 
     static void connectCheck() throws Exception {
@@ -685,6 +686,35 @@ public class WeirJdbc {
             try (Connection c = connect()) {
                 exec(c, "drop table if exists " + t);
             }
+        }
+    }
+
+    static void largeObjects() throws Exception {
+        // LargeObjectManager calls lo_creat, lo_open, lowrite, lo_lseek, loread, lo_close and
+        // lo_unlink through the fastpath FunctionCall message.
+        byte[] data = new byte[100_000];
+        for (int i = 0; i < data.length; i++) {
+            data[i] = (byte) (i * 31 + 7);
+        }
+        try (Connection c = connect()) {
+            c.setAutoCommit(false);
+            org.postgresql.largeobject.LargeObjectManager lom =
+                c.unwrap(org.postgresql.PGConnection.class).getLargeObjectAPI();
+            long oid = lom.createLO(org.postgresql.largeobject.LargeObjectManager.READWRITE);
+            try (org.postgresql.largeobject.LargeObject lo =
+                    lom.open(oid, org.postgresql.largeobject.LargeObjectManager.READWRITE)) {
+                lo.write(data);
+                lo.seek(0);
+                byte[] back = lo.read(data.length);
+                expect(Arrays.equals(back, data), "read back differs from what was written");
+                expectEq(lo.size(), data.length, "size");
+            }
+            c.commit();
+            expectEq(scalar(c, "select count(*) from pg_largeobject_metadata where oid = " + oid), 1L, "stored");
+            lom.delete(oid);
+            c.commit();
+            expectEq(scalar(c, "select count(*) from pg_largeobject_metadata where oid = " + oid), 0L, "deleted");
+            c.commit();
         }
     }
 
