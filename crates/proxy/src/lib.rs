@@ -16,7 +16,8 @@ pub mod http;
 mod io;
 pub mod notify;
 pub mod oidc;
-mod session;
+mod pg;
+mod pipeline;
 pub mod stream;
 pub mod tls;
 mod track;
@@ -249,7 +250,7 @@ impl Gateway {
                         next = next.wrapping_add(1);
                         tasks.spawn_on(async move {
                             match tokio::net::TcpStream::from_std(std_tcp) {
-                                Ok(tcp) => session::run(tcp, peer, shared).await,
+                                Ok(tcp) => pg::run(tcp, peer, shared).await,
                                 Err(e) => warn!(cause = %e, "cannot register an accepted connection"),
                             }
                             drop(permit);

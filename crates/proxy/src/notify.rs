@@ -337,12 +337,26 @@ impl Notifier {
             }
             Ok(Some((channel, ts))) => {
                 let id = a.id.clone();
+                let keeper = Arc::clone(&store);
                 let kept = tokio::task::spawn_blocking(move || {
-                    store.set_approval_message(&id, &channel, &ts)
+                    keeper.set_approval_message(&id, &channel, &ts)
                 })
                 .await;
                 if !matches!(kept, Ok(Ok(()))) {
                     tracing::warn!(approval = %a.id, "cannot remember the Slack message; it will not show the outcome");
+                    return;
+                }
+                // Settled while the message was being posted: whoever settled it found no
+                // message to update, so it is updated here (the message is taken once, so
+                // it is updated once either way).
+                let id = a.id.clone();
+                let reader = Arc::clone(&store);
+                if let Ok(Ok(Some(now))) =
+                    tokio::task::spawn_blocking(move || reader.approval(&id)).await
+                {
+                    if now.status != weir_store::ApprovalStatus::Pending {
+                        self.resolved(now, store).await;
+                    }
                 }
             }
             Ok(None) => {}

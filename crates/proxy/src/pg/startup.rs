@@ -1,0 +1,336 @@
+//! Startup: TLS, cancel requests and the startup packet; authentication of the Weir
+//! identity; the upstream connection and the checks of what it reports.
+
+use super::*;
+
+/// Reads the first packet(s): TLS negotiation, cancel requests, then the startup message.
+pub(super) async fn startup(
+    client: &mut Stream,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+    session: u64,
+    shared: &Arc<Shared>,
+) -> Result<(), Fatal> {
+    // One deadline for the whole of startup and authentication, however many packets the
+    // client sends on the way.
+    let deadline = tokio::time::Instant::now() + shared.config.gateway.connect_timeout;
+    let mut gss_refused = false;
+    loop {
+        let packet = tokio::time::timeout_at(deadline, read_startup(client, buf))
+            .await
+            .map_err(|_| Fatal::new("08006", "weir: startup timed out"))??;
+        match packet {
+            StartupPacket::SslRequest => {
+                if client.is_tls() {
+                    return Err(Fatal::protocol("SSLRequest inside TLS"));
+                }
+                // Bytes after SSLRequest and before the handshake would be read as if they
+                // came over TLS (CVE-2021-23214): refuse them.
+                if !buf.is_empty() {
+                    return Err(Fatal::protocol("unexpected data after SSLRequest"));
+                }
+                let Stream::Plain(mut tcp) = std::mem::replace(client, Stream::Closed) else {
+                    return Err(Fatal::protocol("TLS state"));
+                };
+                tcp.write_all(b"S").await.map_err(Fatal::protocol)?;
+                let tls = tokio::time::timeout_at(deadline, shared.tls_acceptor.accept(tcp))
+                    .await
+                    .map_err(|_| Fatal::new("08006", "weir: TLS handshake timed out"))?
+                    .map_err(|e| Fatal::new("08006", format!("weir: TLS handshake failed: {e}")))?;
+                *client = Stream::Server(Box::new(tls));
+            }
+            StartupPacket::GssEncRequest => {
+                if gss_refused {
+                    return Err(Fatal::protocol("a second GSSENCRequest"));
+                }
+                gss_refused = true;
+                if !buf.is_empty() {
+                    return Err(Fatal::protocol("unexpected data after GSSENCRequest"));
+                }
+                client.write_all(b"N").await.map_err(Fatal::protocol)?;
+            }
+            StartupPacket::Cancel {
+                process_id,
+                secret_key,
+            } => {
+                if let Some((key, signal)) = shared.cancels.lookup(process_id, &secret_key) {
+                    signal.fire();
+                    if let Err(e) = crate::cancel::send_cancel(&key).await {
+                        warn!(cause = %e, "could not forward a cancel request");
+                    }
+                }
+                // A cancel request gets no answer, whatever happened.
+                let _ = client.shutdown().await;
+                return Ok(());
+            }
+            startup @ StartupPacket::Startup { .. } => {
+                return authenticate(client, buf, startup, peer, session, shared, deadline).await;
+            }
+        }
+    }
+}
+
+async fn read_startup(client: &mut Stream, buf: &mut BytesMut) -> Result<StartupPacket, Fatal> {
+    loop {
+        if let Some(len) = StartupPacket::frame_len(buf).map_err(Fatal::protocol)? {
+            if buf.len() >= len {
+                let frame = buf.split_to(len).freeze();
+                return StartupPacket::decode(frame).map_err(Fatal::protocol);
+            }
+            buf.reserve(len - buf.len());
+        }
+        let n = client.read_buf(buf).await.map_err(Fatal::protocol)?;
+        if n == 0 {
+            return Err(Fatal::protocol("connection closed during startup"));
+        }
+    }
+}
+
+/// Startup parameters a client may pass on to the upstream. Everything else is dropped or,
+/// for `options` and `replication`, refused: settings given there would bypass policy.
+fn forwardable(name: &str) -> bool {
+    matches!(
+        name,
+        "application_name"
+            | "client_encoding"
+            | "DateStyle"
+            | "datestyle"
+            | "TimeZone"
+            | "timezone"
+            | "IntervalStyle"
+            | "intervalstyle"
+            | "extra_float_digits"
+            | "search_path"
+            | "lc_messages"
+            | "lc_monetary"
+            | "lc_numeric"
+            | "lc_time"
+            | "bytea_output"
+            | "standard_conforming_strings"
+            | "statement_timeout"
+            | "lock_timeout"
+            | "idle_in_transaction_session_timeout"
+            | "geqo"
+    )
+}
+
+async fn authenticate(
+    client: &mut Stream,
+    buf: &mut BytesMut,
+    startup: StartupPacket,
+    peer: SocketAddr,
+    session: u64,
+    shared: &Arc<Shared>,
+    deadline: tokio::time::Instant,
+) -> Result<(), Fatal> {
+    let StartupPacket::Startup { minor, params } = &startup else {
+        return Err(Fatal::protocol("expected a startup message"));
+    };
+    let user = startup
+        .param("user")
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            Fatal::new(
+                "28000",
+                "weir: no user name given: connect with user=<identity>",
+            )
+        })?
+        .to_owned();
+    let database = startup.param("database").unwrap_or(&user).to_owned();
+    if startup
+        .param("replication")
+        .is_some_and(|r| r != "false" && r != "0" && r != "off")
+    {
+        return Err(Fatal::new(
+            "42501",
+            "weir: denied by weir.protocol.replication: replication connections bypass statement policy",
+        ));
+    }
+    if startup
+        .param("options")
+        .is_some_and(|o| !o.trim().is_empty())
+    {
+        return Err(Fatal::new(
+            "0A000",
+            "weir: the startup parameter \"options\" is not accepted: settings given there would bypass policy; use SET after connecting",
+        ));
+    }
+    let target = shared
+        .config
+        .target(&database)
+        .cloned()
+        .ok_or_else(|| Fatal::new("3D000", format!("weir: no target named \"{database}\"")))?;
+    if target.engine != weir_config::Engine::Postgres {
+        return Err(Fatal::new(
+            "0A000",
+            format!("weir: target \"{database}\" is not a PostgreSQL target"),
+        ));
+    }
+    // The token is a bearer secret: never accept it in clear over a network.
+    if !client.is_tls() && !peer.ip().is_loopback() {
+        return Err(Fatal::new(
+            "28000",
+            "weir: connections from other hosts must use TLS (sslmode=require)",
+        ));
+    }
+
+    let mut out = BytesMut::new();
+    Backend::Authentication(Authentication::CleartextPassword).encode(&mut out);
+    client.write_all(&out).await.map_err(Fatal::protocol)?;
+    let (tag, body) = tokio::time::timeout_at(
+        deadline,
+        read_frame(client, buf, weir_wire::MAX_STARTUP_PACKET_SIZE),
+    )
+    .await
+    .map_err(|_| Fatal::new("08006", "weir: authentication timed out"))??;
+    if tag != b'p' {
+        return Err(Fatal::protocol("expected a password message"));
+    }
+    let token = body.strip_suffix(&[0]).unwrap_or(&body);
+    let (identity, token_id) = match shared.auth.verify(&user, token).await {
+        Ok(verified) => verified,
+        Err(e) => {
+            let verdict = shared.failed_logins.failed(peer.ip(), &user);
+            for summary in verdict.summaries {
+                let _ = shared.audit.append(summary);
+            }
+            if verdict.record {
+                info!(user = %user, target = %database, reason = %e, "authentication failed");
+                let _ = shared
+                    .audit
+                    .append(Event::AuthFailed {
+                        claimed: user.clone(),
+                        client_addr: peer.to_string(),
+                        target: database.clone(),
+                        reason: e.to_string(),
+                    })
+                    .wait()
+                    .await;
+            } else {
+                // Past the address's limit: counted for its window's summary, and not logged
+                // one by one either.
+                debug!(user = %user, target = %database, reason = %e, "authentication failed (counted)");
+            }
+            return Err(Fatal::new(
+                "28P01",
+                format!("weir: authentication failed for \"{user}\": the password must be a valid Weir token or ID token for this identity"),
+            ));
+        }
+    };
+
+    // INVARIANT: the session starts in the lexing mode Weir analyzes in
+    // (`weir_analyze::lexing`): the client may not choose another, and
+    // standard_conforming_strings is always sent as `on`, so neither a role's or database's
+    // default nor a later RESET or DISCARD ALL can return to another.
+    for (k, v) in params.iter().filter(|(k, _)| forwardable(k)) {
+        if let Err(why) = weir_analyze::lexing::check_setting(k, Some(v)) {
+            return Err(Fatal::new(
+                "22023",
+                format!("weir: denied by {}: {why}", weir_analyze::lexing::RULE),
+            ));
+        }
+    }
+    let mut client_params: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| forwardable(k) && k != "standard_conforming_strings")
+        .cloned()
+        .collect();
+    client_params.push(("standard_conforming_strings".into(), "on".into()));
+    let tls_cfg = shared.upstream_tls.get(&target.name).cloned().flatten();
+    let upstream = upstream::connect(upstream::ConnectParams {
+        target: &target,
+        tls: tls_cfg,
+        client_params,
+        max_message: shared.config.gateway.max_message_size,
+        timeout: shared.config.gateway.connect_timeout,
+    })
+    .await
+    .map_err(|e| match e {
+        UpstreamError::Refused(fields) => {
+            let code = fields.code().unwrap_or("08006").to_owned();
+            let msg = fields
+                .get(b'M')
+                .map(|m| String::from_utf8_lossy(m).into_owned())
+                .unwrap_or_default();
+            warn!(target = %target.name, code = %code, message = %msg, "upstream refused the session");
+            Fatal {
+                code: static_code(&code),
+                message: format!("weir: upstream of target \"{}\": {msg}", target.name),
+            }
+        }
+        other => {
+            warn!(target = %target.name, cause = %other, "cannot open the upstream session");
+            Fatal::new(
+                "08006",
+                format!("weir: cannot connect to target \"{}\"; the gateway log has the cause", target.name),
+            )
+        }
+    })?;
+
+    if let Some(why) = lexing_refusal(&upstream.startup_frames) {
+        warn!(target = %target.name, reason = %why, "upstream session is not in a lexing mode Weir reads");
+        return Err(Fatal::new(
+            "22023",
+            format!("weir: denied by {}: the target's session reports {why}; connect with client_encoding=UTF8", weir_analyze::lexing::RULE),
+        ));
+    }
+    let key = UpstreamKey {
+        addr: target.upstream.clone(),
+        process_id: upstream.process_id,
+        secret_key: upstream.secret_key.clone(),
+    };
+    let cancel = Arc::new(CancelSignal::default());
+    let (pid, secret) = shared.cancels.register(key, Arc::clone(&cancel));
+    let end = Arc::new(crate::grants::SessionEnd::default());
+    if let Some(id) = token_id {
+        shared.grants.token_session(id, session, &end);
+    }
+    let result = serve(
+        client, buf, upstream, *minor, params, pid, secret, identity, target, peer, session,
+        shared, cancel, end,
+    )
+    .await;
+    shared.cancels.unregister(pid);
+    result
+}
+
+/// The first ParameterStatus among `frames` that reports a lexing mode Weir does not analyze
+/// in (`weir_analyze::lexing`), described.
+fn lexing_refusal(frames: &[u8]) -> Option<String> {
+    let mut rest = frames;
+    while let Ok(Some(h)) = Header::parse(rest, usize::MAX) {
+        let frame = rest.get(..h.frame_len())?;
+        if h.tag == b'S' {
+            if let Some(why) = reported_lexing_refusal(frame.get(Header::SIZE..)?) {
+                return Some(why);
+            }
+        }
+        rest = rest.get(h.frame_len()..)?;
+    }
+    None
+}
+
+/// A ParameterStatus body that reports a lexing mode Weir does not analyze in, described.
+pub(super) fn reported_lexing_refusal(body: &[u8]) -> Option<String> {
+    let Ok(Backend::ParameterStatus { name, value }) =
+        Backend::decode(b'S', Bytes::copy_from_slice(body))
+    else {
+        return None;
+    };
+    let name = String::from_utf8_lossy(&name);
+    let value = String::from_utf8_lossy(&value);
+    weir_analyze::lexing::check_reported(&name, &value)
+        .err()
+        .map(|why| format!("{name} = {value} ({why})"))
+}
+
+/// SQLSTATEs are five ASCII characters; keep the ones the upstream sends that clients act on.
+fn static_code(code: &str) -> &'static str {
+    match code {
+        "53300" => "53300",
+        "3D000" => "3D000",
+        "57P03" => "57P03",
+        "53000" => "53000",
+        _ => "08006",
+    }
+}
