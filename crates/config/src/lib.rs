@@ -266,7 +266,7 @@ impl StoreUrl {
     }
 }
 
-pub use weir_policy::IdentityKind;
+pub use weir_vocab::IdentityKind;
 
 #[derive(Debug, Clone)]
 pub struct StaticIdentity {
@@ -369,8 +369,8 @@ pub struct Target {
 
 impl Target {
     /// What policy needs to know about this target.
-    pub fn policy_info(&self) -> weir_policy::TargetInfo {
-        weir_policy::TargetInfo {
+    pub fn policy_info(&self) -> weir_vocab::TargetInfo {
+        weir_vocab::TargetInfo {
             name: self.name.clone(),
             environment: self.environment.as_str().to_owned(),
             sensitivity: self
@@ -468,7 +468,7 @@ pub struct AuditConfig {
 }
 
 /// The masking strategies `mask = "…"` and `[masking] default_strategy` may name.
-pub const MASK_STRATEGIES: &[&str] = &["redact", "partial", "email", "hash", "null"];
+pub const MASK_STRATEGIES: &[&str] = weir_vocab::strategy::ALL;
 
 #[derive(Debug, Clone)]
 pub struct MaskingConfig {

@@ -29,23 +29,36 @@ pub enum Strategy {
 impl Strategy {
     /// The names used in `weir.toml` (`mask = "partial"`).
     pub fn parse(name: &str) -> Option<Strategy> {
+        use weir_vocab::strategy as name_of;
         Some(match name {
-            "redact" => Strategy::Redact,
-            "partial" => Strategy::Partial,
-            "email" => Strategy::Email,
-            "hash" => Strategy::Hash,
-            "null" => Strategy::Null,
+            name_of::REDACT => Strategy::Redact,
+            name_of::PARTIAL => Strategy::Partial,
+            name_of::EMAIL => Strategy::Email,
+            name_of::HASH => Strategy::Hash,
+            name_of::NULL => Strategy::Null,
             _ => return None,
         })
     }
 
     pub fn as_str(self) -> &'static str {
+        use weir_vocab::strategy as name_of;
         match self {
-            Strategy::Redact => "redact",
-            Strategy::Partial => "partial",
-            Strategy::Email => "email",
-            Strategy::Hash => "hash",
-            Strategy::Null => "null",
+            Strategy::Redact => name_of::REDACT,
+            Strategy::Partial => name_of::PARTIAL,
+            Strategy::Email => name_of::EMAIL,
+            Strategy::Hash => name_of::HASH,
+            Strategy::Null => name_of::NULL,
+        }
+    }
+}
+
+#[cfg(test)]
+mod names {
+    #[test]
+    fn every_configurable_name_is_a_strategy_and_back() {
+        for name in weir_vocab::strategy::ALL {
+            let s = super::Strategy::parse(name);
+            assert_eq!(s.map(super::Strategy::as_str), Some(*name));
         }
     }
 }

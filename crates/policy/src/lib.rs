@@ -17,32 +17,7 @@ pub mod cedar;
 
 pub use cedar::{ApprovalFacts, PolicyError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdentityKind {
-    Human,
-    Service,
-    Agent,
-}
-
-impl IdentityKind {
-    /// Parses the spelling used in config, on the command line and in the store.
-    pub fn parse(s: &str) -> Option<IdentityKind> {
-        match s {
-            "human" => Some(IdentityKind::Human),
-            "service" => Some(IdentityKind::Service),
-            "agent" => Some(IdentityKind::Agent),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IdentityKind::Human => "human",
-            IdentityKind::Service => "service",
-            IdentityKind::Agent => "agent",
-        }
-    }
-}
+pub use weir_vocab::{IdentityKind, TargetInfo};
 
 /// A verified principal. Built by the authenticator once per connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,42 +30,32 @@ pub struct Identity {
     pub source: &'static str,
 }
 
-/// What policy needs to know about a target.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct TargetInfo {
-    pub name: String,
-    pub environment: String,
-    /// Sensitivity tags by table (`schema.table`), from `[target.tables]`.
-    pub sensitivity: BTreeMap<String, String>,
-}
-
-impl TargetInfo {
-    /// Tags of the tables a statement touches (`f` as analyzed, names as written). An
-    /// unqualified name carries the tags of every table it could denote in the session's
-    /// scope (every schema the search_path has held), or of every table of that name when the
-    /// path is uncertain: when Weir cannot tell which table it is, it assumes the sensitive one.
-    fn tags(&self, f: &StatementFacts, scope: &Scope) -> Vec<String> {
-        let mut tags: Vec<String> = Vec::new();
-        for t in f.tables_read.iter().chain(f.tables_written.iter()) {
-            match scope.candidates(t) {
-                Some(names) => tags.extend(
-                    names
-                        .iter()
-                        .filter_map(|n| self.sensitivity.get(n))
-                        .cloned(),
-                ),
-                None => tags.extend(
-                    self.sensitivity
-                        .iter()
-                        .filter(|(n, _)| n.rsplit('.').next() == Some(t.as_str()))
-                        .map(|(_, tag)| tag.clone()),
-                ),
-            }
+/// Tags of the tables a statement touches (`f` as analyzed, names as written). An
+/// unqualified name carries the tags of every table it could denote in the session's
+/// scope (every schema the search_path has held), or of every table of that name when the
+/// path is uncertain: when Weir cannot tell which table it is, it assumes the sensitive one.
+fn target_tags(target: &TargetInfo, f: &StatementFacts, scope: &Scope) -> Vec<String> {
+    let mut tags: Vec<String> = Vec::new();
+    for t in f.tables_read.iter().chain(f.tables_written.iter()) {
+        match scope.candidates(t) {
+            Some(names) => tags.extend(
+                names
+                    .iter()
+                    .filter_map(|n| target.sensitivity.get(n))
+                    .cloned(),
+            ),
+            None => tags.extend(
+                target
+                    .sensitivity
+                    .iter()
+                    .filter(|(n, _)| n.rsplit('.').next() == Some(t.as_str()))
+                    .map(|(_, tag)| tag.clone()),
+            ),
         }
-        tags.sort();
-        tags.dedup();
-        tags
     }
+    tags.sort();
+    tags.dedup();
+    tags
 }
 
 /// The outcome for one statement. Where rules disagree, deny beats approval beats bound
@@ -343,7 +308,7 @@ impl Policy {
                     entities,
                     f,
                     untrusted,
-                    &session.target.tags(raw, scope),
+                    &target_tags(&session.target, raw, scope),
                     session.granted(),
                     copied,
                 )
@@ -393,7 +358,7 @@ mod tests {
         };
         let a = weir_analyze::Analyzer::new();
         let read = a.analyze(b"select * from customers").unwrap();
-        let tags = |scope: &Scope| target.tags(&read.statements[0], scope);
+        let tags = |scope: &Scope| target_tags(&target, &read.statements[0], scope);
         let mut scope = Scope::new("app", None);
         assert!(tags(&scope).is_empty());
         scope.observe(&a.analyze(b"set search_path = sales").unwrap());
@@ -410,7 +375,7 @@ mod tests {
         assert_eq!(tags(&scope), ["pii"]);
         // Qualified names are exact.
         let other = a.analyze(b"select * from public.customers").unwrap();
-        assert!(target.tags(&other.statements[0], &scope).is_empty());
+        assert!(target_tags(&target, &other.statements[0], &scope).is_empty());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
-use weir_policy::IdentityKind;
+use weir_vocab::IdentityKind;
 
 pub mod approvals;
 pub mod audit;

@@ -1,0 +1,54 @@
+//! The words every part of Weir shares, and nothing else: the kinds of identity, what policy
+//! is told about a target, the masking strategies' names. Plain data with no dependencies,
+//! so that the config and the store need not pull in the policy engine (Cedar) or the masker
+//! to name them.
+
+use std::collections::BTreeMap;
+
+/// What kind of principal an identity is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityKind {
+    Human,
+    Service,
+    Agent,
+}
+
+impl IdentityKind {
+    /// Parses the spelling used in config, on the command line and in the store.
+    pub fn parse(s: &str) -> Option<IdentityKind> {
+        match s {
+            "human" => Some(IdentityKind::Human),
+            "service" => Some(IdentityKind::Service),
+            "agent" => Some(IdentityKind::Agent),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityKind::Human => "human",
+            IdentityKind::Service => "service",
+            IdentityKind::Agent => "agent",
+        }
+    }
+}
+
+/// What policy needs to know about a target.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TargetInfo {
+    pub name: String,
+    pub environment: String,
+    /// Sensitivity tags by table (`schema.table`), from `[target.tables]`.
+    pub sensitivity: BTreeMap<String, String>,
+}
+
+/// The masking strategies' names, as config, the store and the trail spell them.
+pub mod strategy {
+    pub const REDACT: &str = "redact";
+    pub const PARTIAL: &str = "partial";
+    pub const EMAIL: &str = "email";
+    pub const HASH: &str = "hash";
+    pub const NULL: &str = "null";
+    /// Every strategy, in the order the documentation lists them.
+    pub const ALL: &[&str] = &[REDACT, PARTIAL, EMAIL, HASH, NULL];
+}
