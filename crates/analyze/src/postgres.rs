@@ -1114,7 +1114,9 @@ fn select_values(
         };
         let mut from = Vec::new();
         if set_operation {
-            column_refs(&Value::Object(select.clone()), &mut from);
+            for v in select.values() {
+                column_refs(v, &mut from);
+            }
         } else {
             for (_, v) in &targets {
                 column_refs(v, &mut from);

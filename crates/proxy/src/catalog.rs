@@ -244,6 +244,7 @@ impl CatalogCache {
         let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
         known.by_oid = rows
             .into_iter()
+            .flatten()
             .filter_map(|r| {
                 let oid = r.first()?.as_deref()?.parse::<u32>().ok()?;
                 let schema = r.get(1)?.as_deref()?;
@@ -256,14 +257,20 @@ impl CatalogCache {
     }
 }
 
-/// Runs one of Weir's own read-only queries on its own upstream connection, on record
-/// first, and returns every row of its results as text.
+/// One row of a result, as text (`None` for NULL).
+type Row = Vec<Option<String>>;
+
+/// Runs one of Weir's own read-only queries (one or more statements) on its own upstream
+/// connection, on record first (identity `weir`, `rule`), and returns each result's rows
+/// as text, one list per result.
 async fn query_rows(
     shared: &Shared,
     target: &Target,
     sql: &'static str,
     rule: &str,
-) -> Result<Vec<Vec<Option<String>>>, String> {
+) -> Result<Vec<Vec<Row>>, String> {
+    // Weir's own statement is on record like any other, before it is sent: every statement
+    // that reaches the database has its event.
     shared
         .audit
         .append(weir_audit::Event::Statement {
@@ -280,7 +287,7 @@ async fn query_rows(
         })
         .wait()
         .await
-        .map_err(|e| format!("recording Weir's query: {e}"))?;
+        .map_err(|e| format!("recording Weir's query ({rule}): {e}"))?;
     let max = shared.config.gateway.max_message_size;
     let mut up = upstream::connect(upstream::ConnectParams {
         target,
@@ -290,39 +297,48 @@ async fn query_rows(
         timeout: shared.config.gateway.connect_timeout,
     })
     .await
-    .map_err(|e| format!("connecting for Weir's query: {e}"))?;
+    .map_err(|e| format!("connecting for Weir's query ({rule}): {e}"))?;
     let mut out = BytesMut::new();
     Frontend::Query(bytes::Bytes::from_static(sql.as_bytes())).encode(&mut out);
     Frontend::Terminate.encode(&mut out);
     up.stream
         .write_all(&out)
         .await
-        .map_err(|e| format!("sending Weir's query: {e}"))?;
+        .map_err(|e| format!("sending Weir's query ({rule}): {e}"))?;
     let mut buf = up.leftover;
-    let mut rows = Vec::new();
+    let mut results: Vec<Vec<Row>> = Vec::new();
+    let mut failure = None;
     loop {
         let (tag, body) = read_frame(&mut up.stream, &mut buf, max)
             .await
-            .map_err(|e| format!("reading Weir's query: {e}"))?;
+            .map_err(|e| format!("reading Weir's query ({rule}): {e}"))?;
         match Backend::decode(tag, body) {
-            Ok(Backend::DataRow(values)) => rows.push(
-                values
-                    .iter()
-                    .map(|v| v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()))
-                    .collect(),
-            ),
+            Ok(Backend::RowDescription(_)) => results.push(Vec::new()),
+            Ok(Backend::DataRow(values)) => {
+                if let Some(rows) = results.last_mut() {
+                    rows.push(
+                        values
+                            .iter()
+                            .map(|v| v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()))
+                            .collect(),
+                    );
+                }
+            }
             Ok(Backend::ErrorResponse(f)) => {
-                return Err(format!(
-                    "Weir's query failed: {}",
+                failure = Some(
                     f.get(b'M')
                         .map(|m| String::from_utf8_lossy(m).into_owned())
-                        .unwrap_or_default()
-                ))
+                        .unwrap_or_default(),
+                );
             }
-            Ok(Backend::ReadyForQuery(_)) => return Ok(rows),
+            Ok(Backend::ReadyForQuery(_)) => break,
             Ok(_) => {}
-            Err(e) => return Err(format!("decoding Weir's query: {e}")),
+            Err(e) => return Err(format!("decoding Weir's query ({rule}): {e}")),
         }
+    }
+    match failure {
+        Some(m) => Err(format!("Weir's query ({rule}) failed: {m}")),
+        None => Ok(results),
     }
 }
 
@@ -356,128 +372,66 @@ async fn load(
     shared: &Shared,
     target: &Target,
 ) -> Result<(Vec<CatalogRow>, Vec<FunctionRow>), String> {
-    // Weir's own statement is on record like any other, before it is sent: every statement
-    // that reaches the database has its event.
-    shared
-        .audit
-        .append(weir_audit::Event::Statement {
-            session: 0,
-            request: 0,
-            identity: std::sync::Arc::from("weir"),
-            target: std::sync::Arc::from(target.name.as_str()),
-            via: "catalog",
-            sql: std::sync::Arc::from(CATALOG_QUERY),
-            fingerprint: 0,
-            statements: std::sync::Arc::from(Vec::new()),
-            decision: "allow",
-            rule: Some("weir.masking-catalog".into()),
+    let mut results = query_rows(shared, target, CATALOG_QUERY, "weir.masking-catalog")
+        .await?
+        .into_iter();
+    let (columns, functions) = (
+        results.next().unwrap_or_default(),
+        results.next().unwrap_or_default(),
+    );
+    let rows = columns.iter().filter_map(|r| catalog_row(r)).collect();
+    let functions = functions
+        .into_iter()
+        .filter_map(|mut r| {
+            let body = r.get_mut(3).and_then(Option::take);
+            let mut text = r.into_iter();
+            let (Some(Some(schema)), Some(Some(name)), Some(Some(language))) =
+                (text.next(), text.next(), text.next())
+            else {
+                return None;
+            };
+            Some(FunctionRow {
+                schema,
+                name,
+                language,
+                body,
+            })
         })
-        .wait()
-        .await
-        .map_err(|e| format!("recording the catalog query: {e}"))?;
-    let max = shared.config.gateway.max_message_size;
-    let mut up = upstream::connect(upstream::ConnectParams {
-        target,
-        tls: shared.upstream_tls.get(&target.name).cloned().flatten(),
-        client_params: vec![("application_name".into(), "weir-catalog".into())],
-        max_message: max,
-        timeout: shared.config.gateway.connect_timeout,
+        .collect();
+    Ok((rows, functions))
+}
+
+/// One row of the catalog query's first result; `None` for a row it cannot read.
+fn catalog_row(r: &[Option<String>]) -> Option<CatalogRow> {
+    let text = |i: usize| r.get(i).cloned().flatten();
+    let table_oid = text(0)?.parse::<u32>().ok()?;
+    let attnum = text(1)?.parse::<i16>().ok()?;
+    let (schema, table, column) = (text(2)?, text(3)?, text(4)?);
+    let type_oid = text(5)?.parse::<u32>().ok()?;
+    // NULL for tables; for views the columns read (possibly none).
+    let reads = text(6);
+    Some(CatalogRow {
+        table_oid,
+        attnum,
+        schema,
+        table,
+        column,
+        type_oid,
+        is_view: reads.is_some(),
+        view_reads: reads
+            .iter()
+            .flat_map(|r| r.split('\u{1f}'))
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        row_types: [7, 8].map(|i| text(i).and_then(|t| t.parse().ok()).unwrap_or(0)),
+        unique_keys: text(9)
+            .iter()
+            .flat_map(|k| k.split(','))
+            .filter_map(|k| {
+                let (index, n) = k.split_once(':')?;
+                Some((index.parse().ok()?, n.parse().ok()?))
+            })
+            .collect(),
     })
-    .await
-    .map_err(|e| format!("connecting to load the catalog: {e}"))?;
-    let mut out = BytesMut::new();
-    Frontend::Query(bytes::Bytes::from_static(CATALOG_QUERY.as_bytes())).encode(&mut out);
-    Frontend::Terminate.encode(&mut out);
-    up.stream
-        .write_all(&out)
-        .await
-        .map_err(|e| format!("sending the catalog query: {e}"))?;
-    let mut buf = up.leftover;
-    let mut rows = Vec::new();
-    let mut functions = Vec::new();
-    // Which result: 1 the columns, 2 the functions.
-    let mut result = 0;
-    let mut failure = None;
-    loop {
-        let (tag, body) = read_frame(&mut up.stream, &mut buf, max)
-            .await
-            .map_err(|e| format!("reading the catalog: {e}"))?;
-        match Backend::decode(tag, body) {
-            Ok(Backend::RowDescription(_)) => result += 1,
-            Ok(Backend::DataRow(values)) if result == 2 => {
-                let text = |i: usize| -> Option<String> {
-                    values
-                        .get(i)
-                        .and_then(|v| v.as_ref())
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                };
-                if let (Some(schema), Some(name), Some(language)) = (text(0), text(1), text(2)) {
-                    functions.push(FunctionRow {
-                        schema,
-                        name,
-                        language,
-                        body: text(3),
-                    });
-                }
-            }
-            Ok(Backend::DataRow(values)) => {
-                let text = |i: usize| -> Option<String> {
-                    values
-                        .get(i)
-                        .and_then(|v| v.as_ref())
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                };
-                let (Some(oid), Some(attnum), Some(schema), Some(table), Some(column), Some(ty)) =
-                    (text(0), text(1), text(2), text(3), text(4), text(5))
-                else {
-                    continue;
-                };
-                let (Ok(table_oid), Ok(attnum), Ok(type_oid)) =
-                    (oid.parse::<u32>(), attnum.parse::<i16>(), ty.parse::<u32>())
-                else {
-                    continue;
-                };
-                // NULL for tables; for views the columns read (possibly none).
-                let reads = text(6);
-                rows.push(CatalogRow {
-                    table_oid,
-                    attnum,
-                    schema,
-                    table,
-                    column,
-                    type_oid,
-                    is_view: reads.is_some(),
-                    view_reads: reads
-                        .iter()
-                        .flat_map(|r| r.split('\u{1f}'))
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
-                    row_types: [7, 8].map(|i| text(i).and_then(|t| t.parse().ok()).unwrap_or(0)),
-                    unique_keys: text(9)
-                        .iter()
-                        .flat_map(|k| k.split(','))
-                        .filter_map(|k| {
-                            let (index, n) = k.split_once(':')?;
-                            Some((index.parse().ok()?, n.parse().ok()?))
-                        })
-                        .collect(),
-                });
-            }
-            Ok(Backend::ErrorResponse(f)) => {
-                failure = Some(
-                    f.get(b'M')
-                        .map(|m| String::from_utf8_lossy(m).into_owned())
-                        .unwrap_or_default(),
-                );
-            }
-            Ok(Backend::ReadyForQuery(_)) => break,
-            Ok(_) => {}
-            Err(e) => return Err(format!("decoding the catalog: {e}")),
-        }
-    }
-    match failure {
-        Some(m) => Err(format!("the catalog query failed: {m}")),
-        None => Ok((rows, functions)),
-    }
 }
