@@ -17,7 +17,7 @@ pub mod postgres;
 mod scope;
 mod shape;
 
-pub use scope::{PathChange, Scope};
+pub use scope::{PathChange, Resolution, Scope, Touched};
 
 /// What a statement does, as far as policy is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -46,6 +46,25 @@ struct Prepared {
     resolved: Arc<StatementFacts>,
 }
 
+/// The tables a statement could touch in one session ([`Scope::touched`]): what policy
+/// looks up sensitivity for. When Weir cannot tell which table a name is, it counts every
+/// table it could be.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// `schema.table` names the statement's tables could denote.
+    pub tables: Vec<String>,
+    /// Names (as written) whose schema Weir cannot tell: a table of that name in any schema.
+    pub anywhere: Vec<String>,
+}
+
+/// An analyzed text as it means in one session ([`Scope::resolve_analysis`]): each
+/// statement's facts resolved, with the tables it could touch.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    pub statements: Vec<StatementFacts>,
+    pub touched: Vec<Touched>,
+}
+
 /// One session's view of names. Cheap to clone (a request that changes it is decided against
 /// a copy, kept only if the request is forwarded).
 #[derive(Debug, Clone)]
@@ -217,6 +236,39 @@ impl Scope {
         match self.prepared_for(f) {
             Some(p) => &p.raw,
             None => f,
+        }
+    }
+
+    /// Every table `f` (as analyzed, or as resolved) could touch in this session. For
+    /// `EXECUTE`, those of the statement it runs; for `PREPARE` and `DECLARE`, those of the
+    /// statement they hold.
+    pub fn touched(&self, f: &StatementFacts) -> Touched {
+        let source = self.source(f);
+        let source = source.inner.as_deref().unwrap_or(source);
+        let mut touched = Touched::default();
+        for t in source.tables_read.iter().chain(&source.tables_written) {
+            match self.candidates(t) {
+                Some(names) => touched.tables.extend(names),
+                None => touched.anywhere.push(t.clone()),
+            }
+        }
+        touched.tables.sort();
+        touched.tables.dedup();
+        touched.anywhere.sort();
+        touched.anywhere.dedup();
+        touched
+    }
+
+    /// What an analyzed text means in this session: [`Scope::resolve`] and
+    /// [`Scope::touched`] for each statement.
+    pub fn resolve_analysis(&self, analysis: &Analysis) -> Resolution {
+        Resolution {
+            statements: self.resolve(&analysis.statements),
+            touched: analysis
+                .statements
+                .iter()
+                .map(|f| self.touched(f))
+                .collect(),
         }
     }
 

@@ -54,7 +54,7 @@ fn decide(c: &mut Criterion) {
             b.iter(|| {
                 // A fresh analyzer each time: nothing cached.
                 let analysis = Analyzer::new().analyze(sql.as_bytes()).unwrap();
-                policy.decide(&session, &scope, &analysis)
+                policy.decide(&session, &scope.resolve_analysis(&analysis))
             })
         });
     }
@@ -67,7 +67,7 @@ fn decide(c: &mut Criterion) {
         g.bench_function(*name, |b| {
             b.iter(|| {
                 let analysis = analyzer.analyze(sql.as_bytes()).unwrap();
-                policy.decide(&session, &scope, &analysis)
+                policy.decide(&session, &scope.resolve_analysis(&analysis))
             })
         });
     }

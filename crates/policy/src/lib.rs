@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use weir_analyze::{Analysis, Scope, StatementFacts};
+use weir_analyze::{Analysis, Resolution, StatementFacts, Touched};
 
 pub mod cedar;
 
@@ -30,28 +30,25 @@ pub struct Identity {
     pub source: &'static str,
 }
 
-/// Tags of the tables a statement touches (`f` as analyzed, names as written). An
-/// unqualified name carries the tags of every table it could denote in the session's
-/// scope (every schema the search_path has held), or of every table of that name when the
-/// path is uncertain: when Weir cannot tell which table it is, it assumes the sensitive one.
-fn target_tags(target: &TargetInfo, f: &StatementFacts, scope: &Scope) -> Vec<String> {
-    let mut tags: Vec<String> = Vec::new();
-    for t in f.tables_read.iter().chain(f.tables_written.iter()) {
-        match scope.candidates(t) {
-            Some(names) => tags.extend(
-                names
-                    .iter()
-                    .filter_map(|n| target.sensitivity.get(n))
-                    .cloned(),
-            ),
-            None => tags.extend(
-                target
-                    .sensitivity
-                    .iter()
-                    .filter(|(n, _)| n.rsplit('.').next() == Some(t.as_str()))
-                    .map(|(_, tag)| tag.clone()),
-            ),
-        }
+/// Tags of the tables a statement could touch in its session (name resolution is the
+/// analyzer's: [`weir_analyze::Scope::touched`]). A name whose schema Weir cannot tell
+/// carries the tags of every table of that name: when Weir cannot tell which table it is, it
+/// assumes the sensitive one.
+fn target_tags(target: &TargetInfo, touched: &Touched) -> Vec<String> {
+    let mut tags: Vec<String> = touched
+        .tables
+        .iter()
+        .filter_map(|n| target.sensitivity.get(n))
+        .cloned()
+        .collect();
+    for t in &touched.anywhere {
+        tags.extend(
+            target
+                .sensitivity
+                .iter()
+                .filter(|(n, _)| n.rsplit('.').next() == Some(t.as_str()))
+                .map(|(_, tag)| tag.clone()),
+        );
     }
     tags.sort();
     tags.dedup();
@@ -273,30 +270,27 @@ impl Policy {
     }
 
     /// Decides one statement again, now that the session knows what its writes copy
-    /// (`context.copies_sensitive`): `raw` as analyzed (or as resolved, when that is all the
-    /// caller has), `f` as resolved in the session's scope.
+    /// (`context.copies_sensitive`): `f` as resolved in the session's scope.
     pub fn decide_copying(
         &self,
         session: &PolicySession,
-        scope: &Scope,
         f: &StatementFacts,
+        touched: &Touched,
         copied: &Copied,
     ) -> Verdict {
-        self.decide_one(session, scope, f, f, Some(copied))
+        self.decide_one(session, f, touched, Some(copied))
     }
 
     fn decide_one(
         &self,
         session: &PolicySession,
-        scope: &Scope,
-        raw: &StatementFacts,
         f: &StatementFacts,
+        touched: &Touched,
         copied: Option<&Copied>,
     ) -> Verdict {
         // PREPARE and DECLARE are decided as the statement they hold: that is what
         // EXECUTE and FETCH will run.
-        let holds = raw.inner.is_some();
-        let raw = raw.inner.as_deref().unwrap_or(raw);
+        let holds = f.inner.is_some();
         let f = f.inner.as_deref().unwrap_or(f);
         let verdict = match (&self.engine, &session.entities) {
             (Some(engine), Some(entities)) => {
@@ -308,7 +302,7 @@ impl Policy {
                     entities,
                     f,
                     untrusted,
-                    &target_tags(&session.target, raw, scope),
+                    &target_tags(&session.target, touched),
                     session.granted(),
                     copied,
                 )
@@ -322,32 +316,23 @@ impl Policy {
         }
     }
 
-    /// Decides every statement of an analyzed text, in the session's scope. The decision
-    /// carries the facts as resolved in that scope (qualified names, `EXECUTE` replaced by
-    /// what it runs), which is what later stages see.
-    pub fn decide(
-        &self,
-        session: &PolicySession,
-        scope: &Scope,
-        analysis: &Arc<Analysis>,
-    ) -> Decision {
-        let resolved: Vec<StatementFacts> = scope.resolve(&analysis.statements);
-        let verdicts = analysis
+    /// One verdict per statement of a text as it means in the session
+    /// ([`weir_analyze::Scope::resolve_analysis`]). Policy decides; it does not resolve
+    /// names or rewrite facts.
+    pub fn decide(&self, session: &PolicySession, resolution: &Resolution) -> Vec<Verdict> {
+        resolution
             .statements
             .iter()
-            .zip(&resolved)
-            .map(|(raw, f)| self.decide_one(session, scope, scope.source(raw), f, None))
-            .collect();
-        Decision {
-            analysis: Arc::new(analysis.with_statements(resolved.into())),
-            verdicts,
-        }
+            .zip(&resolution.touched)
+            .map(|(f, touched)| self.decide_one(session, f, touched, None))
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_analyze::Scope;
 
     #[test]
     fn sensitivity_follows_the_search_path() {
@@ -358,7 +343,7 @@ mod tests {
         };
         let a = weir_analyze::Analyzer::new();
         let read = a.analyze(b"select * from customers").unwrap();
-        let tags = |scope: &Scope| target_tags(&target, &read.statements[0], scope);
+        let tags = |scope: &Scope| target_tags(&target, &scope.touched(&read.statements[0]));
         let mut scope = Scope::new("app", None);
         assert!(tags(&scope).is_empty());
         scope.observe(&a.analyze(b"set search_path = sales").unwrap());
@@ -375,7 +360,7 @@ mod tests {
         assert_eq!(tags(&scope), ["pii"]);
         // Qualified names are exact.
         let other = a.analyze(b"select * from public.customers").unwrap();
-        assert!(target_tags(&target, &other.statements[0], &scope).is_empty());
+        assert!(target_tags(&target, &scope.touched(&other.statements[0])).is_empty());
     }
 
     #[test]

@@ -36,8 +36,7 @@ fn outcome(
     let scope = weir_analyze::Scope::default();
     let scope = scope.after(&analysis).unwrap_or(scope);
     policy
-        .decide(&session, &scope, &analysis)
-        .verdicts
+        .decide(&session, &scope.resolve_analysis(&analysis))
         .iter()
         .map(|v| match v {
             Verdict::Allow => "allow".to_string(),
@@ -749,7 +748,7 @@ fn a_sensitive_copy_needs_approval_in_production_unless_its_columns_may_be_seen(
             labels: labels.iter().map(|l| l.to_string()).collect(),
             may_unmask,
         };
-        match policy.decide_copying(&session, &scope, &f, &copied) {
+        match policy.decide_copying(&session, &f, &scope.touched(&f), &copied) {
             Verdict::Allow => "allow".to_string(),
             Verdict::Deny { rule, .. } => format!("deny {rule}"),
             Verdict::RequireApproval { rule, .. } => format!("approve {rule}"),

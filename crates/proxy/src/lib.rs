@@ -81,6 +81,67 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Everything a gateway's sessions share, but its listeners. `clock` is what approval
+    /// deadlines, windows and grant expiry are decided by.
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        policy: Policy,
+        audit: Arc<dyn AuditSink>,
+        clock: weir_store::Clock,
+    ) -> Result<Shared, GatewayError> {
+        let server_tls = tls::server_config(&config)?;
+        let mut upstream_tls = HashMap::new();
+        for t in &config.targets {
+            upstream_tls.insert(t.name.clone(), tls::upstream_config(t)?);
+        }
+        // The names were checked when the configuration was loaded.
+        let default_strategy = config
+            .masking
+            .default_strategy
+            .as_deref()
+            .and_then(weir_mask::Strategy::parse);
+        let mut catalogs = HashMap::new();
+        for t in &config.targets {
+            catalogs.insert(
+                t.name.clone(),
+                Arc::new(catalog::CatalogCache::new(
+                    t,
+                    default_strategy,
+                    &config.masking.clean_functions,
+                )),
+            );
+        }
+        let mask_key = mask_key(&config).map_err(GatewayError::Masking)?;
+        let grants = Arc::new(grants::Grants::new(Arc::clone(&store), clock.clone()));
+        grants
+            .load()
+            .map_err(|e| GatewayError::Store(format!("reading access grants: {e}")))?;
+        let notifier = Arc::new(notify::Notifier::new(&config));
+        let failed_logins = failures::FailedLogins::new(clock.clone());
+        let approvals = Arc::new(approvals::Approvals::new(
+            Arc::clone(&store),
+            clock,
+            Arc::clone(&notifier),
+        ));
+        Ok(Shared {
+            auth: Authenticator::new(&config, store),
+            approvals,
+            grants,
+            notifier,
+            config,
+            analyzer: weir_analyze::Analyzer::new(),
+            policy,
+            audit,
+            cancels: CancelRegistry::default(),
+            tls_acceptor: tokio_rustls::TlsAcceptor::from(server_tls),
+            upstream_tls,
+            catalogs,
+            mask_key,
+            failed_logins,
+        })
+    }
+
     /// A target's catalog cache (also when masking is off: fastpath calls resolve OIDs
     /// through it).
     pub(crate) fn catalog(&self, target: &str) -> Option<&Arc<catalog::CatalogCache>> {
@@ -107,40 +168,6 @@ impl Gateway {
             .gateway
             .postgres_listen
             .ok_or(GatewayError::NoListener)?;
-        let server_tls = tls::server_config(&config)?;
-        let mut upstream_tls = HashMap::new();
-        for t in &config.targets {
-            upstream_tls.insert(t.name.clone(), tls::upstream_config(t)?);
-        }
-        // The names were checked when the configuration was loaded.
-        let default_strategy = config
-            .masking
-            .default_strategy
-            .as_deref()
-            .and_then(weir_mask::Strategy::parse);
-        let mut catalogs = HashMap::new();
-        for t in &config.targets {
-            catalogs.insert(
-                t.name.clone(),
-                Arc::new(catalog::CatalogCache::new(
-                    t,
-                    default_strategy,
-                    &config.masking.clean_functions,
-                )),
-            );
-        }
-        let mask_key = mask_key(&config).map_err(GatewayError::Masking)?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| GatewayError::Bind { addr, source })?;
-        let http = match config.gateway.http_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| GatewayError::Bind { addr, source })?,
-            ),
-            None => None,
-        };
         let clock = weir_store::Clock::from_env();
         if clock.is_controlled() {
             warn!(
@@ -148,33 +175,19 @@ impl Gateway {
                 "the gateway's clock is offset by a file (WEIR_CLOCK_FILE): for tests only"
             );
         }
-        let grants = Arc::new(grants::Grants::new(Arc::clone(&store), clock.clone()));
-        grants
-            .load()
-            .map_err(|e| GatewayError::Store(format!("reading access grants: {e}")))?;
-        let notifier = Arc::new(notify::Notifier::new(&config));
-        let failed_logins = failures::FailedLogins::new(clock.clone());
-        let approvals = Arc::new(approvals::Approvals::new(
-            Arc::clone(&store),
-            clock,
-            Arc::clone(&notifier),
-        ));
-        let shared = Arc::new(Shared {
-            auth: Authenticator::new(&config, store),
-            approvals,
-            grants,
-            notifier,
-            config,
-            analyzer: weir_analyze::Analyzer::new(),
-            policy,
-            audit,
-            cancels: CancelRegistry::default(),
-            tls_acceptor: tokio_rustls::TlsAcceptor::from(server_tls),
-            upstream_tls,
-            catalogs,
-            mask_key,
-            failed_logins,
-        });
+        let http_addr = config.gateway.http_listen;
+        let shared = Arc::new(Shared::new(config, store, policy, audit, clock)?);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| GatewayError::Bind { addr, source })?;
+        let http = match http_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| GatewayError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         Ok(Gateway {
             shared,
             listener,

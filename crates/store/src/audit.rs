@@ -145,6 +145,9 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 );
 ";
 
+/// What [`AuditStore::for_each_with_checkpoints`] calls for each event.
+pub type ExportVisitor<'a> = dyn FnMut(&Record, Option<&Checkpoint>) -> Result<(), StoreError> + 'a;
+
 const EVENT_COLUMNS: &str = "seq, ts_us, prev, hash, body";
 const CHECKPOINT_COLUMNS: &str = "seq, head, ts_us, signature";
 
@@ -241,6 +244,30 @@ impl AuditStore {
 
     /// The underlying connection, for tests that tamper with the trail.
     #[doc(hidden)]
+    /// Every event in order, each with the signed checkpoint that ends at it, if one does:
+    /// what an export an auditor verifies without the store is made of.
+    pub fn for_each_with_checkpoints(&self, f: &mut ExportVisitor<'_>) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT e.seq, e.ts_us, e.prev, e.hash, e.body, c.head, c.ts_us, c.signature
+             FROM audit_events e LEFT JOIN audit_checkpoints c ON c.seq = e.seq ORDER BY e.seq",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let record = record(row)?;
+            let checkpoint = match row.get::<_, Option<Vec<u8>>>(5)? {
+                Some(_) => Some(Checkpoint {
+                    seq: record.seq,
+                    head: blob(row, 5)?,
+                    ts_us: row.get(6)?,
+                    signature: blob(row, 7)?,
+                }),
+                None => None,
+            };
+            f(&record, checkpoint.as_ref())?;
+        }
+        Ok(())
+    }
+
     pub fn connection(&self) -> &Connection {
         &self.conn
     }

@@ -258,32 +258,28 @@ impl FilterArgs {
 /// it (`"checkpoint":{head, ts_us, signature}`). What an auditor verifies with
 /// `weir audit verify --file F --public-key HEX`, without the store.
 fn export_verifiable(store: &AuditStore, out: &mut impl Write) -> anyhow::Result<()> {
-    let mut stmt = store.connection().prepare(
-        "SELECT e.seq, e.ts_us, e.prev, e.hash, e.body, c.head, c.ts_us, c.signature
-         FROM audit_events e LEFT JOIN audit_checkpoints c ON c.seq = e.seq ORDER BY e.seq",
-    )?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        let ts: i64 = row.get(1)?;
-        let checkpoint = match row.get::<_, Option<Vec<u8>>>(5)? {
-            Some(head) => format!(
+    store.for_each_with_checkpoints(&mut |r, c| {
+        let checkpoint = match c {
+            Some(c) => format!(
                 ",\"checkpoint\":{{\"head\":\"{}\",\"ts_us\":{},\"signature\":\"{}\"}}",
-                hex::encode(head),
-                row.get::<_, i64>(6)?,
-                hex::encode(row.get::<_, Vec<u8>>(7)?),
+                hex::encode(c.head),
+                c.ts_us,
+                hex::encode(c.signature),
             ),
             None => String::new(),
         };
-        writeln!(
+        let written = writeln!(
             out,
-            "{{\"seq\":{},\"ts_us\":{ts},\"time\":\"{}\",\"prev\":\"{}\",\"hash\":\"{}\"{checkpoint},\"event\":{}}}",
-            row.get::<_, i64>(0)?,
-            time(ts),
-            hex::encode(row.get::<_, Vec<u8>>(2)?),
-            hex::encode(row.get::<_, Vec<u8>>(3)?),
-            row.get::<_, String>(4)?,
-        )?;
-    }
+            "{{\"seq\":{},\"ts_us\":{},\"time\":\"{}\",\"prev\":\"{}\",\"hash\":\"{}\"{checkpoint},\"event\":{}}}",
+            r.seq,
+            r.ts_us,
+            time(r.ts_us),
+            hex::encode(r.prev),
+            hex::encode(r.hash),
+            r.body,
+        );
+        written.map_err(weir_store::StoreError::Io)
+    })?;
     Ok(())
 }
 

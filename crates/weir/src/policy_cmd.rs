@@ -71,10 +71,11 @@ fn decide(
         Ok(analysis) => policy
             .decide(
                 &session,
-                &Scope::default().after(&analysis).unwrap_or_default(),
-                &analysis,
+                &Scope::default()
+                    .after(&analysis)
+                    .unwrap_or_default()
+                    .resolve_analysis(&analysis),
             )
-            .verdicts
             .iter()
             .map(verdict_line)
             .collect(),

@@ -313,16 +313,17 @@ impl BackendHalf<'_> {
                         }
                     }
                     if p.audited {
-                        let _ = self.ctx.shared.audit.append(Event::Completed {
-                            session: self.ctx.session,
-                            request: p.id,
-                            tags: p.tags,
-                            rows: p.rows,
-                            duration_us: u64::try_from(p.started.elapsed().as_micros())
-                                .unwrap_or(u64::MAX),
-                            sqlstate: p.sqlstate,
-                            masked,
-                        });
+                        pipeline::completed(
+                            &self.ctx.info,
+                            pipeline::Completion {
+                                request: p.id,
+                                tags: p.tags,
+                                rows: p.rows,
+                                started: p.started,
+                                sqlstate: p.sqlstate,
+                                masked,
+                            },
+                        );
                     }
                 }
             }

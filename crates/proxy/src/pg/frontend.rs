@@ -3,7 +3,7 @@
 //! run under a row bound, or replaced by its denial.
 
 use super::*;
-use crate::pipeline::{self, Item};
+use crate::pipeline::Item;
 
 mod approval;
 mod bracket;
@@ -68,23 +68,10 @@ struct Held {
     items: Vec<Item>,
     next_scope: Option<Scope>,
     end: BatchEnd,
-    approval: String,
-    /// The rule and why (a bounded write's count), for the client's NOTICE.
-    subject: String,
-    deadline_ms: u64,
+    waiting: pipeline::approval::Waiting,
     /// The session's cancel count before the request was recorded: a cancel after it (even
     /// one that arrives before the wait begins) withdraws the request.
     cancels_before: u64,
-}
-
-/// What asking for approval came to.
-enum Ask {
-    /// Run it: an earlier approval of the same statement covers it, or policy approved it.
-    Go,
-    /// Recorded as request `id`; the client waits.
-    Wait { id: String, deadline_ms: u64 },
-    /// It cannot be asked (the store or the trail failed): refuse with this error.
-    Refuse(Fields),
 }
 
 impl<'a> FrontendHalf<'a> {
@@ -451,10 +438,7 @@ impl<'a> FrontendHalf<'a> {
         pipeline::guards::guard_copies(&self.ctx.info, scope, &mut items).await;
         let verdict = pipeline::overall(&items);
         if let Err(refusal) = pipeline::admit(&self.ctx.info, id, &items, &verdict).await {
-            let fields = Fields::new("ERROR", "58000", &refusal.to_string());
-            self.batch.clear();
-            self.ops.clear();
-            return self.deny_now(out, fields, end).await;
+            return self.refuse(out, &refusal, end).await;
         }
 
         match &verdict {
@@ -489,14 +473,8 @@ impl<'a> FrontendHalf<'a> {
                     .await
             }
             Verdict::Deny { rule, reason } => {
-                let fields = Fields::new(
-                    "ERROR",
-                    "42501",
-                    &format!("weir: denied by {rule}: {reason}"),
-                );
-                self.batch.clear();
-                self.ops.clear();
-                self.deny_now(out, fields, end).await
+                self.refuse(out, &pipeline::Refusal::denied(rule, reason), end)
+                    .await
             }
             Verdict::RequireApproval { rule, reason } => {
                 self.approval_or_refusal(id, items, next_scope, end, rule, reason, None, out)
@@ -558,6 +536,18 @@ impl<'a> FrontendHalf<'a> {
         out.extend_from_slice(&self.batch);
         self.batch.clear();
         Ok(())
+    }
+
+    /// Drops the request being assembled and forwards its refusal in its place.
+    async fn refuse(
+        &mut self,
+        out: &mut BytesMut,
+        refusal: &pipeline::Refusal,
+        end: BatchEnd,
+    ) -> Result<(), Fatal> {
+        self.batch.clear();
+        self.ops.clear();
+        self.deny_now(out, refusal_fields(refusal), end).await
     }
 
     /// Forwards the stand-in for a denied request: the server aborts the transaction as for

@@ -32,9 +32,10 @@ use weir_wire::frontend::{Message as Frontend, Target as DescribeTarget};
 use weir_wire::startup::StartupPacket;
 use weir_wire::Header;
 
-use crate::approvals::{CancelSignal, Outcome};
+use crate::approvals::CancelSignal;
 use crate::cancel::UpstreamKey;
 use crate::io::{read_frame, FrameError};
+use crate::pipeline;
 use crate::stream::Stream;
 use crate::track::{Action, Due, Entry, ExecInfo, Mode, ModeKind, Op, Pending, Probe, Tracker};
 use crate::upstream::{self, UpstreamError};
@@ -165,6 +166,22 @@ impl Fatal {
 
     fn frame(&self) -> BytesMut {
         Backend::error(Fields::new("FATAL", self.code, &self.message))
+    }
+}
+
+/// A pipeline refusal as PostgreSQL reports it: SQLSTATE 42501 for a denial, 57014 for a
+/// withdrawn request, 58000 when Weir could not run it safely.
+fn refusal_fields(r: &crate::pipeline::Refusal) -> Fields {
+    use crate::pipeline::RefusalKind;
+    let code = match r.kind {
+        RefusalKind::Denied => "42501",
+        RefusalKind::Cancelled => "57014",
+        RefusalKind::Unavailable => "58000",
+    };
+    let fields = Fields::new("ERROR", code, &r.message);
+    match &r.detail {
+        Some(d) => fields.with(b'D', d),
+        None => fields,
     }
 }
 

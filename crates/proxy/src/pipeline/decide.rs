@@ -123,7 +123,7 @@ impl Decider {
             self.pending_scope = Some(next);
         }
         if let Some(scope) = &self.pending_scope {
-            return Arc::new(s.shared.policy.decide(&s.policy, scope, &analysis));
+            return Arc::new(decide_in(s, scope, &analysis));
         }
         // INVARIANT: the cache holds the facts' `Arc`, so the address cannot be reused by
         // other facts while the entry exists.
@@ -134,7 +134,7 @@ impl Decider {
                 verdicts: hit.verdicts.clone(),
             });
         }
-        let decision = s.shared.policy.decide(&s.policy, &self.scope, &analysis);
+        let decision = decide_in(s, &self.scope, &analysis);
         if self.decisions.len() >= MAX_CACHED {
             self.decisions.clear();
         }
@@ -158,10 +158,17 @@ impl Decider {
         analysis: &Arc<Analysis>,
     ) -> Arc<Decision> {
         self.check_grant(s, end);
-        Arc::new(
-            s.shared
-                .policy
-                .decide(&s.policy, self.request_scope(), analysis),
-        )
+        Arc::new(decide_in(s, self.request_scope(), analysis))
+    }
+}
+
+/// Resolve (analysis, in the session's scope), then decide (policy): the decision carries
+/// the facts as resolved.
+fn decide_in(s: &SessionInfo, scope: &Scope, analysis: &Analysis) -> Decision {
+    let resolution = scope.resolve_analysis(analysis);
+    let verdicts = s.shared.policy.decide(&s.policy, &resolution);
+    Decision {
+        analysis: Arc::new(analysis.with_statements(resolution.statements.into())),
+        verdicts,
     }
 }

@@ -129,9 +129,10 @@ pub(crate) async fn guard_copies(session: &SessionInfo, scope: &Scope, items: &m
                         .may_unmask(&session.policy, &t.source, &t.label)
                 }),
             };
-            let again = shared
-                .policy
-                .decide_copying(&session.policy, scope, f, &copied);
+            let again =
+                shared
+                    .policy
+                    .decide_copying(&session.policy, f, &scope.touched(f), &copied);
             if again.severity() > v.severity() {
                 *v = again;
                 changed = true;

@@ -1,6 +1,9 @@
-//! The request pipeline's protocol-neutral stages, for one session: the catalog-backed
-//! guards that decide a request again ([`guards`]), and admission — the write-ahead record
-//! of every statement and of what its writes make sensitive ([`admit`]).
+//! The request pipeline's protocol-neutral stages, for one session: decide ([`Decider`]:
+//! analysis, name resolution in the session's scope, policy, the decision cache and the
+//! grant check), the catalog-backed guards that decide a request again ([`guards`]),
+//! admission — the write-ahead record of every statement and of what its writes make
+//! sensitive ([`admit`]) —, the approval wait ([`approval`]), and the completion event
+//! ([`completed`]).
 //!
 //! It knows no wire format: a stage answers with verdicts or a [`Refusal`], and each
 //! protocol adapter (`crate::pg` today; MySQL and MCP next) turns those into its own error.
@@ -19,8 +22,11 @@ use weir_policy::{Decision, Identity, PolicySession, Verdict};
 use crate::catalog::CatalogCache;
 use crate::Shared;
 
+pub(crate) mod approval;
 pub(crate) mod decide;
 pub(crate) mod guards;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use decide::Decider;
 
@@ -62,29 +68,157 @@ impl Item {
     }
 }
 
-/// Why a request that policy let through does not run. The adapter reports it as its own
-/// error (PostgreSQL: SQLSTATE 58000).
+/// What kind of refusal it is; each protocol has its own code for each (PostgreSQL:
+/// SQLSTATE 42501, 57014, 58000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefusalKind {
+    /// Policy, an approver or the approval deadline said no.
+    Denied,
+    /// The client withdrew it (a cancel while it waited for approval).
+    Cancelled,
+    /// Weir could not do what running it safely needs (record it, mark what it copies,
+    /// follow its approval): it does not run.
+    Unavailable,
+}
+
+/// Why a request does not run, in no protocol's terms: each adapter turns it into its own
+/// error (SQLSTATE and fields, MySQL errno, MCP tool error).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Refusal {
+pub(crate) struct Refusal {
+    pub kind: RefusalKind,
+    /// The full message, `weir: …` (or the server's own words for a cancel).
+    pub message: String,
+    /// The rule that refused it, when policy did.
+    pub rule: Option<String>,
+    /// The approval request it concerns.
+    pub request: Option<String>,
+    /// More about it (the cancelled request).
+    pub detail: Option<String>,
+}
+
+impl Refusal {
+    fn new(kind: RefusalKind, message: String) -> Refusal {
+        Refusal {
+            kind,
+            message,
+            rule: None,
+            request: None,
+            detail: None,
+        }
+    }
+
+    /// Policy denied it.
+    pub fn denied(rule: &str, reason: &str) -> Refusal {
+        let mut r = Refusal::new(
+            RefusalKind::Denied,
+            format!("weir: denied by {rule}: {reason}"),
+        );
+        r.rule = Some(rule.to_owned());
+        r
+    }
+
+    /// An approver denied it, or nobody approved it in time.
+    pub fn denied_by_approver(message: String) -> Refusal {
+        Refusal::new(RefusalKind::Denied, message)
+    }
+
+    /// The client withdrew approval request `id`.
+    pub fn cancelled(id: &str) -> Refusal {
+        let mut r = Refusal::new(
+            RefusalKind::Cancelled,
+            "canceling statement due to user request".into(),
+        );
+        r.detail = Some(format!("weir: approval request {id} was withdrawn"));
+        r.request = Some(id.to_owned());
+        r
+    }
+
+    pub fn unavailable(message: String) -> Refusal {
+        Refusal::new(RefusalKind::Unavailable, message)
+    }
+
     /// Its events could not be recorded in the audit trail.
-    Unrecorded(String),
+    pub fn unrecorded(e: &dyn std::fmt::Display) -> Refusal {
+        Refusal::unavailable(format!(
+            "weir: the statement was not run because it could not be recorded in the audit trail ({e})"
+        ))
+    }
+
     /// The columns it copies sensitive values into could not be marked sensitive.
-    Untagged(String),
+    pub fn untagged(e: &dyn std::fmt::Display) -> Refusal {
+        Refusal::unavailable(format!(
+            "weir: the statement was not run because the columns it copies sensitive values into could not be marked sensitive ({e})"
+        ))
+    }
+
+    pub fn with_request(mut self, id: &str) -> Refusal {
+        self.request = Some(id.to_owned());
+        self
+    }
 }
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Refusal::Unrecorded(e) => write!(
-                f,
-                "weir: the statement was not run because it could not be recorded in the audit trail ({e})"
-            ),
-            Refusal::Untagged(e) => write!(
-                f,
-                "weir: the statement was not run because the columns it copies sensitive values into could not be marked sensitive ({e})"
-            ),
-        }
+        f.write_str(&self.message)
     }
+}
+
+/// What the upstream answered to one request, in no protocol's terms.
+pub(crate) struct Completion {
+    pub request: u64,
+    /// Command tags of what ran (`SELECT 10`).
+    pub tags: Vec<String>,
+    pub rows: u64,
+    /// When the request was forwarded.
+    pub started: std::time::Instant,
+    pub sqlstate: Option<String>,
+    /// The result columns masked.
+    pub masked: Vec<String>,
+}
+
+/// The completion event of a forwarded request. Not write-ahead: its statements' events
+/// were durable before it was forwarded; a completion the trail cannot take is logged by
+/// the sink.
+pub(crate) fn completed(session: &SessionInfo, c: Completion) {
+    let _ = session.shared.audit.append(Event::Completed {
+        session: session.session,
+        request: c.request,
+        tags: c.tags,
+        rows: c.rows,
+        duration_us: u64::try_from(c.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        sqlstate: c.sqlstate,
+        masked: c.masked,
+    });
+}
+
+/// Records a statement that is refused before it has a decision (a fastpath call of a
+/// function Weir cannot resolve, or cannot mask), under `rule`, and waits until it is
+/// durable.
+pub(crate) async fn record_refused(
+    session: &SessionInfo,
+    request: u64,
+    via: &'static str,
+    sql: &str,
+    rule: &str,
+) -> Result<(), Refusal> {
+    session
+        .shared
+        .audit
+        .append(Event::Statement {
+            session: session.session,
+            request,
+            identity: Arc::clone(&session.identity_name),
+            target: Arc::clone(&session.target_name),
+            via,
+            sql: Arc::from(sql),
+            fingerprint: 0,
+            statements: Arc::from(Vec::new()),
+            decision: "deny",
+            rule: Some(rule.into()),
+        })
+        .wait()
+        .await
+        .map_err(|e| Refusal::unrecorded(&e))
 }
 
 /// The verdict of a request: the most severe of its statements' (deny beats approval, which
@@ -152,12 +286,12 @@ pub(crate) async fn admit(
     }
     if let Some(e) = failure {
         warn!(cause = %e, "audit write failed; request refused");
-        return Err(Refusal::Unrecorded(e.to_string()));
+        return Err(Refusal::unrecorded(&e));
     }
     if !derived.is_empty() {
         if let Err(e) = guards::record_derived(session, items).await {
             warn!(cause = %e, "recording derived sensitivity failed; request refused");
-            return Err(Refusal::Untagged(e.to_string()));
+            return Err(Refusal::untagged(&e));
         }
     }
     Ok(())

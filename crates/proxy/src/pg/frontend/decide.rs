@@ -18,32 +18,17 @@ impl FrontendHalf<'_> {
     ) -> Result<(), Fatal> {
         const RULE: &str = "weir.protocol.function_call";
         let id = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        let recorded = self
-            .ctx
-            .shared
-            .audit
-            .append(Event::Statement {
-                session: self.ctx.session,
-                request: id,
-                identity: Arc::clone(&self.ctx.identity_name),
-                target: Arc::clone(&self.ctx.target_name),
-                via: "function_call",
-                sql: Arc::from(sql),
-                fingerprint: 0,
-                statements: Arc::from(Vec::new()),
-                decision: "deny",
-                rule: Some(RULE.into()),
-            })
-            .wait()
-            .await;
-        if let Err(e) = recorded {
-            warn!(cause = %e, "audit write failed for a refused function call");
+        if let Err(refusal) =
+            pipeline::record_refused(&self.ctx.info, id, "function_call", sql, RULE).await
+        {
+            // Refused either way; the client hears why it was refused.
+            warn!(cause = %refusal, "audit write failed for a refused function call");
         }
-        let fields = Fields::new(
-            "ERROR",
-            "42501",
-            &format!("weir: denied by {RULE}: {reason}"),
-        );
-        self.deny_now(out, fields, BatchEnd::Sync).await
+        self.deny_now(
+            out,
+            refusal_fields(&pipeline::Refusal::denied(RULE, reason)),
+            BatchEnd::Sync,
+        )
+        .await
     }
 }
