@@ -259,28 +259,31 @@ impl FilterArgs {
 /// `weir audit verify --file F --public-key HEX`, without the store.
 fn export_verifiable(store: &AuditStore, out: &mut impl Write) -> anyhow::Result<()> {
     store.for_each_with_checkpoints(&mut |r, c| {
-        let checkpoint = match c {
-            Some(c) => format!(
-                ",\"checkpoint\":{{\"head\":\"{}\",\"ts_us\":{},\"signature\":\"{}\"}}",
-                hex::encode(c.head),
-                c.ts_us,
-                hex::encode(c.signature),
-            ),
-            None => String::new(),
-        };
-        let written = writeln!(
-            out,
-            "{{\"seq\":{},\"ts_us\":{},\"time\":\"{}\",\"prev\":\"{}\",\"hash\":\"{}\"{checkpoint},\"event\":{}}}",
-            r.seq,
-            r.ts_us,
-            time(r.ts_us),
-            hex::encode(r.prev),
-            hex::encode(r.hash),
-            r.body,
-        );
-        written.map_err(weir_store::StoreError::Io)
+        writeln!(out, "{}", export_line(r, c)).map_err(weir_store::StoreError::Io)
     })?;
     Ok(())
+}
+
+/// One event as an export's JSON line, with the checkpoint that ends at it, if any.
+fn export_line(r: &Record, c: Option<&weir_audit::chain::Checkpoint>) -> String {
+    let checkpoint = match c {
+        Some(c) => format!(
+            ",\"checkpoint\":{{\"head\":\"{}\",\"ts_us\":{},\"signature\":\"{}\"}}",
+            hex::encode(c.head),
+            c.ts_us,
+            hex::encode(c.signature),
+        ),
+        None => String::new(),
+    };
+    format!(
+        "{{\"seq\":{},\"ts_us\":{},\"time\":\"{}\",\"prev\":\"{}\",\"hash\":\"{}\"{checkpoint},\"event\":{}}}",
+        r.seq,
+        r.ts_us,
+        time(r.ts_us),
+        hex::encode(r.prev),
+        hex::encode(r.hash),
+        r.body,
+    )
 }
 
 /// One line of an export, back to what was stored: the record, and the checkpoint that
@@ -382,16 +385,7 @@ pub fn export(config: &Path, args: &FilterArgs, format: Format) -> anyhow::Resul
     let mut failed = None;
     store.for_each_event(1, &args.filter()?, &mut |r: &Record| {
         let written = match format {
-            Format::Jsonl => writeln!(
-                out,
-                "{{\"seq\":{},\"ts_us\":{},\"time\":\"{}\",\"prev\":\"{}\",\"hash\":\"{}\",\"event\":{}}}",
-                r.seq,
-                r.ts_us,
-                time(r.ts_us),
-                hex::encode(r.prev),
-                hex::encode(r.hash),
-                r.body
-            ),
+            Format::Jsonl => writeln!(out, "{}", export_line(r, None)),
             Format::Csv => {
                 let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
                 let num = |k: &str| v.get(k).map(|x| x.to_string()).unwrap_or_default();
