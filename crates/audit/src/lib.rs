@@ -32,6 +32,9 @@ pub enum Event {
         client_addr: String,
         target: String,
         tls: bool,
+        /// The entry point when it is not a wire listener (`mcp`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'static str>,
     },
     /// Recorded before the statement is forwarded (write-ahead).
     Statement {
@@ -146,6 +149,16 @@ pub enum Event {
         identity: Arc<str>,
         target: Arc<str>,
         tags: Vec<String>,
+    },
+    /// An MCP tool call, recorded before it runs; the statements it runs follow as the
+    /// events of their own session (`channel: mcp`).
+    ToolCall {
+        identity: String,
+        identity_kind: &'static str,
+        tool: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+        client_addr: String,
     },
     /// Token and policy administration.
     Admin {

@@ -49,6 +49,20 @@ mod raw {
         pub approvals: Approvals,
         #[serde(default)]
         pub audit: Audit,
+        #[serde(default)]
+        pub mcp: Mcp,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Mcp {
+        pub max_rows: Option<u64>,
+        pub max_result_bytes: Option<u64>,
+        pub statement_timeout: Option<String>,
+        #[serde(default)]
+        pub allowed_hosts: Vec<String>,
+        #[serde(default)]
+        pub allowed_origins: Vec<String>,
     }
 
     #[derive(Debug, Deserialize, Default)]
@@ -218,6 +232,25 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     pub audit: AuditConfig,
     pub masking: MaskingConfig,
+    pub mcp: McpConfig,
+}
+
+/// The MCP server's limits (`[mcp]`): what one `query` tool call may return and take.
+#[derive(Debug, Clone)]
+pub struct McpConfig {
+    /// Rows returned when the call names no `max_rows` (default 1,000); a call may ask for
+    /// fewer, never for more than ten times this.
+    pub max_rows: u64,
+    /// The most bytes of values one result carries (default 4 MiB); the rest is cut off and
+    /// `truncated` says so.
+    pub max_result_bytes: u64,
+    /// The statement timeout of a tool call's upstream session (default 30 s).
+    pub statement_timeout: Duration,
+    /// `Host` values `POST /mcp` answers besides loopback names (DNS rebinding guard).
+    pub allowed_hosts: Vec<String>,
+    /// Browser `Origin`s `POST /mcp` answers (`scheme://host:port`); a request with any other
+    /// Origin is refused. Empty: no browser origin is accepted.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -918,6 +951,21 @@ impl Validator<'_> {
             default_strategy: m.default_strategy,
             clean_functions: m.clean_functions.iter().map(|f| f.to_lowercase()).collect(),
         };
+        let mcp = McpConfig {
+            max_rows: match raw.mcp.max_rows {
+                Some(0) => return Err(self.err("[mcp] max_rows must be at least 1")),
+                Some(n) => n,
+                None => 1000,
+            },
+            max_result_bytes: raw.mcp.max_result_bytes.unwrap_or(4 << 20),
+            statement_timeout: self.duration(
+                "[mcp] statement_timeout",
+                raw.mcp.statement_timeout,
+                Duration::from_secs(30),
+            )?,
+            allowed_hosts: raw.mcp.allowed_hosts,
+            allowed_origins: raw.mcp.allowed_origins,
+        };
         Ok(Config {
             path: self.path.to_path_buf(),
             gateway,
@@ -927,6 +975,7 @@ impl Validator<'_> {
             approvals,
             audit,
             masking,
+            mcp,
         })
     }
 }

@@ -272,6 +272,57 @@ impl CancelSignal {
     }
 }
 
+/// How long an access request stays open for approvers.
+pub const ACCESS_REQUEST_OPEN: Duration = Duration::from_secs(24 * 3600);
+
+/// An access request for `grant` on `target` (`weir request`, MCP's `request_access`): the
+/// event that records it (to be durable before the request is stored) and the request.
+pub fn access_request(
+    identity: &weir_policy::Identity,
+    target: &str,
+    grant: Duration,
+    reason: &str,
+    now_ms: u64,
+) -> (weir_audit::Event, NewApproval) {
+    let id = new_id();
+    let statement = format!("ACCESS {target} FOR {}", humantime::format_duration(grant));
+    let event = weir_audit::Event::Approval {
+        id: id.clone(),
+        decision: "requested".into(),
+        identity: identity.name.clone(),
+        target: target.to_owned(),
+        session: None,
+        by: None,
+        rule: Some(ACCESS_RULE.into()),
+        note: Some(reason.to_owned()),
+        sql: Some(statement.clone()),
+        fingerprint: None,
+        rode_on: None,
+    };
+    let open = u64::try_from(ACCESS_REQUEST_OPEN.as_millis()).unwrap_or(u64::MAX);
+    let request = NewApproval {
+        id,
+        kind: weir_store::ApprovalKind::Access,
+        grant_ms: Some(u64::try_from(grant.as_millis()).unwrap_or(u64::MAX)),
+        created_ms: now_ms,
+        deadline_ms: now_ms.saturating_add(open),
+        identity: identity.name.clone(),
+        identity_kind: identity.kind.as_str().to_owned(),
+        target: target.to_owned(),
+        session: 0,
+        fingerprint: "access".into(),
+        statement,
+        facts: "[]".into(),
+        rows: None,
+        rule: ACCESS_RULE.into(),
+        reason: reason.to_owned(),
+    };
+    (event, request)
+}
+
+/// The rule an access request is filed under.
+pub const ACCESS_RULE: &str = "weir.access-request";
+
 /// A fresh request id: `r-` and 8 characters that cannot be confused when read aloud or
 /// retyped (no 0/o, 1/l/i).
 pub fn new_id() -> String {

@@ -191,6 +191,22 @@ impl Authenticator {
         })
     }
 
+    /// The identity a bearer token proves: a Weir token or static identity's token, or an ID
+    /// token from `[identity] issuer` (verified as for the name its username claim holds).
+    pub async fn verify_any(&self, token: &[u8]) -> Result<Identity, AuthError> {
+        if let Some(oidc) = &self.oidc {
+            if crate::oidc::Oidc::looks_like_jwt(token) {
+                let text = std::str::from_utf8(token).map_err(|_| AuthError::Unknown)?;
+                let name = oidc.claimed_name(text).ok_or(AuthError::Unknown)?;
+                return self
+                    .verify(&name, token)
+                    .await
+                    .map(|(identity, _)| identity);
+            }
+        }
+        self.verify_bearer(token).await
+    }
+
     /// The identity called `name` (a static one, else the newest active token's), for an
     /// approver named by a channel that vouches for names (the CLI's `--as`, a signed webhook
     /// callback, a mapped Slack user).

@@ -14,6 +14,7 @@ pub mod failures;
 pub mod grants;
 pub mod http;
 mod io;
+pub mod mcp;
 pub mod notify;
 pub mod oidc;
 mod pg;
@@ -228,7 +229,9 @@ impl Gateway {
             })
         };
         let api = self.http.map(|listener| {
-            let app = http::router(Arc::clone(&self.shared));
+            let app = http::router(Arc::clone(&self.shared))
+                .merge(mcp::http::router(Arc::clone(&self.shared)))
+                .into_make_service_with_connect_info::<SocketAddr>();
             let mut stop = shutdown.clone();
             tokio::spawn(async move {
                 let served = axum::serve(listener, app)

@@ -111,6 +111,24 @@ impl Oidc {
         token.starts_with(b"eyJ") && token.iter().filter(|&&b| b == b'.').count() == 2
     }
 
+    /// The name an ID token's username claim holds, unverified: what to verify it for
+    /// (a bearer token names no user). `None` for what is not a JWT with that claim.
+    pub fn claimed_name(&self, token: &str) -> Option<String> {
+        use base64::Engine as _;
+        if token.len() > MAX_TOKEN_LEN {
+            return None;
+        }
+        let payload = token.split('.').nth(1)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .ok()?;
+        let claims: Value = serde_json::from_slice(&bytes).ok()?;
+        path(&claims, &self.username_claim)
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+    }
+
     /// Verifies `token` for the client that named itself `user`.
     pub async fn verify(&self, user: &str, token: &str) -> Result<Identity, OidcError> {
         if token.len() > MAX_TOKEN_LEN {

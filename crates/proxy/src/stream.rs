@@ -13,6 +13,9 @@ pub enum Stream {
     Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// Weir as the TLS client (to an upstream with upstream_tls enabled).
     Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// An in-process client of the gateway (the MCP server's tool calls): one end of a
+    /// pipe, never a socket.
+    Pipe(tokio::io::DuplexStream),
     /// What is left behind when the stream has been moved out (e.g. into a TLS handshake).
     Closed,
 }
@@ -24,6 +27,11 @@ fn closed() -> io::Error {
 impl Stream {
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Server(_) | Stream::Client(_))
+    }
+
+    /// Whether a secret sent over the stream stays private: TLS, or a pipe inside Weir.
+    pub fn is_private(&self) -> bool {
+        self.is_tls() || matches!(self, Stream::Pipe(_))
     }
 }
 
@@ -37,6 +45,7 @@ impl AsyncRead for Stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Server(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Client(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Pipe(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -52,6 +61,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Server(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Client(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Pipe(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -61,6 +71,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Server(s) => Pin::new(s).poll_flush(cx),
             Stream::Client(s) => Pin::new(s).poll_flush(cx),
+            Stream::Pipe(s) => Pin::new(s).poll_flush(cx),
             Stream::Closed => Poll::Ready(Ok(())),
         }
     }
@@ -70,6 +81,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Server(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Client(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Pipe(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Closed => Poll::Ready(Ok(())),
         }
     }

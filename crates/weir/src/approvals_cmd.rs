@@ -82,9 +82,6 @@ pub fn decide(
     Ok(())
 }
 
-/// How long an access request stays open for approvers.
-const ACCESS_REQUEST_OPEN: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-
 /// `weir request TARGET --for 2h --reason TEXT --as NAME`: asks for just-in-time access.
 pub fn request(
     path: &std::path::Path,
@@ -108,44 +105,11 @@ pub fn request(
     }
     let identity = crate::policy_cmd::identity(&config, who)?;
     let store = crate::serve::open_store(&config)?;
-    let clock = Clock::from_env();
-    let now = clock.now_ms();
-    let id = weir_proxy::approvals::new_id();
-    let statement = format!("ACCESS {target} FOR {}", humantime::format_duration(grant));
-    crate::audit_cmd::record(
-        &config,
-        weir_audit::Event::Approval {
-            id: id.clone(),
-            decision: "requested".into(),
-            identity: identity.name.clone(),
-            target: target.to_owned(),
-            session: None,
-            by: None,
-            rule: Some("weir.access-request".into()),
-            note: Some(reason.to_owned()),
-            sql: Some(statement.clone()),
-            fingerprint: None,
-            rode_on: None,
-        },
-    )?;
-    let stored = store.create_approval(&weir_store::NewApproval {
-        id: id.clone(),
-        kind: weir_store::ApprovalKind::Access,
-        grant_ms: Some(u64::try_from(grant.as_millis()).unwrap_or(u64::MAX)),
-        created_ms: now,
-        deadline_ms: now
-            .saturating_add(u64::try_from(ACCESS_REQUEST_OPEN.as_millis()).unwrap_or(u64::MAX)),
-        identity: identity.name.clone(),
-        identity_kind: identity.kind.as_str().to_owned(),
-        target: target.to_owned(),
-        session: 0,
-        fingerprint: "access".into(),
-        statement,
-        facts: "[]".into(),
-        rows: None,
-        rule: "weir.access-request".into(),
-        reason: reason.to_owned(),
-    })?;
+    let now = Clock::from_env().now_ms();
+    let (event, new) = weir_proxy::approvals::access_request(&identity, target, grant, reason, now);
+    let id = new.id.clone();
+    crate::audit_cmd::record(&config, event)?;
+    let stored = store.create_approval(&new)?;
     let notifier = weir_proxy::notify::Notifier::new(&config);
     if notifier.enabled() {
         // Approvers hear of it where they hear of waiting statements.

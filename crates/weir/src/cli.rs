@@ -67,6 +67,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:6432")]
         listen: String,
     },
+    /// Serve MCP (the tools list_targets, describe_target, query, request_access) over
+    /// stdio, as the identity whose token is in WEIR_TOKEN.
+    Mcp {
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
+    },
     /// Issue, list and revoke Weir tokens.
     Token {
         #[command(subcommand)]
@@ -308,6 +314,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => with_config(config, crate::serve::run),
         Command::Demo { listen } => crate::demo::run(&listen),
+        Command::Mcp { config } => with_config(config, crate::mcp_cmd::run),
         Command::Token { command } => match command {
             TokenCommand::Create {
                 config,

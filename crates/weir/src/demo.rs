@@ -36,10 +36,12 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
         Ok(l) => l.local_addr()?.to_string(),
         Err(_) => format!("127.0.0.1:{}", crate::cluster::free_port()?),
     };
+    // The HTTP API and `POST /mcp`, on a free port.
+    let http = format!("127.0.0.1:{}", crate::cluster::free_port()?);
     let config_path = cluster.dir().join("weir.toml");
     let password_path = cluster.dir().join("upstream-password");
     std::fs::write(&password_path, &cluster.password)?;
-    std::fs::write(&config_path, config_text(&listen, cluster.port))?;
+    std::fs::write(&config_path, config_text(&listen, &http, cluster.port))?;
     std::fs::create_dir_all(cluster.dir().join("policy"))?;
     std::fs::write(cluster.dir().join("policy/agents.cedar"), AGENT_POLICY)?;
     let config = Config::load(&config_path)?;
@@ -57,7 +59,10 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
             .await
             .context("starting the gateway")?;
         let addr = gateway.local_addr()?;
-        println!("{}", banner(&addr.to_string(), &cluster, &config_path));
+        println!(
+            "{}",
+            banner(&addr.to_string(), &http, &cluster, &config_path)
+        );
         let (tx, rx) = watch::channel(false);
         tokio::spawn(async move {
             stop.await;
@@ -88,11 +93,12 @@ when {
 };
 "#;
 
-fn config_text(listen: &str, pg_port: u16) -> String {
+fn config_text(listen: &str, http: &str, pg_port: u16) -> String {
     let mut s = format!(
         r#"# Written by `weir demo`; removed when it stops.
 [gateway]
 postgres_listen = "{listen}"
+http_listen = "{http}"
 store = "sqlite://weir.db"
 
 [policy]
@@ -137,7 +143,7 @@ sensitivity = "pii"
     s
 }
 
-fn banner(addr: &str, cluster: &Cluster, config: &std::path::Path) -> String {
+fn banner(addr: &str, http: &str, cluster: &Cluster, config: &std::path::Path) -> String {
     let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "6432"));
     let weir = std::env::current_exe()
         .ok()
@@ -240,6 +246,18 @@ fn banner(addr: &str, cluster: &Cluster, config: &std::path::Path) -> String {
         "  SELECT pg_read_file('/etc/passwd'); (denied but to admins),"
     );
     let _ = writeln!(s, "  {weir} audit export --config {cfg} --format csv");
+    let _ = writeln!(
+        s,
+        "\nAgents over MCP (tools list_targets, describe_target, query, request_access), as claude:"
+    );
+    let _ = writeln!(
+        s,
+        "  stdio: command {weir}, args [\"mcp\", \"--config\", \"{cfg}\"], env WEIR_TOKEN=claude-demo-token"
+    );
+    let _ = writeln!(
+        s,
+        "  HTTP:  http://{http}/mcp with the header Authorization: Bearer claude-demo-token"
+    );
     let _ = writeln!(s, "Ctrl-C stops the demo and removes everything it made.");
     s
 }

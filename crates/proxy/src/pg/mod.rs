@@ -35,7 +35,7 @@ use weir_wire::Header;
 use crate::approvals::CancelSignal;
 use crate::cancel::UpstreamKey;
 use crate::io::{read_frame, FrameError};
-use crate::pipeline;
+use crate::pipeline::{self, Channel};
 use crate::stream::Stream;
 use crate::track::{Action, Due, Entry, ExecInfo, Mode, ModeKind, Op, Pending, Probe, Tracker};
 use crate::upstream::{self, UpstreamError};
@@ -179,9 +179,11 @@ fn refusal_fields(r: &crate::pipeline::Refusal) -> Fields {
         RefusalKind::Unavailable => "58000",
     };
     let fields = Fields::new("ERROR", code, &r.message);
-    match &r.detail {
-        Some(d) => fields.with(b'D', d),
-        None => fields,
+    match (&r.detail, &r.request) {
+        (Some(d), _) => fields.with(b'D', d),
+        // A client that reads fields, not text (the MCP server), finds the request here.
+        (None, Some(id)) => fields.with(b'D', &format!("approval request {id}")),
+        (None, None) => fields,
     }
 }
 
@@ -192,13 +194,29 @@ impl From<FrameError> for Fatal {
 }
 
 pub async fn run(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = tcp.set_nodelay(true);
+    run_stream(Stream::Plain(tcp), peer, shared, Channel::Wire).await
+}
+
+/// One in-process client's session over a pipe (the MCP server's tool calls), through the
+/// same startup, authentication and pipeline as a socket's. `peer` is the address the
+/// caller came from, for the trail.
+pub(crate) async fn run_pipe(
+    pipe: tokio::io::DuplexStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    channel: Channel,
+) {
+    run_stream(Stream::Pipe(pipe), peer, shared, channel).await
+}
+
+async fn run_stream(mut client: Stream, peer: SocketAddr, shared: Arc<Shared>, channel: Channel) {
     let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("session", id = session, peer = %peer);
+    let span =
+        tracing::info_span!("session", id = session, peer = %peer, channel = channel.as_str());
     async move {
-        let _ = tcp.set_nodelay(true);
-        let mut client = Stream::Plain(tcp);
         let mut buf = BytesMut::with_capacity(1024);
-        match startup(&mut client, &mut buf, peer, session, &shared).await {
+        match startup(&mut client, &mut buf, peer, session, &shared, channel).await {
             Ok(()) => {}
             Err(f) => {
                 info!(code = f.code, message = %f.message, "session refused");
@@ -234,6 +252,7 @@ async fn serve(
     shared: &Arc<Shared>,
     cancel: Arc<CancelSignal>,
     end: Arc<crate::grants::SessionEnd>,
+    channel: Channel,
 ) -> Result<(), Fatal> {
     let mut out = BytesMut::new();
     Backend::Authentication(Authentication::Ok).encode(&mut out);
@@ -270,6 +289,7 @@ async fn serve(
         client_addr: peer.to_string(),
         target: target.name.clone(),
         tls,
+        channel: (channel != Channel::Wire).then_some(channel.as_str()),
     });
     if let Err(e) = opened.wait().await {
         return Err(Fatal::new(
@@ -305,6 +325,7 @@ async fn serve(
     let ctx = Context {
         info: crate::pipeline::SessionInfo {
             session,
+            channel,
             mask,
             identity_name: Arc::from(identity.name.as_str()),
             target_name: Arc::from(target.name.as_str()),

@@ -10,6 +10,7 @@ pub(super) async fn startup(
     peer: SocketAddr,
     session: u64,
     shared: &Arc<Shared>,
+    channel: Channel,
 ) -> Result<(), Fatal> {
     // One deadline for the whole of startup and authentication, however many packets the
     // client sends on the way.
@@ -64,7 +65,10 @@ pub(super) async fn startup(
                 return Ok(());
             }
             startup @ StartupPacket::Startup { .. } => {
-                return authenticate(client, buf, startup, peer, session, shared, deadline).await;
+                return authenticate(
+                    client, buf, startup, peer, session, shared, deadline, channel,
+                )
+                .await;
             }
         }
     }
@@ -114,6 +118,7 @@ fn forwardable(name: &str) -> bool {
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn authenticate(
     client: &mut Stream,
     buf: &mut BytesMut,
@@ -122,6 +127,7 @@ async fn authenticate(
     session: u64,
     shared: &Arc<Shared>,
     deadline: tokio::time::Instant,
+    channel: Channel,
 ) -> Result<(), Fatal> {
     let StartupPacket::Startup { minor, params } = &startup else {
         return Err(Fatal::protocol("expected a startup message"));
@@ -167,7 +173,7 @@ async fn authenticate(
         ));
     }
     // The token is a bearer secret: never accept it in clear over a network.
-    if !client.is_tls() && !peer.ip().is_loopback() {
+    if !client.is_private() && !peer.ip().is_loopback() {
         return Err(Fatal::new(
             "28000",
             "weir: connections from other hosts must use TLS (sslmode=require)",
@@ -236,6 +242,12 @@ async fn authenticate(
         .cloned()
         .collect();
     client_params.push(("standard_conforming_strings".into(), "on".into()));
+    if channel == Channel::Mcp {
+        // A tool call's statement ends by itself: the agent cannot cancel it.
+        let ms = shared.config.mcp.statement_timeout.as_millis().max(1);
+        client_params.retain(|(k, _)| k != "statement_timeout");
+        client_params.push(("statement_timeout".into(), ms.to_string()));
+    }
     let tls_cfg = shared.upstream_tls.get(&target.name).cloned().flatten();
     let upstream = upstream::connect(upstream::ConnectParams {
         target: &target,
@@ -287,7 +299,7 @@ async fn authenticate(
     }
     let result = serve(
         client, buf, upstream, *minor, params, pid, secret, identity, target, peer, session,
-        shared, cancel, end,
+        shared, cancel, end, channel,
     )
     .await;
     shared.cancels.unregister(pid);

@@ -192,9 +192,10 @@ pub(crate) async fn ask(
     // 3. A request: recorded in the trail before anyone can see it.
     let id = crate::approvals::new_id();
     let timeout = u64::try_from(cfg.timeout.as_millis()).unwrap_or(u64::MAX);
-    // `timeout = "0s"`: nobody waits. The request stays open for the auto-repeat window,
-    // and the client's next run of the statement rides on its approval.
-    let waits = timeout > 0 && !auto;
+    // `timeout = "0s"`, or a channel that cannot wait (MCP): nobody waits. The request stays
+    // open for approvers (the timeout, else the auto-repeat window), and the client's next
+    // run of the statement rides on its approval.
+    let waits = timeout > 0 && !auto && s.channel.waits_for_approval();
     let deadline_ms = now.saturating_add(if timeout > 0 { timeout } else { window });
     let mut requested = event(s, &id, if auto { "auto_approved" } else { "requested" });
     if let Event::Approval {
@@ -260,16 +261,24 @@ pub(crate) async fn ask(
         };
     }
     if !waits {
-        return Ask::Refuse(
+        let again = humantime::format_duration(cfg.auto_repeat_window);
+        let refusal = if s.channel.waits_for_approval() {
             Refusal::denied(
                 rule,
                 &format!(
-                    "approval required: {reason} (request {id}: once it is approved, run the statement again within {})",
-                    humantime::format_duration(cfg.auto_repeat_window)
+                    "approval required: {reason} (request {id}: once it is approved, run the statement again within {again})"
                 ),
             )
-            .with_request(&id),
-        );
+        } else {
+            // Not a denial: the request is open, and the same statement runs once approved.
+            Refusal::approval_required(
+                rule,
+                format!(
+                    "weir: approval required by {rule}: {reason}; request {id} waits for an approver (weir approve {id}); once it is approved, send the same statement again within {again}"
+                ),
+            )
+        };
+        return Ask::Refuse(refusal.with_request(&id));
     }
     info!(approval = %id, request, rule, "statement waits for approval");
     Ask::Wait(Waiting {

@@ -30,9 +30,36 @@ mod tests;
 
 pub(crate) use decide::Decider;
 
+/// The entry point a session came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// A client of a wire listener.
+    Wire,
+    /// An MCP tool call (`crate::mcp`). It cannot hold a statement open while an approver
+    /// decides, so a statement that needs approval is recorded as a request and refused at
+    /// once, naming the request; once approved, the same statement runs (the auto-repeat
+    /// window).
+    Mcp,
+}
+
+impl Channel {
+    /// Whether a statement that needs approval waits for it.
+    pub fn waits_for_approval(self) -> bool {
+        self == Channel::Wire
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Wire => "wire",
+            Channel::Mcp => "mcp",
+        }
+    }
+}
+
 /// What every stage knows of one session, whatever its protocol.
 pub(crate) struct SessionInfo {
     pub session: u64,
+    pub channel: Channel,
     /// The target's masking catalog; `None` when results are not masked (`[masking]
     /// enabled = false`).
     pub mask: Option<Arc<CatalogCache>>,
@@ -105,6 +132,13 @@ impl Refusal {
             request: None,
             detail: None,
         }
+    }
+
+    /// It needs an approval that the client cannot wait for: the request is open.
+    pub fn approval_required(rule: &str, message: String) -> Refusal {
+        let mut r = Refusal::new(RefusalKind::Denied, message);
+        r.rule = Some(rule.to_owned());
+        r
     }
 
     /// Policy denied it.

@@ -111,6 +111,7 @@ enabled = false
             .unwrap();
         SessionInfo {
             session: 1,
+            channel: super::Channel::Wire,
             mask: None,
             identity_name: Arc::from(identity.name.as_str()),
             target_name: Arc::from(target.name.as_str()),
