@@ -35,6 +35,9 @@ pub enum Event {
         /// The entry point when it is not a wire listener (`mcp`).
         #[serde(skip_serializing_if = "Option::is_none")]
         channel: Option<&'static str>,
+        /// The person an agent acts for.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        on_behalf_of: Option<String>,
     },
     /// Recorded before the statement is forwarded (write-ahead).
     Statement {
@@ -159,6 +162,9 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         target: Option<String>,
         client_addr: String,
+        /// The person the agent acts for.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        on_behalf_of: Option<String>,
     },
     /// Token and policy administration.
     Admin {

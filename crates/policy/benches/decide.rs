@@ -39,6 +39,7 @@ fn decide(c: &mut Criterion) {
         groups: vec!["developers".into()],
         attributes: BTreeMap::new(),
         source: "static",
+        on_behalf_of: None,
     };
     let target = TargetInfo {
         name: "shop".into(),

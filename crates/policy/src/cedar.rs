@@ -262,23 +262,30 @@ impl Engine {
             .iter()
             .map(|g| uid("Group", g))
             .collect::<Result<_, _>>()?;
+        let mut attrs = vec![
+            (
+                "name".to_owned(),
+                RestrictedExpression::new_string(who.name.clone()),
+            ),
+            (
+                "kind".to_owned(),
+                RestrictedExpression::new_string(who.kind.as_str().to_owned()),
+            ),
+            (
+                "auth".to_owned(),
+                RestrictedExpression::new_string(who.source.to_owned()),
+            ),
+        ];
+        if let Some(person) = &who.on_behalf_of {
+            attrs.push((
+                "on_behalf_of".to_owned(),
+                RestrictedExpression::new_string(person.clone()),
+            ));
+        }
         let mut entities = vec![
             Entity::new_with_tags(
                 principal.clone(),
-                [
-                    (
-                        "name".to_owned(),
-                        RestrictedExpression::new_string(who.name.clone()),
-                    ),
-                    (
-                        "kind".to_owned(),
-                        RestrictedExpression::new_string(who.kind.as_str().to_owned()),
-                    ),
-                    (
-                        "auth".to_owned(),
-                        RestrictedExpression::new_string(who.source.to_owned()),
-                    ),
-                ],
+                attrs,
                 groups.iter().cloned(),
                 // Attributes (from config, a token, or the IdP's chosen claims) are tags:
                 // `principal.hasTag("team") && principal.getTag("team") == "payments"`.

@@ -28,6 +28,9 @@ pub struct Identity {
     pub attributes: BTreeMap<String, String>,
     /// How the identity was proven: "static", "token", "oidc".
     pub source: &'static str,
+    /// The person an agent acts for (`weir token create --on-behalf-of`): policy sees it as
+    /// `principal.on_behalf_of`, and decides every statement for that person too.
+    pub on_behalf_of: Option<String>,
 }
 
 /// Tags of the tables a statement could touch in its session (name resolution is the
@@ -85,6 +88,29 @@ impl Verdict {
     }
 
     /// Rank for combining verdicts: the most severe one governs.
+    /// The more severe of two verdicts for one statement (of two bounds, the smaller).
+    pub fn stricter(self, other: Verdict) -> Verdict {
+        match (self, other) {
+            (
+                Verdict::AllowBounded { rows: a, rule: ra },
+                Verdict::AllowBounded { rows: b, rule: rb },
+            ) => {
+                if b < a {
+                    Verdict::AllowBounded { rows: b, rule: rb }
+                } else {
+                    Verdict::AllowBounded { rows: a, rule: ra }
+                }
+            }
+            (a, b) => {
+                if b.severity() > a.severity() {
+                    b
+                } else {
+                    a
+                }
+            }
+        }
+    }
+
     pub fn severity(&self) -> u8 {
         match self {
             Verdict::Allow => 0,

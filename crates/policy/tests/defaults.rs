@@ -16,6 +16,7 @@ fn who(name: &str, kind: IdentityKind, groups: &[&str]) -> Identity {
         groups: groups.iter().map(|g| g.to_string()).collect(),
         attributes: Default::default(),
         source: "static",
+        on_behalf_of: None,
     }
 }
 

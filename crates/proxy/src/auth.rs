@@ -31,6 +31,9 @@ pub enum AuthError {
     /// principal to policy, so neither may pass for the other.
     #[error("the name belongs to an identity of kind {0}, not to a person")]
     NameOfAnotherKind(&'static str),
+    /// An agent's person can no longer be vouched for.
+    #[error("the person this agent acts for cannot act: {0}")]
+    PersonGone(String),
 }
 
 struct StaticEntry {
@@ -66,6 +69,7 @@ impl Authenticator {
                             groups: s.groups.clone(),
                             attributes: s.attributes.clone(),
                             source: "static",
+                            on_behalf_of: None,
                         },
                     },
                 )
@@ -118,16 +122,16 @@ impl Authenticator {
         if !record.is_active(weir_store::now_secs()) {
             return Err(AuthError::Expired);
         }
-        Ok((
-            Identity {
-                name: record.name,
-                kind: record.kind,
-                groups: record.groups,
-                attributes: record.attributes,
-                source: "token",
-            },
-            Some(token_id),
-        ))
+        let identity = Identity {
+            name: record.name,
+            kind: record.kind,
+            groups: record.groups,
+            attributes: record.attributes,
+            source: "token",
+            on_behalf_of: record.on_behalf_of,
+        };
+        self.check_person(&identity)?;
+        Ok((identity, Some(token_id)))
     }
 
     /// Refuses a person's login under a name that a service or agent holds or held (a static
@@ -182,13 +186,24 @@ impl Authenticator {
         if !record.is_active(weir_store::now_secs()) {
             return Err(AuthError::Expired);
         }
-        Ok(Identity {
+        let identity = Identity {
             name: record.name,
             kind: record.kind,
             groups: record.groups,
             attributes: record.attributes,
             source: "token",
-        })
+            on_behalf_of: record.on_behalf_of,
+        };
+        self.check_person(&identity)?;
+        Ok(identity)
+    }
+
+    /// An agent acting for a person logs in only while that person could.
+    fn check_person(&self, identity: &Identity) -> Result<(), AuthError> {
+        match &identity.on_behalf_of {
+            Some(person) => self.person(person).map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     /// The identity a bearer token proves: a Weir token or static identity's token, or an ID
@@ -205,6 +220,22 @@ impl Authenticator {
             }
         }
         self.verify_bearer(token).await
+    }
+
+    /// The person an agent acts for, as of now: a static person, or the newest active Weir
+    /// token of a person by that name. Anyone else (a name nobody holds, a service or an
+    /// agent, a person whose tokens are all revoked or expired) stops the agent.
+    pub fn person(&self, name: &str) -> Result<Identity, AuthError> {
+        match self.identity_named(name)? {
+            Some(p) if p.kind == IdentityKind::Human => Ok(p),
+            Some(p) => Err(AuthError::PersonGone(format!(
+                "{name} is a {}, not a person",
+                p.kind.as_str()
+            ))),
+            None => Err(AuthError::PersonGone(format!(
+                "{name} has no active identity (a static person, or an unrevoked, unexpired token)"
+            ))),
+        }
     }
 
     /// The identity called `name` (a static one, else the newest active token's), for an
@@ -228,6 +259,7 @@ impl Authenticator {
             groups: rec.groups,
             attributes: rec.attributes,
             source: "token",
+            on_behalf_of: rec.on_behalf_of,
         }))
     }
 }

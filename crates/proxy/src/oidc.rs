@@ -236,6 +236,7 @@ impl Oidc {
             groups,
             attributes,
             source: "oidc",
+            on_behalf_of: None,
         })
     }
 

@@ -62,6 +62,8 @@ pub struct TokenRecord {
     pub revoked_at: Option<u64>,
     /// When a session last authenticated with it (seconds), recorded by the gateway.
     pub last_used_at: Option<u64>,
+    /// The person an agent token acts for (`weir token create --on-behalf-of`).
+    pub on_behalf_of: Option<String>,
 }
 
 impl TokenRecord {
@@ -77,6 +79,8 @@ pub struct NewToken<'a> {
     pub attributes: &'a BTreeMap<String, String>,
     pub ttl: Option<Duration>,
     pub hash: [u8; 32],
+    /// The person an agent token acts for.
+    pub on_behalf_of: Option<&'a str>,
 }
 
 pub trait Store: Send + Sync {
@@ -212,6 +216,12 @@ impl SqliteStore {
                 "ALTER TABLE tokens ADD COLUMN attributes TEXT NOT NULL DEFAULT '{}'",
             )?;
         }
+        let has_on_behalf_of: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('tokens') WHERE name = 'on_behalf_of'")?
+            .exists([])?;
+        if !has_on_behalf_of {
+            conn.execute_batch("ALTER TABLE tokens ADD COLUMN on_behalf_of TEXT")?;
+        }
         conn.execute_batch(approvals::SCHEMA)?;
         conn.execute_batch(derived::SCHEMA)?;
         Ok(SqliteStore {
@@ -241,6 +251,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
         row.get(6)?,
         row.get(7)?,
         row.get(8)?,
+        row.get(9)?,
     ))
 }
 
@@ -254,10 +265,12 @@ type RawRecord = (
     Option<i64>,
     Option<i64>,
     String,
+    Option<String>,
 );
 
 fn to_record(r: RawRecord) -> Result<TokenRecord, StoreError> {
-    let (id, name, kind, groups, created, expires, revoked, last_used, attributes) = r;
+    let (id, name, kind, groups, created, expires, revoked, last_used, attributes, on_behalf_of) =
+        r;
     let attributes = serde_json::from_str(&attributes)
         .map_err(|e| StoreError::Corrupt(format!("attributes of token {id}: {e}")))?;
     Ok(TokenRecord {
@@ -274,11 +287,12 @@ fn to_record(r: RawRecord) -> Result<TokenRecord, StoreError> {
         expires_at: expires.map(i64::unsigned_abs),
         revoked_at: revoked.map(i64::unsigned_abs),
         last_used_at: last_used.map(i64::unsigned_abs),
+        on_behalf_of,
     })
 }
 
 const SELECT: &str =
-    "SELECT id, name, kind, groups, created_at, expires_at, revoked_at, last_used_at, attributes FROM tokens";
+    "SELECT id, name, kind, groups, created_at, expires_at, revoked_at, last_used_at, attributes, on_behalf_of FROM tokens";
 
 impl Store for SqliteStore {
     fn create_token(&self, t: NewToken<'_>) -> Result<TokenRecord, StoreError> {
@@ -289,7 +303,7 @@ impl Store for SqliteStore {
             .map_err(|e| StoreError::Refused(format!("attributes: {e}")))?;
         self.with(|c| {
             c.execute(
-                "INSERT INTO tokens (name, kind, groups, hash, created_at, expires_at, attributes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO tokens (name, kind, groups, hash, created_at, expires_at, attributes, on_behalf_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     t.name,
                     t.kind.as_str(),
@@ -297,7 +311,8 @@ impl Store for SqliteStore {
                     &t.hash[..],
                     now as i64,
                     expires.map(|e| e as i64),
-                    attributes
+                    attributes,
+                    t.on_behalf_of
                 ],
             )?;
             let id = c.last_insert_rowid();
@@ -311,6 +326,7 @@ impl Store for SqliteStore {
                 expires_at: expires,
                 revoked_at: None,
                 last_used_at: None,
+                on_behalf_of: t.on_behalf_of.map(str::to_owned),
             })
         })
     }
@@ -459,6 +475,7 @@ mod tests {
                 attributes: &BTreeMap::from([("team".to_owned(), "data".to_owned())]),
                 ttl: None,
                 hash: [7; 32],
+                on_behalf_of: None,
             })
             .unwrap();
         let found = store.find_token(&[7; 32]).unwrap().unwrap();
@@ -487,6 +504,7 @@ mod tests {
             expires_at: Some(20),
             revoked_at: None,
             last_used_at: None,
+            on_behalf_of: None,
         };
         assert!(rec.is_active(19));
         assert!(!rec.is_active(20));

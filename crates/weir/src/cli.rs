@@ -294,6 +294,11 @@ enum TokenCommand {
         /// Lifetime, e.g. 24h or 30d; none means no expiry.
         #[arg(long)]
         ttl: Option<String>,
+        /// For an agent: the person it acts for. Each statement must be allowed for both,
+        /// values are masked if either would see them masked, and the agent stops when the
+        /// person's access does.
+        #[arg(long = "on-behalf-of", value_name = "PERSON")]
+        on_behalf_of: Option<String>,
     },
     /// List tokens (never the tokens themselves).
     List {
@@ -323,6 +328,7 @@ pub fn main() -> ExitCode {
                 groups,
                 attrs,
                 ttl,
+                on_behalf_of,
             } => with_config(config, |c| {
                 crate::token::create(
                     c,
@@ -331,6 +337,7 @@ pub fn main() -> ExitCode {
                         kind: &kind,
                         groups: &groups,
                         attrs: &attrs,
+                        on_behalf_of: on_behalf_of.as_deref(),
                     },
                     ttl.as_deref(),
                 )

@@ -27,6 +27,7 @@ pub(crate) fn identity(config: &Config, name: &str) -> anyhow::Result<Identity> 
             groups: s.groups.clone(),
             attributes: s.attributes.clone(),
             source: "static",
+            on_behalf_of: None,
         });
     }
     let store = crate::serve::open_store(config)?;
@@ -48,6 +49,7 @@ pub(crate) fn identity(config: &Config, name: &str) -> anyhow::Result<Identity> 
         groups: rec.groups,
         attributes: Default::default(),
         source: "token",
+        on_behalf_of: rec.on_behalf_of,
     })
 }
 
@@ -150,6 +152,7 @@ pub fn test(file: &Path, config: Option<&Path>) -> anyhow::Result<bool> {
                     groups: case.groups.clone(),
                     attributes: Default::default(),
                     source: "test",
+                    on_behalf_of: None,
                 },
                 (None, Some(c)) => identity(c, &case.identity)?,
                 (None, None) => bail!(

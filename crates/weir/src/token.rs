@@ -38,6 +38,8 @@ pub struct NewIdentity<'a> {
     pub groups: &'a [String],
     /// `KEY=VALUE` pairs.
     pub attrs: &'a [String],
+    /// The person an agent acts for.
+    pub on_behalf_of: Option<&'a str>,
 }
 
 pub fn create(path: &Path, who: NewIdentity<'_>, ttl: Option<&str>) -> anyhow::Result<()> {
@@ -62,6 +64,14 @@ pub fn create(path: &Path, who: NewIdentity<'_>, ttl: Option<&str>) -> anyhow::R
             "{name:?} is shaped like a person's address from the IdP; a {} token needs a name of its own",
             kind.as_str()
         );
+    }
+    if let Some(person) = who.on_behalf_of {
+        if kind != weir_policy::IdentityKind::Agent {
+            bail!("--on-behalf-of is for agent tokens (--kind agent): an agent acts for a person");
+        }
+        if person == name {
+            bail!("--on-behalf-of {person:?}: an agent cannot act for itself");
+        }
     }
     let mut attributes = BTreeMap::new();
     for pair in who.attrs {
@@ -92,6 +102,15 @@ pub fn create(path: &Path, who: NewIdentity<'_>, ttl: Option<&str>) -> anyhow::R
             other.id
         );
     }
+    if let Some(person) = who.on_behalf_of {
+        // The person must be someone Weir can check at every login of the agent: a static
+        // person or one holding an active Weir token now.
+        let auth = weir_proxy::auth::Authenticator::new(&config, std::sync::Arc::clone(&store));
+        match auth.person(person) {
+            Ok(_) => {}
+            Err(e) => bail!("--on-behalf-of {person:?}: {e}"),
+        }
+    }
     record_admin(&config, "token.create", name)?;
     let token = generate()?;
     let groups: Vec<String> = who
@@ -107,12 +126,16 @@ pub fn create(path: &Path, who: NewIdentity<'_>, ttl: Option<&str>) -> anyhow::R
         attributes: &attributes,
         ttl,
         hash: weir_proxy::auth::hash_token(token.as_bytes()),
+        on_behalf_of: who.on_behalf_of,
     })?;
     println!(
         "created token {} for {} ({}, groups: {}{}){}",
         rec.id,
         rec.name,
-        rec.kind.as_str(),
+        match &rec.on_behalf_of {
+            Some(p) => format!("{} on behalf of {p}", rec.kind.as_str()),
+            None => rec.kind.as_str().to_owned(),
+        },
         if groups.is_empty() {
             "-".into()
         } else {
@@ -166,11 +189,14 @@ pub fn list(path: &Path) -> anyhow::Result<()> {
                     .to_string()
             })
             .unwrap_or_else(|| "never".into());
-        let attributes: Vec<String> = t
+        let mut attributes: Vec<String> = t
             .attributes
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
+        if let Some(p) = &t.on_behalf_of {
+            attributes.insert(0, format!("on-behalf-of={p}"));
+        }
         println!(
             "{:<6} {:<24} {:<8} {:<24} {:<8} {:<21} {:<21} {}",
             t.id,

@@ -287,6 +287,7 @@ impl Server {
             tool: tool.to_owned(),
             target: target.map(str::to_owned),
             client_addr: caller.peer.to_string(),
+            on_behalf_of: caller.identity.on_behalf_of.clone(),
         };
         self.shared.audit.append(event).wait().await.map_err(|e| {
             ToolError::new(format!(

@@ -253,6 +253,7 @@ async fn serve(
     cancel: Arc<CancelSignal>,
     end: Arc<crate::grants::SessionEnd>,
     channel: Channel,
+    person: Option<Identity>,
 ) -> Result<(), Fatal> {
     let mut out = BytesMut::new();
     Backend::Authentication(Authentication::Ok).encode(&mut out);
@@ -290,6 +291,7 @@ async fn serve(
         target: target.name.clone(),
         tls,
         channel: (channel != Channel::Wire).then_some(channel.as_str()),
+        on_behalf_of: identity.on_behalf_of.clone(),
     });
     if let Err(e) = opened.wait().await {
         return Err(Fatal::new(
@@ -308,6 +310,21 @@ async fn serve(
                 format!("weir: cannot evaluate policy for this session, so it is refused: {e}"),
             )
         })?;
+    let person = match person {
+        Some(identity) => Some(crate::pipeline::Person {
+            policy: shared
+                .policy
+                .session(&identity, &target_info)
+                .map_err(|e| {
+                    Fatal::new(
+                        "58000",
+                        format!("weir: cannot evaluate policy for the person this agent acts for, so the session is refused: {e}"),
+                    )
+                })?,
+            identity,
+        }),
+        None => None,
+    };
     let mask = if shared.config.masking.enabled {
         shared.catalogs.get(&target.name).cloned()
     } else {
@@ -331,6 +348,7 @@ async fn serve(
             target_name: Arc::from(target.name.as_str()),
             policy,
             identity,
+            person,
             full_text: shared.config.audit.full_text_targets.contains(&target.name),
             target: target.clone(),
             shared: Arc::clone(shared),
@@ -444,10 +462,7 @@ struct SessionUnmask<'a>(&'a Context);
 
 impl Unmask for SessionUnmask<'_> {
     fn may_unmask(&self, column: &str, label: &str) -> bool {
-        self.0
-            .shared
-            .policy
-            .may_unmask(&self.0.policy, column, label)
+        self.0.may_unmask(column, label)
     }
 }
 

@@ -224,6 +224,20 @@ async fn authenticate(
         }
     };
 
+    // An agent acting for a person is decided for that person too.
+    let person = match &identity.on_behalf_of {
+        Some(name) => match shared.auth.person(name) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                return Err(Fatal::new(
+                    "28P01",
+                    format!("weir: authentication failed for \"{user}\": {e}"),
+                ))
+            }
+        },
+        None => None,
+    };
+
     // INVARIANT: the session starts in the lexing mode Weir analyzes in
     // (`weir_analyze::lexing`): the client may not choose another, and
     // standard_conforming_strings is always sent as `on`, so neither a role's or database's
@@ -299,7 +313,7 @@ async fn authenticate(
     }
     let result = serve(
         client, buf, upstream, *minor, params, pid, secret, identity, target, peer, session,
-        shared, cancel, end, channel,
+        shared, cancel, end, channel, person,
     )
     .await;
     shared.cancels.unregister(pid);

@@ -83,6 +83,13 @@ impl Decider {
             // Verdicts reached without (or with) the grant no longer hold.
             self.decisions.clear();
         }
+        if let Some(person) = &s.person {
+            let theirs = grants.active_for(&person.identity.name, &s.target_name);
+            if theirs.is_some() != person.policy.granted() {
+                person.policy.set_granted(theirs.is_some());
+                self.decisions.clear();
+            }
+        }
         if let Some(g) = grant {
             if self.relied_on.insert(g.id.clone()) {
                 info!(grant = %g.id, "session relies on an access grant");
@@ -166,7 +173,7 @@ impl Decider {
 /// the facts as resolved.
 fn decide_in(s: &SessionInfo, scope: &Scope, analysis: &Analysis) -> Decision {
     let resolution = scope.resolve_analysis(analysis);
-    let verdicts = s.shared.policy.decide(&s.policy, &resolution);
+    let verdicts = s.decide(&resolution);
     Decision {
         analysis: Arc::new(analysis.with_statements(resolution.statements.into())),
         verdicts,

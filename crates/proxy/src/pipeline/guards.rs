@@ -50,11 +50,7 @@ pub(crate) async fn guard_state_sinks(session: &SessionInfo, items: &mut [Item])
                 )),
             };
             let Some((column, s)) = found else { continue };
-            if session
-                .shared
-                .policy
-                .may_unmask(&session.policy, &column, &s.label)
-            {
+            if session.may_unmask(&column, &s.label) {
                 continue;
             }
             *v = Verdict::Deny {
@@ -123,16 +119,9 @@ pub(crate) async fn guard_copies(session: &SessionInfo, scope: &Scope, items: &m
             }
             let copied = weir_policy::Copied {
                 labels: tags.iter().map(|t| t.label.to_string()).collect(),
-                may_unmask: tags.iter().all(|t| {
-                    shared
-                        .policy
-                        .may_unmask(&session.policy, &t.source, &t.label)
-                }),
+                may_unmask: tags.iter().all(|t| session.may_unmask(&t.source, &t.label)),
             };
-            let again =
-                shared
-                    .policy
-                    .decide_copying(&session.policy, f, &scope.touched(f), &copied);
+            let again = session.decide_copying(f, &scope.touched(f), &copied);
             if again.severity() > v.severity() {
                 *v = again;
                 changed = true;

@@ -69,10 +69,75 @@ pub(crate) struct SessionInfo {
     pub target_name: Arc<str>,
     pub identity: Identity,
     pub policy: PolicySession,
+    /// The person an agent acts for: every statement is decided for them too.
+    pub person: Option<Person>,
     /// The audit trail keeps this target's statements as sent (`[audit] full_text_targets`),
     /// not normalized.
     pub full_text: bool,
     pub shared: Arc<Shared>,
+}
+
+/// The person an agent acts for, with their own policy session.
+pub(crate) struct Person {
+    pub identity: Identity,
+    pub policy: PolicySession,
+}
+
+impl SessionInfo {
+    /// Policy's verdicts for resolved statements: the identity's, and for an agent acting for
+    /// a person the person's too, the more severe of the two per statement. So the agent
+    /// never exceeds the person, and the agent's own rules still apply.
+    pub fn decide(&self, resolution: &weir_analyze::Resolution) -> Vec<Verdict> {
+        let policy = &self.shared.policy;
+        let mut verdicts = policy.decide(&self.policy, resolution);
+        if let Some(person) = &self.person {
+            let theirs = policy.decide(&person.policy, resolution);
+            verdicts = stricter(verdicts, theirs);
+        }
+        verdicts
+    }
+
+    /// [`SessionInfo::decide`] for a write that copies sensitive values.
+    pub fn decide_copying(
+        &self,
+        facts: &weir_analyze::StatementFacts,
+        touched: &weir_analyze::Touched,
+        copied: &weir_policy::Copied,
+    ) -> Verdict {
+        let policy = &self.shared.policy;
+        let ours = policy.decide_copying(&self.policy, facts, touched, copied);
+        match &self.person {
+            Some(p) => ours.stricter(policy.decide_copying(&p.policy, facts, touched, copied)),
+            None => ours,
+        }
+    }
+
+    /// Whether the session may see a sensitive column in clear: the identity, and the person
+    /// an agent acts for, both.
+    pub fn may_unmask(&self, column: &str, label: &str) -> bool {
+        let policy = &self.shared.policy;
+        policy.may_unmask(&self.policy, column, label)
+            && self
+                .person
+                .as_ref()
+                .is_none_or(|p| policy.may_unmask(&p.policy, column, label))
+    }
+}
+
+/// Per statement, the more severe verdict; a statement only one side decided is denied.
+fn stricter(ours: Vec<Verdict>, theirs: Vec<Verdict>) -> Vec<Verdict> {
+    let n = ours.len().max(theirs.len());
+    let mut ours = ours.into_iter();
+    let mut theirs = theirs.into_iter();
+    (0..n)
+        .map(|_| match (ours.next(), theirs.next()) {
+            (Some(a), Some(b)) => a.stricter(b),
+            _ => Verdict::Deny {
+                rule: "weir.policy-error".into(),
+                reason: "the agent's and its person's decisions do not match up".into(),
+            },
+        })
+        .collect()
 }
 
 /// A statement that a request carries, with its decision.

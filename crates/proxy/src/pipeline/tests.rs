@@ -102,6 +102,7 @@ enabled = false
             groups: vec!["developers".into()],
             attributes: Default::default(),
             source: "static",
+            on_behalf_of: None,
         };
         let target = self.shared.config.targets[0].clone();
         let policy = self
@@ -118,6 +119,7 @@ enabled = false
             target,
             identity,
             policy,
+            person: None,
             full_text: false,
             shared: Arc::clone(&self.shared),
         }
