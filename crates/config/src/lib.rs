@@ -143,6 +143,7 @@ mod raw {
         pub trusted_functions: Vec<String>,
         pub bulk_write_rows: Option<u64>,
         pub agent_write_rows: Option<u64>,
+        pub taint_window: Option<String>,
     }
 
     impl Default for Policy {
@@ -154,6 +155,7 @@ mod raw {
                 trusted_functions: Vec::new(),
                 bulk_write_rows: None,
                 agent_write_rows: None,
+                taint_window: None,
             }
         }
     }
@@ -210,6 +212,10 @@ mod raw {
 pub struct TableTags {
     pub sensitivity: Option<String>,
     pub mask: Option<String>,
+    /// The table holds untrusted input (support tickets, user-written text): an agent that
+    /// reads it may have read instructions meant for it, so policy sees it as tainted.
+    #[serde(default)]
+    pub untrusted: bool,
 }
 
 /// Per-column tags (`[target.columns."schema.table.column"]`).
@@ -411,6 +417,12 @@ impl Target {
                 .iter()
                 .filter_map(|(table, tags)| tags.sensitivity.clone().map(|s| (table.clone(), s)))
                 .collect(),
+            untrusted: self
+                .tables
+                .iter()
+                .filter(|(_, tags)| tags.untrusted)
+                .map(|(table, _)| table.clone())
+                .collect(),
         }
     }
 
@@ -448,6 +460,9 @@ pub struct PolicyConfig {
     /// Agents may write at most this many rows in production without approval (default 0:
     /// read-only).
     pub agent_write_rows: u64,
+    /// How long an agent stays tainted after it read a table tagged `untrusted` (default 1h),
+    /// across sessions and tool calls.
+    pub taint_window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -887,6 +902,11 @@ impl Validator<'_> {
             trusted_functions: raw.policy.trusted_functions,
             bulk_write_rows: raw.policy.bulk_write_rows.unwrap_or(1000),
             agent_write_rows: raw.policy.agent_write_rows.unwrap_or(0),
+            taint_window: self.duration(
+                "[policy] taint_window",
+                raw.policy.taint_window,
+                Duration::from_secs(3600),
+            )?,
         };
         let a = raw.approvals;
         let approvals = ApprovalsConfig {

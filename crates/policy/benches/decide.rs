@@ -45,6 +45,7 @@ fn decide(c: &mut Criterion) {
         name: "shop".into(),
         environment: "production".into(),
         sensitivity: [("public.customers".to_string(), "pii".to_string())].into(),
+        untrusted: Default::default(),
     };
     let session = policy.session(&who, &target).unwrap();
     let scope = Scope::new("app", None);

@@ -331,10 +331,10 @@ impl Engine {
         facts: &StatementFacts,
         untrusted_calls: bool,
         sensitivity: &[String],
-        granted: bool,
+        state: crate::SessionState,
         copied: Option<&crate::Copied>,
     ) -> Verdict {
-        match self.try_decide(s, facts, untrusted_calls, sensitivity, granted, copied) {
+        match self.try_decide(s, facts, untrusted_calls, sensitivity, state, copied) {
             Ok(v) => v,
             Err(e) => Verdict::Deny {
                 rule: "weir.policy-error".into(),
@@ -349,14 +349,18 @@ impl Engine {
         facts: &StatementFacts,
         untrusted_calls: bool,
         sensitivity: &[String],
-        granted: bool,
+        state: crate::SessionState,
         copied: Option<&crate::Copied>,
     ) -> Result<Verdict, String> {
         let action = uid("Action", facts.kind.as_str()).map_err(|e| e.to_string())?;
         let mut pairs = context_pairs(facts, untrusted_calls, sensitivity);
         for (k, v) in pairs.iter_mut() {
             match k.as_str() {
-                "granted" if granted => *v = RestrictedExpression::new_bool(true),
+                "granted" if state.granted => *v = RestrictedExpression::new_bool(true),
+                "tainted" if state.tainted => *v = RestrictedExpression::new_bool(true),
+                "reads_untrusted" if state.reads_untrusted => {
+                    *v = RestrictedExpression::new_bool(true)
+                }
                 "copies_sensitive" => {
                     if let Some(c) = copied {
                         *v = strings(c.labels.iter().cloned());
@@ -637,6 +641,8 @@ fn context_pairs(
         ),
         b("self_approval", false),
         b("granted", false),
+        b("tainted", false),
+        b("reads_untrusted", false),
     ]
 }
 

@@ -138,6 +138,17 @@ impl Decision {
     }
 }
 
+/// What policy sees of the session besides the statement.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionState {
+    /// `context.granted`.
+    pub granted: bool,
+    /// `context.tainted`: the session read untrusted data, or this statement does.
+    pub tainted: bool,
+    /// `context.reads_untrusted`.
+    pub reads_untrusted: bool,
+}
+
 /// The policy engine: Cedar policies (the built-in defaults and the operator's files),
 /// validated against Weir's schema at load.
 pub struct Policy {
@@ -154,6 +165,8 @@ pub struct PolicySession {
     target: TargetInfo,
     /// The identity holds an access grant on the target now (`context.granted`).
     granted: std::sync::atomic::AtomicBool,
+    /// The session has read untrusted data (`context.tainted`).
+    tainted: std::sync::atomic::AtomicBool,
 }
 
 impl PolicySession {
@@ -161,6 +174,27 @@ impl PolicySession {
     pub fn set_granted(&self, granted: bool) {
         self.granted
             .store(granted, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn set_tainted(&self) {
+        self.tainted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn tainted(&self) -> bool {
+        self.tainted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether a statement that touches these tables reads untrusted data (a name whose
+    /// schema Weir cannot tell counts if any untrusted table has that name).
+    pub fn reads_untrusted(&self, touched: &Touched) -> bool {
+        let untrusted = &self.target.untrusted;
+        touched.tables.iter().any(|t| untrusted.contains(t))
+            || touched.anywhere.iter().any(|n| {
+                untrusted
+                    .iter()
+                    .any(|u| u.rsplit('.').next() == Some(n.as_str()))
+            })
     }
 
     pub fn granted(&self) -> bool {
@@ -260,6 +294,7 @@ impl Policy {
                 .transpose()?,
             target: target.clone(),
             granted: Default::default(),
+            tainted: Default::default(),
         })
     }
 
@@ -329,7 +364,11 @@ impl Policy {
                     f,
                     untrusted,
                     &target_tags(&session.target, touched),
-                    session.granted(),
+                    SessionState {
+                        granted: session.granted(),
+                        tainted: session.tainted() || session.reads_untrusted(touched),
+                        reads_untrusted: session.reads_untrusted(touched),
+                    },
                     copied,
                 )
             }
@@ -366,6 +405,7 @@ mod tests {
             name: "shop".into(),
             environment: "production".into(),
             sensitivity: [("sales.customers".to_string(), "pii".to_string())].into(),
+            untrusted: Default::default(),
         };
         let a = weir_analyze::Analyzer::new();
         let read = a.analyze(b"select * from customers").unwrap();

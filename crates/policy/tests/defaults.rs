@@ -31,6 +31,7 @@ fn outcome(
         name: "shop".into(),
         environment: env.into(),
         sensitivity: [("public.customers".to_string(), "pii".to_string())].into(),
+        untrusted: Default::default(),
     };
     let session = policy.session(id, &target).unwrap();
     let analysis = analyzer.analyze(sql.as_bytes()).unwrap();
@@ -446,6 +447,7 @@ fn clear_text_needs_a_permit_that_names_unmask() {
         name: "shop".into(),
         environment: env.into(),
         sensitivity: [("public.customers".to_string(), "pii".to_string())].into(),
+        untrusted: Default::default(),
     };
     let alice = who("alice", IdentityKind::Human, &["dba"]);
     let bob = who("bob", IdentityKind::Human, &["developers"]);
@@ -742,6 +744,7 @@ fn a_sensitive_copy_needs_approval_in_production_unless_its_columns_may_be_seen(
             name: "shop".into(),
             environment: env.into(),
             sensitivity: Default::default(),
+            untrusted: Default::default(),
         };
         let session = policy.session(&dev, &target).unwrap();
         let f = scope.resolve_facts(&analysis.statements[0]);

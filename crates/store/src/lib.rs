@@ -150,7 +150,35 @@ pub trait Store: Send + Sync {
     ) -> Result<Option<(bool, DerivedTagRecord)>, StoreError>;
     /// Changes whenever a tag is added or cleared.
     fn derived_tags_version(&self) -> Result<(i64, i64), StoreError>;
+
+    /// An agent read untrusted data on `target`: it stays tainted there until `until_ms`
+    /// (a later taint only extends it).
+    fn taint(
+        &self,
+        identity: &str,
+        target: &str,
+        source: &str,
+        until_ms: u64,
+    ) -> Result<(), StoreError>;
+    /// Until when `identity` is tainted on `target`, if it is at `now_ms`.
+    fn tainted_until(
+        &self,
+        identity: &str,
+        target: &str,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError>;
 }
+
+/// Agents that read untrusted data, per target, until when.
+const TAINTS: &str = "
+CREATE TABLE IF NOT EXISTS taints (
+    identity  TEXT NOT NULL,
+    target    TEXT NOT NULL,
+    source    TEXT NOT NULL,
+    until_ms  INTEGER NOT NULL,
+    PRIMARY KEY (identity, target)
+);
+";
 
 pub fn now_secs() -> u64 {
     SystemTime::now()
@@ -224,6 +252,7 @@ impl SqliteStore {
         }
         conn.execute_batch(approvals::SCHEMA)?;
         conn.execute_batch(derived::SCHEMA)?;
+        conn.execute_batch(TAINTS)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -455,6 +484,44 @@ impl Store for SqliteStore {
 
     fn derived_tags_version(&self) -> Result<(i64, i64), StoreError> {
         self.with(derived::version)
+    }
+
+    fn taint(
+        &self,
+        identity: &str,
+        target: &str,
+        source: &str,
+        until_ms: u64,
+    ) -> Result<(), StoreError> {
+        let until = i64::try_from(until_ms).unwrap_or(i64::MAX);
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO taints (identity, target, source, until_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (identity, target) DO UPDATE
+                 SET until_ms = max(until_ms, excluded.until_ms), source = excluded.source",
+                params![identity, target, source, until],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn tainted_until(
+        &self,
+        identity: &str,
+        target: &str,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        self.with(|c| {
+            let until: Option<i64> = c
+                .query_row(
+                    "SELECT until_ms FROM taints WHERE identity = ?1 AND target = ?2 AND until_ms > ?3",
+                    params![identity, target, now],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(until.map(i64::unsigned_abs))
+        })
     }
 }
 

@@ -40,6 +40,9 @@ pub struct TargetInfo {
     pub environment: String,
     /// Sensitivity tags by table (`schema.table`), from `[target.tables]`.
     pub sensitivity: BTreeMap<String, String>,
+    /// Tables whose contents are untrusted input (`untrusted = true`: tickets, user-written
+    /// text): an agent that reads one is tainted (`context.tainted`).
+    pub untrusted: std::collections::BTreeSet<String>,
 }
 
 /// The masking strategies' names, as config, the store and the trail spell them.

@@ -349,6 +349,7 @@ async fn serve(
             policy,
             identity,
             person,
+            taint_pending: Default::default(),
             full_text: shared.config.audit.full_text_targets.contains(&target.name),
             target: target.clone(),
             shared: Arc::clone(shared),
@@ -357,6 +358,7 @@ async fn serve(
         cancel,
         end,
     };
+    ctx.info.load_taint().await;
     let upstream::Upstream {
         stream: up,
         leftover,

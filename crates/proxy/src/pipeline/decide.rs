@@ -37,6 +37,8 @@ pub(crate) struct Decider {
     /// The grants generation last looked at, and the grants this session relied on.
     grant_generation: u64,
     relied_on: HashSet<String>,
+    /// Whether the verdicts in the cache were reached in a tainted session.
+    tainted: bool,
 }
 
 impl Decider {
@@ -47,6 +49,7 @@ impl Decider {
             pending_scope: None,
             grant_generation: u64::MAX,
             relied_on: HashSet::new(),
+            tainted: false,
         }
     }
 
@@ -103,6 +106,11 @@ impl Decider {
     /// session's decision too: identity and target do not change within a session.
     pub fn decide(&mut self, s: &SessionInfo, end: &Arc<SessionEnd>, sql: &[u8]) -> Arc<Decision> {
         self.check_grant(s, end);
+        if s.policy.tainted() != self.tainted {
+            // Verdicts reached before the session read untrusted data no longer hold.
+            self.tainted = s.policy.tainted();
+            self.decisions.clear();
+        }
         let analysis = match s.shared.analyzer.analyze(sql) {
             Ok(a) => a,
             Err(e) => {

@@ -71,6 +71,9 @@ pub(crate) struct SessionInfo {
     pub policy: PolicySession,
     /// The person an agent acts for: every statement is decided for them too.
     pub person: Option<Person>,
+    /// An agent's statement read untrusted data: [`admit`] records the taint in the store
+    /// (so the agent's next sessions and tool calls are tainted too) before it runs.
+    pub taint_pending: std::sync::atomic::AtomicBool,
     /// The audit trail keeps this target's statements as sent (`[audit] full_text_targets`),
     /// not normalized.
     pub full_text: bool,
@@ -94,7 +97,51 @@ impl SessionInfo {
             let theirs = policy.decide(&person.policy, resolution);
             verdicts = stricter(verdicts, theirs);
         }
+        // An agent that reads untrusted data is tainted from here on (the rest of this
+        // request included), unless the read is denied.
+        if self.identity.kind == weir_policy::IdentityKind::Agent {
+            let reads =
+                resolution.touched.iter().zip(&verdicts).any(|(t, v)| {
+                    !matches!(v, Verdict::Deny { .. }) && self.policy.reads_untrusted(t)
+                });
+            if reads {
+                self.taint();
+                self.taint_pending
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         verdicts
+    }
+
+    /// Policy sees this session as tainted (`context.tainted`), for the agent and its person.
+    pub fn taint(&self) {
+        self.policy.set_tainted();
+        if let Some(p) = &self.person {
+            p.policy.set_tainted();
+        }
+    }
+
+    /// Whether an agent is tainted on this target now (it read untrusted data within
+    /// `[policy] taint_window`, in any session or gateway): read once at session start. A
+    /// store that cannot be read counts as tainted.
+    pub async fn load_taint(&self) {
+        if self.identity.kind != weir_policy::IdentityKind::Agent {
+            return;
+        }
+        let (who, target) = (self.identity.name.clone(), self.target_name.to_string());
+        let approvals = &self.shared.approvals;
+        let now = approvals.clock().now_ms();
+        match approvals
+            .with_store(move |st| st.tainted_until(&who, &target, now))
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(_)) => self.taint(),
+            Err(e) => {
+                warn!(cause = %e, "cannot read whether the agent is tainted; it is treated as tainted");
+                self.taint();
+            }
+        }
     }
 
     /// [`SessionInfo::decide`] for a write that copies sensitive values.
@@ -393,5 +440,34 @@ pub(crate) async fn admit(
             return Err(Refusal::untagged(&e));
         }
     }
+    if !matches!(verdict, Verdict::Deny { .. })
+        && session
+            .taint_pending
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    {
+        record_taint(session).await?;
+    }
     Ok(())
+}
+
+/// Keeps an agent's taint in the store for `[policy] taint_window`, before the read runs.
+async fn record_taint(session: &SessionInfo) -> Result<(), Refusal> {
+    let shared = &session.shared;
+    let window = u64::try_from(shared.config.policy.taint_window.as_millis()).unwrap_or(u64::MAX);
+    let until = shared.approvals.clock().now_ms().saturating_add(window);
+    let (who, target) = (
+        session.identity.name.clone(),
+        session.target_name.to_string(),
+    );
+    let source = format!("session {}", session.session);
+    shared
+        .approvals
+        .with_store(move |st| st.taint(&who, &target, &source, until))
+        .await
+        .map_err(|e| {
+            warn!(cause = %e, "recording an agent's taint failed; request refused");
+            Refusal::unavailable(format!(
+                "weir: this statement reads untrusted data, and that cannot be recorded, so it does not run: {e}"
+            ))
+        })
 }

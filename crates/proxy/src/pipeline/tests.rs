@@ -120,6 +120,7 @@ enabled = false
             identity,
             policy,
             person: None,
+            taint_pending: Default::default(),
             full_text: false,
             shared: Arc::clone(&self.shared),
         }
