@@ -59,6 +59,9 @@ pub enum Event {
         statements: Arc<[StatementFacts]>,
         decision: &'static str,
         rule: Option<String>,
+        /// How it departs from the identity's baseline (`new_table`, …).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        anomalies: Vec<String>,
     },
     /// The upstream's answer to one request.
     Completed {
@@ -73,6 +76,9 @@ pub enum Event {
         /// derives from, `content:<class>` for values found by content), when any were.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         masked: Vec<String>,
+        /// `rows_above_norm` when the rows departed from the identity's baseline.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        anomalies: Vec<String>,
     },
     ConnectionClosed {
         session: u64,
@@ -282,6 +288,7 @@ mod tests {
             statements: a.statements.clone(),
             decision: "allow",
             rule: None,
+            anomalies: Vec::new(),
         };
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
         assert_eq!(v["sql"], "SELECT c.email FROM customers c WHERE c.id = $1");

@@ -358,6 +358,9 @@ impl Engine {
             match k.as_str() {
                 "granted" if state.granted => *v = RestrictedExpression::new_bool(true),
                 "tainted" if state.tainted => *v = RestrictedExpression::new_bool(true),
+                "anomalies" if !state.anomalies.is_empty() => {
+                    *v = strings(state.anomalies.iter().cloned())
+                }
                 "reads_untrusted" if state.reads_untrusted => {
                     *v = RestrictedExpression::new_bool(true)
                 }
@@ -643,6 +646,7 @@ fn context_pairs(
         b("granted", false),
         b("tainted", false),
         b("reads_untrusted", false),
+        ("anomalies".to_owned(), strings(std::iter::empty())),
     ]
 }
 

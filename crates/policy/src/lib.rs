@@ -126,6 +126,10 @@ impl Verdict {
 pub struct Decision {
     pub analysis: Arc<Analysis>,
     pub verdicts: Vec<Verdict>,
+    /// The tables each statement could touch in its session (empty when not resolved).
+    pub touched: Vec<Touched>,
+    /// Behaviour anomalies the text raised for its identity (`context.anomalies`).
+    pub anomalies: Vec<String>,
 }
 
 impl Decision {
@@ -139,7 +143,7 @@ impl Decision {
 }
 
 /// What policy sees of the session besides the statement.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SessionState {
     /// `context.granted`.
     pub granted: bool,
@@ -147,6 +151,8 @@ pub struct SessionState {
     pub tainted: bool,
     /// `context.reads_untrusted`.
     pub reads_untrusted: bool,
+    /// `context.anomalies`.
+    pub anomalies: Vec<String>,
 }
 
 /// The policy engine: Cedar policies (the built-in defaults and the operator's files),
@@ -338,8 +344,9 @@ impl Policy {
         f: &StatementFacts,
         touched: &Touched,
         copied: &Copied,
+        anomalies: &[String],
     ) -> Verdict {
-        self.decide_one(session, f, touched, Some(copied))
+        self.decide_one(session, f, touched, Some(copied), anomalies)
     }
 
     fn decide_one(
@@ -348,6 +355,7 @@ impl Policy {
         f: &StatementFacts,
         touched: &Touched,
         copied: Option<&Copied>,
+        anomalies: &[String],
     ) -> Verdict {
         // PREPARE and DECLARE are decided as the statement they hold: that is what
         // EXECUTE and FETCH will run.
@@ -368,6 +376,7 @@ impl Policy {
                         granted: session.granted(),
                         tainted: session.tainted() || session.reads_untrusted(touched),
                         reads_untrusted: session.reads_untrusted(touched),
+                        anomalies: anomalies.to_vec(),
                     },
                     copied,
                 )
@@ -385,11 +394,26 @@ impl Policy {
     /// ([`weir_analyze::Scope::resolve_analysis`]). Policy decides; it does not resolve
     /// names or rewrite facts.
     pub fn decide(&self, session: &PolicySession, resolution: &Resolution) -> Vec<Verdict> {
+        self.decide_flagged(session, resolution, &[])
+    }
+
+    /// [`Policy::decide`] with each statement's behaviour anomalies (`context.anomalies`;
+    /// a statement without an entry has none).
+    pub fn decide_flagged(
+        &self,
+        session: &PolicySession,
+        resolution: &Resolution,
+        anomalies: &[Vec<String>],
+    ) -> Vec<Verdict> {
         resolution
             .statements
             .iter()
             .zip(&resolution.touched)
-            .map(|(f, touched)| self.decide_one(session, f, touched, None))
+            .enumerate()
+            .map(|(i, (f, touched))| {
+                let flags = anomalies.get(i).map(Vec::as_slice).unwrap_or(&[]);
+                self.decide_one(session, f, touched, None, flags)
+            })
             .collect()
     }
 }
@@ -434,6 +458,8 @@ mod tests {
         let analysis = weir_analyze::Analyzer::new().analyze(b"select 1").unwrap();
         let d = Decision {
             analysis,
+            touched: Vec::new(),
+            anomalies: Vec::new(),
             verdicts: vec![
                 Verdict::Allow,
                 Verdict::Deny {

@@ -752,7 +752,7 @@ fn a_sensitive_copy_needs_approval_in_production_unless_its_columns_may_be_seen(
             labels: labels.iter().map(|l| l.to_string()).collect(),
             may_unmask,
         };
-        match policy.decide_copying(&session, &f, &scope.touched(&f), &copied) {
+        match policy.decide_copying(&session, &f, &scope.touched(&f), &copied, &[]) {
             Verdict::Allow => "allow".to_string(),
             Verdict::Deny { rule, .. } => format!("deny {rule}"),
             Verdict::RequireApproval { rule, .. } => format!("approve {rule}"),

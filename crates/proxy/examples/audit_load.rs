@@ -59,6 +59,7 @@ fn main() {
                         statements: analysis.statements.clone(),
                         decision: "allow",
                         rule: None,
+                        anomalies: Vec::new(),
                     });
                     ack.wait_blocking().expect("durable");
                     waited_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -72,6 +73,7 @@ fn main() {
                         duration_us: 80,
                         sqlstate: None,
                         masked: Vec::new(),
+                        anomalies: Vec::new(),
                     }));
                 }
             })

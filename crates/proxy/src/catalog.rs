@@ -284,6 +284,7 @@ async fn query_rows(
             statements: std::sync::Arc::from(Vec::new()),
             decision: "allow",
             rule: Some(rule.into()),
+            anomalies: Vec::new(),
         })
         .wait()
         .await

@@ -8,6 +8,7 @@
 pub mod approvals;
 pub mod audit;
 pub mod auth;
+pub mod baseline;
 pub mod cancel;
 mod catalog;
 pub mod failures;
@@ -79,6 +80,8 @@ pub struct Shared {
     mask_key: weir_mask::HashKey,
     /// Failed logins per client address, so they cannot flood the trail.
     pub failed_logins: failures::FailedLogins,
+    /// What each identity usually does, for anomaly flags.
+    pub baselines: Arc<baseline::Baselines>,
 }
 
 impl Shared {
@@ -120,12 +123,14 @@ impl Shared {
             .map_err(|e| GatewayError::Store(format!("reading access grants: {e}")))?;
         let notifier = Arc::new(notify::Notifier::new(&config));
         let failed_logins = failures::FailedLogins::new(clock.clone());
+        let baselines = Arc::new(baseline::Baselines::new(Arc::clone(&store), clock.clone()));
         let approvals = Arc::new(approvals::Approvals::new(
             Arc::clone(&store),
             clock,
             Arc::clone(&notifier),
         ));
         Ok(Shared {
+            baselines,
             auth: Authenticator::new(&config, store),
             approvals,
             grants,
@@ -211,6 +216,7 @@ impl Gateway {
             }
         };
         let watcher = tokio::spawn(Arc::clone(&self.shared.approvals).run());
+        let baselines = tokio::spawn(Arc::clone(&self.shared.baselines).run());
         let grant_watcher =
             tokio::spawn(Arc::clone(&self.shared.grants).run(Arc::clone(&self.shared.audit)));
         // Summaries of failed-login windows that ended without another failure to carry them.
@@ -299,6 +305,8 @@ impl Gateway {
             tasks.shutdown().await;
         }
         watcher.abort();
+        baselines.abort();
+        self.shared.baselines.flush().await;
         grant_watcher.abort();
         failure_sweeper.abort();
         for e in self.shared.failed_logins.drain() {

@@ -20,10 +20,12 @@ use weir_vocab::IdentityKind;
 
 pub mod approvals;
 pub mod audit;
+pub mod baseline;
 pub mod clock;
 pub mod derived;
 
 pub use approvals::{Approval, Grant, Kind as ApprovalKind, NewApproval, Status as ApprovalStatus};
+pub use baseline::Baseline;
 pub use clock::Clock;
 pub use derived::{DerivedTagRecord, NewDerivedTag};
 
@@ -160,6 +162,15 @@ pub trait Store: Send + Sync {
         source: &str,
         until_ms: u64,
     ) -> Result<(), StoreError>;
+    /// The behaviour baseline of `identity` (empty when there is none).
+    fn baseline(&self, identity: &str) -> Result<Baseline, StoreError>;
+    /// Adds what `identity` did since the last merge to its baseline.
+    fn merge_baseline(
+        &self,
+        identity: &str,
+        delta: &Baseline,
+        now_hour: u64,
+    ) -> Result<(), StoreError>;
     /// Until when `identity` is tainted on `target`, if it is at `now_ms`.
     fn tainted_until(
         &self,
@@ -253,6 +264,7 @@ impl SqliteStore {
         conn.execute_batch(approvals::SCHEMA)?;
         conn.execute_batch(derived::SCHEMA)?;
         conn.execute_batch(TAINTS)?;
+        conn.execute_batch(baseline::SCHEMA)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -484,6 +496,19 @@ impl Store for SqliteStore {
 
     fn derived_tags_version(&self) -> Result<(i64, i64), StoreError> {
         self.with(derived::version)
+    }
+
+    fn baseline(&self, identity: &str) -> Result<Baseline, StoreError> {
+        self.with(|c| baseline::load(c, identity))
+    }
+
+    fn merge_baseline(
+        &self,
+        identity: &str,
+        delta: &Baseline,
+        now_hour: u64,
+    ) -> Result<(), StoreError> {
+        self.with(|c| baseline::merge(c, identity, delta, now_hour))
     }
 
     fn taint(

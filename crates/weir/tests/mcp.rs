@@ -25,6 +25,12 @@ when { resource.name == "locked" };
 @id("test.agents-unmask")
 @reason("these agents may see clear text")
 permit (principal in Weir::Group::"unmaskers", action == Weir::Action::"unmask", resource);
+
+@id("test.unusual-agent-reads-need-approval")
+@outcome("approve")
+@reason("an agent reading a table it never read needs approval")
+forbid (principal, action, resource)
+when { principal.kind == "agent" && context.anomalies.contains("new_table") };
 "#;
 
 struct Setup {
@@ -704,5 +710,58 @@ fn an_agent_that_read_untrusted_data_needs_approval_to_write() {
     assert_eq!(
         decided(&mcp(&stdio.query("app", update))),
         "weir.tainted-agent-writes-need-approval"
+    );
+}
+
+#[test]
+fn an_agent_that_departs_from_its_baseline_is_flagged_for_policy_and_the_trail() {
+    let s = setup();
+    let agent = token(
+        &s.g,
+        &["--name", "claude", "--kind", "agent", "--groups", "agents"],
+    );
+    // A history: 60 one-row reads of orders, in one wire session.
+    let script: String = (1..=60)
+        .map(|i| format!("SELECT status FROM orders WHERE id = {};\n", i % 20 + 1))
+        .collect();
+    let conninfo = s.g.conninfo("claude", &agent);
+    let out = s.g.psql(&conninfo, &script);
+    assert!(!stderr(&out).contains("ERROR"), "{}", stderr(&out));
+    let mut py = Client::python_http(&s.http, &agent);
+    // As usual: runs, nothing flagged.
+    assert_eq!(
+        mcp(&py.query("app", "SELECT status FROM orders WHERE id = 3")),
+        Outcome::Ran
+    );
+    // Far more rows than usual: runs, and its completion says so.
+    assert_eq!(mcp(&py.query("app", "SELECT * FROM orders")), Outcome::Ran);
+    // A table it never touched: policy sees `new_table` and asks for approval.
+    let new = py.query("app", "SELECT name FROM customers WHERE id = 1");
+    assert_eq!(
+        decided(&mcp(&new)),
+        "test.unusual-agent-reads-need-approval",
+        "{new}"
+    );
+    let events = events(&s.g);
+    assert!(events.iter().any(|e| e["event"] == "statement"
+        && e["identity"] == "claude"
+        && e["anomalies"] == json!(["new_table"])));
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "completed" && e["anomalies"] == json!(["rows_above_norm"])));
+    // Baselines survive a restart: the gateway flushes them to the store.
+    let mut g = s.g;
+    g.terminate();
+    g.restart();
+    let mut py = Client::python_http(&s.http, &agent);
+    let again = py.query("app", "SELECT name FROM customers WHERE id = 2");
+    assert_eq!(
+        decided(&mcp(&again)),
+        "test.unusual-agent-reads-need-approval",
+        "{again}"
+    );
+    assert_eq!(
+        mcp(&py.query("app", "SELECT status FROM orders WHERE id = 4")),
+        Outcome::Ran
     );
 }

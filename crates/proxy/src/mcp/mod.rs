@@ -380,6 +380,8 @@ pub async fn serve_stdio(shared: Arc<Shared>, caller: Caller) -> Result<(), Stri
     use rmcp::ServiceExt as _;
     // Access grants approved meanwhile, and their expiry, reach this process too.
     let grants = tokio::spawn(Arc::clone(&shared.grants).run(Arc::clone(&shared.audit)));
+    let baselines = tokio::spawn(Arc::clone(&shared.baselines).run());
+    let shared_after = Arc::clone(&shared);
     let served = async {
         let running = Server::stdio(shared, caller)
             .serve(rmcp::transport::stdio())
@@ -393,5 +395,7 @@ pub async fn serve_stdio(shared: Arc<Shared>, caller: Caller) -> Result<(), Stri
     };
     let result = served.await;
     grants.abort();
+    baselines.abort();
+    shared_after.baselines.flush().await;
     result
 }

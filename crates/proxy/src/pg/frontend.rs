@@ -306,11 +306,11 @@ impl<'a> FrontendHalf<'a> {
                 let mut decision = self.decide(&p.query)?;
                 if self.batch_unseen {
                     decision = Arc::new(Decision {
-                        analysis: Arc::clone(&decision.analysis),
                         verdicts: vec![Verdict::Deny {
                             rule: weir_analyze::lexing::RULE.into(),
                             reason: "this request executes code Weir cannot see (a function, DO, CALL) and then more SQL text, which the server would read in whatever mode that code left; send Sync before the next statement".into(),
                         }],
+                        ..Decision::clone(&decision)
                     });
                 }
                 if !p.name.is_empty()

@@ -359,6 +359,7 @@ async fn serve(
         end,
     };
     ctx.info.load_taint().await;
+    shared.baselines.ensure(&ctx.info.identity.name).await;
     let upstream::Upstream {
         stream: up,
         leftover,

@@ -21,6 +21,7 @@ struct CachedDecision {
     /// Holds the facts the key is the address of (see [`Decider::decide`]).
     _facts: Arc<[StatementFacts]>,
     resolved: Arc<[StatementFacts]>,
+    touched: Vec<weir_analyze::Touched>,
     verdicts: Vec<Verdict>,
 }
 
@@ -128,6 +129,8 @@ impl Decider {
                         rule: rule.into(),
                         reason: e.to_string(),
                     }],
+                    touched: Vec::new(),
+                    anomalies: Vec::new(),
                 });
             }
         };
@@ -143,13 +146,27 @@ impl Decider {
         // INVARIANT: the cache holds the facts' `Arc`, so the address cannot be reused by
         // other facts while the entry exists.
         let key = Arc::as_ptr(&analysis.statements) as *const StatementFacts as usize;
+        // Only verdicts reached with no anomaly are kept, and one is reused only while the
+        // statement still raises none (a baseline moves: a new hour, a table seen).
         if let Some(hit) = self.decisions.get(&key) {
-            return Arc::new(Decision {
-                analysis: Arc::new(analysis.with_statements(Arc::clone(&hit.resolved))),
-                verdicts: hit.verdicts.clone(),
-            });
+            let usual = hit
+                .resolved
+                .iter()
+                .zip(&hit.touched)
+                .all(|(f, t)| s.anomalies(f, t).is_empty());
+            if usual {
+                return Arc::new(Decision {
+                    analysis: Arc::new(analysis.with_statements(Arc::clone(&hit.resolved))),
+                    verdicts: hit.verdicts.clone(),
+                    touched: hit.touched.clone(),
+                    anomalies: Vec::new(),
+                });
+            }
         }
         let decision = decide_in(s, &self.scope, &analysis);
+        if !decision.anomalies.is_empty() {
+            return Arc::new(decision);
+        }
         if self.decisions.len() >= MAX_CACHED {
             self.decisions.clear();
         }
@@ -158,6 +175,7 @@ impl Decider {
             CachedDecision {
                 _facts: Arc::clone(&analysis.statements),
                 resolved: Arc::clone(&decision.analysis.statements),
+                touched: decision.touched.clone(),
                 verdicts: decision.verdicts.clone(),
             },
         );
@@ -181,9 +199,11 @@ impl Decider {
 /// the facts as resolved.
 fn decide_in(s: &SessionInfo, scope: &Scope, analysis: &Analysis) -> Decision {
     let resolution = scope.resolve_analysis(analysis);
-    let verdicts = s.decide(&resolution);
+    let (verdicts, anomalies) = s.decide(&resolution);
     Decision {
         analysis: Arc::new(analysis.with_statements(resolution.statements.into())),
         verdicts,
+        touched: resolution.touched,
+        anomalies,
     }
 }

@@ -64,8 +64,8 @@ pub(crate) async fn guard_state_sinks(session: &SessionInfo, items: &mut [Item])
         }
         if changed {
             item.decision = Arc::new(Decision {
-                analysis: Arc::clone(&d.analysis),
                 verdicts,
+                ..Decision::clone(d)
             });
         }
     }
@@ -121,7 +121,7 @@ pub(crate) async fn guard_copies(session: &SessionInfo, scope: &Scope, items: &m
                 labels: tags.iter().map(|t| t.label.to_string()).collect(),
                 may_unmask: tags.iter().all(|t| session.may_unmask(&t.source, &t.label)),
             };
-            let again = session.decide_copying(f, &scope.touched(f), &copied);
+            let again = session.decide_copying(f, &scope.touched(f), &copied, &d.anomalies);
             if again.severity() > v.severity() {
                 *v = again;
                 changed = true;
@@ -130,8 +130,8 @@ pub(crate) async fn guard_copies(session: &SessionInfo, scope: &Scope, items: &m
         }
         if changed {
             item.decision = Arc::new(Decision {
-                analysis: Arc::clone(&d.analysis),
                 verdicts,
+                ..Decision::clone(d)
             });
         }
     }

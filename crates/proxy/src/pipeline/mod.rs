@@ -90,13 +90,24 @@ impl SessionInfo {
     /// Policy's verdicts for resolved statements: the identity's, and for an agent acting for
     /// a person the person's too, the more severe of the two per statement. So the agent
     /// never exceeds the person, and the agent's own rules still apply.
-    pub fn decide(&self, resolution: &weir_analyze::Resolution) -> Vec<Verdict> {
+    /// Each statement's behaviour anomalies go to policy (`context.anomalies`); their union
+    /// is returned with the verdicts.
+    pub fn decide(&self, resolution: &weir_analyze::Resolution) -> (Vec<Verdict>, Vec<String>) {
         let policy = &self.shared.policy;
-        let mut verdicts = policy.decide(&self.policy, resolution);
+        let flags: Vec<Vec<String>> = resolution
+            .statements
+            .iter()
+            .zip(&resolution.touched)
+            .map(|(f, t)| self.anomalies(f, t))
+            .collect();
+        let mut verdicts = policy.decide_flagged(&self.policy, resolution, &flags);
         if let Some(person) = &self.person {
-            let theirs = policy.decide(&person.policy, resolution);
+            let theirs = policy.decide_flagged(&person.policy, resolution, &flags);
             verdicts = stricter(verdicts, theirs);
         }
+        let mut anomalies: Vec<String> = flags.into_iter().flatten().collect();
+        anomalies.sort();
+        anomalies.dedup();
         // An agent that reads untrusted data is tainted from here on (the rest of this
         // request included), unless the read is denied.
         if self.identity.kind == weir_policy::IdentityKind::Agent {
@@ -110,7 +121,18 @@ impl SessionInfo {
                     .store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        verdicts
+        (verdicts, anomalies)
+    }
+
+    /// How one statement departs from the identity's baseline ([`crate::baseline`]).
+    pub fn anomalies(
+        &self,
+        facts: &weir_analyze::StatementFacts,
+        touched: &weir_analyze::Touched,
+    ) -> Vec<String> {
+        self.shared
+            .baselines
+            .flags(&self.identity.name, &self.target_name, facts, touched)
     }
 
     /// Policy sees this session as tainted (`context.tainted`), for the agent and its person.
@@ -150,11 +172,14 @@ impl SessionInfo {
         facts: &weir_analyze::StatementFacts,
         touched: &weir_analyze::Touched,
         copied: &weir_policy::Copied,
+        anomalies: &[String],
     ) -> Verdict {
         let policy = &self.shared.policy;
-        let ours = policy.decide_copying(&self.policy, facts, touched, copied);
+        let ours = policy.decide_copying(&self.policy, facts, touched, copied, anomalies);
         match &self.person {
-            Some(p) => ours.stricter(policy.decide_copying(&p.policy, facts, touched, copied)),
+            Some(p) => {
+                ours.stricter(policy.decide_copying(&p.policy, facts, touched, copied, anomalies))
+            }
             None => ours,
         }
     }
@@ -326,7 +351,14 @@ pub(crate) struct Completion {
 /// were durable before it was forwarded; a completion the trail cannot take is logged by
 /// the sink.
 pub(crate) fn completed(session: &SessionInfo, c: Completion) {
+    let anomalies = session
+        .shared
+        .baselines
+        .observe_rows(&session.identity.name, c.rows)
+        .into_iter()
+        .collect();
     let _ = session.shared.audit.append(Event::Completed {
+        anomalies,
         session: session.session,
         request: c.request,
         tags: c.tags,
@@ -361,6 +393,7 @@ pub(crate) async fn record_refused(
             statements: Arc::from(Vec::new()),
             decision: "deny",
             rule: Some(rule.into()),
+            anomalies: Vec::new(),
         })
         .wait()
         .await
@@ -406,6 +439,7 @@ pub(crate) async fn admit(
             statements: Arc::clone(&item.decision.analysis.statements),
             decision: v.label(),
             rule: v.rule().map(str::to_owned),
+            anomalies: item.decision.anomalies.clone(),
         }));
     }
     // What copies of sensitive values the request's writes make: on record with the
@@ -439,6 +473,24 @@ pub(crate) async fn admit(
             warn!(cause = %e, "recording derived sensitivity failed; request refused");
             return Err(Refusal::untagged(&e));
         }
+    }
+    // What the identity does goes into its baseline when it runs as decided; a request that
+    // waits for approval does not count (it may never run).
+    if matches!(verdict, Verdict::Allow | Verdict::AllowBounded { .. }) {
+        let forwarded: Vec<(&weir_analyze::StatementFacts, &weir_analyze::Touched)> = items
+            .iter()
+            .flat_map(|i| {
+                i.decision
+                    .analysis
+                    .statements
+                    .iter()
+                    .zip(&i.decision.touched)
+            })
+            .collect();
+        session
+            .shared
+            .baselines
+            .observe(&session.identity.name, &session.target_name, &forwarded);
     }
     if !matches!(verdict, Verdict::Deny { .. })
         && session
