@@ -67,7 +67,7 @@ fn setup() -> Setup {
                 )
             };
             format!(
-                "[target.tables.\"public.tickets\"]\nuntrusted = true\n\n{}\n{}\n[policy]\nfiles = [\"policy/*.cedar\"]\n\n[approvals]\napprovers = [\"dba\"]\ntimeout = \"0s\"\n\n[mcp]\nmax_rows = 5\n",
+                "[target.tables.\"public.tickets\"]\nuntrusted = true\n\n{}\n{}\n[policy]\nfiles = [\"policy/*.cedar\"]\n\n[approvals]\napprovers = [\"dba\"]\ntimeout = \"0s\"\n\n[mcp]\nmax_rows = 5\nmax_result_bytes = 100000\nstatement_timeout = \"1s\"\n",
                 target("prod", "production"),
                 target("locked", "development"),
             )
@@ -359,6 +359,47 @@ fn both_sdks_list_describe_query_and_refuse_without_a_token() {
         );
     }
 
+    // Bounded: bytes (the second 60 kB row would pass [mcp] max_result_bytes = 100000) and
+    // time ([mcp] statement_timeout = "1s").
+    let big = py.query(
+        "app",
+        "SELECT repeat('x', 60000) AS v FROM generate_series(1, 3)",
+    );
+    assert_eq!(
+        big["structured"]["row_count"],
+        json!(1),
+        "{}",
+        &big["text"].as_str().unwrap()[..200]
+    );
+    assert_eq!(big["structured"]["truncated"], json!(true));
+    let slow = py.query("app", "SELECT pg_sleep(5)");
+    assert!(
+        slow["text"].as_str().unwrap().contains("statement timeout"),
+        "{slow}"
+    );
+
+    // A Host that is not loopback or configured is refused (DNS rebinding).
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            &s.http,
+        ])
+        .args(["-H", "Host: attacker.example"])
+        .args(["-H", &format!("Authorization: Bearer {agent}")])
+        .args(["-H", "content-type: application/json"])
+        .args(["-H", "accept: application/json, text/event-stream"])
+        .args(["-d", r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#])
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(code.starts_with('4'), "{code}");
+
     // No token, or a bad one: 401 and a pointer to the protected-resource metadata.
     let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"0"}}}"#;
     for auth in [vec![], vec!["-H", "Authorization: Bearer nope"]] {
@@ -406,8 +447,9 @@ fn both_sdks_list_describe_query_and_refuse_without_a_token() {
         .iter()
         .filter(|e| e["event"] == "tool_call" && e["identity"] == "claude")
         .count();
-    // Five tool calls by each of three clients (a listing is not a tool call).
-    assert_eq!(calls, 3 * 5, "tool calls recorded");
+    // Five tool calls by each of three clients (a listing is not a tool call), and the two
+    // bounded ones.
+    assert_eq!(calls, 3 * 5 + 2, "tool calls recorded");
     assert!(events.iter().any(|e| e["event"] == "connection_opened"
         && e["channel"] == "mcp"
         && e["identity"] == "claude"));
