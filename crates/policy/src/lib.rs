@@ -127,7 +127,7 @@ pub struct Decision {
     pub analysis: Arc<Analysis>,
     pub verdicts: Vec<Verdict>,
     /// The tables each statement could touch in its session (empty when not resolved).
-    pub touched: Vec<Touched>,
+    pub touched: Arc<[Touched]>,
     /// Behaviour anomalies the text raised for its identity (`context.anomalies`).
     pub anomalies: Vec<String>,
 }
@@ -458,7 +458,7 @@ mod tests {
         let analysis = weir_analyze::Analyzer::new().analyze(b"select 1").unwrap();
         let d = Decision {
             analysis,
-            touched: Vec::new(),
+            touched: Arc::from(Vec::new()),
             anomalies: Vec::new(),
             verdicts: vec![
                 Verdict::Allow,

@@ -38,6 +38,61 @@ struct Entry {
     known: Baseline,
     /// What happened here since the last flush.
     pending: Baseline,
+    /// Bumped whenever `known` moved so that some statement's flags could change.
+    generation: u64,
+    /// What the generation was last judged on.
+    judged: Option<Judged>,
+}
+
+/// What flags depend on besides the statement: past learning, how many tables, any write,
+/// the hour, whether this hour of day is unusual, whether this hour's rows are above the norm.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Judged {
+    learned: bool,
+    tables: usize,
+    wrote: bool,
+    hour: u64,
+    unusual_hour: bool,
+    rows_high: bool,
+}
+
+impl Entry {
+    /// Re-judges what flags depend on at `now_ms`; bumps the generation if any of it changed.
+    fn rejudge(&mut self, now_ms: u64) {
+        let b = &self.known;
+        let (hour, of_day) = hours(now_ms);
+        let judged = Judged {
+            learned: b.statements >= LEARNING,
+            tables: b.tables.len(),
+            wrote: b.writes > 0,
+            hour,
+            unusual_hour: b.hours.get(of_day).copied().unwrap_or(0).saturating_mul(100)
+                < b.statements,
+            rows_high: hourly_rows_high(b, hour),
+        };
+        if self.judged != Some(judged) {
+            self.judged = Some(judged);
+            self.generation = self.generation.wrapping_add(1);
+        }
+    }
+}
+
+/// Whether the rows of `hour` so far exceed the norm of earlier hours (the
+/// `rows_per_hour_above_norm` rule).
+fn hourly_rows_high(b: &Baseline, hour: u64) -> bool {
+    let mut earlier: Vec<u64> = b
+        .hourly_rows
+        .iter()
+        .filter(|(h, _)| **h < hour)
+        .map(|(_, n)| *n)
+        .collect();
+    if earlier.len() < 3 {
+        return false;
+    }
+    earlier.sort_unstable();
+    let k = (earlier.len() * 95).div_ceil(100).saturating_sub(1);
+    let p95 = earlier.get(k).copied().unwrap_or(0).max(1);
+    b.hourly_rows.get(&hour).copied().unwrap_or(0) > p95.saturating_mul(FACTOR)
 }
 
 /// The baselines of the identities active on this gateway.
@@ -114,20 +169,8 @@ pub fn flags(
     if in_hour.saturating_mul(100) < b.statements {
         out.push("unusual_hour".to_owned());
     }
-    let mut earlier: Vec<u64> = b
-        .hourly_rows
-        .iter()
-        .filter(|(h, _)| **h < hour)
-        .map(|(_, n)| *n)
-        .collect();
-    if earlier.len() >= 3 {
-        earlier.sort_unstable();
-        let k = (earlier.len() * 95).div_ceil(100).saturating_sub(1);
-        let p95 = earlier.get(k).copied().unwrap_or(0).max(1);
-        let now = b.hourly_rows.get(&hour).copied().unwrap_or(0);
-        if now > p95.saturating_mul(FACTOR) {
-            out.push("rows_per_hour_above_norm".to_owned());
-        }
+    if hourly_rows_high(b, hour) {
+        out.push("rows_per_hour_above_norm".to_owned());
     }
     out
 }
@@ -170,13 +213,28 @@ impl Baselines {
                     .or_insert_with(|| {
                         Arc::new(Mutex::new(Entry {
                             known,
-                            pending: Baseline::default(),
+                            ..Entry::default()
                         }))
                     });
             }
             Ok(Err(e)) => tracing::warn!(cause = %e, "cannot read a behaviour baseline"),
             Err(e) => tracing::warn!(cause = %e, "cannot read a behaviour baseline"),
         }
+    }
+
+    /// The identity's baseline generation: equal values mean no statement's flags changed in
+    /// between (an hour boundary is judged here). 0 for an identity whose baseline is not
+    /// loaded (it raises no flags).
+    pub fn generation(&self, identity: &str) -> u64 {
+        let Some(e) = self.entry(identity) else {
+            return 0;
+        };
+        let mut e = lock(&e);
+        let now = self.clock.now_ms();
+        if e.judged.is_none_or(|j| j.hour != now / 3_600_000) {
+            e.rejudge(now);
+        }
+        e.generation
     }
 
     /// The flags of one statement now.
@@ -226,6 +284,7 @@ impl Baselines {
                 }
             }
         }
+        e.rejudge(self.clock.now_ms());
     }
 
     /// Counts the rows of a completed request; returns its flag, judged against what was
@@ -243,6 +302,7 @@ impl Baselines {
             let n = b.hourly_rows.entry(hour).or_default();
             *n = n.saturating_add(rows);
         }
+        e.rejudge(self.clock.now_ms());
         flag
     }
 

@@ -292,7 +292,7 @@ async fn query_rows(
     let max = shared.config.gateway.max_message_size;
     let mut up = upstream::connect(upstream::ConnectParams {
         target,
-        tls: shared.upstream_tls.get(&target.name).cloned().flatten(),
+        tls: shared.upstreams.tls.get(&target.name).cloned().flatten(),
         client_params: vec![("application_name".into(), "weir-catalog".into())],
         max_message: max,
         timeout: shared.config.gateway.connect_timeout,

@@ -1,4 +1,4 @@
-//! The HTTP API (`[gateway] http_listen`): approvals for tools and people, and the endpoints
+//! The HTTP API (`[gateway] http_listen`), on [`Services`] alone: approvals for tools and people, and the endpoints
 //! the webhook receiver and Slack call back. Documented in `docs/openapi.yaml`.
 //!
 //! Authentication: `Authorization: Bearer <token>` (a Weir token or a static identity's
@@ -19,9 +19,9 @@ use weir_store::Approval;
 
 use crate::approvals::{Approver, DecideError, Decider};
 use crate::notify;
-use crate::Shared;
+use crate::Services;
 
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(shared: Arc<Services>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/approvals", get(list))
@@ -57,7 +57,7 @@ impl From<DecideError> for ApiError {
 }
 
 /// The identity the bearer token proves.
-async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<weir_policy::Identity, ApiError> {
+async fn caller(shared: &Services, headers: &HeaderMap) -> Result<weir_policy::Identity, ApiError> {
     let unauthorized = || {
         ApiError(
             StatusCode::UNAUTHORIZED,
@@ -77,7 +77,7 @@ async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<weir_policy::Ide
 }
 
 async fn store<T: Send + 'static>(
-    shared: &Shared,
+    shared: &Services,
     f: impl FnOnce(&dyn weir_store::Store) -> Result<T, weir_store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     shared
@@ -88,7 +88,7 @@ async fn store<T: Send + 'static>(
 }
 
 async fn list(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<Services>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     caller(&shared, &headers).await?;
@@ -104,7 +104,7 @@ async fn list(
 }
 
 async fn show(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<Services>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
@@ -122,7 +122,7 @@ async fn show(
 /// `GET /v1/derived-tags[?target=T]`: the columns marked sensitive because a write copied
 /// sensitive values into them, in force (not cleared), oldest first.
 async fn derived_tags(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<Services>>,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
@@ -163,7 +163,7 @@ fn reason_of(body: &Bytes) -> Result<Option<String>, ApiError> {
 }
 
 async fn approve(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<Services>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -175,7 +175,7 @@ async fn approve(
 }
 
 async fn deny(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<Services>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -188,7 +188,7 @@ async fn deny(
 
 /// Runs a decision (store, policy, trail: blocking) off the async threads.
 async fn decide(
-    shared: Arc<Shared>,
+    shared: Arc<Services>,
     id: String,
     by: Approver,
     approve: bool,
@@ -222,7 +222,7 @@ async fn decide(
 }
 
 /// The approver an outside channel names, as an identity policy can judge.
-async fn named(shared: &Arc<Shared>, name: String) -> Result<weir_policy::Identity, ApiError> {
+async fn named(shared: &Arc<Services>, name: String) -> Result<weir_policy::Identity, ApiError> {
     let s = Arc::clone(shared);
     let n = name.clone();
     tokio::task::spawn_blocking(move || s.auth.identity_named(&n))
@@ -244,7 +244,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// Refuses a request to a signed endpoint unless its signature holds: 404 when the endpoint
 /// has no secret configured, 401 when the signature is missing, stale or wrong.
 fn signed(
-    shared: &Shared,
+    shared: &Services,
     scheme: notify::Scheme,
     secret: Option<&weir_config::Secret>,
     headers: &HeaderMap,
@@ -282,7 +282,7 @@ fn signed(
 /// `POST /v1/webhook/decide`, signed with the webhook secret:
 /// `{"id", "decision": "approve"|"deny", "approver", "reason"}`.
 async fn webhook_decide(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<Services>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -334,7 +334,7 @@ async fn webhook_decide(
 /// `POST /v1/slack/interactivity`: a button pressed on a Weir message. Slack wants a quick
 /// 200; the outcome replaces the message through its `response_url`.
 async fn slack_interactivity(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<Services>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {

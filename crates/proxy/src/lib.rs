@@ -57,31 +57,66 @@ pub enum GatewayError {
     Store(String),
 }
 
-/// State every session shares. Read-only after start, except the cancel registry.
-pub struct Shared {
+/// The library services every entry point calls: wire sessions, the HTTP API, MCP, and the
+/// CLI's decisions. Read-only after start.
+pub struct Services {
     pub config: Config,
     pub auth: Authenticator,
     pub analyzer: weir_analyze::Analyzer,
     pub policy: Policy,
     pub audit: Arc<dyn AuditSink>,
-    pub cancels: CancelRegistry,
     /// Approval requests with a waiting client, and the store they live in.
     pub approvals: Arc<approvals::Approvals>,
     /// Active access grants, and the sessions that rely on them.
     pub grants: Arc<grants::Grants>,
     /// Tells approvers about new requests (webhook, Slack).
     pub notifier: Arc<notify::Notifier>,
+    /// What each identity usually does, for anomaly flags.
+    pub baselines: Arc<baseline::Baselines>,
+}
+
+/// What only the wire listeners use: TLS toward clients, cancel keys, failed-login counts.
+pub struct FrontDoor {
     pub tls_acceptor: tokio_rustls::TlsAcceptor,
+    pub cancels: CancelRegistry,
+    /// Failed logins per client address, so they cannot flood the trail.
+    pub failed_logins: failures::FailedLogins,
+}
+
+/// What reaching and reading the targets needs: TLS toward them, their catalogs, the masking
+/// key.
+pub struct Upstreams {
     /// Client TLS configuration per target name (None: plain TCP).
-    pub upstream_tls: HashMap<String, Option<Arc<rustls::ClientConfig>>>,
+    pub tls: HashMap<String, Option<Arc<rustls::ClientConfig>>>,
     /// Each target's masking catalog, by target name.
     catalogs: HashMap<String, Arc<catalog::CatalogCache>>,
     /// The key of the `hash` masking strategy.
     mask_key: weir_mask::HashKey,
-    /// Failed logins per client address, so they cannot flood the trail.
-    pub failed_logins: failures::FailedLogins,
-    /// What each identity usually does, for anomaly flags.
-    pub baselines: Arc<baseline::Baselines>,
+}
+
+impl Upstreams {
+    /// A target's catalog cache (also when masking is off: fastpath calls resolve OIDs
+    /// through it).
+    pub(crate) fn catalog(&self, target: &str) -> Option<&Arc<catalog::CatalogCache>> {
+        self.catalogs.get(target)
+    }
+}
+
+/// A gateway's shared state: the services (what `Deref` reaches, so `shared.audit` is the
+/// services' trail), the front door and the upstreams. A module that needs only services
+/// takes `Arc<Services>` (the HTTP API).
+pub struct Shared {
+    pub services: Arc<Services>,
+    pub front: FrontDoor,
+    pub upstreams: Upstreams,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.services
+    }
 }
 
 impl Shared {
@@ -130,28 +165,28 @@ impl Shared {
             Arc::clone(&notifier),
         ));
         Ok(Shared {
-            baselines,
-            auth: Authenticator::new(&config, store),
-            approvals,
-            grants,
-            notifier,
-            config,
-            analyzer: weir_analyze::Analyzer::new(),
-            policy,
-            audit,
-            cancels: CancelRegistry::default(),
-            tls_acceptor: tokio_rustls::TlsAcceptor::from(server_tls),
-            upstream_tls,
-            catalogs,
-            mask_key,
-            failed_logins,
+            services: Arc::new(Services {
+                auth: Authenticator::new(&config, store),
+                approvals,
+                grants,
+                notifier,
+                baselines,
+                config,
+                analyzer: weir_analyze::Analyzer::new(),
+                policy,
+                audit,
+            }),
+            front: FrontDoor {
+                tls_acceptor: tokio_rustls::TlsAcceptor::from(server_tls),
+                cancels: CancelRegistry::default(),
+                failed_logins,
+            },
+            upstreams: Upstreams {
+                tls: upstream_tls,
+                catalogs,
+                mask_key,
+            },
         })
-    }
-
-    /// A target's catalog cache (also when masking is off: fastpath calls resolve OIDs
-    /// through it).
-    pub(crate) fn catalog(&self, target: &str) -> Option<&Arc<catalog::CatalogCache>> {
-        self.catalogs.get(target)
     }
 }
 
@@ -228,14 +263,14 @@ impl Gateway {
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     every.tick().await;
-                    for e in shared.failed_logins.sweep() {
+                    for e in shared.front.failed_logins.sweep() {
                         let _ = shared.audit.append(e);
                     }
                 }
             })
         };
         let api = self.http.map(|listener| {
-            let app = http::router(Arc::clone(&self.shared))
+            let app = http::router(Arc::clone(&self.shared.services))
                 .merge(mcp::http::router(Arc::clone(&self.shared)))
                 .into_make_service_with_connect_info::<SocketAddr>();
             let mut stop = shutdown.clone();
@@ -309,7 +344,7 @@ impl Gateway {
         self.shared.baselines.flush().await;
         grant_watcher.abort();
         failure_sweeper.abort();
-        for e in self.shared.failed_logins.drain() {
+        for e in self.shared.front.failed_logins.drain() {
             let _ = self.shared.audit.append(e);
         }
         if let Some(api) = api {

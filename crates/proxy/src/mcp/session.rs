@@ -165,7 +165,7 @@ pub(super) async fn describe(
 ) -> Result<Value, ToolError> {
     let client = open(shared, caller, target).await?;
     let result = run(shared, &client, DESCRIBE, u64::MAX).await?;
-    let catalog = match shared.catalog(&target.name) {
+    let catalog = match shared.upstreams.catalog(&target.name) {
         Some(cache) => {
             cache.ensure(shared, target).await.map_err(|e| {
                 ToolError::new(format!("weir: cannot read the target's catalog: {e}"))

@@ -230,6 +230,7 @@ impl BackendHalf<'_> {
         let pid = self
             .ctx
             .shared
+            .front
             .cancels
             .weir_pid(&self.ctx.upstream_addr, process_id);
         // A backstop behind the analysis' state-sink rule: a payload holding what content

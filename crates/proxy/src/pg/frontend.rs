@@ -231,7 +231,7 @@ impl<'a> FrontendHalf<'a> {
                 // The fastpath interface calls a function by OID (libpq's and pgjdbc's
                 // large-object calls): decided, recorded and run exactly as
                 // `SELECT schema.fn($1, …)` would be. An OID Weir cannot resolve is refused.
-                let name = match self.ctx.shared.catalog(&self.ctx.target.name) {
+                let name = match self.ctx.shared.upstreams.catalog(&self.ctx.target.name) {
                     Some(cache) => cache
                         .function_by_oid(&self.ctx.shared, &self.ctx.target, call.oid as u32)
                         .await

@@ -280,24 +280,16 @@ async fn serve(
 
     let tls = client.is_tls();
     info!(identity = %identity.name, kind = identity.kind.as_str(), target = %target.name, tls, "session started");
-    let opened = shared.audit.append(Event::ConnectionOpened {
+    let opening = pipeline::Opening {
         session,
-        identity: identity.name.clone(),
-        identity_kind: identity.kind.as_str(),
-        auth: identity.source,
-        groups: identity.groups.clone(),
-        attributes: identity.attributes.clone(),
-        client_addr: peer.to_string(),
-        target: target.name.clone(),
+        identity: &identity,
+        target: &target,
+        peer,
         tls,
-        channel: (channel != Channel::Wire).then_some(channel.as_str()),
-        on_behalf_of: identity.on_behalf_of.clone(),
-    });
-    if let Err(e) = opened.wait().await {
-        return Err(Fatal::new(
-            "58000",
-            format!("weir: cannot record the connection, so it is refused: {e}"),
-        ));
+        channel,
+    };
+    if let Err(refusal) = pipeline::session_opened(shared, opening).await {
+        return Err(Fatal::new("58000", refusal.message));
     }
 
     let target_info = target.policy_info();
@@ -326,7 +318,7 @@ async fn serve(
         None => None,
     };
     let mask = if shared.config.masking.enabled {
-        shared.catalogs.get(&target.name).cloned()
+        shared.upstreams.catalog(&target.name).cloned()
     } else {
         None
     };
@@ -386,7 +378,7 @@ async fn serve(
         masker: ctx
             .mask
             .as_ref()
-            .map(|_| Masker::new(shared.mask_key.clone())),
+            .map(|_| Masker::new(shared.upstreams.mask_key.clone())),
         catalog: ctx.mask.as_ref().map(|c| c.snapshot()).unwrap_or_default(),
         out: BytesMut::new(),
         held: BytesMut::new(),
@@ -406,17 +398,7 @@ async fn serve(
     let _ = cw.shutdown().await;
     let _ = uw.shutdown().await;
     info!(reason = %reason, "session ended");
-    let _ = shared
-        .audit
-        .append(Event::ConnectionClosed {
-            session,
-            identity: ctx.identity.name.clone(),
-            target: ctx.target_name.to_string(),
-            requests: requests.load(Ordering::Relaxed),
-            reason,
-        })
-        .wait()
-        .await;
+    pipeline::session_closed(&ctx.info, requests.load(Ordering::Relaxed), reason).await;
     Ok(())
 }
 

@@ -34,7 +34,7 @@ pub(super) async fn startup(
                     return Err(Fatal::protocol("TLS state"));
                 };
                 tcp.write_all(b"S").await.map_err(Fatal::protocol)?;
-                let tls = tokio::time::timeout_at(deadline, shared.tls_acceptor.accept(tcp))
+                let tls = tokio::time::timeout_at(deadline, shared.front.tls_acceptor.accept(tcp))
                     .await
                     .map_err(|_| Fatal::new("08006", "weir: TLS handshake timed out"))?
                     .map_err(|e| Fatal::new("08006", format!("weir: TLS handshake failed: {e}")))?;
@@ -54,7 +54,7 @@ pub(super) async fn startup(
                 process_id,
                 secret_key,
             } => {
-                if let Some((key, signal)) = shared.cancels.lookup(process_id, &secret_key) {
+                if let Some((key, signal)) = shared.front.cancels.lookup(process_id, &secret_key) {
                     signal.fire();
                     if let Err(e) = crate::cancel::send_cancel(&key).await {
                         warn!(cause = %e, "could not forward a cancel request");
@@ -196,7 +196,7 @@ async fn authenticate(
     let (identity, token_id) = match shared.auth.verify(&user, token).await {
         Ok(verified) => verified,
         Err(e) => {
-            let verdict = shared.failed_logins.failed(peer.ip(), &user);
+            let verdict = shared.front.failed_logins.failed(peer.ip(), &user);
             for summary in verdict.summaries {
                 let _ = shared.audit.append(summary);
             }
@@ -262,7 +262,7 @@ async fn authenticate(
         client_params.retain(|(k, _)| k != "statement_timeout");
         client_params.push(("statement_timeout".into(), ms.to_string()));
     }
-    let tls_cfg = shared.upstream_tls.get(&target.name).cloned().flatten();
+    let tls_cfg = shared.upstreams.tls.get(&target.name).cloned().flatten();
     let upstream = upstream::connect(upstream::ConnectParams {
         target: &target,
         tls: tls_cfg,
@@ -306,7 +306,7 @@ async fn authenticate(
         secret_key: upstream.secret_key.clone(),
     };
     let cancel = Arc::new(CancelSignal::default());
-    let (pid, secret) = shared.cancels.register(key, Arc::clone(&cancel));
+    let (pid, secret) = shared.front.cancels.register(key, Arc::clone(&cancel));
     let end = Arc::new(crate::grants::SessionEnd::default());
     if let Some(id) = token_id {
         shared.grants.token_session(id, session, &end);
@@ -316,7 +316,7 @@ async fn authenticate(
         shared, cancel, end, channel, person,
     )
     .await;
-    shared.cancels.unregister(pid);
+    shared.front.cancels.unregister(pid);
     result
 }
 

@@ -21,8 +21,10 @@ struct CachedDecision {
     /// Holds the facts the key is the address of (see [`Decider::decide`]).
     _facts: Arc<[StatementFacts]>,
     resolved: Arc<[StatementFacts]>,
-    touched: Vec<weir_analyze::Touched>,
+    touched: Arc<[weir_analyze::Touched]>,
     verdicts: Vec<Verdict>,
+    /// The identity's baseline generation the verdicts were reached at.
+    baseline: u64,
 }
 
 /// One session's deciding state.
@@ -129,7 +131,7 @@ impl Decider {
                         rule: rule.into(),
                         reason: e.to_string(),
                     }],
-                    touched: Vec::new(),
+                    touched: Arc::from(Vec::new()),
                     anomalies: Vec::new(),
                 });
             }
@@ -147,18 +149,22 @@ impl Decider {
         // other facts while the entry exists.
         let key = Arc::as_ptr(&analysis.statements) as *const StatementFacts as usize;
         // Only verdicts reached with no anomaly are kept, and one is reused only while the
-        // statement still raises none (a baseline moves: a new hour, a table seen).
+        // identity's baseline has not moved in a way that could flag something (a table seen,
+        // a first write, a new hour, …: `Baselines::generation`); otherwise the statement's
+        // anomalies are computed again.
+        let generation = s.baseline_generation();
         if let Some(hit) = self.decisions.get(&key) {
-            let usual = hit
-                .resolved
-                .iter()
-                .zip(&hit.touched)
-                .all(|(f, t)| s.anomalies(f, t).is_empty());
+            let usual = hit.baseline == generation
+                || hit
+                    .resolved
+                    .iter()
+                    .zip(hit.touched.iter())
+                    .all(|(f, t)| s.anomalies(f, t).is_empty());
             if usual {
                 return Arc::new(Decision {
                     analysis: Arc::new(analysis.with_statements(Arc::clone(&hit.resolved))),
                     verdicts: hit.verdicts.clone(),
-                    touched: hit.touched.clone(),
+                    touched: Arc::clone(&hit.touched),
                     anomalies: Vec::new(),
                 });
             }
@@ -175,8 +181,9 @@ impl Decider {
             CachedDecision {
                 _facts: Arc::clone(&analysis.statements),
                 resolved: Arc::clone(&decision.analysis.statements),
-                touched: decision.touched.clone(),
+                touched: Arc::clone(&decision.touched),
                 verdicts: decision.verdicts.clone(),
+                baseline: generation,
             },
         );
         Arc::new(decision)
@@ -203,7 +210,7 @@ fn decide_in(s: &SessionInfo, scope: &Scope, analysis: &Analysis) -> Decision {
     Decision {
         analysis: Arc::new(analysis.with_statements(resolution.statements.into())),
         verdicts,
-        touched: resolution.touched,
+        touched: Arc::from(resolution.touched),
         anomalies,
     }
 }

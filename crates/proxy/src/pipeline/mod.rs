@@ -124,6 +124,12 @@ impl SessionInfo {
         (verdicts, anomalies)
     }
 
+    /// Changes whenever the identity's baseline moved so that a statement's anomalies could
+    /// differ ([`crate::baseline::Baselines::generation`]).
+    pub fn baseline_generation(&self) -> u64 {
+        self.shared.baselines.generation(&self.identity.name)
+    }
+
     /// How one statement departs from the identity's baseline ([`crate::baseline`]).
     pub fn anomalies(
         &self,
@@ -210,6 +216,55 @@ fn stricter(ours: Vec<Verdict>, theirs: Vec<Verdict>) -> Vec<Verdict> {
             },
         })
         .collect()
+}
+
+/// A session about to start, as its opening event records it.
+pub(crate) struct Opening<'a> {
+    pub session: u64,
+    pub identity: &'a Identity,
+    pub target: &'a Target,
+    pub peer: std::net::SocketAddr,
+    pub tls: bool,
+    pub channel: Channel,
+}
+
+/// Records a session's opening before the client may send anything; a session whose
+/// opening cannot be recorded is refused.
+pub(crate) async fn session_opened(shared: &Shared, o: Opening<'_>) -> Result<(), Refusal> {
+    let opened = shared.audit.append(Event::ConnectionOpened {
+        session: o.session,
+        identity: o.identity.name.clone(),
+        identity_kind: o.identity.kind.as_str(),
+        auth: o.identity.source,
+        groups: o.identity.groups.clone(),
+        attributes: o.identity.attributes.clone(),
+        client_addr: o.peer.to_string(),
+        target: o.target.name.clone(),
+        tls: o.tls,
+        channel: (o.channel != Channel::Wire).then_some(o.channel.as_str()),
+        on_behalf_of: o.identity.on_behalf_of.clone(),
+    });
+    opened.wait().await.map_err(|e| {
+        Refusal::unavailable(format!(
+            "weir: cannot record the connection, so it is refused: {e}"
+        ))
+    })
+}
+
+/// Records a session's end: how many requests it made, and why it ended.
+pub(crate) async fn session_closed(s: &SessionInfo, requests: u64, reason: String) {
+    let _ = s
+        .shared
+        .audit
+        .append(Event::ConnectionClosed {
+            session: s.session,
+            identity: s.identity.name.clone(),
+            target: s.target_name.to_string(),
+            requests,
+            reason,
+        })
+        .wait()
+        .await;
 }
 
 /// A statement that a request carries, with its decision.
@@ -484,7 +539,7 @@ pub(crate) async fn admit(
                     .analysis
                     .statements
                     .iter()
-                    .zip(&i.decision.touched)
+                    .zip(i.decision.touched.iter())
             })
             .collect();
         session
