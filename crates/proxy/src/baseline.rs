@@ -58,9 +58,15 @@ struct Judged {
 
 impl Entry {
     /// Re-judges what flags depend on at `now_ms`; bumps the generation if any of it changed.
-    fn rejudge(&mut self, now_ms: u64) {
+    /// `rows_moved`: this hour's rows changed (else the last judgement of them stands within
+    /// the hour).
+    fn rejudge(&mut self, now_ms: u64, rows_moved: bool) {
         let b = &self.known;
         let (hour, of_day) = hours(now_ms);
+        let rows_high = match self.judged {
+            Some(j) if j.hour == hour && !rows_moved => j.rows_high,
+            _ => hourly_rows_high(b, hour),
+        };
         let judged = Judged {
             learned: b.statements >= LEARNING,
             tables: b.tables.len(),
@@ -68,7 +74,7 @@ impl Entry {
             hour,
             unusual_hour: b.hours.get(of_day).copied().unwrap_or(0).saturating_mul(100)
                 < b.statements,
-            rows_high: hourly_rows_high(b, hour),
+            rows_high,
         };
         if self.judged != Some(judged) {
             self.judged = Some(judged);
@@ -232,7 +238,7 @@ impl Baselines {
         let mut e = lock(&e);
         let now = self.clock.now_ms();
         if e.judged.is_none_or(|j| j.hour != now / 3_600_000) {
-            e.rejudge(now);
+            e.rejudge(now, false);
         }
         e.generation
     }
@@ -261,30 +267,32 @@ impl Baselines {
         let Some(e) = self.entry(identity) else {
             return;
         };
-        let (_, of_day) = hours(self.clock.now_ms());
+        let now = self.clock.now_ms();
+        let (_, of_day) = hours(now);
+        let keys: Vec<String> = statements
+            .iter()
+            .flat_map(|(_, t)| t.tables.iter().chain(t.anywhere.iter()))
+            .map(|t| table_key(target, t))
+            .collect();
+        let writes = statements.iter().filter(|(f, _)| f.writes).count() as u64;
+        let count = statements.len() as u64;
         let mut guard = lock(&e);
         let e = &mut *guard;
         for b in [&mut e.known, &mut e.pending] {
-            for (facts, touched) in statements {
-                b.statements = b.statements.saturating_add(1);
-                if facts.writes {
-                    b.writes = b.writes.saturating_add(1);
-                }
-                if let Some(h) = b.hours.get_mut(of_day) {
-                    *h = h.saturating_add(1);
-                }
-                for t in touched.tables.iter().chain(touched.anywhere.iter()) {
-                    let key = table_key(target, t);
-                    if b.tables.len() < weir_store::baseline::MAX_TABLES
-                        || b.tables.contains_key(&key)
-                    {
-                        let n = b.tables.entry(key).or_default();
-                        *n = n.saturating_add(1);
-                    }
+            b.statements = b.statements.saturating_add(count);
+            b.writes = b.writes.saturating_add(writes);
+            if let Some(h) = b.hours.get_mut(of_day) {
+                *h = h.saturating_add(count);
+            }
+            for key in &keys {
+                if let Some(n) = b.tables.get_mut(key) {
+                    *n = n.saturating_add(1);
+                } else if b.tables.len() < weir_store::baseline::MAX_TABLES {
+                    b.tables.insert(key.clone(), 1);
                 }
             }
         }
-        e.rejudge(self.clock.now_ms());
+        e.rejudge(now, false);
     }
 
     /// Counts the rows of a completed request; returns its flag, judged against what was
@@ -302,7 +310,7 @@ impl Baselines {
             let n = b.hourly_rows.entry(hour).or_default();
             *n = n.saturating_add(rows);
         }
-        e.rejudge(self.clock.now_ms());
+        e.rejudge(self.clock.now_ms(), true);
         flag
     }
 
