@@ -72,7 +72,12 @@ impl Entry {
             tables: b.tables.len(),
             wrote: b.writes > 0,
             hour,
-            unusual_hour: b.hours.get(of_day).copied().unwrap_or(0).saturating_mul(100)
+            unusual_hour: b
+                .hours
+                .get(of_day)
+                .copied()
+                .unwrap_or(0)
+                .saturating_mul(100)
                 < b.statements,
             rows_high,
         };

@@ -60,27 +60,34 @@ fn target_info(config: &Config, name: &str) -> anyhow::Result<TargetInfo> {
         .policy_info())
 }
 
-/// The verdict lines for `sql`, one per statement.
+/// The verdict lines for `sql`, one per statement. An agent acting for `person` is decided
+/// for both, the stricter verdict per statement, as the gateway decides it.
 fn decide(
     policy: &Policy,
     analyzer: &Analyzer,
     who: &Identity,
+    person: Option<&Identity>,
     target: &TargetInfo,
     sql: &str,
 ) -> anyhow::Result<Vec<String>> {
     let session = policy.session(who, target)?;
+    let theirs = person.map(|p| policy.session(p, target)).transpose()?;
     Ok(match analyzer.analyze(sql.as_bytes()) {
-        Ok(analysis) => policy
-            .decide(
-                &session,
-                &Scope::default()
-                    .after(&analysis)
-                    .unwrap_or_default()
-                    .resolve_analysis(&analysis),
-            )
-            .iter()
-            .map(verdict_line)
-            .collect(),
+        Ok(analysis) => {
+            let resolution = Scope::default()
+                .after(&analysis)
+                .unwrap_or_default()
+                .resolve_analysis(&analysis);
+            let mut verdicts = policy.decide(&session, &resolution);
+            if let Some(theirs) = &theirs {
+                verdicts = verdicts
+                    .into_iter()
+                    .zip(policy.decide(theirs, &resolution))
+                    .map(|(a, b)| a.stricter(b))
+                    .collect();
+            }
+            verdicts.iter().map(verdict_line).collect()
+        }
         Err(weir_analyze::AnalyzeError::Parse(_)) => vec!["deny weir.parse".into()],
         Err(weir_analyze::AnalyzeError::LexingMode(_)) => {
             vec![format!("deny {}", weir_analyze::lexing::RULE)]
@@ -92,10 +99,17 @@ fn decide(
 pub fn check(path: &Path, who: &str, target: &str, sql: &str) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let policy = crate::serve::load_policy(&config)?;
+    let who = identity(&config, who)?;
+    let person = who
+        .on_behalf_of
+        .as_deref()
+        .map(|p| identity(&config, p))
+        .transpose()?;
     let lines = decide(
         &policy,
         &Analyzer::new(),
-        &identity(&config, who)?,
+        &who,
+        person.as_ref(),
         &target_info(&config, target)?,
         sql,
     )?;
@@ -170,7 +184,7 @@ pub fn test(file: &Path, config: Option<&Path>) -> anyhow::Result<bool> {
             if let Some(env) = &case.environment {
                 target.environment = env.clone();
             }
-            decide(&policy, &analyzer, &who, &target, &case.sql)
+            decide(&policy, &analyzer, &who, None, &target, &case.sql)
         })();
         let want: Vec<&str> = case.expect.split(';').map(str::trim).collect();
         match result {

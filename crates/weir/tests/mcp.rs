@@ -633,6 +633,16 @@ fn an_agent_acting_for_a_person_never_exceeds_them_and_stops_with_them() {
         wire(&s.g, "helper", &helper, "locked", "SELECT 1"),
         mcp(&denied)
     );
+    // `weir policy check` decides an agent acting for a person as the gateway does.
+    let checked = s.g.weir(&[
+        "policy", "check", "--as", "helper", "--target", "locked", "SELECT 1",
+    ]);
+    assert!(
+        stdout(&checked).contains("test.locked-to-alice"),
+        "{}{}",
+        stdout(&checked),
+        stderr(&checked)
+    );
     // Masked if either would see it masked: alice may not unmask. (In production no agent
     // unmasks: `weir.agents-read-only-in-production` forbids every other action.)
     let sql = "SELECT email FROM customers WHERE id = 1";
