@@ -95,6 +95,7 @@ mod raw {
         pub claims: Vec<String>,
         pub client_id: Option<String>,
         pub scopes: Option<String>,
+        pub delegation_window: Option<String>,
         #[serde(default, rename = "static")]
         pub statics: Vec<StaticIdentity>,
     }
@@ -319,6 +320,10 @@ pub struct StaticIdentity {
 
 #[derive(Debug, Clone, Default)]
 pub struct IdentityConfig {
+    /// How long after a person last signed in with an ID token their agents may act for
+    /// them (`--on-behalf-of`; default 24h): someone the IdP removed cannot sign in, so their
+    /// agents stop within this.
+    pub delegation_window: Duration,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     /// Where the groups are in an ID token: a claim name or a dotted path
@@ -802,6 +807,11 @@ impl Validator<'_> {
                 .identity
                 .scopes
                 .unwrap_or_else(|| "openid email offline_access".into()),
+            delegation_window: self.duration(
+                "[identity] delegation_window",
+                raw.identity.delegation_window,
+                Duration::from_secs(24 * 3600),
+            )?,
             statics,
         };
 

@@ -46,6 +46,9 @@ pub struct Authenticator {
     store: Arc<dyn Store>,
     /// ID tokens from `[identity] issuer`, when configured.
     oidc: Option<crate::oidc::Oidc>,
+    /// `[identity] delegation_window`, on this clock.
+    delegation_window: std::time::Duration,
+    clock: weir_store::Clock,
 }
 
 pub fn hash_token(token: &[u8]) -> [u8; 32] {
@@ -79,6 +82,8 @@ impl Authenticator {
             statics,
             store,
             oidc: crate::oidc::Oidc::new(&config.identity, weir_store::Clock::from_env()),
+            delegation_window: config.identity.delegation_window,
+            clock: weir_store::Clock::from_env(),
         }
     }
 
@@ -97,6 +102,7 @@ impl Authenticator {
                 let token = std::str::from_utf8(token).map_err(|_| AuthError::Unknown)?;
                 let identity = oidc.verify(user, token).await?;
                 self.check_name_is_a_persons(&identity.name).await?;
+                self.seen_person(&identity).await;
                 return Ok((identity, None));
             }
         }
@@ -222,19 +228,66 @@ impl Authenticator {
         self.verify_bearer(token).await
     }
 
-    /// The person an agent acts for, as of now: a static person, or the newest active Weir
-    /// token of a person by that name. Anyone else (a name nobody holds, a service or an
-    /// agent, a person whose tokens are all revoked or expired) stops the agent.
-    pub fn person(&self, name: &str) -> Result<Identity, AuthError> {
-        match self.identity_named(name)? {
-            Some(p) if p.kind == IdentityKind::Human => Ok(p),
-            Some(p) => Err(AuthError::PersonGone(format!(
-                "{name} is a {}, not a person",
-                p.kind.as_str()
+    /// The person an agent acts for, as of now: a static person, the newest active Weir
+    /// token of a person by that name, or a person who signed in with an ID token within
+    /// `[identity] delegation_window` (the IdP cannot be asked whether someone is still
+    /// there between their sign-ins; someone it removed cannot sign in, so their agents stop
+    /// within the window). Anyone else (a name nobody holds, a service or an agent, a person
+    /// whose tokens are all revoked or expired) stops the agent.
+    /// Also returns the id of the person's Weir token, when that is what vouches for them:
+    /// the agent's sessions end with it.
+    pub fn person(&self, name: &str) -> Result<(Identity, Option<i64>), AuthError> {
+        match self.named(name)? {
+            Some((p, token)) if p.kind == IdentityKind::Human => return Ok((p, token)),
+            Some((p, _)) => {
+                return Err(AuthError::PersonGone(format!(
+                    "{name} is a {}, not a person",
+                    p.kind.as_str()
+                )))
+            }
+            None => {}
+        }
+        let seen = self
+            .store
+            .person(name)
+            .map_err(|e| AuthError::Store(e.to_string()))?;
+        let window = u64::try_from(self.delegation_window.as_millis()).unwrap_or(u64::MAX);
+        match seen {
+            Some(p) if p.seen_ms.saturating_add(window) > self.clock.now_ms() => Ok((
+                Identity {
+                    name: p.name,
+                    kind: IdentityKind::Human,
+                    groups: p.groups,
+                    attributes: p.attributes,
+                    source: "oidc",
+                    on_behalf_of: None,
+                },
+                None,
+            )),
+            Some(_) => Err(AuthError::PersonGone(format!(
+                "{name} has not signed in with the identity provider within [identity] delegation_window ({}); their agents act again once they do",
+                humantime::format_duration(self.delegation_window)
             ))),
             None => Err(AuthError::PersonGone(format!(
-                "{name} has no active identity (a static person, or an unrevoked, unexpired token)"
+                "{name} has no active identity (a static person, an unrevoked, unexpired token, or a sign-in with the identity provider)"
             ))),
+        }
+    }
+
+    /// Keeps a person who signed in with an ID token on record (for agents acting for
+    /// them). A store that cannot take it costs only that: the sign-in stands.
+    async fn seen_person(&self, identity: &Identity) {
+        let record = weir_store::PersonRecord {
+            name: identity.name.clone(),
+            groups: identity.groups.clone(),
+            attributes: identity.attributes.clone(),
+            seen_ms: self.clock.now_ms(),
+        };
+        let store = Arc::clone(&self.store);
+        match tokio::task::spawn_blocking(move || store.record_person(&record)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(cause = %e, "cannot record a person's sign-in"),
+            Err(e) => tracing::warn!(cause = %e, "cannot record a person's sign-in"),
         }
     }
 
@@ -242,8 +295,13 @@ impl Authenticator {
     /// approver named by a channel that vouches for names (the CLI's `--as`, a signed webhook
     /// callback, a mapped Slack user).
     pub fn identity_named(&self, name: &str) -> Result<Option<Identity>, AuthError> {
+        Ok(self.named(name)?.map(|(identity, _)| identity))
+    }
+
+    /// [`Authenticator::identity_named`], with the id of the Weir token it came from.
+    fn named(&self, name: &str) -> Result<Option<(Identity, Option<i64>)>, AuthError> {
         if let Some(entry) = self.statics.get(name) {
-            return Ok(Some(entry.identity.clone()));
+            return Ok(Some((entry.identity.clone(), None)));
         }
         let now = weir_store::now_secs();
         let rec = self
@@ -253,13 +311,18 @@ impl Authenticator {
             .into_iter()
             .rev()
             .find(|t| t.name == name && t.is_active(now));
-        Ok(rec.map(|rec| Identity {
-            name: rec.name,
-            kind: rec.kind,
-            groups: rec.groups,
-            attributes: rec.attributes,
-            source: "token",
-            on_behalf_of: rec.on_behalf_of,
+        Ok(rec.map(|rec| {
+            (
+                Identity {
+                    name: rec.name,
+                    kind: rec.kind,
+                    groups: rec.groups,
+                    attributes: rec.attributes,
+                    source: "token",
+                    on_behalf_of: rec.on_behalf_of,
+                },
+                Some(rec.id),
+            )
         }))
     }
 }

@@ -87,6 +87,13 @@ impl Grants {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, self.clock.now_ms() / 1000);
+        self.depend_on_token(id, session, end);
+    }
+
+    /// Records that `session` ends if Weir token `id` is revoked or expires, without
+    /// counting it as a use of the token (an agent's session on the token of the person it
+    /// acts for).
+    pub fn depend_on_token(&self, id: i64, session: u64, end: &Arc<SessionEnd>) {
         self.token_sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

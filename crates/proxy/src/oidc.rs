@@ -603,6 +603,7 @@ mod issuer_tests {
             claims: vec!["department".into()],
             client_id: None,
             scopes: String::new(),
+            delegation_window: std::time::Duration::ZERO,
             statics: Vec::new(),
         }
     }

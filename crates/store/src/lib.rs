@@ -171,6 +171,11 @@ pub trait Store: Send + Sync {
         delta: &Baseline,
         now_hour: u64,
     ) -> Result<(), StoreError>;
+    /// A person signed in with an ID token: their name, groups and attributes as the IdP
+    /// gave them, and when.
+    fn record_person(&self, person: &PersonRecord) -> Result<(), StoreError>;
+    /// The person of that name as last seen signing in with an ID token.
+    fn person(&self, name: &str) -> Result<Option<PersonRecord>, StoreError>;
     /// Until when `identity` is tainted on `target`, if it is at `now_ms`.
     fn tainted_until(
         &self,
@@ -179,6 +184,24 @@ pub trait Store: Send + Sync {
         now_ms: u64,
     ) -> Result<Option<u64>, StoreError>;
 }
+
+/// A person from the IdP, as last seen signing in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonRecord {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub attributes: BTreeMap<String, String>,
+    pub seen_ms: u64,
+}
+
+const PEOPLE: &str = "
+CREATE TABLE IF NOT EXISTS people (
+    name        TEXT PRIMARY KEY,
+    groups      TEXT NOT NULL,
+    attributes  TEXT NOT NULL,
+    seen_ms     INTEGER NOT NULL
+);
+";
 
 /// Agents that read untrusted data, per target, until when.
 const TAINTS: &str = "
@@ -264,6 +287,7 @@ impl SqliteStore {
         conn.execute_batch(approvals::SCHEMA)?;
         conn.execute_batch(derived::SCHEMA)?;
         conn.execute_batch(TAINTS)?;
+        conn.execute_batch(PEOPLE)?;
         conn.execute_batch(baseline::SCHEMA)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
@@ -496,6 +520,46 @@ impl Store for SqliteStore {
 
     fn derived_tags_version(&self) -> Result<(i64, i64), StoreError> {
         self.with(derived::version)
+    }
+
+    fn record_person(&self, p: &PersonRecord) -> Result<(), StoreError> {
+        let groups = serde_json::to_string(&p.groups)
+            .map_err(|e| StoreError::Refused(format!("groups: {e}")))?;
+        let attributes = serde_json::to_string(&p.attributes)
+            .map_err(|e| StoreError::Refused(format!("attributes: {e}")))?;
+        let seen = i64::try_from(p.seen_ms).unwrap_or(i64::MAX);
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO people (name, groups, attributes, seen_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO UPDATE SET groups = excluded.groups,
+                   attributes = excluded.attributes, seen_ms = max(seen_ms, excluded.seen_ms)",
+                params![p.name, groups, attributes, seen],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn person(&self, name: &str) -> Result<Option<PersonRecord>, StoreError> {
+        self.with(|c| {
+            let row: Option<(String, String, i64)> = c
+                .query_row(
+                    "SELECT groups, attributes, seen_ms FROM people WHERE name = ?1",
+                    [name],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            row.map(|(groups, attributes, seen)| {
+                Ok(PersonRecord {
+                    name: name.to_owned(),
+                    groups: serde_json::from_str(&groups)
+                        .map_err(|e| StoreError::Corrupt(format!("groups of {name}: {e}")))?,
+                    attributes: serde_json::from_str(&attributes)
+                        .map_err(|e| StoreError::Corrupt(format!("attributes of {name}: {e}")))?,
+                    seen_ms: seen.unsigned_abs(),
+                })
+            })
+            .transpose()
+        })
     }
 
     fn baseline(&self, identity: &str) -> Result<Baseline, StoreError> {

@@ -688,7 +688,24 @@ fn an_agent_acting_for_a_person_never_exceeds_them_and_stops_with_them() {
     let _ = carol;
     let mut aide_c = Client::python_http(&s.http, &aide);
     assert_eq!(mcp(&aide_c.query("app", "SELECT 1")), Outcome::Ran);
+    // A wire session of the agent, open while carol's token is revoked, ends with it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (wire_client, wire_conn) = rt
+        .block_on(tokio_postgres::connect(
+            &s.g.conninfo("aide", &aide),
+            tokio_postgres::NoTls,
+        ))
+        .unwrap();
+    let wire_conn = rt.spawn(wire_conn);
+    rt.block_on(wire_client.simple_query("SELECT 1")).unwrap();
     assert!(s.g.weir(&["token", "revoke", "carol"]).status.success());
+    let ended = rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(20), wire_conn)
+            .await
+            .map(|r| format!("{:?}", r.unwrap()))
+    });
+    let ended = ended.expect("the agent's session ends when the person's token is revoked");
+    assert!(ended.contains("was revoked"), "{ended}");
     let after =
         aide_c.ask(json!({ "tool": "query", "args": { "target": "app", "sql": "SELECT 1" } }));
     assert!(

@@ -474,3 +474,70 @@ fn a_person_from_the_idp_cannot_take_an_agents_name() {
     let out = login(&g, "alice", &idp.token("alice", "weir"), "SELECT 1;\n");
     assert_eq!(stdout(&out).trim(), "1", "{}", stderr(&out));
 }
+
+#[test]
+fn an_agent_acts_for_a_person_from_the_idp_while_they_sign_in() {
+    let port = weir::cluster::free_port().unwrap();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let idp = Provider::start(port, keys_dir.path().join("keys.json"));
+    let issuer = idp.issuer();
+    let g = Gateway::start_custom(
+        Options {
+            fast: true,
+            ..Default::default()
+        },
+        |_, _| {
+            format!(
+                "[identity]\nissuer = \"{issuer}\"\naudience = \"weir\"\nusername_claim = \"sub\"\ndelegation_window = \"1h\"\n"
+            )
+        },
+    );
+    let create = || {
+        g.weir(&[
+            "token",
+            "create",
+            "--name",
+            "aide",
+            "--kind",
+            "agent",
+            "--on-behalf-of",
+            "carol",
+        ])
+    };
+    // Weir has never seen carol: nobody can act for her.
+    let refused = create();
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("carol has no active identity"),
+        "{}",
+        stderr(&refused)
+    );
+    // carol signs in with her ID token; now her agent may act for her.
+    let out = login(&g, "carol", &idp.token("carol", "weir"), "SELECT 1;\n");
+    assert_eq!(stdout(&out).trim(), "1", "{}", stderr(&out));
+    let created = create();
+    assert!(created.status.success(), "{}", stderr(&created));
+    let aide = stdout(&created).lines().last().unwrap().trim().to_owned();
+    let out = login(&g, "aide", &aide, "SELECT 1;\n");
+    assert_eq!(stdout(&out).trim(), "1", "{}", stderr(&out));
+    // Two hours without a sign-in (delegation_window = 1h): the agent stops.
+    g.set_clock_offset(2 * 3600);
+    let out = login(&g, "aide", &aide, "SELECT 1;\n");
+    assert!(
+        stderr(&out).contains("weir: authentication failed for \"aide\""),
+        "{}",
+        stderr(&out)
+    );
+    let failed = g
+        .audit_events()
+        .into_iter()
+        .find(|e| e["event"] == "auth_failed" && e["claimed"] == "aide")
+        .expect("the refusal is in the trail");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("has not signed in with the identity provider within"),
+        "{failed}"
+    );
+}

@@ -225,9 +225,9 @@ async fn authenticate(
     };
 
     // An agent acting for a person is decided for that person too.
-    let person = match &identity.on_behalf_of {
+    let (person, person_token) = match &identity.on_behalf_of {
         Some(name) => match shared.auth.person(name) {
-            Ok(p) => Some(p),
+            Ok((p, token)) => (Some(p), token),
             Err(e) => {
                 return Err(Fatal::new(
                     "28P01",
@@ -235,7 +235,7 @@ async fn authenticate(
                 ))
             }
         },
-        None => None,
+        None => (None, None),
     };
 
     // INVARIANT: the session starts in the lexing mode Weir analyzes in
@@ -310,6 +310,10 @@ async fn authenticate(
     let end = Arc::new(crate::grants::SessionEnd::default());
     if let Some(id) = token_id {
         shared.grants.token_session(id, session, &end);
+    }
+    // An agent acting for a person stops when the token that vouches for them is revoked.
+    if let Some(id) = person_token {
+        shared.grants.depend_on_token(id, session, &end);
     }
     let result = serve(
         client, buf, upstream, *minor, params, pid, secret, identity, target, peer, session,
