@@ -516,6 +516,26 @@ fn the_wire_and_mcp_guard_alike() {
             .psql("app", "SELECT count(*) FROM orders")
             .unwrap();
     assert!(count.contains("20"), "{count}");
+
+    // Masking, the same table of reads through both: the values an agent gets are the
+    // wire's, and none is in clear.
+    let reads = [
+        "SELECT id, email, ssn FROM customers WHERE id <= 3 ORDER BY id",
+        "SELECT email || '' AS e FROM customers WHERE id = 1",
+        "SELECT upper(ssn) FROM customers WHERE id = 2",
+        "SELECT row_to_json(c)::text FROM customers c WHERE id = 3",
+        "SELECT x FROM (SELECT email AS x FROM customers) s ORDER BY x LIMIT 2",
+        "SELECT string_agg(email, ',' ORDER BY id) FROM customers WHERE id <= 2",
+        "WITH w AS (SELECT ssn FROM customers WHERE id = 1) SELECT * FROM w",
+    ];
+    for sql in reads {
+        let on_wire = wire_rows(&s.g, "claude", &agent, "app", sql);
+        let on_mcp = py.query("app", sql);
+        assert_eq!(on_mcp["structured"]["rows"], on_wire, "{sql}: {on_mcp}");
+        let text = on_wire.to_string();
+        assert!(!text.contains("user1@example.com"), "{sql}: {text}");
+        assert!(!text.contains("001-45-6789"), "{sql}: {text}");
+    }
 }
 
 #[test]
