@@ -194,5 +194,6 @@ pub(super) async fn describe(
         .into_iter()
         .map(|(name, columns)| json!({ "name": name, "columns": columns }))
         .collect();
-    Ok(json!({ "tables": tables }))
+    // A catalog larger than `[mcp] max_result_bytes` is cut off like any result, and says so.
+    Ok(json!({ "tables": tables, "truncated": result.truncated }))
 }
