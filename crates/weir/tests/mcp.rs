@@ -718,7 +718,17 @@ fn an_agent_acting_for_a_person_never_exceeds_them_and_stops_with_them() {
         .unwrap();
     let wire_conn = rt.spawn(wire_conn);
     rt.block_on(wire_client.simple_query("SELECT 1")).unwrap();
+    let mut aide_stdio = Client::python_stdio(&s.g, &aide);
+    let listed = aide_stdio.call("list_targets", json!({}));
+    assert_eq!(listed["is_error"], json!(false), "{listed}");
     assert!(s.g.weir(&["token", "revoke", "carol"]).status.success());
+    // A stdio session verified at start stops with the person too, also for tools that open
+    // no database session.
+    let listed = aide_stdio.call("list_targets", json!({}));
+    assert!(
+        listed["text"].as_str().unwrap().contains("no longer valid"),
+        "{listed}"
+    );
     let ended = rt.block_on(async {
         tokio::time::timeout(std::time::Duration::from_secs(20), wire_conn)
             .await

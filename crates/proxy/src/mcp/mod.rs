@@ -220,6 +220,19 @@ impl ServerHandler for Server {
                 None,
             ));
         };
+        // The stdio caller was verified at start; a token revoked or expired since (or a
+        // person its agent acts for who can no longer act) stops every later call, also
+        // those that open no database session (`list_targets`, `request_access`). HTTP
+        // verified this request's token already.
+        if self.caller.is_some() {
+            if let Err(e) = Caller::verify(&self.shared, &caller.token, caller.peer).await {
+                return Ok(ToolError::new(format!(
+                    "weir: the token of this MCP session is no longer valid: {e}"
+                ))
+                .result()
+                .into());
+            }
+        }
         let args = request.arguments.unwrap_or_default();
         let result = match self.call(&caller, &request.name, &args).await {
             Ok(value) => CallToolResult::structured(value),
