@@ -367,6 +367,7 @@ impl Policy {
                     .user_functions
                     .iter()
                     .any(|n| !self.trusted_functions.contains(n));
+                let reads_untrusted = session.reads_untrusted(touched);
                 engine.decide(
                     entities,
                     f,
@@ -374,8 +375,8 @@ impl Policy {
                     &target_tags(&session.target, touched),
                     SessionState {
                         granted: session.granted(),
-                        tainted: session.tainted() || session.reads_untrusted(touched),
-                        reads_untrusted: session.reads_untrusted(touched),
+                        tainted: session.tainted() || reads_untrusted,
+                        reads_untrusted,
                         anomalies: anomalies.to_vec(),
                     },
                     copied,

@@ -128,14 +128,7 @@ impl Authenticator {
         if !record.is_active(weir_store::now_secs()) {
             return Err(AuthError::Expired);
         }
-        let identity = Identity {
-            name: record.name,
-            kind: record.kind,
-            groups: record.groups,
-            attributes: record.attributes,
-            source: "token",
-            on_behalf_of: record.on_behalf_of,
-        };
+        let identity = token_identity(record);
         self.check_person(&identity)?;
         Ok((identity, Some(token_id)))
     }
@@ -192,14 +185,7 @@ impl Authenticator {
         if !record.is_active(weir_store::now_secs()) {
             return Err(AuthError::Expired);
         }
-        let identity = Identity {
-            name: record.name,
-            kind: record.kind,
-            groups: record.groups,
-            attributes: record.attributes,
-            source: "token",
-            on_behalf_of: record.on_behalf_of,
-        };
+        let identity = token_identity(record);
         self.check_person(&identity)?;
         Ok(identity)
     }
@@ -312,18 +298,21 @@ impl Authenticator {
             .rev()
             .find(|t| t.name == name && t.is_active(now));
         Ok(rec.map(|rec| {
-            (
-                Identity {
-                    name: rec.name,
-                    kind: rec.kind,
-                    groups: rec.groups,
-                    attributes: rec.attributes,
-                    source: "token",
-                    on_behalf_of: rec.on_behalf_of,
-                },
-                Some(rec.id),
-            )
+            let id = rec.id;
+            (token_identity(rec), Some(id))
         }))
+    }
+}
+
+/// The identity a Weir token stands for.
+fn token_identity(record: weir_store::TokenRecord) -> Identity {
+    Identity {
+        name: record.name,
+        kind: record.kind,
+        groups: record.groups,
+        attributes: record.attributes,
+        source: "token",
+        on_behalf_of: record.on_behalf_of,
     }
 }
 

@@ -182,14 +182,7 @@ enum Outcome {
 
 /// `sql` as one simple Query (`psql -c`), as the `query` tool sends it.
 fn wire(g: &Gateway, user: &str, token: &str, target: &str, sql: &str) -> Outcome {
-    let conninfo = g
-        .conninfo(user, token)
-        .replace("dbname=app", &format!("dbname={target}"));
-    let out = Command::new(g.cluster.bindir().join("psql"))
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .arg(&conninfo)
-        .output()
-        .unwrap();
+    let out = psql_c(g, user, token, target, sql);
     if out.status.success() {
         return Outcome::Ran;
     }
@@ -207,20 +200,25 @@ fn wire(g: &Gateway, user: &str, token: &str, target: &str, sql: &str) -> Outcom
 
 /// Rows as psql prints them unaligned, as JSON strings.
 fn wire_rows(g: &Gateway, user: &str, token: &str, target: &str, sql: &str) -> Value {
-    let conninfo = g
-        .conninfo(user, token)
-        .replace("dbname=app", &format!("dbname={target}"));
-    let out = Command::new(g.cluster.bindir().join("psql"))
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .arg(&conninfo)
-        .output()
-        .unwrap();
+    let out = psql_c(g, user, token, target, sql);
     assert!(out.status.success(), "{}", stderr(&out));
     let rows: Vec<Vec<Value>> = stdout(&out)
         .lines()
         .map(|l| l.split('|').map(|v| json!(v)).collect())
         .collect();
     json!(rows)
+}
+
+/// `psql -At -c SQL` as `user` on `target`.
+fn psql_c(g: &Gateway, user: &str, token: &str, target: &str, sql: &str) -> std::process::Output {
+    let conninfo = g
+        .conninfo(user, token)
+        .replace("dbname=app", &format!("dbname={target}"));
+    Command::new(g.cluster.bindir().join("psql"))
+        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .arg(&conninfo)
+        .output()
+        .unwrap()
 }
 
 fn mcp(answer: &Value) -> Outcome {

@@ -153,7 +153,7 @@ impl Decider {
         // a first write, a new hour, …: `Baselines::generation`); otherwise the statement's
         // anomalies are computed again.
         let generation = s.baseline_generation();
-        if let Some(hit) = self.decisions.get(&key) {
+        if let Some(hit) = self.decisions.get_mut(&key) {
             let usual = hit.baseline == generation
                 || hit
                     .resolved
@@ -161,6 +161,8 @@ impl Decider {
                     .zip(hit.touched.iter())
                     .all(|(f, t)| s.anomalies(f, t).is_empty());
             if usual {
+                // Still none at this generation: later hits need not look again.
+                hit.baseline = generation;
                 return Arc::new(Decision {
                     analysis: Arc::new(analysis.with_statements(Arc::clone(&hit.resolved))),
                     verdicts: hit.verdicts.clone(),
