@@ -30,6 +30,7 @@ static CATALOG: LazyLock<Catalog> = LazyLock::new(|| {
                 view_reads: Vec::new(),
                 row_types,
                 unique_keys: if *c == "id" { vec![(oid + 5, 1)] } else { Vec::new() },
+                side_effects: false,
             });
         }
     }

@@ -273,6 +273,12 @@ pub struct StatementFacts {
     /// Some fact depends on the value of a constant or parameter (`set_config`'s setting),
     /// so texts that differ only in constants must not share these facts.
     pub value_dependent: bool,
+    /// Calls a built-in that changes server state outside the transaction's data
+    /// (`nextval`, `pg_terminate_backend`, large objects, …): an effect that may outlive a
+    /// rollback, so the write-ahead stage forwards it only once its event is durable.
+    pub changes_state: bool,
+    /// A locking clause (`FOR UPDATE`, `FOR SHARE`, …) anywhere in it.
+    pub locks_rows: bool,
 }
 
 impl StatementFacts {
@@ -308,6 +314,8 @@ impl StatementFacts {
             flows: Vec::new(),
             hazards: BTreeSet::new(),
             value_dependent: false,
+            changes_state: false,
+            locks_rows: false,
         }
     }
 }

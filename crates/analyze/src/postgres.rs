@@ -758,6 +758,15 @@ fn key_equalities(body: &Map<String, Value>, w: &Value, f: &mut StatementFacts) 
     }
 }
 
+/// A JSON value that holds something: not null, not an empty array.
+fn non_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Array(a) => !a.is_empty(),
+        _ => true,
+    }
+}
+
 fn transaction_kind(k: i64) -> &'static str {
     // TransactionStmtKind, in protobuf numbering (0 is "undefined").
     match k {
@@ -1418,6 +1427,9 @@ fn walk(top: &str, body: &Map<String, Value>, f: &mut StatementFacts) {
     let mut names = Names::default();
     let copy_from = f.copy.as_ref().is_some_and(|c| c.from);
     for (k, v) in body {
+        if k == "locking_clause" && non_empty(v) {
+            f.locks_rows = true;
+        }
         // CREATE TABLE … AS and SELECT … INTO write the table they name.
         let written = k == "into"
             || k == "into_clause"
@@ -1443,6 +1455,9 @@ fn walk(top: &str, body: &Map<String, Value>, f: &mut StatementFacts) {
                     continue;
                 }
                 if let Some((node, inner)) = tagged(v) {
+                    if node == "SelectStmt" && inner.get("locking_clause").is_some_and(non_empty) {
+                        f.locks_rows = true;
+                    }
                     match node {
                         "RangeVar" => {
                             names.table(inner, written, f);
@@ -1534,6 +1549,7 @@ fn call(name: &str, call: &Map<String, Value>, f: &mut StatementFacts) {
     }
     if CHANGES_STATE.contains(&base) || base.starts_with("binary_upgrade_") {
         f.writes = true;
+        f.changes_state = true;
     }
     if base == "set_config" {
         f.value_dependent = true;

@@ -66,6 +66,7 @@ fn catalog() -> Catalog {
                 view_reads: Vec::new(),
                 row_types: [0, 0],
                 unique_keys: Vec::new(),
+                side_effects: false,
             });
         }
     }

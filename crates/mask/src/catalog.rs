@@ -183,6 +183,10 @@ pub struct CatalogRow {
     /// The unique indexes this column is a key column of: (index OID, its number of key
     /// columns). Immediate, valid, non-partial, on plain columns only.
     pub unique_keys: Vec<(u32, u16)>,
+    /// Writing the relation may do more than change its rows: it is not a plain table, it
+    /// has a rule, a user trigger or inheritance children, or this column is an identity or
+    /// has a default that calls a function (a sequence's `nextval`).
+    pub side_effects: bool,
 }
 
 /// The classified catalog of one target.
@@ -203,6 +207,9 @@ pub struct Catalog {
     row_types: HashMap<u32, String>,
     /// `schema.table` → its unique keys, each the names of its key columns.
     unique_keys: HashMap<String, Vec<Vec<String>>>,
+    /// `schema.table` → whether writing it changes its rows and nothing else (see
+    /// [`CatalogRow::side_effects`]): `true` only when no column says otherwise.
+    rows_only: HashMap<String, bool>,
     /// A view → the `schema.table.column`s its rule reads: a write into an updatable view
     /// lands in them.
     view_reads: HashMap<String, Vec<String>>,
@@ -228,6 +235,11 @@ impl Catalog {
         }
         let mut keys: HashMap<(String, u32), (u16, Vec<String>)> = HashMap::new();
         for r in &rows {
+            let only = c
+                .rows_only
+                .entry(format!("{}.{}", r.schema, r.table))
+                .or_insert(true);
+            *only &= !r.side_effects;
             for &(index, n) in &r.unique_keys {
                 keys.entry((format!("{}.{}", r.schema, r.table), index))
                     .or_insert_with(|| (n, Vec::new()))
@@ -487,6 +499,14 @@ impl Catalog {
             .is_some_and(|keys| keys.iter().any(|k| k.iter().all(|c| columns.contains(c))))
     }
 
+    /// Whether a write into `schema.table` changes its rows and nothing else: a plain table
+    /// with no rule, user trigger, inheritance child, identity or function default. Such a
+    /// write inside a transaction has no effect that outlives its rollback. `false` for a
+    /// relation the catalog does not know.
+    pub fn writes_only_rows(&self, table: &str) -> bool {
+        self.rows_only.get(table).copied().unwrap_or(false)
+    }
+
     /// For a value of a relation's row type (or an array of it), the first sensitive column
     /// it holds, as `schema.table.column`, with how the whole value is masked.
     pub fn row_type_sensitive(&self, type_oid: u32) -> Option<(String, Sensitive)> {
@@ -526,6 +546,7 @@ mod tests {
             view_reads: reads.iter().map(|s| s.to_string()).collect(),
             row_types: [0, 0],
             unique_keys: Vec::new(),
+            side_effects: false,
         }
     }
 

@@ -224,6 +224,7 @@ mod tests {
             view_reads: Vec::new(),
             row_types: [0, 0],
             unique_keys: Vec::new(),
+            side_effects: false,
         }
     }
 

@@ -8,8 +8,9 @@
 //! [`DurableSink`] is the durable, tamper-evident trail; [`LogSink`] writes JSON lines to the
 //! log and nothing else.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, TryRecvError};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -51,6 +52,15 @@ impl AuditAck {
 
 pub trait AuditSink: Send + Sync + 'static {
     fn append(&self, event: Event) -> AuditAck;
+
+    /// How many batches have failed so far. A sink acknowledges in the order events were
+    /// appended, and counts a failed batch *before* it acknowledges anything after it, so a
+    /// session that sees an `Ok` for a later event and the same count as when it appended an
+    /// earlier one knows that the earlier one did not fail. Sinks that answer at once never
+    /// fail later: 0.
+    fn failures(&self) -> u64 {
+        0
+    }
 }
 
 /// Writes each event as one JSON line to the structured log (target `weir::audit`), and
@@ -102,6 +112,7 @@ const MAX_BATCH: usize = 4096;
 /// what is queued and stops the writer; appends after it fail.
 pub struct DurableSink {
     tx: mpsc::Sender<Msg>,
+    failures: Arc<AtomicU64>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -131,6 +142,8 @@ impl DurableSink {
             "audit writer continues the trail"
         );
         let (tx, rx) = mpsc::channel();
+        let failures = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&failures);
         let writer = std::thread::Builder::new()
             .name("weir-audit".into())
             .spawn(move || {
@@ -138,12 +151,14 @@ impl DurableSink {
                     store,
                     signer,
                     chain,
+                    failures: counted,
                 }
                 .run(&rx)
             })
             .map_err(|e| AuditError(format!("starting the audit writer: {e}")))?;
         Ok(DurableSink {
             tx,
+            failures,
             writer: Mutex::new(Some(writer)),
         })
     }
@@ -184,6 +199,10 @@ impl AuditSink for DurableSink {
             Ok(()) => AuditAck::Pending(rx),
             Err(_) => AuditAck::Done(Err(AuditError("the audit writer has stopped".into()))),
         }
+    }
+
+    fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Acquire)
     }
 }
 
@@ -234,6 +253,8 @@ struct Writer<S> {
     signer: Signer,
     /// The head of what is durable in `store`.
     chain: Chain,
+    /// Failed batches, counted before any later event is acknowledged.
+    failures: Arc<AtomicU64>,
 }
 
 impl<S: AuditTrail> Writer<S> {
@@ -267,6 +288,9 @@ impl<S: AuditTrail> Writer<S> {
             let started = std::time::Instant::now();
             let n = bodies.len();
             let result = self.write(&mut bodies);
+            if result.is_err() {
+                self.failures.fetch_add(1, Ordering::AcqRel);
+            }
             stats.batch(n, started.elapsed());
             for ack in acks.drain(..) {
                 // A session that went away no longer waits: nothing to tell it.

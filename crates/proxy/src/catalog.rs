@@ -41,7 +41,11 @@ SELECT c.oid::int8, a.attnum::int4, n.nspname, c.relname, a.attname, a.atttypid:
     WHERE i.indrelid = c.oid AND i.indisunique AND i.indimmediate AND i.indisvalid \
       AND i.indpred IS NULL AND i.indexprs IS NULL \
       AND NOT (c.relkind = 'r' AND c.relhassubclass) \
-      AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])) \
+      AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])), \
+  (c.relkind <> 'r' OR c.relhasrules OR c.relhassubclass OR a.attidentity <> '' \
+    OR EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal) \
+    OR (a.atthasdef AND EXISTS (SELECT 1 FROM pg_attrdef ad WHERE ad.adrelid = c.oid \
+      AND ad.adnum = a.attnum AND pg_get_expr(ad.adbin, ad.adrelid) LIKE '%(%')))::text \
 FROM pg_attribute a \
 JOIN pg_class c ON c.oid = a.attrelid \
 JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -434,5 +438,7 @@ fn catalog_row(r: &[Option<String>]) -> Option<CatalogRow> {
                 Some((index.parse().ok()?, n.parse().ok()?))
             })
             .collect(),
+        // Unreadable counts as having effects: the write then waits for its event.
+        side_effects: text(10).as_deref() != Some("false"),
     })
 }

@@ -166,6 +166,9 @@ pub struct Pending {
     pub denial: Option<Bytes>,
     /// Whether the completion is audited (requests that carry statements are).
     pub audited: bool,
+    /// Its events, when it was forwarded while they flush: no answer of it may reach the
+    /// client before they are durable (`crate::pipeline::write_ahead`).
+    pub durability: Option<crate::pipeline::write_ahead::Durability>,
     pub tags: Vec<String>,
     pub rows: u64,
     pub sqlstate: Option<String>,
@@ -182,6 +185,7 @@ impl Pending {
             ddl: false,
             denial: None,
             audited: true,
+            durability: None,
             tags: Vec::new(),
             rows: 0,
             sqlstate: None,
@@ -259,6 +263,14 @@ impl Tracker {
         if let Some(p) = self.head() {
             p.ops.pop_front();
         }
+    }
+
+    /// The next server message answers a request whose events may still be flushing: its
+    /// durability, and the request, once (the caller waits before anything of it goes out).
+    pub fn take_durability(&mut self) -> Option<(u64, crate::pipeline::write_ahead::Durability)> {
+        let p = self.head()?;
+        let d = p.durability.take()?;
+        Some((p.id, d))
     }
 
     /// Who the next server message is for.

@@ -74,6 +74,21 @@ impl BackendHalf<'_> {
                 need = h.frame_len() - rest.len();
                 break;
             }
+            if let Some((request, durability)) = self.tracker.take_durability() {
+                // Write-ahead: what answers earlier requests goes now; this request's
+                // answers wait until its events are durable.
+                self.flush_prefix(cw, kept).await?;
+                kept = 0;
+                if let Err(e) = durability.wait().await {
+                    warn!(cause = %e, "an overlapped statement's event failed; its answer is withheld and the session closed");
+                    return Err(Fatal::new(
+                        "58000",
+                        format!("weir: the statement was not recorded in the audit trail ({e}), so its result is withheld; the session is closed and its open transaction rolled back"),
+                    ));
+                }
+                self.ctx.info.write_ahead.confirmed(request);
+                continue;
+            }
             let body = rest.get(Header::SIZE..h.frame_len()).unwrap_or(&[]);
             let frame = rest.get(..h.frame_len()).unwrap_or(&[]);
             let mut replace: Option<Bytes> = None;

@@ -437,17 +437,27 @@ impl<'a> FrontendHalf<'a> {
         pipeline::guards::guard_state_sinks(&self.ctx.info, &mut items).await;
         pipeline::guards::guard_copies(&self.ctx.info, scope, &mut items).await;
         let verdict = pipeline::overall(&items);
-        if let Err(refusal) = pipeline::admit(&self.ctx.info, id, &items, &verdict).await {
-            return self.refuse(out, &refusal, end).await;
-        }
+        // No bracket where it cannot matter: a key equality changes at most one row.
+        let one_row = matches!(&verdict, Verdict::AllowBounded { rows, .. } if *rows >= 1)
+            && self.at_most_one_row(&items).await;
+        let runs_now = (matches!(verdict, Verdict::Allow) || one_row).then(|| {
+            // Sure only when nothing forwarded earlier could still end the transaction.
+            if self.inbox.is_idle() && self.inbox.tx_status() == TxStatus::InTransaction {
+                TxPosition::InBlock
+            } else {
+                TxPosition::Other
+            }
+        });
+        let durability = match pipeline::admit(&self.ctx.info, id, &items, &verdict, runs_now).await
+        {
+            Ok(d) => d,
+            Err(refusal) => return self.refuse(out, &refusal, end).await,
+        };
 
         match &verdict {
-            Verdict::Allow => self.forward(id, &items, next_scope, out).await,
-            Verdict::AllowBounded { rows, .. }
-                if *rows >= 1 && self.at_most_one_row(&items).await =>
-            {
-                // No bracket where it cannot matter: a key equality changes at most one row.
-                self.forward(id, &items, next_scope, out).await
+            Verdict::Allow => self.forward(id, &items, next_scope, out, durability).await,
+            Verdict::AllowBounded { .. } if one_row => {
+                self.forward(id, &items, next_scope, out, durability).await
             }
             Verdict::AllowBounded { rows, rule } => {
                 // Checked by running it in a bracket: one statement, and a Sync to end the
@@ -484,15 +494,17 @@ impl<'a> FrontendHalf<'a> {
     }
 
     /// Forwards a decided, recorded request: its entry goes to the backend half first, then
-    /// its bytes into `out`.
+    /// its bytes into `out`. With a `durability`, its events are still flushing: the
+    /// backend half holds its answers until they are durable.
     async fn forward(
         &mut self,
         id: u64,
         items: &[Item],
         next_scope: Option<Scope>,
         out: &mut BytesMut,
+        durability: Option<Durability>,
     ) -> Result<(), Fatal> {
-        self.forward_as(id, items, next_scope, out, Mode::Client)
+        self.forward_as(id, items, next_scope, out, Mode::Client, durability)
             .await
     }
 
@@ -503,6 +515,7 @@ impl<'a> FrontendHalf<'a> {
         next_scope: Option<Scope>,
         out: &mut BytesMut,
         mode: Mode,
+        durability: Option<Durability>,
     ) -> Result<(), Fatal> {
         let shared = &self.ctx.shared;
         if let Some(scope) = next_scope {
@@ -515,6 +528,7 @@ impl<'a> FrontendHalf<'a> {
         let ops = std::mem::take(&mut self.ops);
         let mut pending = Pending::new(id, ops);
         pending.mode = mode;
+        pending.durability = durability;
         if let Some(cache) = &self.ctx.mask {
             // The catalog must know the tables this request reads before any of
             // its results arrive. On failure the previous catalog stays, and what

@@ -35,6 +35,7 @@ use weir_wire::Header;
 use crate::approvals::CancelSignal;
 use crate::cancel::UpstreamKey;
 use crate::io::{read_frame, FrameError};
+use crate::pipeline::write_ahead::{Durability, TxPosition};
 use crate::pipeline::{self, Channel};
 use crate::stream::Stream;
 use crate::track::{Action, Due, Entry, ExecInfo, Mode, ModeKind, Op, Pending, Probe, Tracker};
@@ -112,6 +113,11 @@ impl Inbox {
             }
             space.await;
         }
+    }
+
+    /// Whether every forwarded request has been answered.
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
     }
 
     fn tx_status(&self) -> TxStatus {
@@ -342,6 +348,7 @@ async fn serve(
             identity,
             person,
             taint_pending: Default::default(),
+            write_ahead: Default::default(),
             full_text: shared.config.audit.full_text_targets.contains(&target.name),
             target: target.clone(),
             shared: Arc::clone(shared),

@@ -9,8 +9,11 @@
 //! protocol adapter (`crate::pg` today; MySQL and MCP next) turns those into its own error.
 //!
 //! **Invariant (write-ahead):** nothing of a request is forwarded before [`admit`] returns
-//! `Ok`: its statements' events are durable, and so are the derived sensitivity tags its
-//! writes make.
+//! `Ok`, and no byte of its answers reaches the client, nor can anything it changes commit
+//! or outlive a crash of Weir, before its events are durable. [`write_ahead`] decides which
+//! requests may run while their events flush (their answers then wait on a
+//! [`write_ahead::Durability`]); all others, and every request with derived sensitivity
+//! tags, are forwarded only once durable.
 
 use std::sync::Arc;
 
@@ -27,6 +30,7 @@ pub(crate) mod decide;
 pub(crate) mod guards;
 #[cfg(test)]
 mod tests;
+pub(crate) mod write_ahead;
 
 pub(crate) use decide::Decider;
 
@@ -74,6 +78,8 @@ pub(crate) struct SessionInfo {
     /// An agent's statement read untrusted data: [`admit`] records the taint in the store
     /// (so the agent's next sessions and tool calls are tainted too) before it runs.
     pub taint_pending: std::sync::atomic::AtomicBool,
+    /// Overlapped requests not yet seen durable ([`write_ahead::WriteAhead`]).
+    pub write_ahead: write_ahead::WriteAhead,
     /// The audit trail keeps this target's statements as sent (`[audit] full_text_targets`),
     /// not normalized.
     pub full_text: bool,
@@ -469,13 +475,32 @@ pub(crate) fn overall(items: &[Item]) -> Verdict {
 /// Admission, write-ahead: records every statement's event (and, unless the request is
 /// denied, what its writes make sensitive) and waits until they are durable; then stores
 /// the derived tags. On `Err` nothing of the request may run.
+///
+/// `runs_now` is `Some` when the request will be forwarded as it is (allowed, or bounded
+/// but provably one row), with where the session's transaction stands. If
+/// [`write_ahead::may_overlap`] agrees, admission does not wait: it returns the
+/// [`write_ahead::Durability`] that every answer of the request must wait on.
 pub(crate) async fn admit(
     session: &SessionInfo,
     request: u64,
     items: &[Item],
     verdict: &Verdict,
-) -> Result<(), Refusal> {
+    runs_now: Option<write_ahead::TxPosition>,
+) -> Result<Option<write_ahead::Durability>, Refusal> {
     let audit = &session.shared.audit;
+    let overlapped = runs_now.is_some_and(|tx| {
+        !session
+            .taint_pending
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && write_ahead::may_overlap(
+                items,
+                tx,
+                session.mask.as_ref().map(|c| c.snapshot()).as_deref(),
+            )
+    });
+    if overlapped {
+        session.write_ahead.overlapping(request, audit.failures());
+    }
     let mut acks = Vec::with_capacity(items.len() + 1);
     for item in items {
         let v = item.decision.overall();
@@ -513,6 +538,22 @@ pub(crate) async fn admit(
             tags: derived.iter().map(|t| t.to_string()).collect(),
         }));
     }
+    if overlapped {
+        observe(session, items, verdict);
+        // A sink that answered at once needs no wait; one that failed at once refuses.
+        let mut pending = Vec::with_capacity(acks.len());
+        for ack in acks {
+            match ack {
+                crate::audit::AuditAck::Done(Ok(())) => {}
+                crate::audit::AuditAck::Done(Err(e)) => {
+                    warn!(cause = %e, "audit write failed; request refused");
+                    return Err(Refusal::unrecorded(&e));
+                }
+                waiting => pending.push(waiting),
+            }
+        }
+        return Ok((!pending.is_empty()).then(|| write_ahead::Durability::new(pending)));
+    }
     let mut failure = None;
     for ack in acks {
         if let Err(e) = ack.wait().await {
@@ -523,14 +564,32 @@ pub(crate) async fn admit(
         warn!(cause = %e, "audit write failed; request refused");
         return Err(Refusal::unrecorded(&e));
     }
+    if !session.write_ahead.earlier_ones_held(audit.failures()) {
+        warn!("an earlier overlapped statement's event may not be durable; request refused");
+        return Err(Refusal::unrecorded(
+            &"an earlier statement of this session may not have been recorded",
+        ));
+    }
     if !derived.is_empty() {
         if let Err(e) = guards::record_derived(session, items).await {
             warn!(cause = %e, "recording derived sensitivity failed; request refused");
             return Err(Refusal::untagged(&e));
         }
     }
-    // What the identity does goes into its baseline when it runs as decided; a request that
-    // waits for approval does not count (it may never run).
+    observe(session, items, verdict);
+    if !matches!(verdict, Verdict::Deny { .. })
+        && session
+            .taint_pending
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    {
+        record_taint(session).await?;
+    }
+    Ok(None)
+}
+
+/// What the identity does goes into its baseline when it runs as decided; a request that
+/// waits for approval does not count (it may never run).
+fn observe(session: &SessionInfo, items: &[Item], verdict: &Verdict) {
     if matches!(verdict, Verdict::Allow | Verdict::AllowBounded { .. }) {
         let forwarded: Vec<(&weir_analyze::StatementFacts, &weir_analyze::Touched)> = items
             .iter()
@@ -547,14 +606,6 @@ pub(crate) async fn admit(
             .baselines
             .observe(&session.identity.name, &session.target_name, &forwarded);
     }
-    if !matches!(verdict, Verdict::Deny { .. })
-        && session
-            .taint_pending
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
-    {
-        record_taint(session).await?;
-    }
-    Ok(())
 }
 
 /// Keeps an agent's taint in the store for `[policy] taint_window`, before the read runs.

@@ -121,6 +121,7 @@ enabled = false
             policy,
             person: None,
             taint_pending: Default::default(),
+            write_ahead: Default::default(),
             full_text: false,
             shared: Arc::clone(&self.shared),
         }
@@ -181,7 +182,9 @@ async fn a_trail_that_cannot_record_refuses_the_request() {
     let s = h.session();
     let mut d = Decider::new(weir_analyze::Scope::default());
     let items = vec![decide(&mut d, &s, "select 1")];
-    let refusal = admit(&s, 1, &items, &overall(&items)).await.unwrap_err();
+    let refusal = admit(&s, 1, &items, &overall(&items), None)
+        .await
+        .unwrap_err();
     assert_eq!(refusal.kind, RefusalKind::Unavailable);
     assert!(
         refusal
@@ -211,7 +214,7 @@ async fn a_trail_that_cannot_record_refuses_the_request() {
 async fn ask_for_ddl(s: &SessionInfo) -> approval::Waiting {
     let mut d = Decider::new(weir_analyze::Scope::default());
     let items = vec![decide(&mut d, s, "create table t (a int)")];
-    assert!(admit(s, 1, &items, &overall(&items)).await.is_ok());
+    assert!(admit(s, 1, &items, &overall(&items), None).await.is_ok());
     let Verdict::RequireApproval { rule, reason } = overall(&items) else {
         panic!("DDL in production should need approval");
     };

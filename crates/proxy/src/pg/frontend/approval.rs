@@ -31,7 +31,7 @@ impl FrontendHalf<'_> {
     ) -> Result<(), Fatal> {
         let cancels_before = self.ctx.cancel.count();
         match approval::ask(&self.ctx.info, id, &items, rule, reason, rows).await {
-            Ask::Go => self.forward(id, &items, next_scope, out).await,
+            Ask::Go => self.forward(id, &items, next_scope, out, None).await,
             Ask::Wait(waiting) => {
                 self.held = Some(Held {
                     request: id,
@@ -79,7 +79,7 @@ impl FrontendHalf<'_> {
         }
         match concluded {
             Ok(()) => {
-                self.forward(held.request, &held.items, held.next_scope, out)
+                self.forward(held.request, &held.items, held.next_scope, out, None)
                     .await?
             }
             Err(refusal) => self.refuse(out, &refusal, held.end).await?,

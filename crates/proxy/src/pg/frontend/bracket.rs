@@ -74,7 +74,8 @@ impl FrontendHalf<'_> {
         let status = self.inbox.tx_status();
         if status == TxStatus::Failed {
             // The server refuses anything but the end of the transaction: nothing to count.
-            self.forward(b.request, &b.items, b.next_scope, out).await?;
+            self.forward(b.request, &b.items, b.next_scope, out, None)
+                .await?;
             return Ok(true);
         }
         let autocommit = status == TxStatus::Idle;
@@ -95,6 +96,7 @@ impl FrontendHalf<'_> {
             b.next_scope.clone(),
             out,
             Mode::Held(probe),
+            None,
         )
         .await?;
         flush_upstream(uw, out).await?;

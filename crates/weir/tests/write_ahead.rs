@@ -1,0 +1,193 @@
+//! Write-ahead, with the server as the oracle: durable before visible, not durable before
+//! forwarded.
+//!
+//! The trail is held still by taking SQLite's write lock on the store (`BEGIN EXCLUSIVE`
+//! from the test, a real lock the gateway's writer waits on). While it is held, the test
+//! looks at what PostgreSQL has run (`pg_stat_activity`, through a direct connection) and at
+//! what each client has received:
+//!
+//! - a pure read and a write inside a transaction block have *run* at the server, and their
+//!   clients have *received nothing*;
+//! - a write in autocommit and a COMMIT have not reached the server at all.
+//!
+//! Released in time, everything completes. Held past the writer's busy timeout, the batch
+//! fails: the held answers are replaced by 58000, the sessions close, and the transaction
+//! that wrote is rolled back (the row is not in the table).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+use common::*;
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+fn gateway() -> Gateway {
+    let g = Gateway::start();
+    g.cluster
+        .psql(
+            "app",
+            "CREATE TABLE t (id int PRIMARY KEY, v text); GRANT ALL ON t TO PUBLIC;",
+        )
+        .unwrap();
+    g
+}
+
+/// What the server has run for the app database: each client backend's last statement and
+/// its state.
+fn server_activity(g: &Gateway) -> String {
+    g.cluster
+        .psql(
+            "postgres",
+            "SELECT state || ': ' || query FROM pg_stat_activity \
+             WHERE datname = 'app' AND backend_type = 'client backend' ORDER BY query",
+        )
+        .unwrap()
+}
+
+fn lock_trail(g: &Gateway) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(g.dir.path().join("weir.db")).unwrap();
+    c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    c
+}
+
+async fn first_value(c: &Client, sql: &str) -> Result<Option<String>, tokio_postgres::Error> {
+    let msgs = c.simple_query(sql).await?;
+    Ok(msgs.into_iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_owned).unwrap_or_default()),
+        _ => None,
+    }))
+}
+
+fn rows_in_t(g: &Gateway) -> String {
+    g.cluster
+        .psql("app", "SELECT string_agg(id::text, ',' ORDER BY id) FROM t")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_wait_for_their_events_and_writes_wait_where_they_could_commit() {
+    let g = gateway();
+    let reader = g.connect("alice", ALICE_TOKEN).await.unwrap();
+    let writer = std::sync::Arc::new(g.connect("bob", BOB_TOKEN).await.unwrap());
+    let autocommit = g.connect("bob", BOB_TOKEN).await.unwrap();
+    writer.batch_execute("BEGIN").await.unwrap();
+    writer
+        .batch_execute("INSERT INTO t VALUES (1, 'before')")
+        .await
+        .unwrap();
+
+    let lock = lock_trail(&g);
+    let read = tokio::spawn(async move {
+        let v = first_value(&reader, "SELECT 'overlapped read'").await;
+        (reader, v)
+    });
+    let w = std::sync::Arc::clone(&writer);
+    let write = tokio::spawn(async move {
+        w.batch_execute("INSERT INTO t VALUES (2, 'in block')")
+            .await
+    });
+    let auto = tokio::spawn(async move {
+        let r = autocommit
+            .batch_execute("INSERT INTO t VALUES (3, 'autocommit')")
+            .await;
+        (autocommit, r)
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let seen = server_activity(&g);
+    assert!(
+        seen.contains("idle: SELECT 'overlapped read'"),
+        "the read ran while its event was flushing:\n{seen}"
+    );
+    assert!(
+        seen.contains("idle in transaction: INSERT INTO t VALUES (2, 'in block')"),
+        "the write in a transaction block ran while its event was flushing:\n{seen}"
+    );
+    assert!(
+        !seen.contains("(3, 'autocommit')"),
+        "a write in autocommit waits for its event before it is forwarded:\n{seen}"
+    );
+    assert!(!read.is_finished(), "no result before its event is durable");
+    assert!(
+        !write.is_finished(),
+        "no answer before its event is durable"
+    );
+    assert!(!auto.is_finished());
+    assert_eq!(rows_in_t(&g), "", "nothing committed yet");
+
+    // COMMIT is never forwarded before its event is durable.
+    lock.execute_batch("COMMIT").unwrap();
+    let (_, v) = read.await.unwrap();
+    assert_eq!(v.unwrap().as_deref(), Some("overlapped read"));
+    write.await.unwrap().unwrap();
+    let (_, r) = auto.await.unwrap();
+    r.unwrap();
+    let lock = lock_trail(&g);
+    let w = std::sync::Arc::clone(&writer);
+    let commit = tokio::spawn(async move { w.batch_execute("COMMIT").await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rows_in_t(&g), "3", "the COMMIT waits for its event");
+    assert!(server_activity(&g).contains("idle in transaction: INSERT INTO t VALUES (2"));
+    lock.execute_batch("COMMIT").unwrap();
+    commit.await.unwrap().unwrap();
+    assert_eq!(rows_in_t(&g), "1,2,3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_event_withholds_the_result_and_rolls_the_transaction_back() {
+    let g = gateway();
+    let reader = g.connect("alice", ALICE_TOKEN).await.unwrap();
+    let writer = g.connect("bob", BOB_TOKEN).await.unwrap();
+    writer
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1, 'recorded')")
+        .await
+        .unwrap();
+
+    // Held past the writer's busy timeout (10 s): the batch fails.
+    let lock = lock_trail(&g);
+    let read = tokio::spawn(async move { first_value(&reader, "SELECT 'never seen'").await });
+    let write = tokio::spawn(async move {
+        let r = writer
+            .batch_execute("INSERT INTO t VALUES (2, 'lost')")
+            .await;
+        (writer, r)
+    });
+    let read = tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the read is answered once the batch fails")
+        .unwrap();
+    let err = read.expect_err("a result whose event failed is withheld");
+    let text = format!("{err:?}");
+    assert!(
+        err.code().map(|c| c.code()) == Some("58000") || text.contains("58000"),
+        "58000, not a result: {text}"
+    );
+    let (writer, r) = tokio::time::timeout(Duration::from_secs(30), write)
+        .await
+        .unwrap()
+        .unwrap();
+    let err = r.expect_err("the write's answer is withheld");
+    assert!(
+        format!("{err:?}").contains("not recorded in the audit trail"),
+        "{err:?}"
+    );
+    // The session is closed: its transaction cannot commit.
+    assert!(writer.batch_execute("COMMIT").await.is_err());
+    lock.execute_batch("COMMIT").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rows_in_t(&g), "", "nothing of the transaction persists");
+    assert!(
+        !server_activity(&g).contains("'lost'"),
+        "the session that wrote is gone"
+    );
+    let verify = g.weir(&["audit", "verify"]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    assert!(stdout(&verify).starts_with("ok "), "{}", stdout(&verify));
+}
