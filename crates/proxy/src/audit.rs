@@ -114,7 +114,60 @@ pub struct DurableSink {
     tx: mpsc::Sender<Msg>,
     failures: Arc<AtomicU64>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Fills the trail's tables from its journal, behind the writer (journaled sinks only).
+    indexer: Mutex<Option<(mpsc::Sender<Index>, JoinHandle<()>)>>,
 }
+
+/// Where the writer makes a batch durable: the trail's tables themselves, or its journal
+/// ([`weir_store::journal`]), with the tables filled behind it.
+pub trait DurableLog: Send + 'static {
+    fn head(&mut self) -> Result<Option<(u64, [u8; 32])>, weir_store::StoreError>;
+    fn append(
+        &mut self,
+        records: &[weir_audit::chain::Record],
+        checkpoint: &weir_audit::chain::Checkpoint,
+    ) -> Result<(), weir_store::StoreError>;
+}
+
+/// The trail's tables as the durable write (one transaction and fsync per batch).
+pub struct Tables<S>(pub S);
+
+impl<S: AuditTrail + 'static> DurableLog for Tables<S> {
+    fn head(&mut self) -> Result<Option<(u64, [u8; 32])>, weir_store::StoreError> {
+        self.0.head()
+    }
+    fn append(
+        &mut self,
+        records: &[weir_audit::chain::Record],
+        checkpoint: &weir_audit::chain::Checkpoint,
+    ) -> Result<(), weir_store::StoreError> {
+        self.0.append(records, checkpoint)
+    }
+}
+
+impl DurableLog for weir_store::journal::Journal {
+    fn head(&mut self) -> Result<Option<(u64, [u8; 32])>, weir_store::StoreError> {
+        weir_store::journal::Journal::head(self)
+    }
+    fn append(
+        &mut self,
+        records: &[weir_audit::chain::Record],
+        checkpoint: &weir_audit::chain::Checkpoint,
+    ) -> Result<(), weir_store::StoreError> {
+        weir_store::journal::Journal::append(self, records, checkpoint)
+    }
+}
+
+/// What the indexer is told.
+enum Index {
+    /// A batch is durable in the journal.
+    Batch,
+    /// Index what is there, then stop.
+    Close,
+}
+
+/// The indexer runs at most this often, so the tables take many batches per transaction.
+const INDEX_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl std::fmt::Debug for DurableSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -130,6 +183,34 @@ impl DurableSink {
     pub fn start<S: AuditTrail + 'static>(
         store: S,
         signer: Signer,
+    ) -> Result<DurableSink, AuditError> {
+        DurableSink::start_on(Tables(store), signer, None)
+    }
+
+    /// Starts the writer on the trail's journal, and an indexer thread that fills `index`
+    /// (the trail's tables) from it behind the writer: within [`INDEX_EVERY`] of a batch,
+    /// in one transaction for whatever arrived meanwhile. Segments whose events are all in
+    /// the tables are removed, and a spare segment is kept ready, off the writer's path.
+    pub fn start_journaled(
+        journal: weir_store::journal::Journal,
+        index: weir_store::audit::AuditStore,
+        dir: std::path::PathBuf,
+        signer: Signer,
+    ) -> Result<DurableSink, AuditError> {
+        let (itx, irx) = mpsc::channel();
+        let indexer = std::thread::Builder::new()
+            .name("weir-audit-index".into())
+            .spawn(move || run_indexer(index, &dir, &irx))
+            .map_err(|e| AuditError(format!("starting the audit indexer: {e}")))?;
+        let sink = DurableSink::start_on(journal, signer, Some(itx.clone()))?;
+        *sink.indexer.lock().unwrap_or_else(PoisonError::into_inner) = Some((itx, indexer));
+        Ok(sink)
+    }
+
+    fn start_on<L: DurableLog>(
+        mut store: L,
+        signer: Signer,
+        indexer: Option<mpsc::Sender<Index>>,
     ) -> Result<DurableSink, AuditError> {
         let chain = chain_at(
             store
@@ -152,6 +233,7 @@ impl DurableSink {
                     signer,
                     chain,
                     failures: counted,
+                    indexer,
                 }
                 .run(&rx)
             })
@@ -160,6 +242,7 @@ impl DurableSink {
             tx,
             failures,
             writer: Mutex::new(Some(writer)),
+            indexer: Mutex::new(None),
         })
     }
 
@@ -175,6 +258,17 @@ impl DurableSink {
             let _ = self.tx.send(Msg::Close);
             if writer.join().is_err() {
                 tracing::error!("the audit writer panicked");
+            }
+        }
+        let indexer = self
+            .indexer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some((tx, indexer)) = indexer {
+            let _ = tx.send(Index::Close);
+            if indexer.join().is_err() {
+                tracing::error!("the audit indexer panicked");
             }
         }
     }
@@ -247,8 +341,63 @@ impl Stats {
     }
 }
 
+/// Fills the trail's tables from its journal until told to close (then once more).
+fn run_indexer(
+    mut index: weir_store::audit::AuditStore,
+    dir: &std::path::Path,
+    rx: &mpsc::Receiver<Index>,
+) {
+    let mut reader = weir_store::journal::Reader::new(dir);
+    let mut failing = false;
+    let mut closing = false;
+    while !closing {
+        match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+            Ok(Index::Batch) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(Index::Close) | Err(mpsc::RecvTimeoutError::Disconnected) => closing = true,
+        }
+        if !closing {
+            // Many batches per transaction: let more arrive, then take all that queued.
+            std::thread::sleep(INDEX_EVERY);
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(Index::Batch) => {}
+                Ok(Index::Close) | Err(TryRecvError::Disconnected) => closing = true,
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        match index.index_journal(&mut reader) {
+            Ok(_) => {
+                if failing {
+                    tracing::info!("the audit trail's tables are indexed again");
+                }
+                failing = false;
+                let indexed = index.last_seq().unwrap_or(0);
+                if let Err(e) = weir_store::journal::Journal::remove_indexed(dir, indexed) {
+                    tracing::warn!(cause = %e, "removing indexed journal segments failed");
+                }
+                if !closing {
+                    if let Err(e) = weir_store::journal::prepare_spare(dir) {
+                        tracing::warn!(cause = %e, "preparing a journal segment failed");
+                    }
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::error!(cause = %e, "indexing the audit trail failed; events stay durable in its journal, and search does not see them until this is fixed");
+                }
+                failing = true;
+                // Read the journal again from the start next time.
+                reader = weir_store::journal::Reader::new(dir);
+            }
+        }
+    }
+}
+
 /// The writer thread's state.
 struct Writer<S> {
+    /// Told when a batch is durable (a journaled sink's indexer).
+    indexer: Option<mpsc::Sender<Index>>,
     store: S,
     signer: Signer,
     /// The head of what is durable in `store`.
@@ -257,7 +406,7 @@ struct Writer<S> {
     failures: Arc<AtomicU64>,
 }
 
-impl<S: AuditTrail> Writer<S> {
+impl<S: DurableLog> Writer<S> {
     fn run(mut self, rx: &mpsc::Receiver<Msg>) {
         let mut bodies = Vec::with_capacity(MAX_BATCH);
         let mut acks = Vec::with_capacity(MAX_BATCH);
@@ -290,6 +439,8 @@ impl<S: AuditTrail> Writer<S> {
             let result = self.write(&mut bodies);
             if result.is_err() {
                 self.failures.fetch_add(1, Ordering::AcqRel);
+            } else if let Some(indexer) = &self.indexer {
+                let _ = indexer.send(Index::Batch);
             }
             stats.batch(n, started.elapsed());
             for ack in acks.drain(..) {

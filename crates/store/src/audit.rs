@@ -228,6 +228,61 @@ fn head_of(conn: &Connection) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         .optional()?)
 }
 
+/// Inserts one batch continuing the stored head, inside the caller's transaction.
+fn insert_batch(tx: &Connection, records: &[Record], cp: &Checkpoint) -> Result<(), StoreError> {
+    let (mut last, mut head) = head_of(tx)?.unwrap_or((0, chain::GENESIS));
+    {
+        let mut ins = tx.prepare_cached(
+            "INSERT INTO audit_events (seq, ts_us, prev, hash, body, kind, session, identity, target, decision)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for r in records {
+            if r.seq != last.saturating_add(1) || r.prev != head {
+                // INVARIANT: the stored trail stays one chain. Dropping `tx` rolls back.
+                return Err(StoreError::Refused(format!(
+                    "audit batch does not continue the trail: event {} after event {last}{}",
+                    r.seq,
+                    if r.prev != head {
+                        " with a different prev hash"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            let ix = Indexed::of(&r.body);
+            ins.execute(params![
+                seq_to_sql(r.seq)?,
+                r.ts_us,
+                &r.prev[..],
+                &r.hash[..],
+                r.body,
+                ix.event.as_deref().unwrap_or("unknown"),
+                ix.session.and_then(|s| i64::try_from(s).ok()),
+                ix.identity.or(ix.claimed).or(ix.actor).as_deref(),
+                ix.target.as_deref(),
+                ix.decision.as_deref(),
+            ])?;
+            (last, head) = (r.seq, r.hash);
+        }
+    }
+    if cp.seq != last || cp.head != head {
+        return Err(StoreError::Refused(format!(
+            "audit checkpoint at event {} does not cover the batch, which ends at event {last}",
+            cp.seq
+        )));
+    }
+    tx.prepare_cached(
+        "INSERT INTO audit_checkpoints (seq, head, ts_us, signature) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        seq_to_sql(cp.seq)?,
+        &cp.head[..],
+        cp.ts_us,
+        &cp.signature[..],
+    ])?;
+    Ok(())
+}
+
 impl AuditStore {
     /// Opens the trail in the SQLite file at `path` (creating the file, its directory and the
     /// tables if missing), in WAL mode with `synchronous = FULL`.
@@ -240,6 +295,48 @@ impl AuditStore {
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         conn.execute_batch(SCHEMA)?;
         Ok(AuditStore { conn })
+    }
+
+    /// Brings the index (these tables) up to the journal ([`crate::journal`]): every batch
+    /// `reader` has not yet passed that continues the stored head is inserted, all in one
+    /// transaction. Returns how many events were added.
+    ///
+    /// Refused when the tables were changed outside Weir at their end — the last event is
+    /// not the last checkpoint's (a hand-appended event, a tail cut off): the journal must
+    /// not paper over that, so `weir audit verify` still reports it.
+    pub fn index_journal(
+        &mut self,
+        reader: &mut crate::journal::Reader,
+    ) -> Result<u64, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let head = head_of(&tx)?.map_or(0, |(s, _)| s);
+        let checkpointed: Option<i64> = tx
+            .prepare_cached("SELECT max(seq) FROM audit_checkpoints")?
+            .query_row([], |r| r.get(0))?;
+        let checkpointed = checkpointed.map_or(0, |s| u64::try_from(s).unwrap_or(0));
+        if head != checkpointed {
+            return Err(StoreError::Refused(format!(
+                "the trail's tables were changed outside Weir: their last event is {head}, their last checkpoint is at {checkpointed}; the journal's events are not added (weir audit verify names what is wrong)"
+            )));
+        }
+        let mut added = 0u64;
+        let mut last = head;
+        reader.each(&mut |records, cp| {
+            if cp.seq <= last {
+                return Ok(());
+            }
+            let fresh: Vec<Record> = records.into_iter().filter(|r| r.seq > last).collect();
+            insert_batch(&tx, &fresh, &cp)?;
+            added += fresh.len() as u64;
+            last = cp.seq;
+            Ok(())
+        })?;
+        if added > 0 {
+            tx.commit()?;
+        }
+        Ok(added)
     }
 
     /// The underlying connection, for tests that tamper with the trail.
@@ -288,56 +385,7 @@ impl AuditTrail for AuditStore {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (mut last, mut head) = head_of(&tx)?.unwrap_or((0, chain::GENESIS));
-        {
-            let mut ins = tx.prepare_cached(
-                "INSERT INTO audit_events (seq, ts_us, prev, hash, body, kind, session, identity, target, decision)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            for r in records {
-                if r.seq != last.saturating_add(1) || r.prev != head {
-                    // INVARIANT: the stored trail stays one chain. Dropping `tx` rolls back.
-                    return Err(StoreError::Refused(format!(
-                        "audit batch does not continue the trail: event {} after event {last}{}",
-                        r.seq,
-                        if r.prev != head {
-                            " with a different prev hash"
-                        } else {
-                            ""
-                        }
-                    )));
-                }
-                let ix = Indexed::of(&r.body);
-                ins.execute(params![
-                    seq_to_sql(r.seq)?,
-                    r.ts_us,
-                    &r.prev[..],
-                    &r.hash[..],
-                    r.body,
-                    ix.event.as_deref().unwrap_or("unknown"),
-                    ix.session.and_then(|s| i64::try_from(s).ok()),
-                    ix.identity.or(ix.claimed).or(ix.actor).as_deref(),
-                    ix.target.as_deref(),
-                    ix.decision.as_deref(),
-                ])?;
-                (last, head) = (r.seq, r.hash);
-            }
-        }
-        if cp.seq != last || cp.head != head {
-            return Err(StoreError::Refused(format!(
-                "audit checkpoint at event {} does not cover the batch, which ends at event {last}",
-                cp.seq
-            )));
-        }
-        tx.prepare_cached(
-            "INSERT INTO audit_checkpoints (seq, head, ts_us, signature) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![
-            seq_to_sql(cp.seq)?,
-            &cp.head[..],
-            cp.ts_us,
-            &cp.signature[..],
-        ])?;
+        insert_batch(&tx, records, cp)?;
         tx.commit()?;
         Ok(())
     }

@@ -23,6 +23,7 @@ pub mod audit;
 pub mod baseline;
 pub mod clock;
 pub mod derived;
+pub mod journal;
 
 pub use approvals::{Approval, Grant, Kind as ApprovalKind, NewApproval, Status as ApprovalStatus};
 pub use baseline::Baseline;

@@ -77,8 +77,19 @@ fn open(config: &Path) -> anyhow::Result<(Config, AuditStore)> {
     let StoreUrl::Sqlite(path) = &config.gateway.store else {
         bail!("the PostgreSQL store is not available in this version; use sqlite://FILE");
     };
-    let store = AuditStore::open(path)
+    let mut store = AuditStore::open(path)
         .with_context(|| format!("opening the audit trail in {}", path.display()))?;
+    // What is durable in the journal but not yet in the tables (a gateway indexes within
+    // milliseconds; one that crashed, at its next start) is read too. Tables changed by
+    // hand at their end are not filled from the journal: verify reports them as they are.
+    let dir = weir_store::journal::dir_for(path);
+    match store.index_journal(&mut weir_store::journal::Reader::new(&dir)) {
+        Ok(_) | Err(weir_store::StoreError::Refused(_)) => {}
+        Err(e) => eprintln!(
+            "weir: warning: the audit trail's journal {} could not be read, so its newest events may be missing here: {e}",
+            dir.display()
+        ),
+    }
     Ok((config, store))
 }
 

@@ -62,12 +62,23 @@ pub fn open_audit(config: &Config) -> anyhow::Result<Arc<DurableSink>> {
             config.path.display()
         );
     };
-    let store = weir_store::audit::AuditStore::open(path)
+    let mut index = weir_store::audit::AuditStore::open(path)
         .with_context(|| format!("opening the audit trail in {}", path.display()))?;
     let signer = weir_store::audit::load_or_create_signing_key(&config.audit.signing_key)
         .with_context(|| format!("[audit] signing_key {}", config.audit.signing_key.display()))?;
     tracing::info!(public_key = %signer.public_key().to_hex(), "audit checkpoints are signed with this key");
-    Ok(Arc::new(DurableSink::start(store, signer)?))
+    // Batches become durable in the journal beside the store; the tables are filled behind
+    // it. What an earlier run made durable but did not index (a crash) is indexed first.
+    let dir = weir_store::journal::dir_for(path);
+    if let Err(e) = index.index_journal(&mut weir_store::journal::Reader::new(&dir)) {
+        tracing::error!(cause = %e, "the audit trail's journal could not be indexed; events stay durable in it");
+    }
+    let head = weir_store::audit::AuditTrail::head(&index)?;
+    let journal = weir_store::journal::Journal::open(&dir, head)
+        .with_context(|| format!("opening the audit trail's journal {}", dir.display()))?;
+    Ok(Arc::new(DurableSink::start_journaled(
+        journal, index, dir, signer,
+    )?))
 }
 
 pub fn run(path: &Path) -> anyhow::Result<()> {

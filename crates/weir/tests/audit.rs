@@ -277,6 +277,7 @@ fn logged_statements(log: &str) -> Vec<String> {
 ///   got, and each has its event), or
 /// - writes whose transaction did not commit (every transaction marks its statements and its
 ///   history row with one number; every committed row's marker has its events),
+///
 /// and counts them.
 #[test]
 fn nothing_is_lost_across_sigkill_under_load() {

@@ -1,8 +1,8 @@
 //! Write-ahead, with the server as the oracle: durable before visible, not durable before
 //! forwarded.
 //!
-//! The trail is held still by taking SQLite's write lock on the store (`BEGIN EXCLUSIVE`
-//! from the test, a real lock the gateway's writer waits on). While it is held, the test
+//! The trail is held still by taking the lock of its journal (`weir.db-trail/lock`, from the
+//! test, a real lock the gateway's writer waits on, as it would for another appender). While it is held, the test
 //! looks at what PostgreSQL has run (`pg_stat_activity`, through a direct connection) and at
 //! what each client has received:
 //!
@@ -50,10 +50,24 @@ fn server_activity(g: &Gateway) -> String {
         .unwrap()
 }
 
-fn lock_trail(g: &Gateway) -> rusqlite::Connection {
-    let c = rusqlite::Connection::open(g.dir.path().join("weir.db")).unwrap();
-    c.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    c
+/// Holds the trail still: the lock every appender of its journal takes (`weir.db-trail/lock`,
+/// as another process appending would hold it).
+struct TrailLock(std::fs::File);
+
+impl TrailLock {
+    fn release(self) {
+        self.0.unlock().unwrap();
+    }
+}
+
+fn lock_trail(g: &Gateway) -> TrailLock {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(g.dir.path().join("weir.db-trail").join("lock"))
+        .unwrap();
+    f.lock().unwrap();
+    TrailLock(f)
 }
 
 async fn first_value(c: &Client, sql: &str) -> Result<Option<String>, tokio_postgres::Error> {
@@ -123,7 +137,7 @@ async fn results_wait_for_their_events_and_writes_wait_where_they_could_commit()
     assert_eq!(rows_in_t(&g), "", "nothing committed yet");
 
     // COMMIT is never forwarded before its event is durable.
-    lock.execute_batch("COMMIT").unwrap();
+    lock.release();
     let (_, v) = read.await.unwrap();
     assert_eq!(v.unwrap().as_deref(), Some("overlapped read"));
     write.await.unwrap().unwrap();
@@ -135,7 +149,7 @@ async fn results_wait_for_their_events_and_writes_wait_where_they_could_commit()
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(rows_in_t(&g), "3", "the COMMIT waits for its event");
     assert!(server_activity(&g).contains("idle in transaction: INSERT INTO t VALUES (2"));
-    lock.execute_batch("COMMIT").unwrap();
+    lock.release();
     commit.await.unwrap().unwrap();
     assert_eq!(rows_in_t(&g), "1,2,3");
 }
@@ -150,7 +164,7 @@ async fn a_lost_event_withholds_the_result_and_rolls_the_transaction_back() {
         .await
         .unwrap();
 
-    // Held past the writer's busy timeout (10 s): the batch fails.
+    // Held past the writer's lock timeout (10 s): the batch fails.
     let lock = lock_trail(&g);
     let read = tokio::spawn(async move { first_value(&reader, "SELECT 'never seen'").await });
     let write = tokio::spawn(async move {
@@ -180,7 +194,7 @@ async fn a_lost_event_withholds_the_result_and_rolls_the_transaction_back() {
     );
     // The session is closed: its transaction cannot commit.
     assert!(writer.batch_execute("COMMIT").await.is_err());
-    lock.execute_batch("COMMIT").unwrap();
+    lock.release();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rows_in_t(&g), "", "nothing of the transaction persists");
     assert!(
