@@ -234,6 +234,7 @@ impl DurableSink {
                     chain,
                     failures: counted,
                     indexer,
+                    reread: false,
                 }
                 .run(&rx)
             })
@@ -404,6 +405,8 @@ struct Writer<S> {
     chain: Chain,
     /// Failed batches, counted before any later event is acknowledged.
     failures: Arc<AtomicU64>,
+    /// A batch failed: the head is read from the store before the next one.
+    reread: bool,
 }
 
 impl<S: DurableLog> Writer<S> {
@@ -471,14 +474,10 @@ impl<S: DurableLog> Writer<S> {
             Ok(()) => Ok(()),
             Err((e, _)) => {
                 tracing::error!(cause = %e, events, "audit trail write failed; the statements are refused");
-                // Continue from what the store really holds: a failed commit may still have
-                // reached the disk, and the next batch must link to whatever is there.
-                match self.store.head() {
-                    Ok(head) => self.chain = chain_at(head),
-                    Err(e) => {
-                        tracing::error!(cause = %e, "re-reading the audit trail's head failed")
-                    }
-                }
+                // The next batch continues from what the store really holds (a failed
+                // commit may still have reached the disk). Read then, not now: these
+                // statements' sessions hear of the failure first.
+                self.reread = true;
                 Err(AuditError(format!(
                     "the audit trail could not be written: {e}"
                 )))
@@ -491,6 +490,15 @@ impl<S: DurableLog> Writer<S> {
         &mut self,
         bodies: Vec<String>,
     ) -> Result<(), (weir_store::StoreError, Vec<String>)> {
+        if self.reread {
+            match self.store.head() {
+                Ok(head) => {
+                    self.chain = chain_at(head);
+                    self.reread = false;
+                }
+                Err(e) => return Err((e, bodies)),
+            }
+        }
         let ts = now_us();
         // Sealed on a copy: `self.chain` moves only once the batch is durable.
         let mut next = self.chain;

@@ -101,10 +101,16 @@ async fn issued_token_works_for_its_identity_only() {
     let err = g.connect("alice", &token).await.err().unwrap();
     assert_eq!(err.as_db_error().unwrap().code().code(), "28P01");
 
-    // The store keeps only a hash: the token text is nowhere in the database file.
+    // The store keeps only a hash: the token text is nowhere in the database file, nor in
+    // the trail's journal beside it.
     let db = std::fs::read(g.dir.path().join("weir.db")).unwrap();
     let wal = std::fs::read(g.dir.path().join("weir.db-wal")).unwrap_or_default();
-    for bytes in [&db, &wal] {
+    let mut files = vec![db, wal];
+    for entry in std::fs::read_dir(g.dir.path().join("weir.db-trail")).unwrap() {
+        files.push(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    assert!(files.len() >= 4, "the journal holds a lock and a segment");
+    for bytes in &files {
         assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()));
     }
 
