@@ -10,8 +10,9 @@
 //!
 //! **Layout.** A directory beside the store's file, named after it with `-trail` appended
 //! (`weir.db` → `weir.db-trail/`), mode 0700, holding `lock` (an advisory lock every
-//! appender holds while it appends), segment files `000000000001.seg`, `…2.seg`, … and at
-//! most one `spare` (a pre-zeroed segment made ahead of time). A segment is a sequence of
+//! appender holds while it appends), segment files `000000000001.seg`, `…2.seg`, … (1 MiB
+//! for the first, doubling up to 32 MiB) and at most one `…N.spare` (the next segment,
+//! pre-zeroed ahead of time). A segment is a sequence of
 //! frames: `"WJ1\0"`, payload length (u32 LE), the first 8 bytes of the payload's SHA-256,
 //! then the payload (one batch: its records and the checkpoint signed over the last). A
 //! frame `"WJN\0"` says the trail continues in the next segment. Zeros end the data.
@@ -38,10 +39,18 @@ use crate::StoreError;
 const MAGIC: &[u8; 4] = b"WJ1\0";
 const NEXT: &[u8; 4] = b"WJN\0";
 const HEADER: u64 = 16;
-/// Bytes of a new segment. Large enough that making one (written with zeros and flushed,
-/// ahead of time when possible) is rare; a batch larger than this gets a segment of its own
-/// size.
+/// Bytes of the largest segments. Large enough that making one (written with zeros and
+/// flushed, ahead of time when possible) is rare; a batch larger than this gets a segment
+/// of its own size.
 pub const SEGMENT_BYTES: u64 = 32 << 20;
+
+/// Bytes of segment `ordinal`: 1 MiB for the first, doubling up to [`SEGMENT_BYTES`], so a
+/// trail that records little (a demo, a test, a quiet gateway) never zeroes much.
+fn segment_bytes(ordinal: u64) -> u64 {
+    // 1 MiB << 5 is SEGMENT_BYTES.
+    let doublings = ordinal.saturating_sub(1).min(5);
+    ((1u64 << 20) << doublings).min(SEGMENT_BYTES)
+}
 
 /// The journal directory of the store file at `store`.
 pub fn dir_for(store: &Path) -> PathBuf {
@@ -247,15 +256,34 @@ fn zeroed(path: &Path, size: u64) -> Result<(), StoreError> {
         .map_err(|e| io_error("making a journal segment", path, &e))
 }
 
-/// Makes `spare` (a segment made ahead of time) if there is none. Run away from the
-/// appender's path, so a new segment rarely costs an append the zeroing.
+/// Where the segment made ahead of time for `ordinal` waits.
+fn spare_path(dir: &Path, ordinal: u64) -> PathBuf {
+    dir.join(format!("{ordinal:012}.spare"))
+}
+
+/// Makes the next segment ahead of time if it is not there yet (and drops older spares).
+/// Run away from the appender's path, so a new segment rarely costs an append the zeroing.
 pub fn prepare_spare(dir: &Path) -> Result<(), StoreError> {
-    let spare = dir.join("spare");
+    let Some(&last) = segments(dir)?.last() else {
+        return Ok(());
+    };
+    let next = last + 1;
+    let spare = spare_path(dir, next);
     if spare.exists() {
         return Ok(());
     }
-    let tmp = dir.join(format!("spare.{}.tmp", std::process::id()));
-    zeroed(&tmp, SEGMENT_BYTES)?;
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(".spare"))
+            {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    let tmp = dir.join(format!("{next:012}.{}.tmp", std::process::id()));
+    zeroed(&tmp, segment_bytes(next))?;
     fs::rename(&tmp, &spare).map_err(|e| io_error("making a journal segment", &spare, &e))
 }
 
@@ -394,7 +422,7 @@ impl Journal {
         }
         let tail = match all.last() {
             Some(&ordinal) => Journal::tail_at(dir, ordinal)?,
-            None => Journal::create_segment(dir, 1, SEGMENT_BYTES)?,
+            None => Journal::create_segment(dir, 1, 0)?,
         };
         Ok((tail, head))
     }
@@ -423,11 +451,11 @@ impl Journal {
     /// Makes segment `ordinal` from the spare when it is large enough, otherwise anew.
     fn create_segment(dir: &Path, ordinal: u64, at_least: u64) -> Result<Tail, StoreError> {
         let path = segment_path(dir, ordinal);
-        let spare = dir.join("spare");
-        let from_spare = at_least <= SEGMENT_BYTES && fs::rename(&spare, &path).is_ok();
+        let size = segment_bytes(ordinal);
+        let from_spare = at_least <= size && fs::rename(spare_path(dir, ordinal), &path).is_ok();
         if !from_spare {
             let tmp = dir.join(format!("{ordinal:012}.{}.tmp", std::process::id()));
-            zeroed(&tmp, at_least.max(SEGMENT_BYTES))?;
+            zeroed(&tmp, at_least.max(size))?;
             fs::rename(&tmp, &path).map_err(|e| io_error("making a journal segment", &path, &e))?;
         }
         sync_dir(dir)?;
@@ -699,7 +727,7 @@ mod tests {
         let mut a = Journal::open(&dir, None).unwrap();
         let mut b = Journal::open(&dir, None).unwrap();
         let mut chain = Chain::new();
-        // Batches of ~1 MiB: a segment holds about 31, so this crosses into a second.
+        // Batches of ~1 MiB: segments of 1, 2, 4, 8 … MiB, so this crosses several.
         for i in 0..40 {
             let j = if i % 3 == 0 { &mut a } else { &mut b };
             let head = j.head().unwrap();
@@ -749,6 +777,14 @@ mod tests {
             index.index_journal(&mut Reader::new(&dir)),
             Err(StoreError::Refused(_))
         ));
+    }
+
+    #[test]
+    fn segments_grow_from_one_mebibyte() {
+        assert_eq!(segment_bytes(1), 1 << 20);
+        assert_eq!(segment_bytes(2), 2 << 20);
+        assert_eq!(segment_bytes(6), SEGMENT_BYTES);
+        assert_eq!(segment_bytes(u64::MAX), SEGMENT_BYTES);
     }
 
     #[test]
