@@ -61,6 +61,12 @@ pub trait AuditSink: Send + Sync + 'static {
     fn failures(&self) -> u64 {
         0
     }
+
+    /// Appends an event that nobody waits for (not write-ahead: a completion). A sink may
+    /// make it durable a little later, with the next event someone waits for.
+    fn append_lazy(&self, event: Event) {
+        let _ = self.append(event);
+    }
 }
 
 /// Writes each event as one JSON line to the structured log (target `weir::audit`), and
@@ -82,9 +88,17 @@ type Ack = oneshot::Sender<Result<(), AuditError>>;
 
 enum Msg {
     Event(String, Ack),
+    /// An event nobody waits for (a completion): written with the next batch that someone
+    /// waits for, or within [`LAZY_DELAY`].
+    Lazy(String),
     /// Write what was queued before this, then stop.
     Close,
 }
+
+/// How long an event nobody waits for may wait for company. A completion then rides with
+/// the next statement's batch instead of costing a flush of its own that the next statement
+/// would queue behind.
+const LAZY_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Most events sealed into one batch (one transaction, one fsync, one checkpoint). Bounds the
 /// writer's memory and the size of one transaction; under any realistic load a batch is what
@@ -296,6 +310,16 @@ impl AuditSink for DurableSink {
         }
     }
 
+    fn append_lazy(&self, event: Event) {
+        let body = event.to_json();
+        if tracing::enabled!(target: "weir::audit", tracing::Level::INFO) {
+            tracing::info!(target: "weir::audit", "{body}");
+        }
+        if self.tx.send(Msg::Lazy(body)).is_err() {
+            tracing::warn!("the audit writer has stopped; an event nobody waits for is lost");
+        }
+    }
+
     fn failures(&self) -> u64 {
         self.failures.load(Ordering::Acquire)
     }
@@ -416,22 +440,39 @@ impl<S: DurableLog> Writer<S> {
         let mut closing = false;
         let mut stats = Stats::default();
         while !closing {
-            // Wait for one event, then take whatever else is already queued.
-            match rx.recv() {
-                Ok(Msg::Event(body, ack)) => {
-                    bodies.push(body);
-                    acks.push(ack);
-                }
-                Ok(Msg::Close) | Err(_) => closing = true,
-            }
-            while !closing && bodies.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(Msg::Event(body, ack)) => {
+            // Wait for one event, then take whatever else is already queued. While the batch
+            // holds only events nobody waits for, wait a little for one somebody does.
+            let mut lazy_until: Option<std::time::Instant> = None;
+            while bodies.len() < MAX_BATCH {
+                let msg = if bodies.is_empty() {
+                    rx.recv().ok()
+                } else if let (true, Some(until)) = (acks.is_empty(), lazy_until) {
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(m) => Some(m),
+                        Err(mpsc::RecvTimeoutError::Timeout) => break,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                    }
+                } else {
+                    match rx.try_recv() {
+                        Ok(m) => Some(m),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => None,
+                    }
+                };
+                match msg {
+                    Some(Msg::Event(body, ack)) => {
                         bodies.push(body);
                         acks.push(ack);
                     }
-                    Ok(Msg::Close) | Err(TryRecvError::Disconnected) => closing = true,
-                    Err(TryRecvError::Empty) => break,
+                    Some(Msg::Lazy(body)) => {
+                        bodies.push(body);
+                        lazy_until.get_or_insert_with(|| std::time::Instant::now() + LAZY_DELAY);
+                    }
+                    Some(Msg::Close) | None => {
+                        closing = true;
+                        break;
+                    }
                 }
             }
             if bodies.is_empty() {
@@ -567,6 +608,34 @@ mod tests {
             .unwrap()
             .verify(&signer().public_key())
             .unwrap()
+    }
+
+    #[test]
+    fn events_nobody_waits_for_ride_with_the_next_batch_or_wait_a_little() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        let sink = start(&path);
+        sink.append_lazy(event("lazy", 1));
+        wait(sink.append(event("waited", 2))).unwrap();
+        // One batch: one checkpoint covers both.
+        let store = AuditStore::open(&path).unwrap();
+        assert_eq!(store.checkpoints().unwrap().len(), 1);
+        // Alone, it is written within the delay.
+        sink.append_lazy(event("lazy", 3));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while bodies(&path).len() < 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(bodies(&path).len(), 3);
+        // And at close.
+        sink.append_lazy(event("lazy", 4));
+        sink.close();
+        let subjects: Vec<String> = bodies(&path)
+            .iter()
+            .map(|b| b["subject"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(subjects, ["1", "2", "3", "4"]);
+        assert!(verify(&path).is_ok());
     }
 
     #[test]

@@ -418,7 +418,7 @@ pub(crate) fn completed(session: &SessionInfo, c: Completion) {
         .observe_rows(&session.identity.name, c.rows)
         .into_iter()
         .collect();
-    let _ = session.shared.audit.append(Event::Completed {
+    session.shared.audit.append_lazy(Event::Completed {
         anomalies,
         session: session.session,
         request: c.request,
