@@ -552,7 +552,12 @@ pub(crate) async fn admit(
                 waiting => pending.push(waiting),
             }
         }
-        return Ok((!pending.is_empty()).then(|| write_ahead::Durability::new(pending)));
+        if pending.is_empty() {
+            // Durable already: nothing for the result stage to wait for, or to confirm.
+            session.write_ahead.confirmed(request);
+            return Ok(None);
+        }
+        return Ok(Some(write_ahead::Durability::new(pending)));
     }
     let mut failure = None;
     for ack in acks {
