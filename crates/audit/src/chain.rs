@@ -175,7 +175,6 @@ pub enum KeyError {
 /// Key file format ([`key_to_file_text`]): the 32-byte ed25519 seed as 64 lowercase hex
 /// digits and a newline; reading accepts either case and ignores surrounding whitespace.
 /// The file must be private (the store creates it with mode 0600).
-#[derive(Clone)]
 pub struct Signer {
     key: SigningKey,
 }

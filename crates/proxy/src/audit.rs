@@ -239,11 +239,7 @@ impl DurableSink {
         let (tx, rx) = mpsc::channel();
         let failures = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&failures);
-        let rebase = Arc::new(Mutex::new(None));
-        let (sealed_tx, sealed_rx) = mpsc::sync_channel(1);
-        let sealer_signer = signer.clone();
-        let sealer_rebase = Arc::clone(&rebase);
-        let flusher = std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("weir-audit".into())
             .spawn(move || {
                 Writer {
@@ -253,18 +249,8 @@ impl DurableSink {
                     failures: counted,
                     indexer,
                     reread: false,
-                    rebase,
                 }
-                .run(&sealed_rx)
-            })
-            .map_err(|e| AuditError(format!("starting the audit writer: {e}")))?;
-        let writer = std::thread::Builder::new()
-            .name("weir-audit-seal".into())
-            .spawn(move || {
-                run_sealer(&rx, sealed_tx, &sealer_signer, chain, &sealer_rebase);
-                if flusher.join().is_err() {
-                    tracing::error!("the audit writer panicked");
-                }
+                .run(&rx)
             })
             .map_err(|e| AuditError(format!("starting the audit writer: {e}")))?;
         Ok(DurableSink {
@@ -445,149 +431,69 @@ struct Writer<S> {
     failures: Arc<AtomicU64>,
     /// A batch failed: the head is read from the store before the next one.
     reread: bool,
-    /// Where the sealer must continue after the writer sealed a batch again.
-    rebase: Arc<Mutex<Option<Chain>>>,
-}
-
-/// A batch sealed into the chain as the sealer expects it to continue, and signed; the
-/// writer seals it again if the trail continued otherwise.
-struct Sealed {
-    records: Vec<weir_audit::chain::Record>,
-    checkpoint: weir_audit::chain::Checkpoint,
-    acks: Vec<Ack>,
-}
-
-/// Takes the next batch from the queue: waits for one event, then takes whatever else is
-/// queued; while the batch holds only events nobody waits for, waits a little for one that
-/// somebody does. Returns true when the sink is closing.
-fn gather(rx: &mpsc::Receiver<Msg>, bodies: &mut Vec<String>, acks: &mut Vec<Ack>) -> bool {
-    let mut lazy_until: Option<std::time::Instant> = None;
-    while bodies.len() < MAX_BATCH {
-        let msg = if bodies.is_empty() {
-            rx.recv().ok()
-        } else if let (true, Some(until)) = (acks.is_empty(), lazy_until) {
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(m) => Some(m),
-                Err(mpsc::RecvTimeoutError::Timeout) => return false,
-                Err(mpsc::RecvTimeoutError::Disconnected) => None,
-            }
-        } else {
-            match rx.try_recv() {
-                Ok(m) => Some(m),
-                Err(TryRecvError::Empty) => return false,
-                Err(TryRecvError::Disconnected) => None,
-            }
-        };
-        match msg {
-            Some(Msg::Event(body, ack)) => {
-                bodies.push(body);
-                acks.push(ack);
-            }
-            Some(Msg::Lazy(body)) => {
-                bodies.push(body);
-                lazy_until.get_or_insert_with(|| std::time::Instant::now() + LAZY_DELAY);
-            }
-            Some(Msg::Close) | None => return true,
-        }
-    }
-    false
-}
-
-/// The first stage of the writer: gathers a batch, seals and signs it on the chain as it
-/// expects it to continue, and hands it to the writer, so that sealing and signing the next
-/// batch overlap the flush of the one before. At most one sealed batch waits.
-fn run_sealer(
-    rx: &mpsc::Receiver<Msg>,
-    out: mpsc::SyncSender<Sealed>,
-    signer: &Signer,
-    mut chain: Chain,
-    rebase: &Mutex<Option<Chain>>,
-) {
-    let mut closing = false;
-    while !closing {
-        let mut bodies = Vec::new();
-        let mut acks = Vec::new();
-        closing = gather(rx, &mut bodies, &mut acks);
-        if bodies.is_empty() {
-            continue;
-        }
-        if let Some(c) = rebase.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            chain = c;
-        }
-        let ts = now_us();
-        let records: Vec<_> = bodies.into_iter().map(|b| chain.seal(ts, b)).collect();
-        let checkpoint = signer.sign_checkpoint(chain.last_seq(), chain.head(), ts);
-        if out
-            .send(Sealed {
-                records,
-                checkpoint,
-                acks,
-            })
-            .is_err()
-        {
-            break;
-        }
-    }
-    // Dropping `rx` now fails whatever was queued after `Close`: those sessions get "audit
-    // writer stopped" and do not run their statements.
 }
 
 impl<S: DurableLog> Writer<S> {
-    fn run(mut self, rx: &mpsc::Receiver<Sealed>) {
+    fn run(mut self, rx: &mpsc::Receiver<Msg>) {
+        let mut bodies = Vec::with_capacity(MAX_BATCH);
+        let mut acks = Vec::with_capacity(MAX_BATCH);
+        let mut closing = false;
         let mut stats = Stats::default();
-        while let Ok(sealed) = rx.recv() {
+        while !closing {
+            // Wait for one event, then take whatever else is already queued. While the batch
+            // holds only events nobody waits for, wait a little for one somebody does.
+            let mut lazy_until: Option<std::time::Instant> = None;
+            while bodies.len() < MAX_BATCH {
+                let msg = if bodies.is_empty() {
+                    rx.recv().ok()
+                } else if let (true, Some(until)) = (acks.is_empty(), lazy_until) {
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(m) => Some(m),
+                        Err(mpsc::RecvTimeoutError::Timeout) => break,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                    }
+                } else {
+                    match rx.try_recv() {
+                        Ok(m) => Some(m),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => None,
+                    }
+                };
+                match msg {
+                    Some(Msg::Event(body, ack)) => {
+                        bodies.push(body);
+                        acks.push(ack);
+                    }
+                    Some(Msg::Lazy(body)) => {
+                        bodies.push(body);
+                        lazy_until.get_or_insert_with(|| std::time::Instant::now() + LAZY_DELAY);
+                    }
+                    Some(Msg::Close) | None => {
+                        closing = true;
+                        break;
+                    }
+                }
+            }
+            if bodies.is_empty() {
+                continue;
+            }
             let started = std::time::Instant::now();
-            let n = sealed.records.len();
-            let result = self.write_sealed(sealed.records, sealed.checkpoint);
+            let n = bodies.len();
+            let result = self.write(&mut bodies);
             if result.is_err() {
                 self.failures.fetch_add(1, Ordering::AcqRel);
             } else if let Some(indexer) = &self.indexer {
                 let _ = indexer.send(Index::Batch);
             }
             stats.batch(n, started.elapsed());
-            for ack in sealed.acks {
+            for ack in acks.drain(..) {
                 // A session that went away no longer waits: nothing to tell it.
                 let _ = ack.send(result.clone());
             }
         }
-    }
-
-    /// Stores a sealed batch as it is when it continues the durable head; otherwise (the
-    /// trail continued elsewhere, or an earlier batch failed) seals it again after the head.
-    fn write_sealed(
-        &mut self,
-        records: Vec<weir_audit::chain::Record>,
-        checkpoint: weir_audit::chain::Checkpoint,
-    ) -> Result<(), AuditError> {
-        let continues = !self.reread
-            && records.first().is_some_and(|r| {
-                r.seq == self.chain.last_seq().saturating_add(1) && r.prev == self.chain.head()
-            });
-        if continues {
-            let events = records.len();
-            match self.store.append(&records, &checkpoint) {
-                Ok(()) => {
-                    if let Some(last) = records.last() {
-                        self.chain = Chain::resume(last.seq, last.hash);
-                    }
-                    return Ok(());
-                }
-                Err(weir_store::StoreError::Refused(_)) => {}
-                Err(e) => {
-                    tracing::error!(cause = %e, events, "audit trail write failed; the statements are refused");
-                    self.reread = true;
-                    return Err(AuditError(format!(
-                        "the audit trail could not be written: {e}"
-                    )));
-                }
-            }
-        }
-        let mut bodies: Vec<String> = records.into_iter().map(|r| r.body).collect();
-        let result = self.write(&mut bodies);
-        // The sealer continues from here.
-        *self.rebase.lock().unwrap_or_else(PoisonError::into_inner) = Some(self.chain);
-        result
+        // Dropping `rx` now fails whatever was queued after `Close`: those sessions get
+        // "audit writer stopped" and do not run their statements.
     }
 
     /// Seals, signs and stores one batch; empties `bodies`. When the store refuses the batch
