@@ -20,7 +20,10 @@
 //! **Invariant:** frames are appended under the lock, each continuing the chain's head
 //! (refused otherwise, as the SQLite store refuses), and a batch is acknowledged only after
 //! its frame's `fdatasync`. A torn frame (a crash mid-write) fails its checksum and ends the
-//! data; the next append overwrites it. Segments are removed only once every record in them
+//! data; the next append overwrites it. After a failed write or flush of a frame, that
+//! appender appends nothing more until it is opened again (fail closed: the kernel may have
+//! dropped the failed pages, and no later frame may sit behind a hole). Segments are removed
+//! only once every record in them
 //! is in the index ([`Journal::remove_indexed`]), and never the last one.
 //!
 //! Several processes may append (the gateway, `weir mcp`, the CLI recording an
@@ -184,7 +187,42 @@ enum Slot {
     End,
 }
 
-fn read_slot(file: &File, size: u64, at: u64) -> Result<Slot, StoreError> {
+/// Where frames are read from: a segment file, or (for tests and fuzzing) its bytes.
+trait ReadAt {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl ReadAt for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let start = usize::try_from(offset).map_err(|_| io::ErrorKind::UnexpectedEof)?;
+        let src = self
+            .get(start..)
+            .and_then(|rest| rest.get(..buf.len()))
+            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+/// The batches a segment's bytes hold, read as the journal reads a segment file: up to the
+/// first torn, malformed or empty frame, or the continuation marker.
+pub fn decode_segment(bytes: &[u8]) -> Vec<(Vec<Record>, Checkpoint)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Ok(Slot::Frame(records, cp, len)) = read_slot(bytes, bytes.len() as u64, at) {
+        out.push((records, cp));
+        at += len;
+    }
+    out
+}
+
+fn read_slot<R: ReadAt + ?Sized>(file: &R, size: u64, at: u64) -> Result<Slot, StoreError> {
     let mut header = [0u8; HEADER as usize];
     if at + HEADER > size || file.read_exact_at(&mut header, at).is_err() {
         return Ok(Slot::End);
@@ -310,6 +348,11 @@ struct Inner {
     dir: PathBuf,
     tail: Tail,
     head: Option<Head>,
+    /// A write or flush failed. After a failed `fdatasync` the kernel may have dropped the
+    /// dirty pages, so what follows could sit behind a hole on disk: nothing more is appended
+    /// through this journal (every batch fails, the statements do not run) until the process
+    /// opens it again and finds where the durable data really ends.
+    broken: Option<String>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -396,6 +439,7 @@ impl Journal {
                 dir: dir.to_owned(),
                 tail,
                 head,
+                broken: None,
             },
         })
     }
@@ -517,6 +561,15 @@ impl Inner {
 
     /// Appends under the lock, after [`Inner::follow`].
     fn append(&mut self, records: &[Record], cp: &Checkpoint) -> Result<(), StoreError> {
+        if let Some(why) = &self.broken {
+            return Err(StoreError::Io(io::Error::other(format!(
+                "the trail's journal failed earlier ({why}); restart weir to append again"
+            ))));
+        }
+        self.append_frame(records, cp)
+    }
+
+    fn append_frame(&mut self, records: &[Record], cp: &Checkpoint) -> Result<(), StoreError> {
         let (mut last, mut hash) = self.head.unwrap_or((0, chain::GENESIS));
         for r in records {
             if r.seq != last.saturating_add(1) || r.prev != hash {
@@ -545,11 +598,15 @@ impl Inner {
                 .map_err(|e| io_error("writing the trail's journal", &self.dir, &e))?;
             self.tail = Journal::create_segment(&self.dir, self.tail.ordinal + 1, len + HEADER)?;
         }
-        self.tail
+        if let Err(e) = self
+            .tail
             .file
             .write_all_at(&frame, self.tail.end)
             .and_then(|()| self.tail.file.sync_data())
-            .map_err(|e| io_error("writing the trail's journal", &self.dir, &e))?;
+        {
+            self.broken = Some(e.to_string());
+            return Err(io_error("writing the trail's journal", &self.dir, &e));
+        }
         self.tail.end += len;
         self.head = Some((last, hash));
         Ok(())
@@ -777,6 +834,23 @@ mod tests {
             index.index_journal(&mut Reader::new(&dir)),
             Err(StoreError::Refused(_))
         ));
+    }
+
+    #[test]
+    fn a_segment_decodes_to_its_batches_up_to_the_first_bad_frame() {
+        let mut chain = Chain::new();
+        let (r1, c1) = batch(&mut chain, 2, 3);
+        let (r2, c2) = batch(&mut chain, 1, 3);
+        let mut bytes = encode(&r1, &c1);
+        let second = encode(&r2, &c2);
+        bytes.extend_from_slice(&second);
+        assert_eq!(decode_segment(&bytes).len(), 2);
+        // One flipped byte in the second frame's payload: only the first is read.
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert_eq!(decode_segment(&bytes).len(), 1);
+        assert!(decode_segment(&bytes[..10]).is_empty());
+        assert!(decode_segment(&[]).is_empty());
     }
 
     #[test]
