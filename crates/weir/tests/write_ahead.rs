@@ -205,3 +205,81 @@ async fn a_lost_event_withholds_the_result_and_rolls_the_transaction_back() {
     assert!(verify.status.success(), "{}", stderr(&verify));
     assert!(stdout(&verify).starts_with("ok "), "{}", stdout(&verify));
 }
+
+/// A COMMIT sent with Flush instead of Sync gets no ReadyForQuery, so the last transaction
+/// status Weir saw ("in a block") is stale: the next write runs in autocommit and must wait
+/// for its event like any autocommit write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_without_sync_leaves_no_stale_transaction_status() {
+    use bytes::Bytes;
+    use weir_wire::backend::Message as B;
+    use weir_wire::frontend::{Bind, Message as F, Parse};
+    let g = gateway();
+    let port = g.port;
+    let mut c = tokio::task::spawn_blocking(move || {
+        let mut c = RawClient::connect(port, "bob", BOB_TOKEN, "app");
+        c.send(&[F::Query(Bytes::from_static(b"BEGIN"))]);
+        c.until_ready();
+        c.send(&[
+            F::Parse(Parse {
+                name: Bytes::new(),
+                query: Bytes::from_static(b"COMMIT"),
+                param_types: vec![],
+            }),
+            F::Bind(Bind {
+                portal: Bytes::new(),
+                statement: Bytes::new(),
+                param_formats: vec![],
+                params: vec![],
+                result_formats: vec![],
+            }),
+            F::Execute {
+                portal: Bytes::new(),
+                max_rows: 0,
+            },
+            F::Flush,
+        ]);
+        loop {
+            if let B::CommandComplete(_) = c.recv() {
+                break;
+            }
+        }
+        c
+    })
+    .await
+    .unwrap();
+    let lock = lock_trail(&g);
+    let mut c = tokio::task::spawn_blocking(move || {
+        c.send(&[F::Query(Bytes::from_static(
+            b"INSERT INTO t VALUES (5, 'after a flushed commit')",
+        ))]);
+        c
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let seen = server_activity(&g);
+    assert!(
+        !seen.contains("after a flushed commit"),
+        "a write in autocommit is not forwarded before its event is durable:\n{seen}"
+    );
+    lock.release();
+    let (msgs, status) = tokio::task::spawn_blocking(move || {
+        // The Execute's Flush left the extended request open; its Sync comes with the Query.
+        c.send(&[F::Sync]);
+        let mut all = Vec::new();
+        for _ in 0..2 {
+            let (m, s) = c.until_ready();
+            all.extend(m);
+            if s == weir_wire::backend::TxStatus::Idle && !all.is_empty() {
+                return (all, s);
+            }
+        }
+        (all, weir_wire::backend::TxStatus::Idle)
+    })
+    .await
+    .unwrap();
+    assert!(first_error(&msgs).is_none(), "{msgs:?}");
+    assert_eq!(status, weir_wire::backend::TxStatus::Idle);
+    assert_eq!(rows_in_t(&g), "5");
+}

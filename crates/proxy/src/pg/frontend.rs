@@ -41,6 +41,10 @@ pub(super) struct FrontendHalf<'a> {
     /// The request being assembled executes such code: more SQL text in it is refused,
     /// since the server would lex that text after the code ran.
     batch_unseen: bool,
+    /// A request ending with Flush was forwarded since the last one ending with Sync: the
+    /// server has sent no ReadyForQuery for it, so the last transaction status Weir saw may
+    /// be stale (a COMMIT executed before a Flush).
+    unsynced: bool,
 }
 
 /// Whether a decided statement runs code Weir cannot see into, which could change session
@@ -98,6 +102,7 @@ impl<'a> FrontendHalf<'a> {
             bounded: None,
             unseen_in_flight: false,
             batch_unseen: false,
+            unsynced: false,
         }
     }
 
@@ -441,13 +446,19 @@ impl<'a> FrontendHalf<'a> {
         let one_row = matches!(&verdict, Verdict::AllowBounded { rows, .. } if *rows >= 1)
             && self.at_most_one_row(&items).await;
         let runs_now = (matches!(verdict, Verdict::Allow) || one_row).then(|| {
-            // Sure only when nothing forwarded earlier could still end the transaction.
-            if self.inbox.is_idle() && self.inbox.tx_status() == TxStatus::InTransaction {
+            // Sure only when everything forwarded earlier was answered up to a ReadyForQuery
+            // that said so: nothing still in flight could end the transaction.
+            if !self.unsynced
+                && self.inbox.is_idle()
+                && self.inbox.tx_status() == TxStatus::InTransaction
+            {
                 TxPosition::InBlock
             } else {
                 TxPosition::Other
             }
         });
+        // Whatever happens to this request, its end decides what the next one may assume.
+        self.unsynced = matches!(end, BatchEnd::Flush);
         let durability = match pipeline::admit(&self.ctx.info, id, &items, &verdict, runs_now).await
         {
             Ok(d) => d,
