@@ -31,6 +31,7 @@ static CATALOG: LazyLock<Catalog> = LazyLock::new(|| {
                 row_types,
                 unique_keys: if *c == "id" { vec![(oid + 5, 1)] } else { Vec::new() },
                 side_effects: false,
+                read_runs_code: false,
             });
         }
     }

@@ -67,6 +67,7 @@ fn catalog() -> Catalog {
                 row_types: [0, 0],
                 unique_keys: Vec::new(),
                 side_effects: false,
+                read_runs_code: false,
             });
         }
     }

@@ -187,6 +187,10 @@ pub struct CatalogRow {
     /// has a rule, a user trigger or inheritance children, or this column is an identity or
     /// has a default that calls a function (a sequence's `nextval`).
     pub side_effects: bool,
+    /// Reading the relation may run code the statement does not show: a view (its rule
+    /// may call any function), a foreign table, or a table with row-level security (its
+    /// policies may).
+    pub read_runs_code: bool,
 }
 
 /// The classified catalog of one target.
@@ -210,6 +214,8 @@ pub struct Catalog {
     /// `schema.table` → whether writing it changes its rows and nothing else (see
     /// [`CatalogRow::side_effects`]): `true` only when no column says otherwise.
     rows_only: HashMap<String, bool>,
+    /// `schema.table` → whether reading it runs no code beyond what the statement shows.
+    plain_reads: HashMap<String, bool>,
     /// A view → the `schema.table.column`s its rule reads: a write into an updatable view
     /// lands in them.
     view_reads: HashMap<String, Vec<String>>,
@@ -240,6 +246,11 @@ impl Catalog {
                 .entry(format!("{}.{}", r.schema, r.table))
                 .or_insert(true);
             *only &= !r.side_effects;
+            let plain = c
+                .plain_reads
+                .entry(format!("{}.{}", r.schema, r.table))
+                .or_insert(true);
+            *plain &= !r.read_runs_code;
             for &(index, n) in &r.unique_keys {
                 keys.entry((format!("{}.{}", r.schema, r.table), index))
                     .or_insert_with(|| (n, Vec::new()))
@@ -507,6 +518,13 @@ impl Catalog {
         self.rows_only.get(table).copied().unwrap_or(false)
     }
 
+    /// Whether reading `schema.table` runs no code the statement does not show (a plain or
+    /// partitioned table or a materialized view, without row-level security). `false` for
+    /// a relation the catalog does not know.
+    pub fn reads_run_no_code(&self, table: &str) -> bool {
+        self.plain_reads.get(table).copied().unwrap_or(false)
+    }
+
     /// For a value of a relation's row type (or an array of it), the first sensitive column
     /// it holds, as `schema.table.column`, with how the whole value is masked.
     pub fn row_type_sensitive(&self, type_oid: u32) -> Option<(String, Sensitive)> {
@@ -547,6 +565,7 @@ mod tests {
             row_types: [0, 0],
             unique_keys: Vec::new(),
             side_effects: false,
+            read_runs_code: false,
         }
     }
 

@@ -225,6 +225,7 @@ mod tests {
             row_types: [0, 0],
             unique_keys: Vec::new(),
             side_effects: false,
+            read_runs_code: false,
         }
     }
 

@@ -45,7 +45,8 @@ SELECT c.oid::int8, a.attnum::int4, n.nspname, c.relname, a.attname, a.atttypid:
   (c.relkind <> 'r' OR c.relhasrules OR c.relhassubclass OR a.attidentity <> '' \
     OR EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal) \
     OR (a.atthasdef AND EXISTS (SELECT 1 FROM pg_attrdef ad WHERE ad.adrelid = c.oid \
-      AND ad.adnum = a.attnum AND pg_get_expr(ad.adbin, ad.adrelid) LIKE '%(%')))::text \
+      AND ad.adnum = a.attnum AND pg_get_expr(ad.adbin, ad.adrelid) LIKE '%(%')))::text, \
+  (c.relkind IN ('r', 'p', 'm', 'c') AND NOT c.relrowsecurity)::text \
 FROM pg_attribute a \
 JOIN pg_class c ON c.oid = a.attrelid \
 JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -440,5 +441,7 @@ fn catalog_row(r: &[Option<String>]) -> Option<CatalogRow> {
             .collect(),
         // Unreadable counts as having effects: the write then waits for its event.
         side_effects: text(10).as_deref() != Some("false"),
+        // Unreadable counts as running code: the read then waits for its event.
+        read_runs_code: text(11).as_deref() != Some("true"),
     })
 }

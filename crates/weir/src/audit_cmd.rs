@@ -86,7 +86,7 @@ fn open(config: &Path) -> anyhow::Result<(Config, AuditStore)> {
     match store.index_journal(&mut weir_store::journal::Reader::new(&dir)) {
         Ok(_) | Err(weir_store::StoreError::Refused(_)) => {}
         Err(e) => eprintln!(
-            "weir: warning: the audit trail's journal {} could not be read, so its newest events may be missing here: {e}",
+            "weir: warning: the audit trail's journal {} could not be indexed into the store, so its newest events may be missing here: {e}",
             dir.display()
         ),
     }

@@ -283,3 +283,29 @@ async fn a_commit_without_sync_leaves_no_stale_transaction_status() {
     assert_eq!(status, weir_wire::backend::TxStatus::Idle);
     assert_eq!(rows_in_t(&g), "5");
 }
+
+/// A read of a view runs the view's rule, which may call a function that writes (and, in
+/// autocommit, commits): it waits for its event like a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_that_writes_is_not_read_before_its_event_is_durable() {
+    let g = gateway();
+    g.cluster
+        .psql(
+            "app",
+            "CREATE TABLE side (x int); GRANT ALL ON side TO PUBLIC; \
+             CREATE FUNCTION touch() RETURNS int LANGUAGE sql AS 'INSERT INTO side VALUES (1) RETURNING 1'; \
+             CREATE VIEW touching AS SELECT touch() AS x; GRANT SELECT ON touching TO PUBLIC;",
+        )
+        .unwrap();
+    let reader = g.connect("bob", BOB_TOKEN).await.unwrap();
+    // The catalog is loaded by a first statement.
+    reader.batch_execute("SELECT 1").await.unwrap();
+    let lock = lock_trail(&g);
+    let read = tokio::spawn(async move { first_value(&reader, "SELECT x FROM touching").await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let side = |g: &Gateway| g.cluster.psql("app", "SELECT count(*) FROM side").unwrap();
+    assert_eq!(side(&g).trim(), "0", "the view's write waits for the event");
+    lock.release();
+    assert_eq!(read.await.unwrap().unwrap().as_deref(), Some("1"));
+    assert_eq!(side(&g).trim(), "1");
+}

@@ -80,15 +80,29 @@ impl std::fmt::Debug for Durability {
 /// Whether a request whose verdict lets it run now may be forwarded while its events
 /// flush. `catalog` is the target's, when Weir has one.
 pub(crate) fn may_overlap(items: &[Item], tx: TxPosition, catalog: Option<&Catalog>) -> bool {
+    let statements = || {
+        items
+            .iter()
+            .flat_map(|i| i.decision.analysis.statements.iter())
+    };
+    // A request that ends the block (`ROLLBACK; UPDATE …`) runs what follows in autocommit.
+    let tx = if statements().any(ends_block) {
+        TxPosition::Other
+    } else {
+        tx
+    };
     !items.is_empty()
-        && items.iter().all(|i| {
-            i.derived.is_empty()
-                && i.decision
-                    .analysis
-                    .statements
-                    .iter()
-                    .all(|f| statement_may_overlap(f, tx, catalog))
-        })
+        && items.iter().all(|i| i.derived.is_empty())
+        && statements().all(|f| statement_may_overlap(f, tx, catalog))
+}
+
+/// Ends an explicit transaction block (or may: anything but a savepoint's statements).
+fn ends_block(f: &StatementFacts) -> bool {
+    f.kind == StatementKind::Transaction
+        && !matches!(
+            f.transaction,
+            Some("begin" | "start" | "savepoint" | "release" | "rollback_to")
+        )
 }
 
 fn statement_may_overlap(f: &StatementFacts, tx: TxPosition, catalog: Option<&Catalog>) -> bool {
@@ -101,7 +115,11 @@ fn statement_may_overlap(f: &StatementFacts, tx: TxPosition, catalog: Option<&Ca
         && f.copy.is_none()
         && f.inner.is_none()
         && !f.explain_analyze;
-    if !sees_all {
+    // What it reads runs no code it does not show: no view's rule, no row-level security
+    // policy's function (either could write, and commit, in autocommit).
+    let reads_plain = f.tables_read.is_empty()
+        || catalog.is_some_and(|c| f.tables_read.iter().all(|t| c.reads_run_no_code(t)));
+    if !sees_all || !reads_plain {
         return false;
     }
     match f.kind {
@@ -207,11 +225,13 @@ mod tests {
             row_types: [0, 0],
             unique_keys: Vec::new(),
             side_effects,
+            read_runs_code: table == "a_view",
         };
         Catalog::build(
             vec![
                 row(1, "accounts", "balance", false),
                 row(2, "audited", "x", true),
+                row(3, "a_view", "x", false),
             ],
             &Rules::default(),
         )
@@ -249,7 +269,6 @@ mod tests {
             "UPDATE public.accounts SET balance = balance + 1 WHERE balance = 3",
             "INSERT INTO public.accounts VALUES ('x')",
             "DELETE FROM public.accounts WHERE balance = '1'",
-            "WITH d AS (DELETE FROM public.accounts RETURNING 1) SELECT count(*) FROM d",
         ] {
             assert!(!overlaps(sql, TxPosition::Other), "{sql}");
             assert!(overlaps(sql, TxPosition::InBlock), "{sql}");
@@ -285,9 +304,41 @@ mod tests {
             "UPDATE public.audited SET x = '1'",
             "UPDATE public.unknown SET x = '1'",
             "INSERT INTO public.accounts SELECT nextval('s')::text",
+            "SELECT * FROM public.a_view",
+            "SELECT * FROM public.unknown",
+            "UPDATE public.accounts SET balance = v.x FROM public.a_view v",
+            // A CTE's name is no relation the catalog knows: strict.
+            "WITH d AS (DELETE FROM public.accounts RETURNING 1) SELECT count(*) FROM d",
         ] {
             assert!(!overlaps(sql, TxPosition::InBlock), "{sql}");
         }
+    }
+
+    #[test]
+    fn a_request_that_ends_the_block_does_not_overlap_the_writes_after_it() {
+        let c = catalog();
+        let request = |sql: &str| -> bool {
+            let facts = analyze_sql(sql).unwrap();
+            let decision = weir_policy::Decision {
+                analysis: std::sync::Arc::new(weir_analyze::Analysis::synthetic(sql, facts)),
+                verdicts: vec![weir_policy::Verdict::Allow],
+                touched: std::sync::Arc::from(Vec::new()),
+                anomalies: Vec::new(),
+            };
+            let items = [Item::new("query", std::sync::Arc::new(decision))];
+            may_overlap(&items, TxPosition::InBlock, Some(&c))
+        };
+        assert!(!request(
+            "ROLLBACK; UPDATE public.accounts SET balance = '1'"
+        ));
+        assert!(!request("ABORT; INSERT INTO public.accounts VALUES ('x')"));
+        assert!(request(
+            "ROLLBACK TO s; UPDATE public.accounts SET balance = '1'"
+        ));
+        assert!(request(
+            "SAVEPOINT s; UPDATE public.accounts SET balance = '1'"
+        ));
+        assert!(request("ROLLBACK"));
     }
 
     #[test]
