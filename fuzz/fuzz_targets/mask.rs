@@ -20,18 +20,10 @@ static CATALOG: LazyLock<Catalog> = LazyLock::new(|| {
     ] {
         for (i, c) in cols.iter().enumerate() {
             rows.push(CatalogRow {
-                table_oid: oid,
-                attnum: i as i16 + 1,
-                schema: "public".into(),
-                table: table.into(),
-                column: (*c).into(),
                 type_oid: if *c == "who" { 16411 } else { 25 },
-                is_view: false,
-                view_reads: Vec::new(),
                 row_types,
                 unique_keys: if *c == "id" { vec![(oid + 5, 1)] } else { Vec::new() },
-                side_effects: false,
-                read_runs_code: false,
+                ..CatalogRow::column(oid, i as i16 + 1, "public", table, c)
             });
         }
     }

@@ -55,20 +55,7 @@ fn catalog() -> Catalog {
         ),
     ] {
         for (i, c) in names.iter().enumerate() {
-            rows.push(CatalogRow {
-                table_oid: oid,
-                attnum: i as i16 + 1,
-                schema: "public".into(),
-                table: table.into(),
-                column: c.to_string(),
-                type_oid: 25,
-                is_view: false,
-                view_reads: Vec::new(),
-                row_types: [0, 0],
-                unique_keys: Vec::new(),
-                side_effects: false,
-                read_runs_code: false,
-            });
+            rows.push(CatalogRow::column(oid, i as i16 + 1, "public", table, c));
         }
     }
     Catalog::build(rows, &Rules::default())

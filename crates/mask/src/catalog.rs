@@ -193,6 +193,34 @@ pub struct CatalogRow {
     pub read_runs_code: bool,
 }
 
+impl CatalogRow {
+    /// A text column of a plain table and nothing else known: not a view, no row types, no
+    /// unique key, writes and reads that run no code. Tests, benches and fuzz targets start
+    /// from it and set what they need.
+    pub fn column(
+        table_oid: u32,
+        attnum: i16,
+        schema: &str,
+        table: &str,
+        column: &str,
+    ) -> CatalogRow {
+        CatalogRow {
+            table_oid,
+            attnum,
+            schema: schema.into(),
+            table: table.into(),
+            column: column.into(),
+            type_oid: 25,
+            is_view: false,
+            view_reads: Vec::new(),
+            row_types: [0, 0],
+            unique_keys: Vec::new(),
+            side_effects: false,
+            read_runs_code: false,
+        }
+    }
+}
+
 /// The classified catalog of one target.
 #[derive(Debug, Default)]
 pub struct Catalog {
@@ -554,18 +582,9 @@ mod tests {
 
     fn row(oid: u32, n: i16, table: &str, column: &str, reads: &[&str]) -> CatalogRow {
         CatalogRow {
-            table_oid: oid,
-            attnum: n,
-            schema: "public".into(),
-            table: table.into(),
-            column: column.into(),
-            type_oid: 25,
             is_view: !reads.is_empty(),
             view_reads: reads.iter().map(|s| s.to_string()).collect(),
-            row_types: [0, 0],
-            unique_keys: Vec::new(),
-            side_effects: false,
-            read_runs_code: false,
+            ..CatalogRow::column(oid, n, "public", table, column)
         }
     }
 

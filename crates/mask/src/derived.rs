@@ -213,20 +213,7 @@ mod tests {
     use weir_analyze::{Analyzer, Scope};
 
     fn row(oid: u32, attnum: i16, schema: &str, table: &str, column: &str) -> CatalogRow {
-        CatalogRow {
-            table_oid: oid,
-            attnum,
-            schema: schema.into(),
-            table: table.into(),
-            column: column.into(),
-            type_oid: 25,
-            is_view: false,
-            view_reads: Vec::new(),
-            row_types: [0, 0],
-            unique_keys: Vec::new(),
-            side_effects: false,
-            read_runs_code: false,
-        }
+        CatalogRow::column(oid, attnum, schema, table, column)
     }
 
     fn catalog() -> Catalog {

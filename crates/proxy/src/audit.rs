@@ -15,9 +15,11 @@ use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
-use weir_audit::chain::{Chain, Signer};
+use weir_audit::chain::{Chain, Checkpoint, Record, Signer};
 use weir_audit::Event;
 use weir_store::audit::AuditTrail;
+use weir_store::journal::Journal;
+use weir_store::StoreError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("audit: {0}")]
@@ -135,40 +137,28 @@ pub struct DurableSink {
 /// Where the writer makes a batch durable: the trail's tables themselves, or its journal
 /// ([`weir_store::journal`]), with the tables filled behind it.
 pub trait DurableLog: Send + 'static {
-    fn head(&mut self) -> Result<Option<(u64, [u8; 32])>, weir_store::StoreError>;
-    fn append(
-        &mut self,
-        records: &[weir_audit::chain::Record],
-        checkpoint: &weir_audit::chain::Checkpoint,
-    ) -> Result<(), weir_store::StoreError>;
+    fn head(&mut self) -> Result<Option<(u64, [u8; 32])>, StoreError>;
+    fn append(&mut self, records: &[Record], checkpoint: &Checkpoint) -> Result<(), StoreError>;
 }
 
 /// The trail's tables as the durable write (one transaction and fsync per batch).
 pub struct Tables<S>(pub S);
 
 impl<S: AuditTrail + 'static> DurableLog for Tables<S> {
-    fn head(&mut self) -> Result<Option<(u64, [u8; 32])>, weir_store::StoreError> {
+    fn head(&mut self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         self.0.head()
     }
-    fn append(
-        &mut self,
-        records: &[weir_audit::chain::Record],
-        checkpoint: &weir_audit::chain::Checkpoint,
-    ) -> Result<(), weir_store::StoreError> {
+    fn append(&mut self, records: &[Record], checkpoint: &Checkpoint) -> Result<(), StoreError> {
         self.0.append(records, checkpoint)
     }
 }
 
-impl DurableLog for weir_store::journal::Journal {
-    fn head(&mut self) -> Result<Option<(u64, [u8; 32])>, weir_store::StoreError> {
-        weir_store::journal::Journal::head(self)
+impl DurableLog for Journal {
+    fn head(&mut self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        Journal::head(self)
     }
-    fn append(
-        &mut self,
-        records: &[weir_audit::chain::Record],
-        checkpoint: &weir_audit::chain::Checkpoint,
-    ) -> Result<(), weir_store::StoreError> {
-        weir_store::journal::Journal::append(self, records, checkpoint)
+    fn append(&mut self, records: &[Record], checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        Journal::append(self, records, checkpoint)
     }
 }
 
@@ -206,7 +196,7 @@ impl DurableSink {
     /// in one transaction for whatever arrived meanwhile. Segments whose events are all in
     /// the tables are removed, and a spare segment is kept ready, off the writer's path.
     pub fn start_journaled(
-        journal: weir_store::journal::Journal,
+        journal: Journal,
         index: weir_store::audit::AuditStore,
         dir: std::path::PathBuf,
         signer: Signer,
@@ -398,7 +388,7 @@ fn run_indexer(
                 }
                 failing = false;
                 let indexed = index.last_seq().unwrap_or(0);
-                if let Err(e) = weir_store::journal::Journal::remove_indexed(dir, indexed) {
+                if let Err(e) = Journal::remove_indexed(dir, indexed) {
                     tracing::warn!(cause = %e, "removing indexed journal segments failed");
                 }
                 if !closing {
@@ -502,7 +492,7 @@ impl<S: DurableLog> Writer<S> {
     fn write(&mut self, bodies: &mut Vec<String>) -> Result<(), AuditError> {
         let events = bodies.len();
         let mut attempt = self.try_write(std::mem::take(bodies));
-        if let Err((weir_store::StoreError::Refused(_), again)) = attempt {
+        if let Err((StoreError::Refused(_), again)) = attempt {
             attempt = match self.store.head() {
                 Ok(head) => {
                     self.chain = chain_at(head);
@@ -527,10 +517,7 @@ impl<S: DurableLog> Writer<S> {
     }
 
     /// One attempt: on failure, the error and the bodies, for another try.
-    fn try_write(
-        &mut self,
-        bodies: Vec<String>,
-    ) -> Result<(), (weir_store::StoreError, Vec<String>)> {
+    fn try_write(&mut self, bodies: Vec<String>) -> Result<(), (StoreError, Vec<String>)> {
         if self.reread {
             match self.store.head() {
                 Ok(head) => {

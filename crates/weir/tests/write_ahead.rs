@@ -213,32 +213,15 @@ async fn a_lost_event_withholds_the_result_and_rolls_the_transaction_back() {
 async fn a_commit_without_sync_leaves_no_stale_transaction_status() {
     use bytes::Bytes;
     use weir_wire::backend::Message as B;
-    use weir_wire::frontend::{Bind, Message as F, Parse};
+    use weir_wire::frontend::Message as F;
     let g = gateway();
     let port = g.port;
     let mut c = tokio::task::spawn_blocking(move || {
         let mut c = RawClient::connect(port, "bob", BOB_TOKEN, "app");
         c.send(&[F::Query(Bytes::from_static(b"BEGIN"))]);
         c.until_ready();
-        c.send(&[
-            F::Parse(Parse {
-                name: Bytes::new(),
-                query: Bytes::from_static(b"COMMIT"),
-                param_types: vec![],
-            }),
-            F::Bind(Bind {
-                portal: Bytes::new(),
-                statement: Bytes::new(),
-                param_formats: vec![],
-                params: vec![],
-                result_formats: vec![],
-            }),
-            F::Execute {
-                portal: Bytes::new(),
-                max_rows: 0,
-            },
-            F::Flush,
-        ]);
+        let [parse, bind, execute] = run_unnamed("COMMIT");
+        c.send(&[parse, bind, execute, F::Flush]);
         loop {
             if let B::CommandComplete(_) = c.recv() {
                 break;

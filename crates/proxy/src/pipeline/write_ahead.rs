@@ -214,18 +214,9 @@ mod tests {
 
     fn catalog() -> Catalog {
         let row = |oid: u32, table: &str, column: &str, side_effects: bool| CatalogRow {
-            table_oid: oid,
-            attnum: 1,
-            schema: "public".into(),
-            table: table.into(),
-            column: column.into(),
-            type_oid: 25,
-            is_view: false,
-            view_reads: Vec::new(),
-            row_types: [0, 0],
-            unique_keys: Vec::new(),
             side_effects,
             read_runs_code: table == "a_view",
+            ..CatalogRow::column(oid, 1, "public", table, column)
         };
         Catalog::build(
             vec![

@@ -407,6 +407,31 @@ impl RawClient {
     }
 }
 
+/// Parse, Bind and Execute of `sql` as the unnamed statement and portal, with no
+/// parameters and text results: one extended-protocol run, without its Sync or Flush.
+pub fn run_unnamed(sql: &'static str) -> [weir_wire::frontend::Message; 3] {
+    use bytes::Bytes;
+    use weir_wire::frontend::{Bind, Message as F, Parse};
+    [
+        F::Parse(Parse {
+            name: Bytes::new(),
+            query: Bytes::from_static(sql.as_bytes()),
+            param_types: vec![],
+        }),
+        F::Bind(Bind {
+            portal: Bytes::new(),
+            statement: Bytes::new(),
+            param_formats: vec![],
+            params: vec![],
+            result_formats: vec![],
+        }),
+        F::Execute {
+            portal: Bytes::new(),
+            max_rows: 0,
+        },
+    ]
+}
+
 /// The SQLSTATE and message of the first ErrorResponse among `msgs`.
 pub fn first_error(msgs: &[weir_wire::backend::Message]) -> Option<(String, String)> {
     msgs.iter().find_map(|m| match m {
