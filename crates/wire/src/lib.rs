@@ -20,6 +20,7 @@ pub mod backend;
 mod cursor;
 pub mod frame;
 pub mod frontend;
+pub mod mysql;
 pub mod scram;
 pub mod startup;
 
