@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 pub mod approval;
 pub mod lexing;
+pub mod mysql;
 pub mod postgres;
 mod scope;
 mod shape;

@@ -175,7 +175,10 @@ impl CatalogCache {
         // DDL that completes while the query runs invalidates again: the catalog then stays
         // stale, and the next request loads once more.
         let generation = self.invalidations.load(Ordering::Acquire);
-        let rows = load(shared, target).await?;
+        let rows = match target.engine {
+            weir_config::Engine::Postgres => load(shared, target).await?,
+            weir_config::Engine::Mysql => crate::my::catalog::load(shared, target).await?,
+        };
         let (rows, functions) = rows;
         let mut rules = self.rules.clone();
         rules.derived = load_derived(shared, &target.name).await?;

@@ -16,6 +16,7 @@ pub mod grants;
 pub mod http;
 mod io;
 pub mod mcp;
+mod my;
 pub mod notify;
 pub mod oidc;
 mod pg;
@@ -194,6 +195,8 @@ impl Shared {
 pub struct Gateway {
     shared: Arc<Shared>,
     listener: TcpListener,
+    /// The MySQL listener (`[gateway] mysql_listen`).
+    mysql: Option<TcpListener>,
     /// The HTTP API's listener (`[gateway] http_listen`).
     http: Option<TcpListener>,
 }
@@ -217,10 +220,19 @@ impl Gateway {
             );
         }
         let http_addr = config.gateway.http_listen;
+        let mysql_addr = config.gateway.mysql_listen;
         let shared = Arc::new(Shared::new(config, store, policy, audit, clock)?);
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| GatewayError::Bind { addr, source })?;
+        let mysql = match mysql_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| GatewayError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let http = match http_addr {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -232,12 +244,18 @@ impl Gateway {
         Ok(Gateway {
             shared,
             listener,
+            mysql,
             http,
         })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The MySQL listener's address, when one is configured.
+    pub fn mysql_addr(&self) -> Option<SocketAddr> {
+        self.mysql.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Accepts connections until `shutdown` turns true, then waits for open sessions to end
@@ -290,39 +308,54 @@ impl Gateway {
         let slots = Arc::new(Semaphore::new(max));
         let mut tasks = tokio::task::JoinSet::new();
         loop {
-            tokio::select! {
+            let (accepted, mysql) = tokio::select! {
                 _ = shutdown.changed() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                            warn!(%peer, max, "connection limit reached; refusing");
+                accepted = self.listener.accept() => (accepted, false),
+                accepted = accept_opt(self.mysql.as_ref()) => (accepted, true),
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                        warn!(%peer, max, "connection limit reached; refusing");
+                        if !mysql {
                             tokio::spawn(refuse(tcp));
-                            continue;
-                        };
-                        let shared = Arc::clone(&self.shared);
-                        // Hand the socket to the next worker: it must be registered with the
-                        // worker's own I/O driver, so it travels as a std socket.
-                        let Ok(std_tcp) = tcp.into_std() else { continue };
-                        let Some(worker) = workers.handles.get(next % workers.handles.len()) else { continue };
-                        next = next.wrapping_add(1);
-                        tasks.spawn_on(async move {
+                        }
+                        continue;
+                    };
+                    let shared = Arc::clone(&self.shared);
+                    // Hand the socket to the next worker: it must be registered with the
+                    // worker's own I/O driver, so it travels as a std socket.
+                    let Ok(std_tcp) = tcp.into_std() else {
+                        continue;
+                    };
+                    let Some(worker) = workers.handles.get(next % workers.handles.len()) else {
+                        continue;
+                    };
+                    next = next.wrapping_add(1);
+                    tasks.spawn_on(
+                        async move {
                             match tokio::net::TcpStream::from_std(std_tcp) {
+                                Ok(tcp) if mysql => my::run(tcp, peer, shared).await,
                                 Ok(tcp) => pg::run(tcp, peer, shared).await,
-                                Err(e) => warn!(cause = %e, "cannot register an accepted connection"),
+                                Err(e) => {
+                                    warn!(cause = %e, "cannot register an accepted connection")
+                                }
                             }
                             drop(permit);
-                        }, worker);
-                    }
-                    Err(e) => {
-                        // EMFILE and friends: back off briefly instead of spinning.
-                        error!(cause = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                },
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                        },
+                        worker,
+                    );
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    error!(cause = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
             }
         }
         drop(self.listener);
+        drop(self.mysql);
         let open = tasks.len();
         if open > 0 {
             info!(open, "draining sessions");
@@ -351,6 +384,16 @@ impl Gateway {
             api.abort();
         }
         workers.stop();
+    }
+}
+
+/// Accepts on a listener that may not exist (then never).
+async fn accept_opt(
+    l: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -60,6 +60,14 @@ fn target_info(config: &Config, name: &str) -> anyhow::Result<TargetInfo> {
         .policy_info())
 }
 
+/// A MySQL target's database (its statements are read by the MySQL analyzer), if it is one.
+fn mysql_database(config: &Config, name: &str) -> Option<String> {
+    config
+        .target(name)
+        .filter(|t| t.engine == weir_config::Engine::Mysql)
+        .map(|t| t.database.clone())
+}
+
 /// The verdict lines for `sql`, one per statement. An agent acting for `person` is decided
 /// for both, the stricter verdict per statement, as the gateway decides it.
 fn decide(
@@ -68,11 +76,18 @@ fn decide(
     who: &Identity,
     person: Option<&Identity>,
     target: &TargetInfo,
+    mysql: Option<&str>,
     sql: &str,
 ) -> anyhow::Result<Vec<String>> {
     let session = policy.session(who, target)?;
     let theirs = person.map(|p| policy.session(p, target)).transpose()?;
-    Ok(match analyzer.analyze(sql.as_bytes()) {
+    let analyzed = match mysql {
+        Some(db) => {
+            weir_analyze::mysql::analyze(sql.as_bytes(), &weir_analyze::mysql::Mode::new(db))
+        }
+        None => analyzer.analyze(sql.as_bytes()),
+    };
+    Ok(match analyzed {
         Ok(analysis) => {
             let resolution = Scope::default()
                 .after(&analysis)
@@ -85,6 +100,16 @@ fn decide(
                     .zip(policy.decide(theirs, &resolution))
                     .map(|(a, b)| a.stricter(b))
                     .collect();
+            }
+            if let Some(db) = mysql {
+                for (f, v) in resolution.statements.iter().zip(verdicts.iter_mut()) {
+                    if let Some(name) = weir_analyze::mysql::foreign_name(f, db) {
+                        *v = weir_policy::Verdict::Deny {
+                            rule: weir_analyze::mysql::OTHER_DATABASE.into(),
+                            reason: format!("names {name}"),
+                        };
+                    }
+                }
             }
             verdicts.iter().map(verdict_line).collect()
         }
@@ -111,6 +136,7 @@ pub fn check(path: &Path, who: &str, target: &str, sql: &str) -> anyhow::Result<
         &who,
         person.as_ref(),
         &target_info(&config, target)?,
+        mysql_database(&config, target).as_deref(),
         sql,
     )?;
     for l in lines {
@@ -184,7 +210,19 @@ pub fn test(file: &Path, config: Option<&Path>) -> anyhow::Result<bool> {
             if let Some(env) = &case.environment {
                 target.environment = env.clone();
             }
-            decide(&policy, &analyzer, &who, None, &target, &case.sql)
+            let mysql = match (&case.target, &config) {
+                (Some(t), Some(c)) => mysql_database(c, t),
+                _ => None,
+            };
+            decide(
+                &policy,
+                &analyzer,
+                &who,
+                None,
+                &target,
+                mysql.as_deref(),
+                &case.sql,
+            )
         })();
         let want: Vec<&str> = case.expect.split(';').map(str::trim).collect();
         match result {

@@ -93,6 +93,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         let gateway = Gateway::bind(config, store, policy, sink).await?;
         let addr = gateway.local_addr()?;
         tracing::info!(%addr, "weir is listening for PostgreSQL clients");
+        if let Some(addr) = gateway.mysql_addr() {
+            tracing::info!(%addr, "weir is listening for MySQL clients");
+        }
         let (tx, rx) = watch::channel(false);
         tokio::spawn(async move {
             stop.await;

@@ -149,7 +149,7 @@ const READ_CHUNK: usize = 64 * 1024;
 /// forwards a Bind that names it.
 const ABORT_PORTAL: &[u8] = b"weir\x1fdenied";
 
-static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+pub(crate) static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 /// A session-ending failure, reported to the client as a FATAL error when it still listens.
 #[derive(Debug)]
@@ -492,7 +492,7 @@ async fn write<W: AsyncWrite + Unpin>(cw: &mut W, bytes: &[u8]) -> Result<(), Fa
 }
 
 /// `48213` → `48,213`, for counts people read.
-fn group_digits(n: u64) -> String {
+pub(crate) fn group_digits(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {

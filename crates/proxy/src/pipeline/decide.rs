@@ -108,13 +108,26 @@ impl Decider {
     /// Texts that share facts (the analyzer's cache hands out the same `Arc`) share the
     /// session's decision too: identity and target do not change within a session.
     pub fn decide(&mut self, s: &SessionInfo, end: &Arc<SessionEnd>, sql: &[u8]) -> Arc<Decision> {
+        let analyzed = s.shared.analyzer.analyze(sql);
+        self.decide_analyzed(s, end, analyzed, sql)
+    }
+
+    /// [`Decider::decide`] for a text another analyzer read (MySQL's): `analyzed` is its
+    /// result for `sql`; an error is a denial.
+    pub fn decide_analyzed(
+        &mut self,
+        s: &SessionInfo,
+        end: &Arc<SessionEnd>,
+        analyzed: Result<Arc<Analysis>, AnalyzeError>,
+        sql: &[u8],
+    ) -> Arc<Decision> {
         self.check_grant(s, end);
         if s.policy.tainted() != self.tainted {
             // Verdicts reached before the session read untrusted data no longer hold.
             self.tainted = s.policy.tainted();
             self.decisions.clear();
         }
-        let analysis = match s.shared.analyzer.analyze(sql) {
+        let analysis = match analyzed {
             Ok(a) => a,
             Err(e) => {
                 let rule = match e {

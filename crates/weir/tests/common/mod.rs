@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 pub use weir::cluster::{Cluster, Options};
 
+pub mod mariadb;
+
 pub const ALICE_TOKEN: &str = "alice-test-token";
 pub const BOB_TOKEN: &str = "bob-test-token-2";
 
@@ -23,6 +25,8 @@ pub struct Gateway {
     pub cluster: Cluster,
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// The MySQL listener's port (`[gateway] mysql_listen`), when the gateway has one.
+    pub mysql_port: Option<u16>,
     child: Option<Child>,
     pub config: PathBuf,
 }
@@ -51,13 +55,53 @@ impl Gateway {
     /// Like `start_with`, but `setup` runs against the cluster first and returns the extra
     /// config text; it gets the directory the config file will live in.
     pub fn start_custom(opts: Options, setup: impl FnOnce(&Cluster, &Path) -> String) -> Gateway {
+        Gateway::start_inner(opts, None, setup)
+    }
+
+    /// The usual gateway (cluster, target `app`) plus a MySQL listener on a free port
+    /// (`mysql_port`) and `m` as target `shopmy` (engine mysql, database `shop`, environment
+    /// development).
+    pub fn start_with_mariadb(m: &mariadb::Mariadb) -> Gateway {
+        Gateway::start_mariadb_custom(
+            m,
+            Options {
+                fast: true,
+                ..Default::default()
+            },
+            |_, _| String::new(),
+        )
+    }
+
+    /// Like `start_with_mariadb`, with `setup` as in `start_custom`: its text follows the
+    /// `shopmy` target, so `[target.tables."shop.customers"]` lines there tag that target.
+    pub fn start_mariadb_custom(
+        m: &mariadb::Mariadb,
+        opts: Options,
+        setup: impl FnOnce(&Cluster, &Path) -> String,
+    ) -> Gateway {
+        let target = m.target_toml("shopmy", "development");
+        Gateway::start_inner(opts, Some(target), setup)
+    }
+
+    fn start_inner(
+        opts: Options,
+        mysql_target: Option<String>,
+        setup: impl FnOnce(&Cluster, &Path) -> String,
+    ) -> Gateway {
         let cluster = Cluster::start(opts).expect("cluster");
         cluster.psql("postgres", "CREATE DATABASE app").unwrap();
         let dir = tempfile::Builder::new()
             .prefix("weir-test-")
             .tempdir()
             .unwrap();
-        let extra = setup(&cluster, dir.path());
+        let mut extra = setup(&cluster, dir.path());
+        let mysql_port = mysql_target.map(|target| {
+            extra = format!("{target}{extra}");
+            weir::cluster::free_port().unwrap()
+        });
+        let mysql_listen = mysql_port
+            .map(|p| format!("mysql_listen = \"127.0.0.1:{p}\"\n"))
+            .unwrap_or_default();
         std::fs::write(dir.path().join("upstream-password"), &cluster.password).unwrap();
         let port = weir::cluster::free_port().unwrap();
         let config = dir.path().join("weir.toml");
@@ -67,7 +111,7 @@ impl Gateway {
                 r#"
 [gateway]
 postgres_listen = "127.0.0.1:{port}"
-store = "sqlite://weir.db"
+{mysql_listen}store = "sqlite://weir.db"
 
 [[identity.static]]
 name = "alice"
@@ -99,6 +143,7 @@ password_file = "upstream-password"
             cluster,
             dir,
             port,
+            mysql_port,
             child: None,
             config,
         };
@@ -145,9 +190,15 @@ password_file = "upstream-password"
                         // Someone took the port meanwhile: move to another and start again.
                         let old = format!("127.0.0.1:{}", self.port);
                         self.port = weir::cluster::free_port().unwrap();
-                        let config = std::fs::read_to_string(&self.config)
+                        let mut config = std::fs::read_to_string(&self.config)
                             .unwrap()
                             .replace(&old, &format!("127.0.0.1:{}", self.port));
+                        if let Some(p) = self.mysql_port.as_mut() {
+                            let old = format!("mysql_listen = \"127.0.0.1:{p}\"");
+                            *p = weir::cluster::free_port().unwrap();
+                            config =
+                                config.replace(&old, &format!("mysql_listen = \"127.0.0.1:{p}\""));
+                        }
                         std::fs::write(&self.config, config).unwrap();
                         return self.spawn();
                     }

@@ -163,9 +163,13 @@ impl HandshakeResponse {
         out.push(0);
         if self.capabilities & cap::PLUGIN_AUTH_LENENC_CLIENT_DATA != 0 {
             put_lenenc_bytes(&mut out, &self.auth_response);
+        } else if self.capabilities & cap::SECURE_CONNECTION != 0 {
+            let n = self.auth_response.len().min(255);
+            out.push(n as u8);
+            out.extend_from_slice(self.auth_response.get(..n).unwrap_or_default());
         } else {
-            out.push(self.auth_response.len().min(255) as u8);
-            out.extend_from_slice(&self.auth_response[..self.auth_response.len().min(255)]);
+            out.extend_from_slice(&self.auth_response);
+            out.push(0);
         }
         if self.capabilities & cap::CONNECT_WITH_DB != 0 {
             out.extend_from_slice(self.database.as_deref().unwrap_or_default());

@@ -1,0 +1,242 @@
+use super::*;
+
+fn facts(sql: &str) -> Vec<StatementFacts> {
+    analyze_sql(sql, &Mode::new("shop")).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+fn one(sql: &str) -> StatementFacts {
+    let mut f = facts(sql);
+    assert_eq!(f.len(), 1, "{sql}");
+    f.remove(0)
+}
+
+fn refused(sql: &str, mode: &Mode) -> bool {
+    matches!(analyze_sql(sql, mode), Err(AnalyzeError::LexingMode(_)))
+}
+
+#[test]
+fn what_the_server_could_read_differently_is_refused() {
+    let m = Mode::new("shop");
+    assert!(refused("SELECT /*!99999 ssn, */ 1 FROM customers", &m));
+    assert!(refused("SELECT /*M!100000 ssn, */ 1 FROM customers", &m));
+    assert!(refused("SELECT id FROM customers WHERE id = 5 || 1", &m));
+    assert!(refused(
+        "SELECT \"a\"",
+        &m.clone().with_sql_mode("ANSI_QUOTES")
+    ));
+    assert!(refused(
+        "SELECT 'a\\'",
+        &m.clone()
+            .with_sql_mode("STRICT_TRANS_TABLES,NO_BACKSLASH_ESCAPES")
+    ));
+    assert!(refused("SET NAMES sjis", &m));
+    assert!(refused("SET NAMES 'gbk'", &m));
+    assert!(refused("SET character_set_client = big5", &m));
+    assert!(refused("SET @@session.character_set_client = @x", &m));
+    assert!(!refused("SET NAMES utf8mb4", &m));
+    assert!(matches!(
+        analyze_sql("SELECT 'a\0'", &m),
+        Err(AnalyzeError::Parse(_))
+    ));
+    assert!(matches!(
+        analyze(b"SELECT '\xff'", &m),
+        Err(AnalyzeError::NotUtf8)
+    ));
+    // MariaDB's SET STATEMENT … FOR would run its statement in another sql_mode.
+    assert!(analyze_sql("SET STATEMENT sql_mode='ANSI_QUOTES' FOR SELECT 1", &m).is_err());
+    assert!(
+        unsafe_charset("sjis_japanese_ci") && unsafe_charset("CP932") && !unsafe_charset("latin1")
+    );
+}
+
+#[test]
+fn comments_are_read_as_the_server_reads_them() {
+    // `--x` is not a comment to MySQL: `1 - -x`, and the FROM is seen.
+    let f = one("SELECT 1 --x FROM customers");
+    assert!(f.tables_read.contains("shop.customers"));
+    let f = one("SELECT 1 # a comment\n, ssn FROM customers");
+    assert!(f.tables_read.contains("shop.customers"));
+    // Comments do not nest.
+    assert!(analyze_sql("SELECT /* a /* b */ 1 */ 2", &Mode::new("shop")).is_err());
+}
+
+#[test]
+fn tables_are_qualified_with_the_database() {
+    let f = one("SELECT c.email FROM customers c JOIN other.secret s ON s.id = c.id");
+    assert_eq!(
+        f.tables_read,
+        ["other.secret", "shop.customers"].map(String::from).into()
+    );
+    assert!(f.columns.contains(&Column {
+        table: Some("shop.customers".into()),
+        name: "email".into()
+    }));
+    assert_eq!(foreign_name(&f, "shop").as_deref(), Some("other.secret"));
+    assert_eq!(
+        foreign_name(&one("SELECT * FROM information_schema.tables"), "shop"),
+        None
+    );
+    assert!(foreign_name(&one("USE other"), "shop").is_some());
+    assert!(foreign_name(&one("USE shop"), "shop").is_none());
+    assert!(foreign_name(&one("SELECT other.secret.v FROM customers"), "shop").is_some());
+    let f = one("WITH x AS (SELECT id FROM customers) SELECT * FROM x");
+    assert_eq!(f.tables_read, ["shop.customers".to_owned()].into());
+}
+
+#[test]
+fn kinds_and_writes() {
+    use StatementKind as K;
+    let kinds: Vec<K> = facts(
+        "SELECT 1; INSERT INTO t VALUES (1); UPDATE t SET a = 1 WHERE id = 2; DELETE FROM t WHERE id = 3; \
+         CREATE TABLE n (id int); ALTER TABLE n ADD c int; DROP TABLE n; TRUNCATE TABLE t; \
+         GRANT SELECT ON shop.* TO u; BEGIN; COMMIT; ROLLBACK; SAVEPOINT s; SET autocommit = 0; \
+         SHOW TABLES; EXPLAIN SELECT 1; CALL p(); USE shop",
+    )
+    .iter()
+    .map(|f| f.kind)
+    .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            K::Select,
+            K::Insert,
+            K::Update,
+            K::Delete,
+            K::Ddl,
+            K::Ddl,
+            K::Drop,
+            K::Truncate,
+            K::Privilege,
+            K::Transaction,
+            K::Transaction,
+            K::Transaction,
+            K::Transaction,
+            K::Set,
+            K::Show,
+            K::Explain,
+            K::Call,
+            K::Set
+        ]
+    );
+    let f = one("INSERT INTO customers (email) SELECT v FROM other.secret");
+    assert_eq!(f.tables_written, ["shop.customers".to_owned()].into());
+    assert!(f.tables_read.contains("other.secret"));
+    assert_eq!(one("SET GLOBAL max_connections = 10").kind, K::AlterSystem);
+    assert_eq!(
+        one("SET @@global.max_connections = 10").kind,
+        K::AlterSystem
+    );
+    assert!(one("CALL p()").unknown_effect);
+    assert!(one("KILL 12").hazards.contains("kills_sessions"));
+}
+
+#[test]
+fn where_clauses_that_restrict_nothing_count_as_none() {
+    for sql in [
+        "DELETE FROM t",
+        "DELETE FROM t WHERE 1",
+        "DELETE FROM t WHERE true",
+        "UPDATE t SET a = 1 WHERE 1 = 1",
+        "UPDATE t SET a = 1 WHERE id = id",
+        "DELETE FROM t WHERE id = 3 OR 1",
+        "DELETE FROM t WHERE '1'",
+        "DELETE FROM t LIMIT 5",
+    ] {
+        assert!(one(sql).unrestricted_write, "{sql}");
+    }
+    for sql in [
+        "DELETE FROM t WHERE id = 3",
+        "UPDATE t SET a = 1 WHERE id > 0 AND 1 = 1",
+    ] {
+        assert!(!one(sql).unrestricted_write, "{sql}");
+    }
+    assert_eq!(
+        one("UPDATE t SET a = 1 WHERE id = ? AND b = 'x'").key_equalities,
+        ["b".to_owned(), "id".to_owned()].into()
+    );
+}
+
+#[test]
+fn functions_files_and_state() {
+    let f = one("SELECT my_udf(email), concat(a, b) FROM customers");
+    assert!(f.user_functions.contains("my_udf") && !f.user_functions.contains("concat"));
+    let f = one("SELECT load_file('/etc/passwd')");
+    assert!(matches!(
+        f.copy.as_ref().map(|c| &c.endpoint),
+        Some(CopyEndpoint::ServerFile(_))
+    ));
+    // INTO OUTFILE and LOAD DATA do not parse: refused as unparseable.
+    assert!(analyze_sql(
+        "SELECT ssn INTO OUTFILE '/tmp/x' FROM customers",
+        &Mode::new("shop")
+    )
+    .is_err());
+    assert!(analyze_sql(
+        "LOAD DATA LOCAL INFILE '/etc/passwd' INTO TABLE t",
+        &Mode::new("shop")
+    )
+    .is_err());
+    let f = one("SELECT get_lock(ssn, 0) FROM customers");
+    assert!(f.changes_state && f.state_sinks.iter().any(|c| c.name == "ssn"));
+    let f = one("SET @x = (SELECT ssn FROM customers LIMIT 1)");
+    assert!(f.state_sinks.iter().any(|c| c.name == "ssn"), "{f:?}");
+    let f = one("SELECT ssn INTO @v FROM customers LIMIT 1");
+    assert!(f.state_sinks.iter().any(|c| c.name == "ssn"));
+    assert!(one("SELECT * FROM customers FOR UPDATE").locks_rows);
+}
+
+#[test]
+fn outputs_trace_computed_columns() {
+    let f = one("SELECT concat(email, 'x') AS e, count(ssn), id FROM customers");
+    let outputs = f.outputs.expect("outputs");
+    assert_eq!(outputs[0][0].name, "email");
+    assert!(outputs[1].is_empty());
+    assert_eq!(f.outputs_counted.expect("counted")[1][0].name, "ssn");
+    assert!(one("SELECT * FROM customers").outputs.is_none());
+    assert!(one("SELECT a FROM t UNION SELECT b FROM u")
+        .outputs
+        .is_none());
+}
+
+#[test]
+fn normalized_text_keeps_no_constant() {
+    let a = analyze(
+        b"SELECT * FROM customers WHERE email = 'ann@example.com' AND id = 42 LIMIT 10; SHOW TABLES LIKE 'secret%'",
+        &Mode::new("shop"),
+    )
+    .expect("analyzes");
+    assert!(
+        !a.normalized.contains("ann@example.com"),
+        "{}",
+        a.normalized
+    );
+    assert!(!a.normalized.contains("42"), "{}", a.normalized);
+    assert!(!a.normalized.contains("secret%"), "{}", a.normalized);
+    let b = analyze(
+        b"SELECT * FROM customers WHERE email = 'x' AND id = 1 LIMIT 3; SHOW TABLES LIKE 'y'",
+        &Mode::new("shop"),
+    )
+    .expect("analyzes");
+    assert_eq!(a.fingerprint, b.fingerprint);
+    assert!(analyze(b"SELECT * FROM customers WHERE id = ?", &Mode::new("shop")).is_ok());
+}
+
+#[test]
+fn no_input_panics() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus");
+    let mut seen = 0;
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            for stmt in text.split(";\n") {
+                let _ = analyze_sql(stmt, &Mode::new("shop"));
+                seen += 1;
+            }
+        }
+    }
+    let deep = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
+    assert!(analyze_sql(&deep, &Mode::new("shop")).is_err());
+    let _ = seen;
+}

@@ -1,0 +1,931 @@
+//! The MySQL adapter: one client connection of the MySQL listener, first byte to last.
+//!
+//! Stages: greeting → TLS (SSLRequest) → handshake response → the token, asked for with
+//! `mysql_clear_password` (only over TLS or from loopback, as the PostgreSQL side asks for a
+//! cleartext password) → the upstream session, logged in with the target's credentials →
+//! commands. Every command is read whole and answered whole before the next: MySQL's
+//! protocol is strictly request–response.
+//!
+//! Commands: COM_QUERY goes through the pipeline (MySQL analysis, decide, guards, admit —
+//! strict write-ahead: its events are durable before it is forwarded —, approval, the row
+//! bound's bracket) and its results through the result stage ([`results`]). COM_INIT_DB and
+//! COM_FIELD_LIST are decided as the statements they stand for (`USE db`, `SHOW COLUMNS`).
+//! COM_PING, COM_QUIT, COM_RESET_CONNECTION and COM_SET_OPTION are handled; every other
+//! command (the binary protocol, COM_CHANGE_USER, replication, …) is refused: fail closed.
+
+pub(crate) mod catalog;
+mod conn;
+mod results;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn, Instrument};
+use weir_analyze::mysql::Mode;
+use weir_analyze::{Scope, StatementKind};
+use weir_audit::Event;
+use weir_config::{Engine, Target};
+use weir_policy::{Decision, Verdict};
+use weir_wire::mysql::{
+    cap, com, status, AuthSwitch, ErrPacket, First, Handshake, HandshakeResponse, OkPacket,
+};
+
+use self::conn::{Conn, ConnError};
+use crate::pipeline::approval::{self, Ask};
+use crate::pipeline::{self, Channel, Decider, Item, Refusal, RefusalKind, SessionInfo};
+use crate::stream::Stream;
+use crate::Shared;
+
+/// What Weir tells clients it is. Clients adapt to the version (a MariaDB client to the
+/// `5.5.5-` prefix), so it names a MySQL 8 server that speaks what Weir relays.
+const SERVER_VERSION: &str = "8.0.35-weir";
+/// utf8mb4_general_ci: known to MySQL and MariaDB alike.
+const CHARSET: u8 = 45;
+/// Most columns a result may declare (MySQL's own limit).
+const MAX_COLUMNS: usize = 4096;
+
+/// A session-ending error, told to the client as an ERR packet when it still listens.
+#[derive(Debug)]
+struct Fatal {
+    code: u16,
+    sqlstate: &'static str,
+    message: String,
+}
+
+impl Fatal {
+    fn new(code: u16, sqlstate: &'static str, message: impl Into<String>) -> Fatal {
+        Fatal {
+            code,
+            sqlstate,
+            message: message.into(),
+        }
+    }
+
+    fn protocol(e: impl std::fmt::Display) -> Fatal {
+        Fatal::new(1043, "08S01", format!("weir: protocol violation: {e}"))
+    }
+
+    fn packet(&self) -> Vec<u8> {
+        ErrPacket::new(self.code, self.sqlstate, &self.message).encode()
+    }
+}
+
+impl From<ConnError> for Fatal {
+    fn from(e: ConnError) -> Fatal {
+        match e {
+            ConnError::Closed => Fatal::new(2013, "HY000", "connection closed"),
+            other => Fatal::protocol(other),
+        }
+    }
+}
+
+/// A pipeline refusal as MySQL reports it: 1227 (42000) for a denial, 1317 (70100) for a
+/// withdrawn request, 1105 (HY000) when Weir could not run it safely.
+fn refusal_packet(r: &Refusal) -> Vec<u8> {
+    let (code, state) = match r.kind {
+        RefusalKind::Denied => (1227, "42000"),
+        RefusalKind::Cancelled => (1317, "70100"),
+        RefusalKind::Unavailable => (1105, "HY000"),
+    };
+    let mut message = r.message.clone();
+    if let (Some(id), false) = (&r.request, r.message.contains("request")) {
+        message.push_str(&format!(" (approval request {id})"));
+    }
+    ErrPacket::new(code, state, &message).encode()
+}
+
+/// Runs one connection of the MySQL listener.
+pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = tcp.set_nodelay(true);
+    let session = crate::pg::NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("session", id = session, peer = %peer, channel = "mysql");
+    async move {
+        let max = shared.config.gateway.max_message_size;
+        let mut client = Conn::new(Stream::Plain(tcp), max);
+        if let Err(f) = start(&mut client, peer, session, &shared).await {
+            info!(code = f.code, message = %f.message, "session refused");
+            let _ = client.send(&f.packet()).await;
+            client.shutdown().await;
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// A nonce of printable bytes (clients treat it as a C string).
+fn nonce() -> Result<Vec<u8>, Fatal> {
+    let mut n = [0u8; 20];
+    getrandom::fill(&mut n).map_err(|e| Fatal::new(1105, "HY000", format!("weir: {e}")))?;
+    Ok(n.iter().map(|b| b % 94 + 33).collect())
+}
+
+async fn start(
+    client: &mut Conn,
+    peer: SocketAddr,
+    session: u64,
+    shared: &Arc<Shared>,
+) -> Result<(), Fatal> {
+    let deadline = tokio::time::Instant::now() + shared.config.gateway.connect_timeout;
+    let within =
+        |what: &'static str| move |_| Fatal::new(2013, "HY000", format!("weir: {what} timed out"));
+    let server_caps = upstream::FORWARDED_CAPS | cap::SSL | cap::CONNECT_ATTRS;
+    let hello = Handshake {
+        server_version: SERVER_VERSION.as_bytes().to_vec(),
+        connection_id: u32::try_from(session % u64::from(u32::MAX)).unwrap_or(0),
+        auth_data: nonce()?,
+        capabilities: server_caps,
+        charset: CHARSET,
+        status: status::AUTOCOMMIT,
+        auth_plugin: b"mysql_native_password".to_vec(),
+    };
+    client.seq = 0;
+    client.send(&hello.encode()).await?;
+    let mut first = tokio::time::timeout_at(deadline, client.read())
+        .await
+        .map_err(within("the handshake"))??;
+    if HandshakeResponse::is_ssl_request(&first) {
+        if client.buffered() > 0 {
+            return Err(Fatal::protocol("bytes after the SSL request"));
+        }
+        let Stream::Plain(tcp) = std::mem::replace(&mut client.stream, Stream::Closed) else {
+            return Err(Fatal::protocol("a second SSL request"));
+        };
+        let tls = tokio::time::timeout_at(deadline, shared.front.tls_acceptor.accept(tcp))
+            .await
+            .map_err(within("the TLS handshake"))?
+            .map_err(|e| Fatal::protocol(format!("TLS handshake failed: {e}")))?;
+        client.stream = Stream::Server(Box::new(tls));
+        first = tokio::time::timeout_at(deadline, client.read())
+            .await
+            .map_err(within("the handshake"))??;
+    }
+    let response = HandshakeResponse::decode(&first).map_err(Fatal::protocol)?;
+    let user = String::from_utf8_lossy(&response.user).into_owned();
+    if user.is_empty() {
+        return Err(Fatal::new(
+            1045,
+            "28000",
+            "weir: no user name given: connect with -u <identity>",
+        ));
+    }
+    let database = response
+        .database
+        .as_deref()
+        .filter(|d| !d.is_empty())
+        .map(|d| String::from_utf8_lossy(d).into_owned())
+        .ok_or_else(|| {
+            Fatal::new(
+                1046,
+                "3D000",
+                "weir: no database given: the database name picks the target",
+            )
+        })?;
+    let target = shared.config.target(&database).cloned().ok_or_else(|| {
+        Fatal::new(
+            1049,
+            "42000",
+            format!("weir: no target named \"{database}\""),
+        )
+    })?;
+    if target.engine != Engine::Mysql {
+        return Err(Fatal::new(
+            1049,
+            "42000",
+            format!("weir: target \"{database}\" is not a MySQL target"),
+        ));
+    }
+    if !client.stream.is_private() && !peer.ip().is_loopback() {
+        return Err(Fatal::new(
+            1045,
+            "28000",
+            "weir: connections from other hosts must use TLS (--ssl)",
+        ));
+    }
+    if response.capabilities & cap::PLUGIN_AUTH == 0 {
+        return Err(Fatal::new(
+            1045,
+            "28000",
+            "weir: the client must support authentication plugins",
+        ));
+    }
+    // The token itself is the password: asked for in clear (the channel is private or
+    // loopback), as the PostgreSQL listener asks for a cleartext password.
+    let token = if response.auth_plugin.as_deref() == Some(b"mysql_clear_password") {
+        response.auth_response.clone()
+    } else {
+        let switch = AuthSwitch {
+            plugin: b"mysql_clear_password".to_vec(),
+            data: Vec::new(),
+        };
+        client.send(&switch.encode()).await?;
+        tokio::time::timeout_at(deadline, client.read())
+            .await
+            .map_err(within("authentication"))??
+    };
+    let token = token.strip_suffix(&[0]).unwrap_or(&token);
+    let (identity, token_id) = match shared.auth.verify(&user, token).await {
+        Ok(v) => v,
+        Err(e) => {
+            let verdict = shared.front.failed_logins.failed(peer.ip(), &user);
+            for summary in verdict.summaries {
+                let _ = shared.audit.append(summary);
+            }
+            if verdict.record {
+                info!(user = %user, target = %database, reason = %e, "authentication failed");
+                let _ = shared
+                    .audit
+                    .append(Event::AuthFailed {
+                        claimed: user.clone(),
+                        client_addr: peer.to_string(),
+                        target: database.clone(),
+                        reason: e.to_string(),
+                    })
+                    .wait()
+                    .await;
+            } else {
+                debug!(user = %user, target = %database, reason = %e, "authentication failed (counted)");
+            }
+            return Err(Fatal::new(
+                1045,
+                "28000",
+                format!("Access denied for user '{user}' (weir: the password must be a valid Weir token or ID token for this identity)"),
+            ));
+        }
+    };
+    let (person, person_token) = match &identity.on_behalf_of {
+        Some(name) => match shared.auth.person(name) {
+            Ok((p, token)) => (Some(p), token),
+            Err(e) => {
+                return Err(Fatal::new(
+                    1045,
+                    "28000",
+                    format!("Access denied for user '{user}' (weir: {e})"),
+                ))
+            }
+        },
+        None => (None, None),
+    };
+    let mut up = upstream::connect(
+        &target,
+        response.capabilities,
+        CHARSET,
+        shared.config.gateway.max_message_size,
+        shared.config.gateway.connect_timeout,
+    )
+    .await
+    .map_err(|e| {
+        warn!(target = %target.name, cause = %e, "cannot open the upstream session");
+        Fatal::new(
+            2003,
+            "HY000",
+            format!(
+                "weir: cannot connect to target \"{}\"; the gateway log has the cause",
+                target.name
+            ),
+        )
+    })?;
+
+    let end = Arc::new(crate::grants::SessionEnd::default());
+    if let Some(id) = token_id {
+        shared.grants.token_session(id, session, &end);
+    }
+    if let Some(id) = person_token {
+        shared.grants.depend_on_token(id, session, &end);
+    }
+    let tls = client.stream.is_tls();
+    info!(identity = %identity.name, kind = identity.kind.as_str(), target = %target.name, tls, upstream_version = %up.server_version, upstream_connection = up.connection_id, "session started");
+    // Weir's own query of the session's lexing mode is on record before it runs, with the
+    // session's opening (one flush for both).
+    let _ = shared
+        .audit
+        .append(own_statement(session, &target, MODE_QUERY));
+    pipeline::session_opened(
+        shared,
+        pipeline::Opening {
+            session,
+            identity: &identity,
+            target: &target,
+            peer,
+            tls,
+            channel: Channel::Wire,
+        },
+    )
+    .await
+    .map_err(|r| Fatal::new(1105, "HY000", r.message))?;
+    let mode = read_mode(&mut up.conn, &target).await?;
+
+    let target_info = target.policy_info();
+    let policy = shared
+        .policy
+        .session(&identity, &target_info)
+        .map_err(|e| {
+            Fatal::new(
+                1105,
+                "HY000",
+                format!("weir: cannot evaluate policy for this session, so it is refused: {e}"),
+            )
+        })?;
+    let person = match person {
+        Some(identity) => Some(pipeline::Person {
+            policy: shared.policy.session(&identity, &target_info).map_err(|e| {
+                Fatal::new(
+                    1105,
+                    "HY000",
+                    format!("weir: cannot evaluate policy for the person this agent acts for, so the session is refused: {e}"),
+                )
+            })?,
+            identity,
+        }),
+        None => None,
+    };
+    let mask = if shared.config.masking.enabled {
+        shared.upstreams.catalog(&target.name).cloned()
+    } else {
+        None
+    };
+    if let Some(cache) = &mask {
+        let (cache, shared, target) = (Arc::clone(cache), Arc::clone(shared), target.clone());
+        tokio::spawn(async move {
+            if let Err(e) = cache.ensure(&shared, &target).await {
+                warn!(cause = %e, "cannot load the masking catalog");
+            }
+        });
+    }
+    let info = SessionInfo {
+        session,
+        channel: Channel::Wire,
+        mask,
+        identity_name: Arc::from(identity.name.as_str()),
+        target_name: Arc::from(target.name.as_str()),
+        policy,
+        identity,
+        person,
+        taint_pending: Default::default(),
+        write_ahead: Default::default(),
+        full_text: shared.config.audit.full_text_targets.contains(&target.name),
+        target: target.clone(),
+        shared: Arc::clone(shared),
+    };
+    info.load_taint().await;
+    shared.baselines.ensure(&info.identity.name).await;
+    let ok = OkPacket {
+        status: up.status,
+        ..OkPacket::default()
+    };
+    client.send(&ok.encode()).await?;
+    let mut s = Session {
+        decider: Decider::new(Scope::new(&target.user, None)),
+        scope: Scope::new(&target.user, None),
+        info,
+        end,
+        up: up.conn,
+        mode,
+        mode_stale: false,
+        status: up.status,
+        requests: 0,
+    };
+    let reason = s.serve(client).await;
+    let (reason, fatal) = match reason {
+        Ok(why) => (why.to_owned(), None),
+        Err(f) => (f.message.clone(), Some(f)),
+    };
+    if let Some(f) = &fatal {
+        let _ = client.send(&f.packet()).await;
+    }
+    client.shutdown().await;
+    s.up.seq = 0;
+    let _ = s.up.send(&[com::QUIT]).await;
+    s.up.shutdown().await;
+    info!(reason = %reason, "session ended");
+    pipeline::session_closed(&s.info, s.requests, reason).await;
+    Ok(())
+}
+
+/// What Weir reads of a session before it analyzes anything in it: how the server will
+/// read text (`sql_mode`) and in which character set.
+const MODE_QUERY: &str = "SELECT @@SESSION.sql_mode, @@SESSION.character_set_client";
+
+fn own_statement(session: u64, target: &Target, sql: &str) -> Event {
+    Event::Statement {
+        session,
+        request: 0,
+        identity: Arc::from("weir"),
+        target: Arc::from(target.name.as_str()),
+        via: "session",
+        sql: Arc::from(sql),
+        fingerprint: 0,
+        statements: Arc::from(Vec::new()),
+        decision: "allow",
+        rule: Some("weir.session-mode".into()),
+        anomalies: Vec::new(),
+    }
+}
+
+/// Reads the session's lexing mode from the server (the oracle). A character set in which
+/// a multibyte character can hold a backslash or quote byte ends the session.
+async fn read_mode(up: &mut Conn, target: &Target) -> Result<Mode, Fatal> {
+    let rows = upstream::query(up, MODE_QUERY).await.map_err(|e| {
+        Fatal::new(
+            1105,
+            "HY000",
+            format!("weir: cannot read the session's sql_mode: {e}"),
+        )
+    })?;
+    let row = rows.rows.first().cloned().unwrap_or_default();
+    let sql_mode = row.first().cloned().flatten().unwrap_or_default();
+    let charset = row.get(1).cloned().flatten().unwrap_or_default();
+    if weir_analyze::mysql::unsafe_charset(&charset) {
+        return Err(Fatal::new(
+            1227,
+            "42000",
+            format!("weir: denied by {}: the session's character set {charset} can hide a quote or backslash inside a multibyte character", weir_analyze::lexing::RULE),
+        ));
+    }
+    Ok(Mode::new(&target.database).with_sql_mode(&sql_mode))
+}
+
+/// One MySQL session after login.
+struct Session {
+    info: SessionInfo,
+    decider: Decider,
+    /// Names are qualified by the MySQL analyzer (with the target's database); the scope
+    /// only carries them through unchanged.
+    scope: Scope,
+    end: Arc<crate::grants::SessionEnd>,
+    up: Conn,
+    mode: Mode,
+    /// The session's `sql_mode` may have changed: read it again before the next statement.
+    mode_stale: bool,
+    /// The server status of the last answer (`SERVER_STATUS_IN_TRANS`, …).
+    status: u16,
+    requests: u64,
+}
+
+/// Who may see clear text, as this session's policy says.
+struct SessionUnmask<'a>(&'a SessionInfo);
+
+impl results::MayUnmask for SessionUnmask<'_> {
+    fn may_unmask(&self, column: &str, label: &str) -> bool {
+        self.0.may_unmask(column, label)
+    }
+}
+
+impl Session {
+    /// Commands until the client quits (Ok) or the session must end (Err).
+    async fn serve(&mut self, client: &mut Conn) -> Result<&'static str, Fatal> {
+        loop {
+            let packet = tokio::select! {
+                p = client.read() => match p {
+                    Ok(p) => p,
+                    Err(ConnError::Closed) => return Ok("client closed the connection"),
+                    Err(e) => return Err(e.into()),
+                },
+                why = self.end.ended() => return Err(Fatal::new(1927, "70100", why)),
+            };
+            let Some((&command, body)) = packet.split_first() else {
+                return Err(Fatal::protocol("an empty command"));
+            };
+            match command {
+                com::QUIT => return Ok("client quit"),
+                com::PING => client.send(&OkPacket::default().encode()).await?,
+                com::QUERY => self.query(client, body.to_vec(), &packet, "query").await?,
+                com::INIT_DB => {
+                    let db = String::from_utf8_lossy(body).replace('`', "``");
+                    let sql = format!("USE `{db}`");
+                    self.query(client, sql.into_bytes(), &packet, "init_db")
+                        .await?
+                }
+                com::FIELD_LIST => {
+                    let table = body.split(|b| *b == 0).next().unwrap_or_default();
+                    let table = String::from_utf8_lossy(table).replace('`', "``");
+                    let sql = format!("SHOW COLUMNS FROM `{table}`");
+                    self.query(client, sql.into_bytes(), &packet, "field_list")
+                        .await?
+                }
+                com::RESET_CONNECTION => {
+                    self.passthrough(client, &packet).await?;
+                    self.decider = Decider::new(self.scope.clone());
+                    self.mode_stale = true;
+                }
+                com::SET_OPTION => self.passthrough(client, &packet).await?,
+                com::STMT_PREPARE
+                | com::STMT_EXECUTE
+                | com::STMT_SEND_LONG_DATA
+                | com::STMT_RESET
+                | com::STMT_FETCH => {
+                    client
+                        .send(
+                            &ErrPacket::new(
+                                1235,
+                                "42000",
+                                "weir: server-side prepared statements (the binary protocol) are not supported yet; use client-side prepares",
+                            )
+                            .encode(),
+                        )
+                        .await?
+                }
+                // No answer is expected to COM_STMT_CLOSE, and nothing was prepared.
+                com::STMT_CLOSE => {}
+                com::CHANGE_USER => {
+                    return Err(Fatal::new(
+                        1227,
+                        "42000",
+                        "weir: denied by weir.protocol.change-user: a session keeps the identity it logged in with; connect again",
+                    ))
+                }
+                other => {
+                    client
+                        .send(
+                            &ErrPacket::new(
+                                1047,
+                                "08S01",
+                                &format!("weir: command 0x{other:02x} is not supported through the gateway"),
+                            )
+                            .encode(),
+                        )
+                        .await?
+                }
+            }
+        }
+    }
+
+    /// A command Weir relays without deciding anything (it runs no statement): one answer.
+    async fn passthrough(&mut self, client: &mut Conn, packet: &[u8]) -> Result<(), Fatal> {
+        self.up.seq = 0;
+        self.up.send(packet).await.map_err(upstream_failed)?;
+        let answer = self.up.read().await.map_err(upstream_failed)?;
+        if let Ok(ok) = OkPacket::decode(&answer) {
+            self.status = ok.status;
+        }
+        client.send(&answer).await?;
+        Ok(())
+    }
+
+    /// A statement text: decided, recorded, and run (or refused).
+    async fn query(
+        &mut self,
+        client: &mut Conn,
+        text: Vec<u8>,
+        packet: &[u8],
+        via: &'static str,
+    ) -> Result<(), Fatal> {
+        self.requests += 1;
+        let id = self.requests;
+        if self.mode_stale {
+            self.info
+                .shared
+                .audit
+                .append(own_statement(
+                    self.info.session,
+                    &self.info.target,
+                    MODE_QUERY,
+                ))
+                .wait()
+                .await
+                .map_err(|e| {
+                    Fatal::new(
+                        1105,
+                        "HY000",
+                        format!("weir: cannot record Weir's own statement: {e}"),
+                    )
+                })?;
+            self.mode = read_mode(&mut self.up, &self.info.target).await?;
+            self.mode_stale = false;
+        }
+        let analyzed = weir_analyze::mysql::analyze(&text, &self.mode);
+        let decision = self
+            .decider
+            .decide_analyzed(&self.info, &self.end, analyzed, &text);
+        let _ = self.decider.take_pending();
+        let decision = own_database_only(decision, &self.info.target.database);
+        let mut items = vec![Item::new(via, decision)];
+        pipeline::guards::guard_state_sinks(&self.info, &mut items).await;
+        pipeline::guards::guard_copies(&self.info, &self.scope, &mut items).await;
+        let verdict = pipeline::overall(&items);
+        if let Err(refusal) = pipeline::admit(&self.info, id, &items, &verdict, None).await {
+            client.send(&refusal_packet(&refusal)).await?;
+            return Ok(());
+        }
+        match verdict {
+            Verdict::Allow => self.forward(client, id, &items, packet).await,
+            Verdict::Deny { rule, reason } => {
+                client
+                    .send(&refusal_packet(&Refusal::denied(&rule, &reason)))
+                    .await?;
+                Ok(())
+            }
+            Verdict::RequireApproval { rule, reason } => {
+                self.approval(client, id, &items, packet, &rule, &reason, None)
+                    .await
+            }
+            Verdict::AllowBounded { rows, rule } => {
+                self.bounded(client, id, &items, packet, rows, &rule).await
+            }
+        }
+    }
+
+    /// Forwards a decided, recorded command and relays its answers through the result
+    /// stage; then the completion event.
+    async fn forward(
+        &mut self,
+        client: &mut Conn,
+        id: u64,
+        items: &[Item],
+        packet: &[u8],
+    ) -> Result<(), Fatal> {
+        let shared = Arc::clone(&self.info.shared);
+        let catalog = match &self.info.mask {
+            Some(cache) => {
+                if let Err(e) = cache.ensure(&shared, &self.info.target).await {
+                    warn!(cause = %e, "cannot load the masking catalog; unknown tables are masked");
+                }
+                Some(cache.snapshot())
+            }
+            None => None,
+        };
+        let statements: Vec<weir_analyze::StatementFacts> = items
+            .iter()
+            .flat_map(|i| i.decision.analysis.statements.iter().cloned())
+            .collect();
+        let started = std::time::Instant::now();
+        self.up.seq = 0;
+        self.up.send(packet).await.map_err(upstream_failed)?;
+        let unmask = SessionUnmask(&self.info);
+        let req = results::Request {
+            statements: &statements,
+            catalog: catalog.as_deref(),
+            database: &self.info.target.database,
+            key: &shared.upstreams.mask_key,
+            unmask: &unmask,
+            max_columns: MAX_COLUMNS,
+        };
+        let outcome = results::relay(&mut self.up, client, &req)
+            .await
+            .map_err(relay_failed)?;
+        self.after(&statements, &outcome);
+        pipeline::completed(
+            &self.info,
+            pipeline::Completion {
+                request: id,
+                tags: outcome.tags,
+                rows: outcome.rows.max(outcome.affected),
+                started,
+                sqlstate: outcome.error.map(|(_, s)| s),
+                masked: outcome.masked.iter().map(|m| m.to_string()).collect(),
+            },
+        );
+        Ok(())
+    }
+
+    /// What an answered request changes in Weir's view of the session.
+    fn after(&mut self, statements: &[weir_analyze::StatementFacts], outcome: &results::Outcome) {
+        self.status = outcome.status;
+        let ddl = statements
+            .iter()
+            .any(|f| matches!(f.kind, StatementKind::Ddl | StatementKind::Drop));
+        if ddl || outcome.unknown_table {
+            if let Some(cache) = &self.info.mask {
+                cache.invalidate();
+            }
+        }
+        // The server reports NO_BACKSLASH_ESCAPES in every status; a SET of sql_mode, or
+        // code Weir cannot see, may change the rest of it.
+        let reported = outcome.status & status::NO_BACKSLASH_ESCAPES != 0;
+        if reported != self.mode.no_backslash_escapes
+            || statements.iter().any(|f| {
+                matches!(f.setting.as_deref(), Some("sql_mode" | "*"))
+                    || f.unknown_effect
+                    || !f.user_functions.is_empty()
+            })
+        {
+            self.mode_stale = true;
+        }
+    }
+
+    /// A request that needs approval: run at once (an earlier approval covers it), held
+    /// until an approver decides (the client waits; one that leaves withdraws it), or
+    /// refused.
+    #[allow(clippy::too_many_arguments)]
+    async fn approval(
+        &mut self,
+        client: &mut Conn,
+        id: u64,
+        items: &[Item],
+        packet: &[u8],
+        rule: &str,
+        reason: &str,
+        rows: Option<u64>,
+    ) -> Result<(), Fatal> {
+        match approval::ask(&self.info, id, items, rule, reason, rows).await {
+            Ask::Go => self.forward(client, id, items, packet).await,
+            Ask::Refuse(refusal) => {
+                client.send(&refusal_packet(&refusal)).await?;
+                Ok(())
+            }
+            Ask::Wait(waiting) => {
+                info!(request = %waiting.id, "statement waits for approval");
+                let (outcome, left) = approval::wait(&self.info, &waiting, client.closed()).await;
+                let concluded = approval::conclude(&self.info, &waiting, &outcome).await;
+                if left.is_some() {
+                    return Err(Fatal::new(
+                        2013,
+                        "HY000",
+                        "client left while waiting for approval",
+                    ));
+                }
+                match concluded {
+                    Ok(()) => self.forward(client, id, items, packet).await,
+                    Err(refusal) => {
+                        client.send(&refusal_packet(&refusal)).await?;
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// One of Weir's own statements on the upstream session (a bracket's).
+    async fn own(&mut self, sql: &str) -> Result<u16, Fatal> {
+        upstream::query(&mut self.up, sql)
+            .await
+            .map(|r| r.status)
+            .map_err(|e| {
+                Fatal::new(
+                    1105,
+                    "HY000",
+                    format!("weir: the row-bound bracket failed: {e}"),
+                )
+            })
+    }
+
+    /// Undoes a bracket: back to its savepoint (released), or its transaction rolled back.
+    async fn undo_bracket(&mut self, in_tx: bool) -> Result<u16, Fatal> {
+        if in_tx {
+            self.own("ROLLBACK TO SAVEPOINT weir_row_bound").await?;
+            self.own("RELEASE SAVEPOINT weir_row_bound").await
+        } else {
+            self.own("ROLLBACK").await
+        }
+    }
+
+    /// A write under a row bound runs inside Weir's own transaction (or a savepoint in the
+    /// client's): within the bound it is committed (released) and the client gets its OK;
+    /// over it, it is rolled back and waits for approval with the exact count.
+    async fn bounded(
+        &mut self,
+        client: &mut Conn,
+        id: u64,
+        items: &[Item],
+        packet: &[u8],
+        limit: u64,
+        rule: &str,
+    ) -> Result<(), Fatal> {
+        let facts: Vec<&weir_analyze::StatementFacts> = items
+            .iter()
+            .flat_map(|i| i.decision.analysis.statements.iter())
+            .collect();
+        let [only] = facts.as_slice() else {
+            let reason = format!(
+                "a write bounded to {limit} rows ({rule}) cannot be counted in a request with several statements"
+            );
+            return self
+                .approval(client, id, items, packet, rule, &reason, None)
+                .await;
+        };
+        let kind = only.kind.as_str().to_uppercase();
+        let in_tx = self.status & status::IN_TRANS != 0;
+        self.own(if in_tx {
+            "SAVEPOINT weir_row_bound"
+        } else {
+            "START TRANSACTION"
+        })
+        .await?;
+        let started = std::time::Instant::now();
+        self.up.seq = 0;
+        self.up.send(packet).await.map_err(upstream_failed)?;
+        let first = self.up.read().await.map_err(upstream_failed)?;
+        match First::classify(&first).map_err(Fatal::protocol)? {
+            First::Ok => {
+                let mut ok = OkPacket::decode(&first).map_err(Fatal::protocol)?;
+                if ok.affected_rows > limit {
+                    self.undo_bracket(in_tx).await?;
+                    let reason = format!(
+                        "this {kind} would change {} rows, more than the {} allowed ({rule})",
+                        crate::pg::group_digits(ok.affected_rows),
+                        crate::pg::group_digits(limit),
+                    );
+                    info!(rows = ok.affected_rows, limit, "bounded write over its bound; rolled back");
+                    return self
+                        .approval(client, id, items, packet, rule, &reason, Some(ok.affected_rows))
+                        .await;
+                }
+                let closed = self
+                    .own(if in_tx {
+                        "RELEASE SAVEPOINT weir_row_bound"
+                    } else {
+                        "COMMIT"
+                    })
+                    .await?;
+                ok.status = closed;
+                self.status = closed;
+                client.send(&ok.encode()).await?;
+                pipeline::completed(
+                    &self.info,
+                    pipeline::Completion {
+                        request: id,
+                        tags: vec![format!("OK {}", ok.affected_rows)],
+                        rows: ok.affected_rows,
+                        started,
+                        sqlstate: None,
+                        masked: Vec::new(),
+                    },
+                );
+                Ok(())
+            }
+            First::Err => {
+                let e = ErrPacket::decode(&first).map_err(Fatal::protocol)?;
+                self.undo_bracket(in_tx).await?;
+                // The server's own words, with quoted values withheld as in any result.
+                let masked = ErrPacket::new(e.code, &e.sqlstate(), &withhold_quoted(&e.message));
+                client.send(&masked.encode()).await?;
+                pipeline::completed(
+                    &self.info,
+                    pipeline::Completion {
+                        request: id,
+                        tags: Vec::new(),
+                        rows: 0,
+                        started,
+                        sqlstate: Some(e.sqlstate()),
+                        masked: Vec::new(),
+                    },
+                );
+                Ok(())
+            }
+            // A bounded write that returns rows (DELETE … RETURNING) or asks for a file:
+            // Weir cannot hold its answers, so the session ends and the server rolls back.
+            _ => Err(Fatal::new(
+                1227,
+                "42000",
+                "weir: a bounded write that returns rows cannot be counted; the session ends and its transaction is rolled back",
+            )),
+        }
+    }
+}
+
+/// Every quoted part of a server message, withheld.
+fn withhold_quoted(message: &[u8]) -> String {
+    let text = String::from_utf8_lossy(message);
+    let mut out = String::with_capacity(text.len());
+    for (i, part) in text.split('\'').enumerate() {
+        if i > 0 {
+            out.push('\'');
+        }
+        out.push_str(if i % 2 == 1 { "****" } else { part });
+    }
+    out
+}
+
+fn upstream_failed(e: ConnError) -> Fatal {
+    Fatal::new(
+        2013,
+        "HY000",
+        format!("weir: lost the upstream session: {e}"),
+    )
+}
+
+fn relay_failed(e: ConnError) -> Fatal {
+    Fatal::new(
+        2013,
+        "HY000",
+        format!("weir: relaying the answer failed: {e}"),
+    )
+}
+
+/// A MySQL target reaches only its own database: a statement that names another (a table,
+/// a stored function, `USE`) is denied ([`weir_analyze::mysql::foreign_name`]).
+fn own_database_only(decision: Arc<Decision>, db: &str) -> Arc<Decision> {
+    let foreign = |f: &weir_analyze::StatementFacts| weir_analyze::mysql::foreign_name(f, db);
+    let mut verdicts = decision.verdicts.clone();
+    let mut changed = false;
+    for (f, v) in decision.analysis.statements.iter().zip(verdicts.iter_mut()) {
+        if let Some(name) = foreign(f) {
+            *v = Verdict::Deny {
+                rule: weir_analyze::mysql::OTHER_DATABASE.into(),
+                reason: format!(
+                    "this target reaches only the database {db}; the statement names {name}"
+                ),
+            };
+            changed = true;
+        }
+    }
+    if !changed {
+        return decision;
+    }
+    Arc::new(Decision {
+        verdicts,
+        ..(*decision).clone()
+    })
+}

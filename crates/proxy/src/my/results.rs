@@ -1,0 +1,431 @@
+//! The result stage for MySQL's text protocol: a command's answers, upstream → client, with
+//! sensitive values masked.
+//!
+//! A column definition names its source (`schema`, `org_table`, `org_name`) when the column
+//! is a plain column of a table or view, as PostgreSQL's RowDescription does with OIDs; the
+//! catalog says whether that column is sensitive. A computed column (`org_table` empty) is
+//! traced through the analysis' `outputs` lineage; when that is unknown and the statement
+//! reads a sensitive column, it is masked (fail closed). Unmasked text values still go
+//! through content detection.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use weir_analyze::{Column, StatementFacts};
+use weir_mask::classify;
+use weir_mask::strategy::{self, Shape};
+use weir_mask::{Catalog, HashKey, Sensitive, Strategy};
+use weir_wire::mysql::{
+    self, column_type, status, ColumnDef, EofPacket, ErrPacket, First, OkPacket,
+};
+
+use super::conn::{Conn, ConnError};
+
+/// What happens to one result column's values.
+#[derive(Debug, Clone)]
+enum Act {
+    Keep,
+    /// Masked with this strategy; the label names the source for the completion event.
+    Mask(Strategy, Arc<str>),
+    /// Content detection decides per value.
+    Scan,
+}
+
+struct Field {
+    act: Act,
+    shape: Shape,
+}
+
+/// Who may see a column in clear.
+pub(crate) trait MayUnmask {
+    fn may_unmask(&self, column: &str, label: &str) -> bool;
+}
+
+/// What a command's answers came to.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    pub rows: u64,
+    pub affected: u64,
+    /// The server status of the last OK / EOF.
+    pub status: u16,
+    pub error: Option<(u16, String)>,
+    pub masked: BTreeSet<Arc<str>>,
+    /// A result named a table the catalog does not know (made since it loaded).
+    pub unknown_table: bool,
+    pub tags: Vec<String>,
+}
+
+/// What the relay knows of the request.
+pub(crate) struct Request<'a> {
+    /// One per statement, in order; each statement answers with one result (a CALL with
+    /// several, after which lineage is unknown).
+    pub statements: &'a [StatementFacts],
+    pub catalog: Option<&'a Catalog>,
+    pub database: &'a str,
+    pub key: &'a HashKey,
+    pub unmask: &'a (dyn MayUnmask + Sync),
+    /// Most columns a result may declare.
+    pub max_columns: usize,
+}
+
+/// Relays every answer of one command from `up` to `client`: results (one per statement,
+/// more with CALL), then the final OK or ERR. Packets are renumbered for the client.
+pub(crate) async fn relay(
+    up: &mut Conn,
+    client: &mut Conn,
+    req: &Request<'_>,
+) -> Result<Outcome, ConnError> {
+    let mut outcome = Outcome::default();
+    let mut index = 0usize;
+    let mut lineage_lost = false;
+    loop {
+        let first = up.read().await?;
+        let facts = if lineage_lost {
+            None
+        } else {
+            req.statements.get(index)
+        };
+        if facts.is_some_and(|f| f.kind == weir_analyze::StatementKind::Call) {
+            lineage_lost = true;
+        }
+        let more = match First::classify(&first)? {
+            First::Ok => {
+                let ok = OkPacket::decode(&first)?;
+                client.queue(&first);
+                outcome.affected += ok.affected_rows;
+                outcome.status = ok.status;
+                outcome.tags.push(format!("OK {}", ok.affected_rows));
+                ok.status & status::MORE_RESULTS_EXISTS != 0
+            }
+            First::Err => {
+                let e = ErrPacket::decode(&first)?;
+                let masked = mask_error(&e, facts, req.catalog);
+                outcome.error = Some((e.code, e.sqlstate()));
+                client.queue(&masked.encode());
+                false
+            }
+            First::LocalInfile => {
+                // Weir never grants CLIENT_LOCAL_FILES: a server that asks anyway is not
+                // followed, and the session ends.
+                return Err(mysql::MyError::Invalid("the server asked for a local file").into());
+            }
+            First::Columns(n) => {
+                let n = usize::try_from(n).unwrap_or(usize::MAX);
+                if n > req.max_columns {
+                    return Err(mysql::MyError::Invalid("too many columns in a result").into());
+                }
+                client.queue(&first);
+                let more = result_set(up, client, req, n, facts, &mut outcome).await?;
+                more
+            }
+        };
+        index += 1;
+        if client.queued() > 64 * 1024 || !more {
+            client.flush().await?;
+        }
+        if !more {
+            return Ok(outcome);
+        }
+    }
+}
+
+/// Column definitions, EOF, rows, EOF (or ERR). Returns whether more results follow.
+async fn result_set(
+    up: &mut Conn,
+    client: &mut Conn,
+    req: &Request<'_>,
+    n: usize,
+    facts: Option<&StatementFacts>,
+    outcome: &mut Outcome,
+) -> Result<bool, ConnError> {
+    let mut fields = Vec::with_capacity(n);
+    for i in 0..n {
+        let p = up.read().await?;
+        let def = ColumnDef::decode(&p)?;
+        fields.push(plan(&def, i, facts, req, outcome));
+        client.queue(&p);
+    }
+    let eof = up.read().await?;
+    if !EofPacket::is_eof(&eof) {
+        return Err(mysql::MyError::Invalid("expected EOF after the column definitions").into());
+    }
+    client.queue(&eof);
+    let mut row_out = Vec::new();
+    let mut scratch = Vec::new();
+    let mut rows = 0u64;
+    loop {
+        let p = up.read().await?;
+        if EofPacket::is_eof(&p) {
+            let eof = EofPacket::decode(&p)?;
+            client.queue(&p);
+            outcome.rows += rows;
+            outcome.status = eof.status;
+            outcome.tags.push(format!("SELECT {rows}"));
+            return Ok(eof.status & status::MORE_RESULTS_EXISTS != 0);
+        }
+        if p.first() == Some(&0xff) {
+            let e = ErrPacket::decode(&p)?;
+            let masked = mask_error(&e, facts, req.catalog);
+            outcome.error = Some((e.code, e.sqlstate()));
+            outcome.rows += rows;
+            client.queue(&masked.encode());
+            return Ok(false);
+        }
+        rows += 1;
+        if fields.iter().all(|f| matches!(f.act, Act::Keep)) {
+            client.queue(&p);
+        } else {
+            let values = mysql::text_row(&p, n)?;
+            row_out.clear();
+            for (v, f) in values.into_iter().zip(&fields) {
+                let Some(value) = v else {
+                    mysql::put_text_field(&mut row_out, None);
+                    continue;
+                };
+                let strategy = match &f.act {
+                    Act::Keep => None,
+                    Act::Mask(s, label) => {
+                        outcome.masked.insert(Arc::clone(label));
+                        Some(*s)
+                    }
+                    Act::Scan => classify::by_content(value).map(|c| {
+                        outcome
+                            .masked
+                            .insert(Arc::from(format!("content:{}", c.as_str())));
+                        Strategy::Redact
+                    }),
+                };
+                match strategy {
+                    None => mysql::put_text_field(&mut row_out, Some(value)),
+                    Some(s) => {
+                        scratch.clear();
+                        if f.shape.is_textual()
+                            && strategy::mask_into(s, f.shape, 0, value, req.key, &mut scratch)
+                        {
+                            mysql::put_text_field(&mut row_out, Some(&scratch));
+                        } else {
+                            mysql::put_text_field(&mut row_out, None);
+                        }
+                    }
+                }
+            }
+            client.queue(&row_out);
+        }
+        if client.queued() > 64 * 1024 {
+            client.flush().await?;
+        }
+    }
+}
+
+fn shape_of(def: &ColumnDef) -> Shape {
+    match def.column_type {
+        column_type::JSON => Shape::Json,
+        t if column_type::is_string(t) => Shape::Text,
+        _ => Shape::Other,
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// How one result column is treated.
+fn plan(
+    def: &ColumnDef,
+    index: usize,
+    facts: Option<&StatementFacts>,
+    req: &Request<'_>,
+    outcome: &mut Outcome,
+) -> Field {
+    let shape = shape_of(def);
+    let scan = if shape.is_textual() {
+        Act::Scan
+    } else {
+        Act::Keep
+    };
+    let Some(catalog) = req.catalog else {
+        return Field { act: scan, shape };
+    };
+    let decide = |qualified: &str, s: &Sensitive| -> Act {
+        if req.unmask.may_unmask(qualified, &s.label) {
+            Act::Keep
+        } else {
+            Act::Mask(s.strategy, Arc::from(qualified))
+        }
+    };
+    if !def.org_table.is_empty() {
+        let schema = if def.schema.is_empty() {
+            req.database.to_owned()
+        } else {
+            text(&def.schema)
+        };
+        let table = format!("{schema}.{}", text(&def.org_table));
+        let name = if def.org_name.is_empty() {
+            text(&def.name)
+        } else {
+            text(&def.org_name)
+        };
+        if let Some(c) = catalog.column_by_name(&table, &name) {
+            let act = match &c.sensitive {
+                Some(s) => decide(&c.qualified, s),
+                None => scan,
+            };
+            return Field { act, shape };
+        }
+        // A table made since the catalog loaded (or a derived table's alias): traced like
+        // a computed column, and the catalog reloads.
+        if !catalog.has_column(&table, &name) && !is_system_schema(&schema) {
+            outcome.unknown_table = true;
+        }
+    }
+    let act = match computed(facts, index, catalog, shape.is_textual()) {
+        Some((qualified, s)) => decide(&qualified, &s),
+        None => scan,
+    };
+    Field { act, shape }
+}
+
+fn is_system_schema(schema: &str) -> bool {
+    schema.eq_ignore_ascii_case("information_schema")
+}
+
+/// The sensitive source a computed result column may carry, if any: through the statement's
+/// lineage when known, else any sensitive column the statement reads.
+fn computed(
+    facts: Option<&StatementFacts>,
+    index: usize,
+    catalog: &Catalog,
+    textual: bool,
+) -> Option<(String, Sensitive)> {
+    let unknown = || {
+        (
+            "(unknown source)".to_owned(),
+            Sensitive {
+                label: Arc::from("unknown"),
+                strategy: Strategy::Redact,
+            },
+        )
+    };
+    let Some(f) = facts else {
+        // Lineage lost (after a CALL): whatever it returns may carry anything.
+        return Some(unknown());
+    };
+    if f.unknown_effect || !f.user_functions.is_empty() {
+        return Some(unknown());
+    }
+    let table_sensitive = |t: &str| -> Option<(String, Sensitive)> {
+        if t.split_once('.')
+            .is_some_and(|(schema, _)| is_system_schema(schema))
+        {
+            return None;
+        }
+        if catalog.columns_in_order(t).is_none() {
+            // A table the catalog does not know: it may hold anything.
+            return Some(unknown());
+        }
+        catalog
+            .sensitive_columns(t)
+            .first()
+            .map(|(c, s)| (format!("{t}.{c}"), s.clone()))
+    };
+    let column_sensitive = |c: &Column| -> Option<(String, Sensitive)> {
+        match &c.table {
+            Some(t) if c.name == "*" => table_sensitive(t),
+            Some(t) => {
+                if catalog.columns_in_order(t).is_none() {
+                    // An alias of a derived table, a CTE or a table made since: unknown.
+                    return f.tables_read.iter().find_map(|t| table_sensitive(t));
+                }
+                catalog
+                    .column_by_name(t, &c.name)
+                    .and_then(|sc| sc.sensitive.clone().map(|s| (sc.qualified.to_string(), s)))
+            }
+            None => f.tables_read.iter().find_map(|t| {
+                if c.name == "*" {
+                    return table_sensitive(t);
+                }
+                let sc = catalog.column_by_name(t, &c.name)?;
+                sc.sensitive.clone().map(|s| (sc.qualified.to_string(), s))
+            }),
+        }
+    };
+    match f.outputs.as_ref().and_then(|o| o.get(index)) {
+        Some(sources) => {
+            let counted_text = f
+                .outputs_counted
+                .as_ref()
+                .and_then(|o| o.get(index))
+                .filter(|_| textual)
+                .into_iter()
+                .flatten();
+            sources
+                .iter()
+                .chain(counted_text)
+                .find_map(column_sensitive)
+        }
+        None => f.tables_read.iter().find_map(|t| table_sensitive(t)),
+    }
+}
+
+/// A server error whose message may quote values (`Duplicate entry '…' for key …`,
+/// `Truncated incorrect … value: '…'`): when the statement reads or writes anything
+/// sensitive, or what is quoted looks sensitive, every quoted value is withheld.
+fn mask_error(
+    e: &ErrPacket,
+    facts: Option<&StatementFacts>,
+    catalog: Option<&Catalog>,
+) -> ErrPacket {
+    let msg = text(&e.message);
+    let touches_sensitive = match (facts, catalog) {
+        (Some(f), Some(c)) => f
+            .tables_read
+            .iter()
+            .chain(&f.tables_written)
+            .any(|t| !c.sensitive_columns(t).is_empty() || c.columns_in_order(t).is_none()),
+        _ => true,
+    };
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg.as_str();
+    let mut changed = false;
+    while let Some(open) = rest.find('\'') {
+        let (head, tail) = rest.split_at(open + 1);
+        out.push_str(head);
+        let Some(close) = tail.find('\'') else {
+            rest = tail;
+            break;
+        };
+        let inner = tail.get(..close).unwrap_or("");
+        // Names the server quotes (keys, columns, tables) follow these words.
+        let is_name = [
+            "key ",
+            "column ",
+            "table ",
+            "database ",
+            "for ",
+            "function ",
+            "user ",
+        ]
+        .iter()
+        .any(|w| head.trim_end_matches('\'').ends_with(w));
+        if !is_name && (touches_sensitive || classify::by_content(inner.as_bytes()).is_some()) {
+            out.push_str("****");
+            changed = true;
+        } else {
+            out.push_str(inner);
+        }
+        out.push('\'');
+        rest = tail.get(close + 1..).unwrap_or("");
+    }
+    out.push_str(rest);
+    if !changed && classify::by_content(out.as_bytes()).is_none() {
+        return e.clone();
+    }
+    if classify::by_content(out.as_bytes()).is_some() {
+        out = "(withheld by weir: this message quoted a sensitive value)".into();
+    }
+    ErrPacket {
+        code: e.code,
+        sqlstate: e.sqlstate,
+        message: out.into_bytes(),
+    }
+}
