@@ -88,6 +88,32 @@ impl Conn {
         }
     }
 
+    /// Reads one single-frame packet without reading ahead: what follows it (a TLS
+    /// ClientHello after an SSLRequest) stays in the socket for whoever reads next.
+    pub async fn read_exact_packet(&mut self) -> Result<Vec<u8>, ConnError> {
+        if !self.buf.is_empty() {
+            return self.read().await;
+        }
+        let mut h = [0u8; 4];
+        self.read_exact(&mut h).await?;
+        let header = Header::parse(h);
+        if header.continues() || header.len > self.max {
+            return Err(mysql::MyError::Invalid("a handshake packet this long").into());
+        }
+        let mut payload = vec![0u8; header.len];
+        self.read_exact(&mut payload).await?;
+        self.seq = header.seq.wrapping_add(1);
+        Ok(payload)
+    }
+
+    async fn read_exact(&mut self, out: &mut [u8]) -> Result<(), ConnError> {
+        match self.stream.read_exact(out).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ConnError::Closed),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Whether the peer has closed the connection (used while nothing is expected from it).
     /// Bytes it sends meanwhile are kept for the next [`Conn::read`], up to the maximum.
     pub async fn closed(&mut self) {

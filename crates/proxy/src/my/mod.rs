@@ -39,9 +39,40 @@ use crate::pipeline::{self, Channel, Decider, Item, Refusal, RefusalKind, Sessio
 use crate::stream::Stream;
 use crate::Shared;
 
-/// What Weir tells clients it is. Clients adapt to the version (a MariaDB client to the
-/// `5.5.5-` prefix), so it names a MySQL 8 server that speaks what Weir relays.
-const SERVER_VERSION: &str = "8.0.35-weir";
+/// What Weir tells clients it is before it has seen a target's server.
+const DEFAULT_VERSION: &str = "8.0.35-weir";
+
+/// The version the MySQL targets' server announces, which Weir repeats in its greeting:
+/// clients adapt to it (collations, the `5.5.5-` prefix of MariaDB), and the greeting comes
+/// before the client names its target. Learned once, from the first MySQL target's greeting.
+static SERVER_VERSION: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+async fn server_version(shared: &Shared) -> String {
+    let known = SERVER_VERSION
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(v) = known {
+        return v;
+    }
+    let first = shared
+        .config
+        .targets
+        .iter()
+        .find(|t| t.engine == Engine::Mysql);
+    let probed = match first {
+        Some(t) => upstream::server_version(t, shared.config.gateway.max_message_size).await,
+        None => None,
+    };
+    match probed {
+        Some(v) => {
+            let v = format!("{v}-weir");
+            *SERVER_VERSION.lock().unwrap_or_else(|p| p.into_inner()) = Some(v.clone());
+            v
+        }
+        None => DEFAULT_VERSION.to_owned(),
+    }
+}
 /// utf8mb4_general_ci: known to MySQL and MariaDB alike.
 const CHARSET: u8 = 45;
 /// Most columns a result may declare (MySQL's own limit).
@@ -133,7 +164,7 @@ async fn start(
         |what: &'static str| move |_| Fatal::new(2013, "HY000", format!("weir: {what} timed out"));
     let server_caps = upstream::FORWARDED_CAPS | cap::SSL | cap::CONNECT_ATTRS;
     let hello = Handshake {
-        server_version: SERVER_VERSION.as_bytes().to_vec(),
+        server_version: server_version(shared).await.into_bytes(),
         connection_id: u32::try_from(session % u64::from(u32::MAX)).unwrap_or(0),
         auth_data: nonce()?,
         capabilities: server_caps,
@@ -143,7 +174,7 @@ async fn start(
     };
     client.seq = 0;
     client.send(&hello.encode()).await?;
-    let mut first = tokio::time::timeout_at(deadline, client.read())
+    let mut first = tokio::time::timeout_at(deadline, client.read_exact_packet())
         .await
         .map_err(within("the handshake"))??;
     if HandshakeResponse::is_ssl_request(&first) {
@@ -215,6 +246,31 @@ async fn start(
     // loopback), as the PostgreSQL listener asks for a cleartext password.
     let token = if response.auth_plugin.as_deref() == Some(b"mysql_clear_password") {
         response.auth_response.clone()
+    } else if client_name(&response) == Some(b"libmysql".as_slice()) {
+        // MySQL's own client library refuses the cleartext plugin unless told otherwise;
+        // it is asked through caching_sha2_password's full authentication, which over TLS
+        // is the password as typed (a scramble could not be checked against a token stored
+        // as a hash). Without TLS that would need the server's RSA key: refused.
+        if !client.stream.is_tls() {
+            return Err(Fatal::new(
+                1045,
+                "28000",
+                "weir: this client sends its password in clear only over TLS: connect with --ssl-mode=REQUIRED",
+            ));
+        }
+        let switch = AuthSwitch {
+            plugin: b"caching_sha2_password".to_vec(),
+            data: nonce()?,
+        };
+        client.send(&switch.encode()).await?;
+        let _scramble = tokio::time::timeout_at(deadline, client.read())
+            .await
+            .map_err(within("authentication"))??;
+        // AuthMoreData: "perform full authentication".
+        client.send(&[0x01, 0x04]).await?;
+        tokio::time::timeout_at(deadline, client.read())
+            .await
+            .map_err(within("authentication"))??
     } else {
         let switch = AuthSwitch {
             plugin: b"mysql_clear_password".to_vec(),
@@ -402,6 +458,19 @@ async fn start(
     info!(reason = %reason, "session ended");
     pipeline::session_closed(&s.info, s.requests, reason).await;
     Ok(())
+}
+
+/// The `_client_name` connection attribute (`libmysql`, `libmariadb`, `pymysql`, …).
+fn client_name(r: &HandshakeResponse) -> Option<&[u8]> {
+    let mut attrs = weir_wire::mysql::Reader::new(r.attributes.as_deref()?);
+    while !attrs.is_empty() {
+        let key = attrs.lenenc().ok()?;
+        let value = attrs.lenenc().ok()?;
+        if key == b"_client_name" {
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// What Weir reads of a session before it analyzes anything in it: how the server will

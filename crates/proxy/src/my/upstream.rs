@@ -56,6 +56,22 @@ pub(crate) struct Upstream {
     pub status: u16,
 }
 
+/// The version a target's server announces in its greeting (nothing is sent to it).
+pub(crate) async fn server_version(target: &Target, max: usize) -> Option<String> {
+    let probe = async {
+        let tcp = TcpStream::connect(&target.upstream).await.ok()?;
+        let mut conn = Conn::new(Stream::Plain(tcp), max);
+        let greeting = conn.read().await.ok()?;
+        Handshake::decode(&greeting)
+            .ok()
+            .map(|h| String::from_utf8_lossy(&h.server_version).into_owned())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), probe)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Connects and logs in as the target's user, into the target's database. `client_caps`
 /// are what the client asked for (intersected with [`FORWARDED_CAPS`] and the server's).
 pub(crate) async fn connect(

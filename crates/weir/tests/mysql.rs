@@ -1,0 +1,321 @@
+//! The MySQL listener, end to end: a throwaway MariaDB, the real `weir serve`, and real
+//! clients (the `mariadb` CLI, PyMySQL, mysql-connector-python). The server is the oracle:
+//! what a statement did is checked directly afterwards.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::mariadb::{mariadb_cli, python, Mariadb};
+use common::{stdout, Gateway, ALICE_TOKEN, BOB_TOKEN};
+
+/// A gateway in front of `m` with the `shopmy` (development) target and `shopprod`, the
+/// same database as production, writes bounded to 100 rows.
+fn gateway(m: &Mariadb) -> Gateway {
+    let prod = m.target_toml("shopprod", "production");
+    Gateway::start_mariadb_custom(
+        m,
+        common::Options {
+            fast: true,
+            ..Default::default()
+        },
+        move |_, _| format!("{prod}\n[policy]\nbulk_write_rows = 100\n"),
+    )
+}
+
+fn cli(g: &Gateway, db: &str, sql: &str) -> (String, String) {
+    let o = mariadb_cli(g.mysql_port.unwrap(), "alice", ALICE_TOKEN, db, sql);
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_mariadb_cli_is_served_masked_and_guarded() {
+    let m = Mariadb::start();
+    let g = gateway(&m);
+
+    // Transparent for what is not sensitive: the same rows as directly.
+    let direct = m.sql("SELECT id, full_name FROM shop.customers ORDER BY id LIMIT 5");
+    let (out, err) = cli(
+        &g,
+        "shopmy",
+        "SELECT id, full_name FROM customers ORDER BY id LIMIT 5",
+    );
+    assert!(err.is_empty(), "{err}");
+    let through: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(through, direct.lines().collect::<Vec<_>>());
+    let (out, _) = cli(&g, "shopmy", "SELECT count(*), count(email) FROM customers");
+    assert_eq!(out.lines().nth(1), Some("300\t300"));
+
+    // A wrong token, or none: 1045 and no upstream contact.
+    let o = mariadb_cli(
+        g.mysql_port.unwrap(),
+        "alice",
+        "not-the-token",
+        "shopmy",
+        "SELECT 1",
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ERROR 1045 (28000)"));
+    let o = mariadb_cli(
+        g.mysql_port.unwrap(),
+        "alice",
+        BOB_TOKEN,
+        "shopmy",
+        "SELECT 1",
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ERROR 1045 (28000)"));
+
+    // Sensitive values never leave in clear, whatever expression carries them.
+    let email = m.sql("SELECT email FROM shop.customers WHERE id = 7");
+    let email = email.trim();
+    assert!(email.contains('@'));
+    m.sql("CREATE VIEW shop.contact AS SELECT id, email AS reach FROM shop.customers");
+    for sql in [
+        "SELECT email FROM customers WHERE id = 7",
+        "SELECT concat('<', email, '>') FROM customers WHERE id = 7",
+        "SELECT group_concat(email) FROM customers WHERE id IN (6, 7, 8)",
+        "SELECT json_object('e', email) FROM customers WHERE id = 7",
+        "SELECT full_name FROM customers WHERE id = 0 UNION SELECT email FROM customers WHERE id = 7",
+        "SELECT (SELECT email FROM customers WHERE id = 7) AS x",
+        "SELECT x FROM (SELECT email AS x FROM customers WHERE id = 7) d",
+        "SELECT reach FROM contact WHERE id = 7",
+        "SELECT upper(email), lower(ssn) FROM customers WHERE id = 7",
+    ] {
+        let (out, err) = cli(&g, "shopmy", sql);
+        assert!(err.is_empty(), "{sql}: {err}");
+        assert!(
+            !out.to_lowercase().contains(&email.to_lowercase()),
+            "{sql} leaked {email}: {out}"
+        );
+        assert!(out.lines().count() >= 2, "{sql}: no row: {out}");
+    }
+
+    // Policy: a DELETE without WHERE in production is denied, and nothing is deleted.
+    let (_, err) = cli(&g, "shopprod", "DELETE FROM customers");
+    assert!(
+        err.contains("ERROR 1227 (42000)")
+            && err.contains("weir: denied by weir.where-required-in-production"),
+        "{err}"
+    );
+    assert_eq!(m.sql("SELECT count(*) FROM shop.customers").trim(), "300");
+    // Another database is out of reach, also through USE.
+    for sql in [
+        "SELECT * FROM other.secret",
+        "USE other",
+        "SELECT v FROM customers JOIN other.secret s ON s.id = customers.id",
+    ] {
+        let (out, err) = cli(&g, "shopmy", sql);
+        assert!(err.contains("weir.other-database"), "{sql}: {err}");
+        assert!(!out.contains("other-database-secret"));
+    }
+    let o = mariadb_cli(
+        g.mysql_port.unwrap(),
+        "alice",
+        ALICE_TOKEN,
+        "other",
+        "SELECT 1",
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ERROR 1049"));
+    // Server files, both ways.
+    let (_, err) = cli(
+        &g,
+        "shopmy",
+        "SELECT email INTO OUTFILE '/tmp/weir-mysql-outfile' FROM customers",
+    );
+    assert!(err.contains("ERROR 1227"), "{err}");
+    assert!(!std::path::Path::new("/tmp/weir-mysql-outfile").exists());
+    let (out, err) = cli(&g, "shopmy", "SELECT load_file('/etc/passwd')");
+    assert!(
+        err.contains("weir.server-files-and-programs") && !out.contains("root:"),
+        "{err}"
+    );
+    let (_, err) = cli(
+        &g,
+        "shopmy",
+        "LOAD DATA LOCAL INFILE '/etc/passwd' INTO TABLE products",
+    );
+    assert!(err.contains("ERROR"), "{err}");
+    // Unknown commands and the binary protocol fail closed; COM_PING answers.
+    let (_, err) = cli(&g, "shopmy", "SELECT 1 || 1");
+    assert!(err.contains("weir.lexing-mode"), "{err}");
+
+    // Every statement Weir sent carries an event, with constants stripped.
+    let events = g.audit_events();
+    let statements: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["type"] == "statement" || e["event"] == "statement" || e.get("sql").is_some())
+        .collect();
+    assert!(
+        statements
+            .iter()
+            .any(|e| e.to_string().contains("WHERE id = ?")),
+        "no normalized statement event: {events:?}"
+    );
+    assert!(!events.iter().any(|e| e.to_string().contains(email)));
+    assert!(m
+        .general_log()
+        .contains("SELECT email FROM customers WHERE id = 7"));
+}
+
+#[test]
+fn python_drivers_work_with_their_defaults_and_over_tls() {
+    let m = Mariadb::start();
+    let g = gateway(&m);
+    let port = g.mysql_port.unwrap();
+    let script = format!(
+        r#"
+import pymysql, mysql.connector
+for ssl in (None, {{"check_hostname": False}}):
+    c = pymysql.connect(host="127.0.0.1", port={port}, user="alice", password="{ALICE_TOKEN}", database="shopmy", ssl=ssl)
+    cur = c.cursor()
+    cur.execute("SELECT id, email FROM customers WHERE id = %s", (7,))
+    print("pymysql", ssl is not None, cur.fetchall())
+    try:
+        cur.execute("SELECT /*!99999 ssn, */ id FROM customers WHERE id = 7")
+        print("comment ran")
+    except pymysql.err.MySQLError as e:
+        print("comment refused", e.args[0], e.args[1])
+    c.close()
+# Its defaults: TLS when the server offers it, caching_sha2_password.
+c = mysql.connector.connect(host="127.0.0.1", port={port}, user="alice", password="{ALICE_TOKEN}", database="shopmy")
+cur = c.cursor()
+cur.execute("SELECT id, email FROM customers WHERE id = 7")
+print("connector", cur.fetchall())
+c.close()
+"#
+    );
+    let o = python(&script);
+    let out = stdout(&o);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let email = m.sql("SELECT email FROM shop.customers WHERE id = 7");
+    assert!(!out.contains(email.trim()), "{out}");
+    assert_eq!(out.matches("pymysql").count(), 2, "{out}");
+    assert_eq!(out.matches("comment refused 1227").count(), 2, "{out}");
+    assert!(out.contains("connector [(7,"), "{out}");
+}
+
+#[test]
+fn a_bulk_write_waits_for_approval_with_its_count() {
+    let m = Mariadb::start();
+    let g = gateway(&m);
+    let port = g.mysql_port.unwrap();
+    // Small writes run (inside Weir's bracket).
+    let (_, err) = cli(
+        &g,
+        "shopprod",
+        "UPDATE customers SET notes = 'one' WHERE id = 5",
+    );
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(
+        m.sql("SELECT notes FROM shop.customers WHERE id = 5")
+            .trim(),
+        "one"
+    );
+    // 300 rows over a bound of 100: rolled back, and waits.
+    let waiting = std::thread::spawn(move || {
+        mariadb_cli(
+            port,
+            "alice",
+            ALICE_TOKEN,
+            "shopprod",
+            "UPDATE customers SET notes = 'all' WHERE id > 0",
+        )
+    });
+    let mut id = None;
+    for _ in 0..200 {
+        let list = stdout(&g.weir(&["approvals"]));
+        if let Some(line) = list.lines().find(|l| l.contains("300")) {
+            id = line.split_whitespace().next().map(str::to_owned);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let id = id.expect("an approval request naming 300 rows");
+    assert_eq!(
+        m.sql("SELECT count(*) FROM shop.customers WHERE notes = 'all'")
+            .trim(),
+        "0"
+    );
+    let denied = g.weir(&["deny", &id, "--as", "bob", "--reason", "too broad"]);
+    assert!(
+        denied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    let o = waiting.join().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("ERROR 1227") && err.contains(&id), "{err}");
+    assert_eq!(
+        m.sql("SELECT count(*) FROM shop.customers WHERE notes = 'all'")
+            .trim(),
+        "0"
+    );
+}
+
+#[test]
+fn policy_check_decides_mysql_statements() {
+    let m = Mariadb::start();
+    let g = gateway(&m);
+    for (sql, want) in [
+        ("SELECT * FROM customers", "allow"),
+        (
+            "DELETE FROM customers",
+            "deny weir.where-required-in-production",
+        ),
+        ("SELECT * FROM other.secret", "deny weir.other-database"),
+        ("SELECT /*!1 1 */", "deny weir.lexing-mode"),
+        ("UPDATE customers SET notes = 'x' WHERE id > 0", "bound 100"),
+    ] {
+        let o = g.weir(&[
+            "policy", "check", "--as", "alice", "--target", "shopprod", sql,
+        ]);
+        let out = stdout(&o);
+        assert!(out.trim().starts_with(want), "{sql}: {out}");
+    }
+}
+
+#[test]
+fn hostile_packets_close_the_connection_and_the_gateway_goes_on() {
+    let m = Mariadb::start();
+    let g = gateway(&m);
+    let port = g.mysql_port.unwrap();
+    let attempts: [&[u8]; 4] = [
+        // A frame that claims 16 MiB and stops.
+        &[0xff, 0xff, 0xff, 1, 0x85, 0xa6],
+        // A handshake response cut short.
+        &[5, 0, 0, 1, 0x85, 0xa6, 0x0f, 0x00, 0x00],
+        // Not MySQL at all.
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        // A handshake response whose auth data length runs past the packet.
+        &[
+            40, 0, 0, 1, 0x05, 0xa6, 0x2f, 0x00, 0, 0, 0, 1, 45, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, b'a', 0, 200, 1, 2,
+        ],
+    ];
+    for bytes in attempts {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut greeting = [0u8; 512];
+        let n = s.read(&mut greeting).unwrap();
+        assert!(n > 4 && greeting[4] == 10, "a protocol 10 greeting");
+        let _ = s.write_all(bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    let (out, err) = cli(&g, "shopmy", "SELECT 41 + 1");
+    assert!(err.is_empty() && out.contains("42"), "{out}{err}");
+}
