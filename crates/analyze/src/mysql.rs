@@ -86,6 +86,49 @@ pub fn unsafe_charset(name: &str) -> bool {
     matches!(charset, "sjis" | "cp932" | "big5" | "gbk" | "gb18030")
 }
 
+/// Character sets (or their collations) a session may switch to: ones in which every byte
+/// of a multibyte character has its high bit set, or single-byte ones. A number, DEFAULT
+/// or anything else is refused: the server would pick a character set Weir cannot see.
+fn safe_charset(name: &str) -> bool {
+    let n = name.trim().to_ascii_lowercase();
+    let charset = n.split('_').next().unwrap_or("");
+    n != "default"
+        && matches!(
+            charset,
+            "utf8"
+                | "utf8mb3"
+                | "utf8mb4"
+                | "latin1"
+                | "latin2"
+                | "latin5"
+                | "latin7"
+                | "ascii"
+                | "binary"
+                | "cp1250"
+                | "cp1251"
+                | "cp1256"
+                | "cp1257"
+                | "koi8r"
+                | "koi8u"
+                | "greek"
+                | "hebrew"
+                | "armscii8"
+                | "geostd8"
+                | "keybcs2"
+                | "cp850"
+                | "cp852"
+                | "cp866"
+                | "dec8"
+                | "hp8"
+                | "swe7"
+                | "macce"
+                | "macroman"
+                | "ujis"
+                | "eucjpms"
+                | "euckr"
+        )
+}
+
 /// Why a text must not be analyzed by sqlparser in this mode, if it must not.
 fn lexing_refusal(text: &str, mode: &Mode) -> Option<String> {
     if text.contains("/*!") || text.contains("/*M!") {
@@ -139,14 +182,17 @@ fn analyze_inner(text: &str, mode: &Mode) -> Result<(Vec<StatementFacts>, String
             String::new(),
         ));
     }
-    let parsed = std::panic::catch_unwind(|| {
-        Parser::new(&MySqlDialect {})
-            .with_recursion_limit(RECURSION_LIMIT)
-            .try_with_sql(text)
-            .and_then(|mut p| p.parse_statements())
-    })
-    .map_err(|_| AnalyzeError::Internal("the MySQL parser failed".into()))?;
+    token_refusal(text)?;
+    let parsed = std::panic::catch_unwind(|| parse_statements(text))
+        .map_err(|_| AnalyzeError::Internal("the MySQL parser failed".into()))?;
     let mut statements = parsed.map_err(|e| AnalyzeError::Parse(e.to_string()))?;
+    // A statement that changes how text is read (sql_mode, the character set) must be the
+    // last of its text: the server reads what follows it in the new mode, Weir in the old.
+    if let Some((_, before_last)) = statements.split_last() {
+        if before_last.iter().any(changes_lexing) {
+            return Err(AnalyzeError::LexingMode("weir: a statement that changes sql_mode or the character set must be sent alone (or last): the server reads the statements after it in the new mode".into()));
+        }
+    }
     if statements.is_empty() {
         return Ok((
             vec![StatementFacts::new(StatementKind::Empty)],
@@ -159,6 +205,175 @@ fn analyze_inner(text: &str, mode: &Mode) -> Result<(Vec<StatementFacts>, String
         .collect::<Result<Vec<_>, _>>()?;
     Ok((facts, normalize(&mut statements, text)))
 }
+
+/// Statements one by one, each followed by `;` or the end of the text: sqlparser's own
+/// loop stops at an `END` keyword and drops what follows, which the server would run.
+fn parse_statements(text: &str) -> Result<Vec<Statement>, sqlparser::parser::ParserError> {
+    use sqlparser::tokenizer::Token;
+    let mut p = Parser::new(&MySqlDialect {})
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(text)?;
+    let mut out = Vec::new();
+    loop {
+        while p.consume_token(&Token::SemiColon) {}
+        if p.peek_token().token == Token::EOF {
+            return Ok(out);
+        }
+        out.push(p.parse_statement()?);
+        let next = p.next_token();
+        match next.token {
+            Token::SemiColon => {}
+            Token::EOF => return Ok(out),
+            other => {
+                return Err(sqlparser::parser::ParserError::ParserError(format!(
+                    "expected the end of the statement, found {other}"
+                )))
+            }
+        }
+    }
+}
+
+/// Settings that change how the server reads the rest of a text.
+fn changes_lexing(s: &Statement) -> bool {
+    let Statement::Set(set) = s else {
+        return false;
+    };
+    let name = |n: &ObjectName| name_of(n).to_lowercase();
+    let lexing = |n: &str| {
+        let n = n.trim_start_matches("@@session.").trim_start_matches("@@");
+        matches!(
+            n,
+            "sql_mode"
+                | "character_set_client"
+                | "character_set_connection"
+                | "collation_connection"
+        )
+    };
+    match set {
+        ast::Set::SingleAssignment { variable, .. } => lexing(&name(variable)),
+        ast::Set::MultipleAssignments { assignments } => {
+            assignments.iter().any(|a| lexing(&name(&a.name)))
+        }
+        _ => true,
+    }
+}
+
+/// Longest run of operators Weir lets the parser see between two commas or parentheses:
+/// sqlparser recurses per operator in a chain, and a long enough chain overflows the
+/// stack (which no `catch_unwind` can catch).
+const MAX_OPERATOR_RUN: usize = 512;
+
+/// Token-level refusals: comments the server and sqlparser end differently, calls of
+/// built-in names that the server resolves as stored functions, operator chains too long
+/// to parse safely.
+fn token_refusal(text: &str) -> Result<(), AnalyzeError> {
+    use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+    // `--` is a comment to the server only when followed by whitespace or a control
+    // character, by ASCII rules; sqlparser decides by Unicode whitespace.
+    let mut rest = text;
+    while let Some(i) = rest.find("--") {
+        let after = rest.get(i + 2..).unwrap_or("");
+        if let Some(c) = after.chars().next() {
+            let server = c == ' ' || c.is_ascii_control();
+            let parser = c.is_whitespace();
+            if server != parser || (c.is_ascii_control() && !matches!(c, '\t' | '\n' | '\r')) {
+                return Err(AnalyzeError::LexingMode(
+                    "weir: `--` followed by this character is read differently by the server and Weir's parser".into(),
+                ));
+            }
+        }
+        rest = after;
+    }
+    let tokens = Tokenizer::new(&MySqlDialect {}, text)
+        .tokenize()
+        .map_err(|e| AnalyzeError::Parse(e.to_string()))?;
+    let mut run = 0usize;
+    for (i, t) in tokens.iter().enumerate() {
+        match t {
+            Token::Comma | Token::LParen | Token::RParen | Token::SemiColon => run = 0,
+            Token::Word(_) | Token::Number(..) | Token::Whitespace(_) => {}
+            Token::SingleQuotedString(_) | Token::DoubleQuotedString(_) => {}
+            _ => run += 1,
+        }
+        if run > MAX_OPERATOR_RUN {
+            return Err(AnalyzeError::Parse(
+                "an expression with too many operators in a row".into(),
+            ));
+        }
+        // `count (x)`: a space between a built-in's name and its parenthesis makes the
+        // server call a stored function of that name.
+        if let Token::Word(w) = t {
+            let spaced = matches!(
+                tokens.get(i + 1),
+                Some(Token::Whitespace(
+                    Whitespace::Space | Whitespace::Tab | Whitespace::Newline
+                ))
+            );
+            let paren = tokens
+                .iter()
+                .skip(i + 1)
+                .find(|t| !matches!(t, Token::Whitespace(_)))
+                .is_some_and(|t| *t == Token::LParen);
+            let name = w.value.to_lowercase();
+            if spaced
+                && paren
+                && w.quote_style.is_none()
+                && builtins().contains(name.as_str())
+                && !KEYWORD_CALLS.contains(&name.as_str())
+            {
+                return Err(AnalyzeError::LexingMode(format!(
+                    "weir: `{} (` with a space is a stored function to the server, the built-in to Weir's parser; write `{}(`",
+                    w.value, w.value
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Built-in names that are also keywords followed by a parenthesis in ordinary syntax
+/// (`IN (`, `VALUES (`, `EXISTS (`, `IF (`, …): a space before their parenthesis is normal.
+const KEYWORD_CALLS: &[&str] = &[
+    "in",
+    "values",
+    "value",
+    "exists",
+    "if",
+    "row",
+    "using",
+    "on",
+    "char",
+    "default",
+    "interval",
+    "match",
+    "left",
+    "right",
+    "insert",
+    "replace",
+    "mod",
+    "database",
+    "schema",
+    "user",
+    "repeat",
+    "format",
+    "position",
+    "key",
+    "index",
+    "table",
+    "set",
+    "any",
+    "all",
+    "some",
+    "year",
+    "date",
+    "time",
+    "timestamp",
+    "cast",
+    "convert",
+    "and",
+    "or",
+    "not",
+];
 
 /// The text with every constant replaced by `?`: what the audit trail records. Constants
 /// that are not expressions (a SHOW … LIKE pattern, a KILL id) would survive printing, so
@@ -192,10 +407,15 @@ fn normalize(statements: &mut Vec<Statement>, original: &str) -> String {
             )
         })
     });
-    if clean {
+    if clean && !printed.contains("/*") && !printed.contains('#') {
         printed
     } else {
-        crate::redacted(original)
+        // MySQL's backslash escapes are not what the generic redaction reads: only the
+        // text's size is kept.
+        format!(
+            "-- a MySQL text of {} bytes (not normalizable)",
+            original.len()
+        )
     }
 }
 
@@ -302,7 +522,15 @@ impl Visitor for Gathered {
 
     fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
         if let Expr::Function(f) = e {
-            self.functions.insert(name_of(&f.name).to_lowercase());
+            let quoted = f
+                .name
+                .0
+                .iter()
+                .any(|p| matches!(p, ObjectNamePart::Identifier(i) if i.quote_style.is_some()));
+            let name = name_of(&f.name).to_lowercase();
+            // A name in backticks is never the built-in to the server.
+            self.functions
+                .insert(if quoted { format!("`{name}`") } else { name });
         }
         ControlFlow::Continue(())
     }
@@ -347,11 +575,11 @@ impl<'a> Names<'a> {
         n
     }
 
-    /// `t` → `db.t`; `other.t` as written; a CTE name → None.
+    /// `t` → `db.t`; `other.t` as written. A CTE's name is kept as a table too: CTE names
+    /// are scoped per query, and one may shadow a real table it also reads, so treating
+    /// every such name as a possible table errs on the side of what it could read.
     fn qualify(&self, name: &str) -> Option<String> {
-        if !name.contains('.') && self.ctes.contains(name) {
-            return None;
-        }
+        let _ = self.ctes;
         Some(if name.contains('.') {
             name.to_owned()
         } else {
@@ -790,7 +1018,6 @@ fn kind_of(
         | Statement::CreateProcedure { .. }
         | Statement::CreateTrigger(_)
         | Statement::CreateSequence { .. }
-        | Statement::RenameTable(_)
         | Statement::Comment { .. } => {
             written = all_relations();
             writes(K::Ddl)
@@ -802,8 +1029,35 @@ fn kind_of(
             f.hazards.insert("rewrite");
             f
         }
-        Statement::Drop { .. }
-        | Statement::DropFunction(_)
+        Statement::Drop {
+            object_type,
+            names: dropped,
+            ..
+        } => {
+            written = all_relations();
+            for n in dropped {
+                let n = name_of(n);
+                if matches!(
+                    object_type,
+                    ast::ObjectType::Database | ast::ObjectType::Schema
+                ) {
+                    // A database: named as `db.*`, so another one is seen as foreign.
+                    written.push(format!("{n}.*"));
+                } else {
+                    written.push(n);
+                }
+            }
+            writes(K::Drop)
+        }
+        Statement::RenameTable(renames) => {
+            written = all_relations();
+            for r in renames {
+                written.push(name_of(&r.old_name));
+                written.push(name_of(&r.new_name));
+            }
+            writes(K::Ddl)
+        }
+        Statement::DropFunction(_)
         | Statement::DropProcedure { .. }
         | Statement::DropTrigger(_) => {
             written = all_relations();
@@ -957,7 +1211,11 @@ fn set_one(
     let mut f = StatementFacts::new(if global { K::AlterSystem } else { K::Set });
     if matches!(
         name.as_str(),
-        "character_set_client" | "character_set_connection" | "names" | "charset"
+        "character_set_client"
+            | "character_set_connection"
+            | "collation_connection"
+            | "names"
+            | "charset"
     ) {
         let value = values.first().map(|v| match v {
             Expr::Value(v) => match &v.value {
@@ -968,7 +1226,7 @@ fn set_one(
             _ => String::new(),
         });
         match value {
-            Some(v) if !v.is_empty() && !unsafe_charset(&v) => {}
+            Some(v) if safe_charset(&v) => {}
             _ => {
                 return Err(AnalyzeError::LexingMode(format!(
                     "weir: the character set must be a constant in which no multibyte character holds a quote or backslash byte ({name})"
@@ -1032,7 +1290,7 @@ fn set_facts(set: &ast::Set, names: &Names<'_>) -> Result<StatementFacts, Analyz
             Ok(merged.unwrap_or_else(|| StatementFacts::new(K::Set)))
         }
         ast::Set::SetNames { charset_name, .. } => {
-            if unsafe_charset(&charset_name.value) {
+            if !safe_charset(&charset_name.value) {
                 return Err(AnalyzeError::LexingMode(format!(
                     "weir: SET NAMES {}: in this character set a multibyte character can hold a quote or backslash byte",
                     charset_name.value
@@ -1042,7 +1300,9 @@ fn set_facts(set: &ast::Set, names: &Names<'_>) -> Result<StatementFacts, Analyz
             f.value_dependent = true;
             Ok(f)
         }
-        ast::Set::SetNamesDefault {} => Ok(named("names")),
+        ast::Set::SetNamesDefault {} => Err(AnalyzeError::LexingMode(
+            "weir: SET NAMES DEFAULT picks the server's character set, which Weir cannot see; name one".into(),
+        )),
         ast::Set::SetRole { .. } => Ok(named("role")),
         ast::Set::SetTransaction { .. } => Ok(named("transaction")),
         ast::Set::SetTimeZone { .. } => Ok(named("time_zone")),
@@ -1064,6 +1324,8 @@ fn node_name(s: &Statement) -> &'static str {
         Statement::Use(_) => "Use",
         Statement::Call(_) => "Call",
         Statement::Explain { .. } => "Explain",
+        Statement::ShowProcessList { .. } => "ShowProcessList",
+        Statement::Kill { .. } => "Kill",
         Statement::StartTransaction { .. } => "StartTransaction",
         Statement::Commit { .. } => "Commit",
         Statement::Rollback { .. } => "Rollback",

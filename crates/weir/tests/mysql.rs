@@ -125,6 +125,19 @@ fn the_mariadb_cli_is_served_masked_and_guarded() {
         "SELECT 1",
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("ERROR 1049"));
+    // Every session shares the upstream user: its process list and KILL would reach other
+    // identities' connections.
+    for (sql, rule) in [
+        ("SHOW PROCESSLIST", "weir.mysql-processlist"),
+        (
+            "SELECT info FROM information_schema.processlist",
+            "weir.mysql-processlist",
+        ),
+        ("KILL 1", "weir.mysql-kill"),
+    ] {
+        let (_, err) = cli(&g, "shopmy", sql);
+        assert!(err.contains(rule), "{sql}: {err}");
+    }
     // Server files, both ways.
     let (_, err) = cli(
         &g,
@@ -185,6 +198,21 @@ for ssl in (None, {{"check_hostname": False}}):
     except pymysql.err.MySQLError as e:
         print("comment refused", e.args[0], e.args[1])
     c.close()
+# COM_FIELD_LIST (what the interactive CLI's auto-rehash sends): column definitions, and the
+# session goes on.
+from pymysql.constants import COMMAND
+c = pymysql.connect(host="127.0.0.1", port={port}, user="alice", password="{ALICE_TOKEN}", database="shopmy")
+c._execute_command(COMMAND.COM_FIELD_LIST, b"customers\0")
+fields = 0
+while True:
+    p = c._read_packet()
+    if p.is_eof_packet():
+        break
+    fields += 1
+cur = c.cursor()
+cur.execute("SELECT 40 + 2")
+print("field list", fields, cur.fetchall())
+c.close()
 # Its defaults: TLS when the server offers it, caching_sha2_password.
 c = mysql.connector.connect(host="127.0.0.1", port={port}, user="alice", password="{ALICE_TOKEN}", database="shopmy")
 cur = c.cursor()
@@ -205,6 +233,7 @@ c.close()
     assert_eq!(out.matches("pymysql").count(), 2, "{out}");
     assert_eq!(out.matches("comment refused 1227").count(), 2, "{out}");
     assert!(out.contains("connector [(7,"), "{out}");
+    assert!(out.contains("field list 10 ((42,),)"), "{out}");
 }
 
 #[test]

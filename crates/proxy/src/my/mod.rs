@@ -730,6 +730,7 @@ impl Session {
             key: &shared.upstreams.mask_key,
             unmask: &unmask,
             max_columns: MAX_COLUMNS,
+            field_list: items.first().is_some_and(|i| i.via == "field_list"),
         };
         let outcome = results::relay(&mut self.up, client, &req)
             .await
@@ -765,8 +766,18 @@ impl Session {
         let reported = outcome.status & status::NO_BACKSLASH_ESCAPES != 0;
         if reported != self.mode.no_backslash_escapes
             || statements.iter().any(|f| {
-                matches!(f.setting.as_deref(), Some("sql_mode" | "*"))
-                    || f.unknown_effect
+                matches!(
+                    f.setting.as_deref(),
+                    Some(
+                        "sql_mode"
+                            | "*"
+                            | "names"
+                            | "charset"
+                            | "character_set_client"
+                            | "character_set_connection"
+                            | "collation_connection"
+                    )
+                ) || f.unknown_effect
                     || !f.user_functions.is_empty()
             })
         {
@@ -977,10 +988,35 @@ fn relay_failed(e: ConnError) -> Fatal {
 /// a stored function, `USE`) is denied ([`weir_analyze::mysql::foreign_name`]).
 fn own_database_only(decision: Arc<Decision>, db: &str) -> Arc<Decision> {
     let foreign = |f: &weir_analyze::StatementFacts| weir_analyze::mysql::foreign_name(f, db);
+    // Every session of a target shares one upstream user, so what the server shows of "the
+    // user's own" threads is every identity's: their statements (with their constants) in
+    // the process list, and KILL of their connections.
+    let shared_user = |f: &weir_analyze::StatementFacts| -> Option<(&'static str, &'static str)> {
+        let lists = f.node == "ShowProcessList"
+            || f.tables_read
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case("information_schema.processlist"));
+        if lists {
+            return Some((
+                "weir.mysql-processlist",
+                "the process list shows the statements of every identity on this target (they share one upstream user)",
+            ));
+        }
+        (f.node == "Kill").then_some((
+            "weir.mysql-kill",
+            "KILL reaches every identity's connections on this target (they share one upstream user); Weir does not map connection ids yet",
+        ))
+    };
     let mut verdicts = decision.verdicts.clone();
     let mut changed = false;
     for (f, v) in decision.analysis.statements.iter().zip(verdicts.iter_mut()) {
-        if let Some(name) = foreign(f) {
+        if let Some((rule, reason)) = shared_user(f) {
+            *v = Verdict::Deny {
+                rule: rule.into(),
+                reason: reason.into(),
+            };
+            changed = true;
+        } else if let Some(name) = foreign(f) {
             *v = Verdict::Deny {
                 rule: weir_analyze::mysql::OTHER_DATABASE.into(),
                 reason: format!(

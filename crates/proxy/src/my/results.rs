@@ -66,6 +66,8 @@ pub(crate) struct Request<'a> {
     pub unmask: &'a (dyn MayUnmask + Sync),
     /// Most columns a result may declare.
     pub max_columns: usize,
+    /// The answer to COM_FIELD_LIST: column definitions up to an EOF (or an ERR), no rows.
+    pub field_list: bool,
 }
 
 /// Relays every answer of one command from `up` to `client`: results (one per statement,
@@ -76,6 +78,18 @@ pub(crate) async fn relay(
     req: &Request<'_>,
 ) -> Result<Outcome, ConnError> {
     let mut outcome = Outcome::default();
+    if req.field_list {
+        for _ in 0..=req.max_columns {
+            let p = up.read().await?;
+            client.queue(&p);
+            if EofPacket::is_eof(&p) || p.first() == Some(&0xff) {
+                client.flush().await?;
+                return Ok(outcome);
+            }
+            ColumnDef::decode(&p)?;
+        }
+        return Err(mysql::MyError::Invalid("too many columns in a field list").into());
+    }
     let mut index = 0usize;
     let mut lineage_lost = false;
     loop {
