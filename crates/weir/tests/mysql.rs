@@ -213,6 +213,18 @@ cur = c.cursor()
 cur.execute("SELECT 40 + 2")
 print("field list", fields, cur.fetchall())
 c.close()
+# What sqlparser's own statement loop would drop after END, and a chain deep enough to
+# overflow a parser's stack: refused, the table intact, the gateway alive.
+from pymysql.constants import CLIENT
+c = pymysql.connect(host="127.0.0.1", port={port}, user="alice", password="{ALICE_TOKEN}", database="shopmy", client_flag=CLIENT.MULTI_STATEMENTS)
+cur = c.cursor()
+for sql in ("SELECT 1 END; DROP TABLE orders", "SELECT 1" + "+1" * 100000):
+    try:
+        cur.execute(sql)
+        print("ran", sql[:30])
+    except pymysql.err.MySQLError as e:
+        print("refused", e.args[0])
+c.close()
 # Its defaults: TLS when the server offers it, caching_sha2_password.
 c = mysql.connector.connect(host="127.0.0.1", port={port}, user="alice", password="{ALICE_TOKEN}", database="shopmy")
 cur = c.cursor()
@@ -234,6 +246,12 @@ c.close()
     assert_eq!(out.matches("comment refused 1227").count(), 2, "{out}");
     assert!(out.contains("connector [(7,"), "{out}");
     assert!(out.contains("field list 10 ((42,),)"), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| *l == "refused 1227").count(),
+        2,
+        "{out}"
+    );
+    assert_eq!(m.sql("SELECT count(*) FROM shop.orders").trim(), "1000");
 }
 
 #[test]
