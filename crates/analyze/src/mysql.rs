@@ -789,6 +789,17 @@ fn statement_facts(s: &Statement, mode: &Mode) -> Result<StatementFacts, Analyze
         .filter(|t| !f.tables_written.contains(*t))
         .cloned()
         .collect();
+    if matches!(
+        s,
+        Statement::ShowTables { .. } | Statement::ShowViews { .. }
+    ) {
+        // `SHOW TABLES FROM other`: the name is a database, not a table.
+        f.tables_read = g
+            .relations
+            .iter()
+            .map(|r| format!("{}.*", r.split('.').next().unwrap_or(r)))
+            .collect();
+    }
     let (read, counted) = columns_of(s, &names);
     f.columns = read.iter().chain(&counted).cloned().collect();
     match s {
@@ -1067,6 +1078,26 @@ fn kind_of(
             written = all_relations();
             writes(K::Truncate)
         }
+        Statement::Grant(ast::Grant {
+            objects: Some(objects),
+            ..
+        })
+        | Statement::Revoke(ast::Revoke {
+            objects: Some(objects),
+            ..
+        }) => {
+            // `db.*`, `*.*`, `db.t`: the databases a grant reaches, as `db.*` (`*` for every
+            // database, which is never the target's own).
+            for word in objects
+                .to_string()
+                .split(|c: char| c == ',' || c.is_whitespace())
+            {
+                if let Some((schema, _)) = word.split_once('.') {
+                    written.push(format!("{}.*", schema.trim_matches('`')));
+                }
+            }
+            writes(K::Privilege)
+        }
         Statement::Grant(_)
         | Statement::Revoke(_)
         | Statement::CreateRole(_)
@@ -1324,6 +1355,8 @@ fn node_name(s: &Statement) -> &'static str {
         Statement::Use(_) => "Use",
         Statement::Call(_) => "Call",
         Statement::Explain { .. } => "Explain",
+        Statement::ShowTables { .. } => "ShowTables",
+        Statement::ShowViews { .. } => "ShowViews",
         Statement::ShowProcessList { .. } => "ShowProcessList",
         Statement::Kill { .. } => "Kill",
         Statement::StartTransaction { .. } => "StartTransaction",

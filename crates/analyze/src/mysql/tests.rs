@@ -84,6 +84,11 @@ fn tables_are_qualified_with_the_database() {
     assert!(f.tables_read.contains("shop.customers"));
     assert!(foreign_name(&one("DROP TABLE other.secret"), "shop").is_some());
     assert!(foreign_name(&one("DROP DATABASE other"), "shop").is_some());
+    assert!(foreign_name(&one("GRANT SELECT ON other.* TO u"), "shop").is_some());
+    assert!(foreign_name(&one("GRANT SELECT ON *.* TO u"), "shop").is_some());
+    assert!(foreign_name(&one("GRANT SELECT ON shop.customers TO u"), "shop").is_none());
+    assert!(foreign_name(&one("SHOW TABLES FROM other"), "shop").is_some());
+    assert!(foreign_name(&one("SHOW TABLES"), "shop").is_none());
     assert!(foreign_name(&one("RENAME TABLE customers TO other.c"), "shop").is_some());
 }
 
