@@ -271,6 +271,19 @@ fn a_bulk_write_waits_for_approval_with_its_count() {
             .trim(),
         "one"
     );
+    // With autocommit off, a bounded write stays in the client's transaction: its rollback
+    // undoes it.
+    let (_, err) = cli(
+        &g,
+        "shopprod",
+        "SET autocommit = 0; UPDATE customers SET notes = 'undone' WHERE id = 6; ROLLBACK",
+    );
+    assert!(err.is_empty(), "{err}");
+    assert_ne!(
+        m.sql("SELECT notes FROM shop.customers WHERE id = 6")
+            .trim(),
+        "undone"
+    );
     // 300 rows over a bound of 100: rolled back, and waits.
     let waiting = std::thread::spawn(move || {
         mariadb_cli(

@@ -876,7 +876,9 @@ impl Session {
                 .await;
         };
         let kind = only.kind.as_str().to_uppercase();
-        let in_tx = self.status & status::IN_TRANS != 0;
+        // In the client's transaction, or with autocommit off (where the write opens one that
+        // the client may still roll back): a savepoint; else Weir's own transaction.
+        let in_tx = self.status & status::IN_TRANS != 0 || self.status & status::AUTOCOMMIT == 0;
         self.own(if in_tx {
             "SAVEPOINT weir_row_bound"
         } else {
