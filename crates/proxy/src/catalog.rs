@@ -281,19 +281,13 @@ async fn query_rows(
     // that reaches the database has its event.
     shared
         .audit
-        .append(weir_audit::Event::Statement {
-            session: 0,
-            request: 0,
-            identity: std::sync::Arc::from("weir"),
-            target: std::sync::Arc::from(target.name.as_str()),
-            via: "catalog",
-            sql: std::sync::Arc::from(sql),
-            fingerprint: 0,
-            statements: std::sync::Arc::from(Vec::new()),
-            decision: "allow",
-            rule: Some(rule.into()),
-            anomalies: Vec::new(),
-        })
+        .append(crate::pipeline::own_statement(
+            0,
+            &target.name,
+            "catalog",
+            sql,
+            rule,
+        ))
         .wait()
         .await
         .map_err(|e| format!("recording Weir's query ({rule}): {e}"))?;

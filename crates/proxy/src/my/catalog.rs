@@ -38,19 +38,13 @@ pub(crate) async fn load(
     for sql in &script {
         shared
             .audit
-            .append(weir_audit::Event::Statement {
-                session: 0,
-                request: 0,
-                identity: std::sync::Arc::from("weir"),
-                target: std::sync::Arc::from(target.name.as_str()),
-                via: "catalog",
-                sql: std::sync::Arc::from(sql.as_str()),
-                fingerprint: 0,
-                statements: std::sync::Arc::from(Vec::new()),
-                decision: "allow",
-                rule: Some("weir.masking-catalog".into()),
-                anomalies: Vec::new(),
-            })
+            .append(crate::pipeline::own_statement(
+                0,
+                &target.name,
+                "catalog",
+                sql,
+                "weir.masking-catalog",
+            ))
             .wait()
             .await
             .map_err(|e| format!("recording Weir's catalog query: {e}"))?;

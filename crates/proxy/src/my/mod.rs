@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{info, warn, Instrument};
 use weir_analyze::mysql::Mode;
 use weir_analyze::{Scope, StatementKind};
 use weir_audit::Event;
@@ -285,25 +285,7 @@ async fn start(
     let (identity, token_id) = match shared.auth.verify(&user, token).await {
         Ok(v) => v,
         Err(e) => {
-            let verdict = shared.front.failed_logins.failed(peer.ip(), &user);
-            for summary in verdict.summaries {
-                let _ = shared.audit.append(summary);
-            }
-            if verdict.record {
-                info!(user = %user, target = %database, reason = %e, "authentication failed");
-                let _ = shared
-                    .audit
-                    .append(Event::AuthFailed {
-                        claimed: user.clone(),
-                        client_addr: peer.to_string(),
-                        target: database.clone(),
-                        reason: e.to_string(),
-                    })
-                    .wait()
-                    .await;
-            } else {
-                debug!(user = %user, target = %database, reason = %e, "authentication failed (counted)");
-            }
+            pipeline::login_failed(shared, peer, &user, &database, &e.to_string()).await;
             return Err(Fatal::new(
                 1045,
                 "28000",
@@ -355,9 +337,7 @@ async fn start(
     info!(identity = %identity.name, kind = identity.kind.as_str(), target = %target.name, tls, upstream_version = %up.server_version, upstream_connection = up.connection_id, "session started");
     // Weir's own query of the session's lexing mode is on record before it runs, with the
     // session's opening (one flush for both).
-    let _ = shared
-        .audit
-        .append(own_statement(session, &target, MODE_QUERY));
+    let mode_recorded = shared.audit.append(mode_statement(session, &target));
     pipeline::session_opened(
         shared,
         pipeline::Opening {
@@ -371,6 +351,13 @@ async fn start(
     )
     .await
     .map_err(|r| Fatal::new(1105, "HY000", r.message))?;
+    mode_recorded.wait().await.map_err(|e| {
+        Fatal::new(
+            1105,
+            "HY000",
+            format!("weir: cannot record Weir's own statement, so the session is refused: {e}"),
+        )
+    })?;
     let mode = read_mode(&mut up.conn, &target).await?;
 
     let target_info = target.policy_info();
@@ -477,20 +464,15 @@ fn client_name(r: &HandshakeResponse) -> Option<&[u8]> {
 /// read text (`sql_mode`) and in which character set.
 const MODE_QUERY: &str = "SELECT @@SESSION.sql_mode, @@SESSION.character_set_client";
 
-fn own_statement(session: u64, target: &Target, sql: &str) -> Event {
-    Event::Statement {
+/// Weir's query of a session's mode, as the trail records it.
+fn mode_statement(session: u64, target: &Target) -> Event {
+    pipeline::own_statement(
         session,
-        request: 0,
-        identity: Arc::from("weir"),
-        target: Arc::from(target.name.as_str()),
-        via: "session",
-        sql: Arc::from(sql),
-        fingerprint: 0,
-        statements: Arc::from(Vec::new()),
-        decision: "allow",
-        rule: Some("weir.session-mode".into()),
-        anomalies: Vec::new(),
-    }
+        &target.name,
+        "session",
+        MODE_QUERY,
+        "weir.session-mode",
+    )
 }
 
 /// Reads the session's lexing mode from the server (the oracle). A character set in which
@@ -647,11 +629,7 @@ impl Session {
             self.info
                 .shared
                 .audit
-                .append(own_statement(
-                    self.info.session,
-                    &self.info.target,
-                    MODE_QUERY,
-                ))
+                .append(mode_statement(self.info.session, &self.info.target))
                 .wait()
                 .await
                 .map_err(|e| {
@@ -715,10 +693,11 @@ impl Session {
             }
             None => None,
         };
-        let statements: Vec<weir_analyze::StatementFacts> = items
-            .iter()
-            .flat_map(|i| i.decision.analysis.statements.iter().cloned())
-            .collect();
+        // A MySQL request is one text: one item, its statements in order.
+        let statements = items
+            .first()
+            .map(|i| Arc::clone(&i.decision.analysis.statements))
+            .unwrap_or_else(|| Arc::from(Vec::new()));
         let started = std::time::Instant::now();
         self.up.seq = 0;
         self.up.send(packet).await.map_err(upstream_failed)?;

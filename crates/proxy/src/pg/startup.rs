@@ -196,27 +196,7 @@ async fn authenticate(
     let (identity, token_id) = match shared.auth.verify(&user, token).await {
         Ok(verified) => verified,
         Err(e) => {
-            let verdict = shared.front.failed_logins.failed(peer.ip(), &user);
-            for summary in verdict.summaries {
-                let _ = shared.audit.append(summary);
-            }
-            if verdict.record {
-                info!(user = %user, target = %database, reason = %e, "authentication failed");
-                let _ = shared
-                    .audit
-                    .append(Event::AuthFailed {
-                        claimed: user.clone(),
-                        client_addr: peer.to_string(),
-                        target: database.clone(),
-                        reason: e.to_string(),
-                    })
-                    .wait()
-                    .await;
-            } else {
-                // Past the address's limit: counted for its window's summary, and not logged
-                // one by one either.
-                debug!(user = %user, target = %database, reason = %e, "authentication failed (counted)");
-            }
+            pipeline::login_failed(shared, peer, &user, &database, &e.to_string()).await;
             return Err(Fatal::new(
                 "28P01",
                 format!("weir: authentication failed for \"{user}\": the password must be a valid Weir token or ID token for this identity"),

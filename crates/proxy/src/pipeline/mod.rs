@@ -257,6 +257,63 @@ pub(crate) async fn session_opened(shared: &Shared, o: Opening<'_>) -> Result<()
     })
 }
 
+/// A failed login on a wire listener: counted per client address, recorded one by one up to
+/// the address's limit ([`crate::failures::FailedLogins`]), summed up beyond it.
+pub(crate) async fn login_failed(
+    shared: &Shared,
+    peer: std::net::SocketAddr,
+    user: &str,
+    target: &str,
+    reason: &str,
+) {
+    let verdict = shared.front.failed_logins.failed(peer.ip(), user);
+    for summary in verdict.summaries {
+        let _ = shared.audit.append(summary);
+    }
+    if verdict.record {
+        tracing::info!(user = %user, target = %target, reason = %reason, "authentication failed");
+        let _ = shared
+            .audit
+            .append(Event::AuthFailed {
+                claimed: user.to_owned(),
+                client_addr: peer.to_string(),
+                target: target.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .wait()
+            .await;
+    } else {
+        // Past the address's limit: counted for its window's summary, and not logged one by
+        // one either.
+        tracing::debug!(user = %user, target = %target, reason = %reason, "authentication failed (counted)");
+    }
+}
+
+/// A statement Weir itself sends to a target (its catalog, a session's settings), as the
+/// trail records it before it is sent: every statement that reaches the database has its
+/// event.
+pub(crate) fn own_statement(
+    session: u64,
+    target: &str,
+    via: &'static str,
+    sql: &str,
+    rule: &str,
+) -> Event {
+    Event::Statement {
+        session,
+        request: 0,
+        identity: Arc::from("weir"),
+        target: Arc::from(target),
+        via,
+        sql: Arc::from(sql),
+        fingerprint: 0,
+        statements: Arc::from(Vec::new()),
+        decision: "allow",
+        rule: Some(rule.into()),
+        anomalies: Vec::new(),
+    }
+}
+
 /// Records a session's end: how many requests it made, and why it ended.
 pub(crate) async fn session_closed(s: &SessionInfo, requests: u64, reason: String) {
     let _ = s
