@@ -679,8 +679,24 @@ fn columns_of<V: Visit>(v: &V, names: &Names<'_>) -> (Vec<Column>, Vec<Column>) 
 }
 
 /// Whether a WHERE restricts rows: not `1`, `TRUE`, `1 = 1`, `x = x`, nor an OR with such
-/// a branch.
+/// a branch, nor anything that names no column (`WHERE ?`, whose parameter may be 1, or
+/// `WHERE EXISTS (SELECT 1)`), as the PostgreSQL analyzer reads a WHERE.
 fn restricts(e: &Expr) -> bool {
+    mentions_column(e) && restricts_rows(e)
+}
+
+fn mentions_column(e: &Expr) -> bool {
+    sqlparser::ast::visit_expressions(e, |x| {
+        if matches!(x, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .is_break()
+}
+
+fn restricts_rows(e: &Expr) -> bool {
     let truthy = |s: &str| s.trim().parse::<f64>().is_ok_and(|x| x != 0.0);
     match e {
         Expr::Nested(inner) => restricts(inner),

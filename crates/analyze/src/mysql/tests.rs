@@ -262,3 +262,25 @@ fn no_input_panics() {
     assert!(analyze_sql(&deep, &Mode::new("shop")).is_err());
     let _ = seen;
 }
+
+#[test]
+fn a_where_of_parameters_alone_restricts_nothing() {
+    // A prepared statement's parameter may be 1: `WHERE ?` is all rows, as in PostgreSQL.
+    for sql in [
+        "DELETE FROM customers WHERE ?",
+        "DELETE FROM customers WHERE ? = ?",
+        "UPDATE customers SET notes = ? WHERE ? >= 0",
+        "DELETE FROM customers WHERE id = 1 OR ?",
+        "DELETE FROM customers WHERE EXISTS (SELECT 1)",
+    ] {
+        let f = one(sql);
+        assert!(!f.where_effective, "{sql}");
+        assert!(f.unrestricted_write, "{sql}");
+    }
+    for sql in [
+        "DELETE FROM customers WHERE id = ?",
+        "UPDATE customers SET notes = ? WHERE id = ? AND ?",
+    ] {
+        assert!(one(sql).where_effective, "{sql}");
+    }
+}

@@ -31,9 +31,12 @@ enum Act {
     Scan,
 }
 
-struct Field {
+/// How one result column's values are treated; kept with a cursor for its fetches.
+#[derive(Debug, Clone)]
+pub(crate) struct Field {
     act: Act,
     shape: Shape,
+    column_type: u8,
 }
 
 /// Who may see a column in clear.
@@ -53,6 +56,9 @@ pub(crate) struct Outcome {
     /// A result named a table the catalog does not know (made since it loaded).
     pub unknown_table: bool,
     pub tags: Vec<String>,
+    /// A prepared statement's execution opened a cursor: its columns' treatment, for the
+    /// fetches that follow.
+    pub cursor: Option<Arc<[Field]>>,
 }
 
 /// What the relay knows of the request.
@@ -68,6 +74,8 @@ pub(crate) struct Request<'a> {
     pub max_columns: usize,
     /// The answer to COM_FIELD_LIST: column definitions up to an EOF (or an ERR), no rows.
     pub field_list: bool,
+    /// Rows are in the binary protocol (the answer to COM_STMT_EXECUTE / FETCH).
+    pub binary: bool,
 }
 
 /// Relays every answer of one command from `up` to `client`: results (one per statement,
@@ -164,6 +172,28 @@ async fn result_set(
         return Err(mysql::MyError::Invalid("expected EOF after the column definitions").into());
     }
     client.queue(&eof);
+    if req.binary && EofPacket::decode(&eof)?.status & status::CURSOR_EXISTS != 0 {
+        // A cursor: the rows come by COM_STMT_FETCH, masked as planned here.
+        outcome.status = EofPacket::decode(&eof)?.status;
+        outcome.cursor = Some(Arc::from(fields));
+        return Ok(false);
+    }
+    rows(up, client, req, &fields, facts, outcome).await
+}
+
+/// Rows up to their EOF (or an ERR), masked as `fields` say. Returns whether more results
+/// follow.
+pub(crate) async fn rows(
+    up: &mut Conn,
+    client: &mut Conn,
+    req: &Request<'_>,
+    fields: &[Field],
+    facts: Option<&StatementFacts>,
+    outcome: &mut Outcome,
+) -> Result<bool, ConnError> {
+    let n = fields.len();
+    let types: Vec<u8> = fields.iter().map(|f| f.column_type).collect();
+    let keep_all = fields.iter().all(|f| matches!(f.act, Act::Keep));
     let mut row_out = Vec::new();
     let mut scratch = Vec::new();
     let mut rows = 0u64;
@@ -186,30 +216,70 @@ async fn result_set(
             return Ok(false);
         }
         rows += 1;
-        if fields.iter().all(|f| matches!(f.act, Act::Keep)) {
+        if keep_all {
+            // Still read, so that a malformed row ends the session rather than reaching the
+            // client.
+            if req.binary {
+                mysql::binary_row(&p, &types)?;
+            }
             client.queue(&p);
+        } else if req.binary {
+            let values = mysql::binary_row(&p, &types)?;
+            let mut masked_values = Vec::with_capacity(n);
+            // Masked strings are written to one buffer, then sliced: offsets first.
+            scratch.clear();
+            let mut spans = Vec::with_capacity(n);
+            for (v, f) in values.iter().zip(fields) {
+                let Some(value) = v else {
+                    spans.push(Span::Null);
+                    continue;
+                };
+                let content = value.string.then_some(value.bytes);
+                match strategy_for(f, content, outcome) {
+                    None => spans.push(Span::Same),
+                    Some(s) => {
+                        let start = scratch.len();
+                        if value.string
+                            && f.shape.is_textual()
+                            && strategy::mask_into(
+                                s,
+                                f.shape,
+                                0,
+                                value.bytes,
+                                req.key,
+                                &mut scratch,
+                            )
+                        {
+                            spans.push(Span::Masked(start, scratch.len()));
+                        } else {
+                            scratch.truncate(start);
+                            spans.push(Span::Null);
+                        }
+                    }
+                }
+            }
+            for (v, span) in values.iter().zip(&spans) {
+                masked_values.push(match span {
+                    Span::Null => None,
+                    Span::Same => *v,
+                    Span::Masked(a, b) => Some(mysql::BinaryValue {
+                        bytes: scratch.get(*a..*b).unwrap_or_default(),
+                        string: true,
+                    }),
+                });
+            }
+            row_out.clear();
+            mysql::put_binary_row(&mut row_out, &masked_values);
+            client.queue(&row_out);
         } else {
             let values = mysql::text_row(&p, n)?;
             row_out.clear();
-            for (v, f) in values.into_iter().zip(&fields) {
+            for (v, f) in values.into_iter().zip(fields) {
                 let Some(value) = v else {
                     mysql::put_text_field(&mut row_out, None);
                     continue;
                 };
-                let strategy = match &f.act {
-                    Act::Keep => None,
-                    Act::Mask(s, label) => {
-                        outcome.masked.insert(Arc::clone(label));
-                        Some(*s)
-                    }
-                    Act::Scan => classify::by_content(value).map(|c| {
-                        outcome
-                            .masked
-                            .insert(Arc::from(format!("content:{}", c.as_str())));
-                        Strategy::Redact
-                    }),
-                };
-                match strategy {
+                match strategy_for(f, Some(value), outcome) {
                     None => mysql::put_text_field(&mut row_out, Some(value)),
                     Some(s) => {
                         scratch.clear();
@@ -228,6 +298,31 @@ async fn result_set(
         if client.queued() > 64 * 1024 {
             client.flush().await?;
         }
+    }
+}
+
+/// Where a binary row's value comes from after masking.
+enum Span {
+    Null,
+    Same,
+    Masked(usize, usize),
+}
+
+/// The strategy one value is masked with, if any (`content` is the value when it is text
+/// content detection can read).
+fn strategy_for(f: &Field, content: Option<&[u8]>, outcome: &mut Outcome) -> Option<Strategy> {
+    match &f.act {
+        Act::Keep => None,
+        Act::Mask(s, label) => {
+            outcome.masked.insert(Arc::clone(label));
+            Some(*s)
+        }
+        Act::Scan => content.and_then(classify::by_content).map(|c| {
+            outcome
+                .masked
+                .insert(Arc::from(format!("content:{}", c.as_str())));
+            Strategy::Redact
+        }),
     }
 }
 
@@ -258,7 +353,11 @@ fn plan(
         Act::Keep
     };
     let Some(catalog) = req.catalog else {
-        return Field { act: scan, shape };
+        return Field {
+            act: scan,
+            shape,
+            column_type: def.column_type,
+        };
     };
     let decide = |qualified: &str, s: &Sensitive| -> Act {
         if req.unmask.may_unmask(qualified, &s.label) {
@@ -284,7 +383,11 @@ fn plan(
                 Some(s) => decide(&c.qualified, s),
                 None => scan,
             };
-            return Field { act, shape };
+            return Field {
+                act,
+                shape,
+                column_type: def.column_type,
+            };
         }
         // A table made since the catalog loaded (or a derived table's alias): traced like
         // a computed column, and the catalog reloads.
@@ -296,7 +399,11 @@ fn plan(
         Some((qualified, s)) => decide(&qualified, &s),
         None => scan,
     };
-    Field { act, shape }
+    Field {
+        act,
+        shape,
+        column_type: def.column_type,
+    }
 }
 
 fn is_system_schema(schema: &str) -> bool {

@@ -7,10 +7,12 @@
 //! the caller's maximum before anything is allocated.
 
 mod auth;
+mod binary;
 mod packets;
 mod reader;
 
 pub use auth::{caching_sha2_scramble, native_scramble};
+pub use binary::*;
 pub use packets::*;
 pub use reader::{put_lenenc_bytes, put_lenenc_int, Reader};
 
