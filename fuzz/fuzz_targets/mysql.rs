@@ -3,8 +3,8 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use weir_wire::mysql::{
-    text_row, AuthSwitch, ColumnDef, EofPacket, ErrPacket, First, Handshake, HandshakeResponse,
-    OkPacket,
+    binary_row, put_binary_row, text_row, AuthSwitch, ColumnDef, EofPacket, ErrPacket, First, Handshake, HandshakeResponse,
+    OkPacket, PrepareOk,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -36,5 +36,17 @@ fuzz_target!(|data: &[u8]| {
     let _ = AuthSwitch::decode(data);
     for n in [1usize, 3, 17, data.len()] {
         let _ = text_row(data, n);
+    }
+    let _ = PrepareOk::decode(data);
+    // A binary row read with column types taken from the input's first bytes re-encodes to
+    // the same bytes.
+    if let Some((&k, rest)) = data.split_first() {
+        let k = usize::from(k % 8).min(rest.len());
+        let (types, row) = rest.split_at(k);
+        if let Ok(values) = binary_row(row, types) {
+            let mut out = Vec::new();
+            put_binary_row(&mut out, &values);
+            assert_eq!(binary_row(&out, types).ok(), Some(values));
+        }
     }
 });

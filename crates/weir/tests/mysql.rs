@@ -379,3 +379,215 @@ fn hostile_packets_close_the_connection_and_the_gateway_goes_on() {
     let (out, err) = cli(&g, "shopmy", "SELECT 41 + 1");
     assert!(err.is_empty() && out.contains("42"), "{out}{err}");
 }
+
+/// A node script run with the mysql2 driver installed in `tests/clients/mysql2`.
+fn mysql2(script: &str) -> std::process::Output {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients/mysql2");
+    let mut child = std::process::Command::new("node")
+        .arg("-")
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn prepared_statements_are_decided_at_every_execution_and_their_binary_rows_masked() {
+    let m = Mariadb::start();
+    let g = gateway(&m);
+    let port = g.mysql_port.unwrap();
+    let email = m.sql("SELECT email FROM shop.customers WHERE id = 7");
+    let email = email.trim();
+    let ssn = m.sql("SELECT ssn FROM shop.customers WHERE id = 7");
+    let ssn = ssn.trim();
+
+    // mysql-connector-python's prepared cursor: COM_STMT_PREPARE / EXECUTE / CLOSE.
+    let script = format!(
+        r#"
+import mysql.connector
+c = mysql.connector.connect(host="127.0.0.1", port={port}, user="alice", password="{ALICE_TOKEN}", database="shopprod")
+cur = c.cursor(prepared=True)
+cur.execute("SELECT id, full_name, email, ssn, created_at FROM customers WHERE id = %s", (7,))
+print("row", cur.fetchall())
+cur.execute("SELECT id FROM customers WHERE id = %s", (8,))
+print("again", cur.fetchall())
+cur.execute("UPDATE customers SET notes = %s WHERE id < %s", ("prepared", 5))
+print("updated", cur.rowcount)
+c.commit()
+for sql, args in (
+    ("UPDATE customers SET notes = %s WHERE %s", ("all", 1)),
+    ("SELECT /*!99999 ssn, */ id FROM customers WHERE id = %s", (7,)),
+    ("SELECT secret FROM other.secret WHERE 1 = %s", (1,)),
+):
+    try:
+        cur.execute(sql, args)
+        print("ran", sql, cur.fetchall() if cur.with_rows else cur.rowcount)
+    except mysql.connector.Error as e:
+        print("refused", e.errno, e.msg)
+cur.execute("SELECT count(*) FROM customers WHERE notes = %s", ("prepared",))
+print("count", cur.fetchall())
+c.close()
+"#
+    );
+    let o = python(&script);
+    let out = stdout(&o);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("row [(7, '"), "{out}");
+    assert!(!out.contains(email) && !out.contains(ssn), "{out}");
+    assert!(out.contains("again [(8,)]"), "{out}");
+    assert!(out.contains("updated 4"), "{out}");
+    assert!(out.contains("count [(4,)]"), "{out}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with("refused 1227"))
+            .count(),
+        3,
+        "{out}"
+    );
+    assert!(out.contains("weir.where-required-in-production"), "{out}");
+    assert!(out.contains("weir.lexing-mode"), "{out}");
+    assert!(out.contains("weir.other-database"), "{out}");
+    assert_eq!(
+        m.sql("SELECT count(*) FROM shop.customers WHERE notes = 'all'")
+            .trim(),
+        "0"
+    );
+    assert_eq!(
+        m.sql("SELECT count(*) FROM shop.customers WHERE notes = 'prepared'")
+            .trim(),
+        "4"
+    );
+
+    // A cursor (rows by COM_STMT_FETCH), long data, reset, and ids Weir never saw prepared,
+    // at the packet level.
+    let script = format!(
+        r#"
+import struct, pymysql
+from pymysql.constants import COMMAND
+c = pymysql.connect(host="127.0.0.1", port={port}, user="alice", password="{ALICE_TOKEN}", database="shopmy")
+def packets():
+    out = []
+    while True:
+        p = c._read_packet()
+        out.append(p.get_all_data())
+        if p.is_eof_packet() or p.is_error_packet():
+            return out
+c._execute_command(COMMAND.COM_STMT_PREPARE, b"SELECT id, email FROM customers WHERE id < ? ORDER BY id")
+ok = c._read_packet().get_all_data()
+sid, cols, params = struct.unpack("<IHH", ok[1:9])
+packets(); packets()
+c._execute_command(COMMAND.COM_STMT_SEND_LONG_DATA, struct.pack("<IH", sid, 0) + b"1")
+c._execute_command(COMMAND.COM_STMT_RESET, struct.pack("<I", sid))
+print("reset", c._read_packet().is_ok_packet())
+# One parameter, LONGLONG 4, a read-only cursor.
+execute = struct.pack("<IBI", sid, 1, 1) + b"\x00" + b"\x01" + struct.pack("<BB", 8, 0) + struct.pack("<q", 4)
+c._execute_command(COMMAND.COM_STMT_EXECUTE, execute)
+n = c._read_packet().get_all_data()
+defs = packets()
+print("cursor columns", n[0], len(defs))
+c._execute_command(COMMAND.COM_STMT_FETCH, struct.pack("<II", sid, 100))
+rows = packets()
+print("fetched", len(rows) - 1, b"@" in b"".join(rows), b"example.com" in b"".join(rows))
+for cmd, body in ((COMMAND.COM_STMT_EXECUTE, struct.pack("<IBI", 999, 0, 1)), (COMMAND.COM_STMT_FETCH, struct.pack("<II", 999, 1))):
+    c._execute_command(cmd, body)
+    try:
+        c._read_packet()
+        print("ran unknown")
+    except pymysql.err.MySQLError as e:
+        print("unknown", e.args[0])
+c._execute_command(COMMAND.COM_STMT_CLOSE, struct.pack("<I", sid))
+cur = c.cursor()
+cur.execute("SELECT 6 * 7")
+print("after", cur.fetchall())
+c.close()
+"#
+    );
+    let o = python(&script);
+    let out = stdout(&o);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("reset True"), "{out}");
+    assert!(out.contains("cursor columns 2 3"), "{out}");
+    assert!(out.contains("fetched 3 True True"), "{out}");
+    assert!(!out.contains(email), "{out}");
+    assert_eq!(out.matches("unknown 1243").count(), 2, "{out}");
+    assert!(out.contains("after ((42,),)"), "{out}");
+
+    // node mysql2's execute (server-side prepares, cached by the driver), a cursor-less
+    // binary result with every kind of column, and an id Weir never saw prepared.
+    let script = format!(
+        r#"
+const mysql = require("mysql2/promise");
+(async () => {{
+  const c = await mysql.createConnection({{
+    host: "127.0.0.1", port: {port}, user: "alice", password: "{ALICE_TOKEN}", database: "shopmy",
+    authPlugins: {{ mysql_clear_password: () => () => Buffer.from("{ALICE_TOKEN}\0") }},
+  }});
+  for (const id of [7, 7, 9]) {{
+    const [rows] = await c.execute("SELECT id, email, ssn, card_number, notes, created_at FROM customers WHERE id = ?", [id]);
+    console.log("row", JSON.stringify(rows));
+  }}
+  const [agg] = await c.execute("SELECT CONCAT(full_name, ' ', email) AS who, 1.5 AS d, NULL AS n FROM customers WHERE id = ?", [7]);
+  console.log("concat", JSON.stringify(agg));
+  try {{
+    await c.execute("SELECT ssn FROM customers WHERE id = 1 || ?", [1]);
+    console.log("ran pipes");
+  }} catch (e) {{
+    console.log("refused", e.errno);
+  }}
+  await c.end();
+}})().catch((e) => {{ console.log("failed", e.message); process.exit(1); }});
+"#
+    );
+    let o = mysql2(&script);
+    let out = stdout(&o);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(out.matches("row [{\"id\":").count(), 3, "{out}");
+    assert!(out.contains("row [{\"id\":9,"), "{out}");
+    assert!(!out.contains(email) && !out.contains(ssn), "{out}");
+    assert!(out.contains("concat [{\"who\":"), "{out}");
+    assert!(out.contains("refused 1227"), "{out}");
+
+    // The server as the oracle: every statement it prepared or executed has its event,
+    // decided before it ran; what Weir refused never reached it.
+    let log = m.general_log();
+    let events = g.audit_events();
+    for (command, via) in [("Prepare", "prepare"), ("Execute", "execute")] {
+        let ran = log
+            .lines()
+            .filter(|l| l.contains(&format!(" {command}\t")))
+            .count();
+        let recorded = events
+            .iter()
+            .filter(|e| e["via"] == via && e["decision"] != "deny")
+            .count();
+        assert!(ran > 0, "no {command} in the general log:\n{log}");
+        assert_eq!(ran, recorded, "{command}: {log}\n{events:?}");
+    }
+    assert!(
+        !log.lines()
+            .any(|l| (l.contains(" Prepare\t") || l.contains(" Execute\t"))
+                && (l.contains("other.secret") || l.contains("99999") || l.contains("WHERE ?"))),
+        "{log}"
+    );
+}

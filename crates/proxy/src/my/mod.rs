@@ -10,14 +10,19 @@
 //! strict write-ahead: its events are durable before it is forwarded —, approval, the row
 //! bound's bracket) and its results through the result stage ([`results`]). COM_INIT_DB and
 //! COM_FIELD_LIST are decided as the statements they stand for (`USE db`, `SHOW COLUMNS`).
+//! The binary protocol: COM_STMT_PREPARE is analyzed and decided (a denial never reaches the
+//! server), COM_STMT_EXECUTE is decided again from that analysis and runs like a text, its
+//! binary rows masked; FETCH, RESET, SEND_LONG_DATA and CLOSE name statements Weir saw
+//! prepared (any other id gets 1243, MariaDB's "last prepared" id is resolved by Weir).
 //! COM_PING, COM_QUIT, COM_RESET_CONNECTION and COM_SET_OPTION are handled; every other
-//! command (the binary protocol, COM_CHANGE_USER, replication, …) is refused: fail closed.
+//! command (COM_CHANGE_USER, replication, bulk execute, …) is refused: fail closed.
 
 pub(crate) mod catalog;
 mod conn;
 mod results;
 mod upstream;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -429,6 +434,9 @@ async fn start(
         mode_stale: false,
         status: up.status,
         requests: 0,
+        prepared: HashMap::new(),
+        last_prepared: None,
+        opened_cursor: None,
     };
     let reason = s.serve(client).await;
     let (reason, fatal) = match reason {
@@ -513,6 +521,22 @@ struct Session {
     /// The server status of the last answer (`SERVER_STATUS_IN_TRANS`, …).
     status: u16,
     requests: u64,
+    /// Server-side prepared statements, by the server's statement id.
+    prepared: HashMap<u32, Prepared>,
+    /// The id of the last statement prepared, if that PREPARE succeeded (MariaDB's
+    /// "last prepared" id, `u32::MAX`, means this one).
+    last_prepared: Option<u32>,
+    /// A cursor the last execution opened: its columns' treatment.
+    opened_cursor: Option<Arc<[results::Field]>>,
+}
+
+/// A statement prepared through the binary protocol: analyzed once, when prepared (the
+/// server parses it then, in that session mode), and decided at every execution.
+struct Prepared {
+    text: Arc<[u8]>,
+    analysis: Arc<weir_analyze::Analysis>,
+    /// An execution opened a cursor: how its rows are masked when fetched.
+    cursor: Option<Arc<[results::Field]>>,
 }
 
 /// Who may see clear text, as this session's policy says.
@@ -560,26 +584,42 @@ impl Session {
                     self.passthrough(client, &packet).await?;
                     self.decider = Decider::new(self.scope.clone());
                     self.mode_stale = true;
+                    // The server drops the session's prepared statements; so does Weir.
+                    self.prepared.clear();
+                    self.last_prepared = None;
                 }
                 com::SET_OPTION => self.passthrough(client, &packet).await?,
-                com::STMT_PREPARE
-                | com::STMT_EXECUTE
-                | com::STMT_SEND_LONG_DATA
-                | com::STMT_RESET
-                | com::STMT_FETCH => {
-                    client
-                        .send(
-                            &ErrPacket::new(
-                                1235,
-                                "42000",
-                                "weir: server-side prepared statements (the binary protocol) are not supported yet; use client-side prepares",
-                            )
-                            .encode(),
-                        )
-                        .await?
+                com::STMT_PREPARE => self.prepare(client, body, &packet).await?,
+                com::STMT_EXECUTE => self.execute(client, packet).await?,
+                com::STMT_FETCH => self.fetch(client, packet).await?,
+                com::STMT_RESET => {
+                    match self.statement(&packet) {
+                        Some((id, _)) => {
+                            if let Some(p) = self.prepared.get_mut(&id) {
+                                p.cursor = None;
+                            }
+                            self.passthrough(client, &with_id(&packet, id)).await?
+                        }
+                        None => client.send(&unknown_statement(&packet, "mysqld_stmt_reset").encode()).await?,
+                    }
                 }
-                // No answer is expected to COM_STMT_CLOSE, and nothing was prepared.
-                com::STMT_CLOSE => {}
+                // Neither answers. Long data is a parameter's value: data, never code.
+                com::STMT_SEND_LONG_DATA => {
+                    if let Some((id, _)) = self.statement(&packet) {
+                        self.up.seq = 0;
+                        self.up.send(&with_id(&packet, id)).await.map_err(upstream_failed)?;
+                    }
+                }
+                com::STMT_CLOSE => {
+                    if let Some((id, _)) = self.statement(&packet) {
+                        self.prepared.remove(&id);
+                        if self.last_prepared == Some(id) {
+                            self.last_prepared = None;
+                        }
+                        self.up.seq = 0;
+                        self.up.send(&with_id(&packet, id)).await.map_err(upstream_failed)?;
+                    }
+                }
                 com::CHANGE_USER => {
                     return Err(Fatal::new(
                         1227,
@@ -615,6 +655,29 @@ impl Session {
         Ok(())
     }
 
+    /// Reads the session's mode again when something may have changed it.
+    async fn refresh_mode(&mut self) -> Result<(), Fatal> {
+        if !self.mode_stale {
+            return Ok(());
+        }
+        self.info
+            .shared
+            .audit
+            .append(mode_statement(self.info.session, &self.info.target))
+            .wait()
+            .await
+            .map_err(|e| {
+                Fatal::new(
+                    1105,
+                    "HY000",
+                    format!("weir: cannot record Weir's own statement: {e}"),
+                )
+            })?;
+        self.mode = read_mode(&mut self.up, &self.info.target).await?;
+        self.mode_stale = false;
+        Ok(())
+    }
+
     /// A statement text: decided, recorded, and run (or refused).
     async fn query(
         &mut self,
@@ -623,34 +686,42 @@ impl Session {
         packet: &[u8],
         via: &'static str,
     ) -> Result<(), Fatal> {
-        self.requests += 1;
-        let id = self.requests;
-        if self.mode_stale {
-            self.info
-                .shared
-                .audit
-                .append(mode_statement(self.info.session, &self.info.target))
-                .wait()
-                .await
-                .map_err(|e| {
-                    Fatal::new(
-                        1105,
-                        "HY000",
-                        format!("weir: cannot record Weir's own statement: {e}"),
-                    )
-                })?;
-            self.mode = read_mode(&mut self.up, &self.info.target).await?;
-            self.mode_stale = false;
-        }
+        self.refresh_mode().await?;
         let analyzed = weir_analyze::mysql::analyze(&text, &self.mode);
+        self.run(client, analyzed, &text, packet, via).await
+    }
+
+    /// The items of one request: decided, with the MySQL target's own rules and the guards.
+    async fn decide(
+        &mut self,
+        analyzed: Result<Arc<weir_analyze::Analysis>, weir_analyze::AnalyzeError>,
+        text: &[u8],
+        via: &'static str,
+    ) -> Vec<Item> {
         let decision = self
             .decider
-            .decide_analyzed(&self.info, &self.end, analyzed, &text);
+            .decide_analyzed(&self.info, &self.end, analyzed, text);
         let _ = self.decider.take_pending();
         let decision = own_database_only(decision, &self.info.target.database);
         let mut items = vec![Item::new(via, decision)];
         pipeline::guards::guard_state_sinks(&self.info, &mut items).await;
         pipeline::guards::guard_copies(&self.info, &self.scope, &mut items).await;
+        items
+    }
+
+    /// Decides, records and runs (or refuses) one request: a text, or a prepared
+    /// statement's execution (`packet` is what goes to the server).
+    async fn run(
+        &mut self,
+        client: &mut Conn,
+        analyzed: Result<Arc<weir_analyze::Analysis>, weir_analyze::AnalyzeError>,
+        text: &[u8],
+        packet: &[u8],
+        via: &'static str,
+    ) -> Result<(), Fatal> {
+        self.requests += 1;
+        let id = self.requests;
+        let items = self.decide(analyzed, text, via).await;
         let verdict = pipeline::overall(&items);
         if let Err(refusal) = pipeline::admit(&self.info, id, &items, &verdict, None).await {
             client.send(&refusal_packet(&refusal)).await?;
@@ -672,6 +743,197 @@ impl Session {
                 self.bounded(client, id, &items, packet, rows, &rule).await
             }
         }
+    }
+
+    /// The prepared statement a COM_STMT_* packet names, resolving MariaDB's "last
+    /// prepared" id; None when Weir has not seen it prepared.
+    fn statement(&self, packet: &[u8]) -> Option<(u32, &Prepared)> {
+        let id = weir_wire::mysql::statement_id(packet.get(1..)?).ok()?;
+        let id = if id == weir_wire::mysql::LAST_PREPARED {
+            self.last_prepared?
+        } else {
+            id
+        };
+        self.prepared.get(&id).map(|p| (id, p))
+    }
+
+    /// COM_STMT_PREPARE: the text is analyzed and decided as it will run (a denial is on
+    /// record and the server never sees it); then the server prepares it, and its answer
+    /// (ids, parameter and column definitions: no values) is relayed. Every execution is
+    /// decided again.
+    async fn prepare(
+        &mut self,
+        client: &mut Conn,
+        body: &[u8],
+        packet: &[u8],
+    ) -> Result<(), Fatal> {
+        self.last_prepared = None;
+        self.refresh_mode().await?;
+        let analyzed = weir_analyze::mysql::analyze(body, &self.mode).and_then(|a| {
+            if a.statements.len() == 1 {
+                Ok(a)
+            } else {
+                Err(weir_analyze::AnalyzeError::Parse(
+                    "a prepared statement is exactly one statement".into(),
+                ))
+            }
+        });
+        let analysis = analyzed.as_ref().ok().cloned();
+        self.requests += 1;
+        let id = self.requests;
+        let items = self.decide(analyzed, body, "prepare").await;
+        let verdict = pipeline::overall(&items);
+        if let Err(refusal) = pipeline::admit(&self.info, id, &items, &verdict, None).await {
+            client.send(&refusal_packet(&refusal)).await?;
+            return Ok(());
+        }
+        let (Some(analysis), false) = (analysis, matches!(verdict, Verdict::Deny { .. })) else {
+            let (rule, reason) = match &verdict {
+                Verdict::Deny { rule, reason } => (rule.as_str(), reason.as_str()),
+                _ => ("weir.analyze", "the statement could not be analyzed"),
+            };
+            client
+                .send(&refusal_packet(&Refusal::denied(rule, reason)))
+                .await?;
+            return Ok(());
+        };
+        self.up.seq = 0;
+        self.up.send(packet).await.map_err(upstream_failed)?;
+        let first = self.up.read().await.map_err(upstream_failed)?;
+        if first.first() == Some(&0xff) {
+            let e = ErrPacket::decode(&first).map_err(Fatal::protocol)?;
+            client
+                .send(&ErrPacket::new(e.code, &e.sqlstate(), &withhold_quoted(&e.message)).encode())
+                .await?;
+            return Ok(());
+        }
+        let ok = weir_wire::mysql::PrepareOk::decode(&first).map_err(Fatal::protocol)?;
+        client.queue(&first);
+        for count in [ok.params, ok.columns] {
+            if count == 0 {
+                continue;
+            }
+            if usize::from(count) > MAX_COLUMNS {
+                return Err(Fatal::protocol(
+                    "a prepared statement with too many columns",
+                ));
+            }
+            for _ in 0..count {
+                let def = self.up.read().await.map_err(upstream_failed)?;
+                weir_wire::mysql::ColumnDef::decode(&def).map_err(Fatal::protocol)?;
+                client.queue(&def);
+            }
+            let eof = self.up.read().await.map_err(upstream_failed)?;
+            if !weir_wire::mysql::EofPacket::is_eof(&eof) {
+                return Err(Fatal::protocol(
+                    "expected EOF after a prepared statement's definitions",
+                ));
+            }
+            client.queue(&eof);
+        }
+        client.flush().await?;
+        if self.prepared.len() >= MAX_PREPARED && !self.prepared.contains_key(&ok.statement) {
+            // The server's own limit (max_prepared_stmt_count) is global; Weir's is per
+            // session, so one client cannot grow Weir's memory without bound.
+            self.up.seq = 0;
+            let mut close = vec![com::STMT_CLOSE];
+            close.extend_from_slice(&ok.statement.to_le_bytes());
+            self.up.send(&close).await.map_err(upstream_failed)?;
+            return Err(Fatal::new(
+                1461,
+                "42000",
+                format!("weir: more than {MAX_PREPARED} prepared statements in one session"),
+            ));
+        }
+        self.prepared.insert(
+            ok.statement,
+            Prepared {
+                text: Arc::from(body),
+                analysis,
+                cursor: None,
+            },
+        );
+        self.last_prepared = Some(ok.statement);
+        Ok(())
+    }
+
+    /// COM_STMT_EXECUTE: the prepared statement decided again (policy, grants, approvals
+    /// and the row bound as for a text), recorded, and run; binary rows masked.
+    async fn execute(&mut self, client: &mut Conn, packet: Vec<u8>) -> Result<(), Fatal> {
+        let Some((id, p)) = self.statement(&packet) else {
+            client
+                .send(&unknown_statement(&packet, "mysqld_stmt_execute").encode())
+                .await?;
+            return Ok(());
+        };
+        let (text, analysis) = (Arc::clone(&p.text), Arc::clone(&p.analysis));
+        let packet = with_id(&packet, id);
+        self.opened_cursor = None;
+        self.run(client, Ok(analysis), &text, &packet, "execute")
+            .await?;
+        let cursor = self.opened_cursor.take();
+        if let Some(p) = self.prepared.get_mut(&id) {
+            p.cursor = cursor;
+        }
+        Ok(())
+    }
+
+    /// COM_STMT_FETCH: rows of a cursor an execution opened, masked as that execution's
+    /// columns were planned.
+    async fn fetch(&mut self, client: &mut Conn, packet: Vec<u8>) -> Result<(), Fatal> {
+        let Some((id, p)) = self.statement(&packet) else {
+            client
+                .send(&unknown_statement(&packet, "mysqld_stmt_fetch").encode())
+                .await?;
+            return Ok(());
+        };
+        let Some(fields) = p.cursor.clone() else {
+            client
+                .send(
+                    &ErrPacket::new(1421, "HY000", "The statement (weir) has no open cursor")
+                        .encode(),
+                )
+                .await?;
+            return Ok(());
+        };
+        let statements = Arc::clone(&p.analysis.statements);
+        let catalog = self.info.mask.as_ref().map(|c| c.snapshot());
+        let shared = Arc::clone(&self.info.shared);
+        self.up.seq = 0;
+        self.up
+            .send(&with_id(&packet, id))
+            .await
+            .map_err(upstream_failed)?;
+        let unmask = SessionUnmask(&self.info);
+        let req = results::Request {
+            statements: &statements,
+            catalog: catalog.as_deref(),
+            database: &self.info.target.database,
+            key: &shared.upstreams.mask_key,
+            unmask: &unmask,
+            max_columns: MAX_COLUMNS,
+            field_list: false,
+            binary: true,
+        };
+        let mut outcome = results::Outcome::default();
+        results::rows(
+            &mut self.up,
+            client,
+            &req,
+            &fields,
+            statements.first(),
+            &mut outcome,
+        )
+        .await
+        .map_err(relay_failed)?;
+        client.flush().await?;
+        if outcome.status & status::LAST_ROW_SENT != 0 || outcome.error.is_some() {
+            if let Some(p) = self.prepared.get_mut(&id) {
+                p.cursor = None;
+            }
+        }
+        self.status = outcome.status;
+        Ok(())
     }
 
     /// Forwards a decided, recorded command and relays its answers through the result
@@ -710,10 +972,12 @@ impl Session {
             unmask: &unmask,
             max_columns: MAX_COLUMNS,
             field_list: items.first().is_some_and(|i| i.via == "field_list"),
+            binary: items.first().is_some_and(|i| i.via == "execute"),
         };
-        let outcome = results::relay(&mut self.up, client, &req)
+        let mut outcome = results::relay(&mut self.up, client, &req)
             .await
             .map_err(relay_failed)?;
+        self.opened_cursor = outcome.cursor.take();
         self.after(&statements, &outcome);
         pipeline::completed(
             &self.info,
@@ -934,6 +1198,31 @@ impl Session {
             )),
         }
     }
+}
+
+/// Most statements one session may keep prepared through Weir.
+const MAX_PREPARED: usize = 4096;
+
+/// A COM_STMT_* packet with its statement id made explicit (MariaDB's "last prepared" id
+/// resolved by Weir, so the server runs what Weir decided).
+fn with_id(packet: &[u8], id: u32) -> Vec<u8> {
+    let mut p = packet.to_vec();
+    let _ = weir_wire::mysql::set_statement_id(&mut p, id);
+    p
+}
+
+/// The server's answer to a statement id it does not know (1243), for an id Weir has not
+/// seen prepared.
+fn unknown_statement(packet: &[u8], command: &str) -> ErrPacket {
+    let id = packet
+        .get(1..)
+        .and_then(|b| weir_wire::mysql::statement_id(b).ok())
+        .map_or_else(|| "?".to_owned(), |id| id.to_string());
+    ErrPacket::new(
+        1243,
+        "HY000",
+        &format!("Unknown prepared statement handler ({id}) given to {command}"),
+    )
 }
 
 /// Every quoted part of a server message, withheld.
