@@ -1188,10 +1188,17 @@ fn kind_of(
             });
             f
         }
-        Statement::Kill { .. } => {
+        Statement::Kill { modifier, id } => {
             let mut f = StatementFacts::new(K::Maintenance);
             f.hazards.insert("kills_sessions");
             f.changes_state = true;
+            // What the gateway maps to an upstream connection: `query 5` or `connection 5`.
+            let what = match modifier {
+                Some(ast::KillType::Query) => "query",
+                Some(ast::KillType::Connection) | None => "connection",
+                Some(ast::KillType::Mutation) => "mutation",
+            };
+            f.name = Some(format!("{what} {id}"));
             f
         }
         Statement::Flush { .. } | Statement::Analyze(_) => StatementFacts::new(K::Maintenance),

@@ -16,7 +16,7 @@ pub mod grants;
 pub mod http;
 mod io;
 pub mod mcp;
-mod my;
+pub(crate) mod my;
 pub mod notify;
 pub mod oidc;
 mod pg;
@@ -82,6 +82,8 @@ pub struct FrontDoor {
     pub cancels: CancelRegistry,
     /// Failed logins per client address, so they cannot flood the trail.
     pub failed_logins: failures::FailedLogins,
+    /// The MySQL listener's connections, for KILL.
+    pub mysql_threads: my::threads::Threads,
 }
 
 /// What reaching and reading the targets needs: TLS toward them, their catalogs, the masking
@@ -181,6 +183,7 @@ impl Shared {
                 tls_acceptor: tokio_rustls::TlsAcceptor::from(server_tls),
                 cancels: CancelRegistry::default(),
                 failed_logins,
+                mysql_threads: Default::default(),
             },
             upstreams: Upstreams {
                 tls: upstream_tls,

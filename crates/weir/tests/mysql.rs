@@ -591,3 +591,67 @@ const mysql = require("mysql2/promise");
         "{log}"
     );
 }
+
+#[test]
+fn kill_reaches_only_the_callers_own_connections() {
+    let m = Mariadb::start();
+    let g = gateway(&m);
+    let port = g.mysql_port.unwrap();
+    let script = format!(
+        r#"
+import threading, time, pymysql
+def connect(user, token):
+    return pymysql.connect(host="127.0.0.1", port={port}, user=user, password=token, database="shopmy")
+a = connect("alice", "{ALICE_TOKEN}")
+weir_id = a.server_thread_id[0]
+cur = a.cursor(); cur.execute("SELECT CONNECTION_ID()"); server_id = cur.fetchone()[0]
+print("ids differ", weir_id != server_id)
+def kill(conn, sql):
+    try:
+        conn.cursor().execute(sql)
+        print("killed", sql.split()[1])
+    except pymysql.err.MySQLError as e:
+        print("refused", e.args[0], "weir.mysql-kill" in e.args[1])
+b = connect("bob", "{BOB_TOKEN}")
+kill(b, "KILL QUERY %d" % weir_id)
+kill(b, "KILL QUERY %d" % server_id)
+c = connect("alice", "{ALICE_TOKEN}")
+kill(c, "KILL QUERY 999999")
+# Ctrl-C in the mysql CLI: KILL QUERY with the id of the greeting, from a second connection.
+slept = []
+def sleep():
+    try:
+        cur.execute("SELECT SLEEP(30)")
+        slept.append(cur.fetchone()[0])
+    except pymysql.err.MySQLError as e:
+        slept.append(e.args[0])
+t = threading.Thread(target=sleep)
+started = time.time(); t.start(); time.sleep(1)
+kill(c, "KILL QUERY %d" % weir_id)
+t.join(25)
+print("interrupted", slept, time.time() - started < 20)
+kill(c, "KILL CONNECTION %d" % server_id)
+try:
+    cur.execute("SELECT 1")
+    print("still alive")
+except pymysql.err.MySQLError as e:
+    print("gone", e.args[0])
+"#
+    );
+    let o = python(&script);
+    let out = stdout(&o);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("ids differ True"), "{out}");
+    assert_eq!(out.matches("refused 1227 True").count(), 3, "{out}");
+    // SLEEP returns 1 when its query is killed, or the server reports 1317.
+    assert!(
+        out.contains("interrupted [1] True") || out.contains("interrupted [1317] True"),
+        "{out}"
+    );
+    assert!(out.contains("killed CONNECTION"), "{out}");
+    assert!(out.contains("gone"), "{out}");
+}

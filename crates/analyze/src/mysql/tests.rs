@@ -284,3 +284,15 @@ fn a_where_of_parameters_alone_restricts_nothing() {
         assert!(one(sql).where_effective, "{sql}");
     }
 }
+
+#[test]
+fn kill_names_what_it_kills() {
+    assert_eq!(one("KILL 5").name.as_deref(), Some("connection 5"));
+    assert_eq!(one("KILL QUERY 7").name.as_deref(), Some("query 7"));
+    assert_eq!(
+        one("KILL CONNECTION 9").name.as_deref(),
+        Some("connection 9")
+    );
+    // MariaDB's `KILL QUERY ID n` and `KILL USER u` do not parse: refused.
+    assert!(analyze_sql("KILL USER weir", &Mode::new("shop")).is_err());
+}

@@ -20,6 +20,7 @@
 pub(crate) mod catalog;
 mod conn;
 mod results;
+pub(crate) mod threads;
 mod upstream;
 
 use std::collections::HashMap;
@@ -423,6 +424,7 @@ async fn start(
         status: up.status,
         ..OkPacket::default()
     };
+    let up_connection = up.connection_id;
     client.send(&ok.encode()).await?;
     let mut s = Session {
         decider: Decider::new(Scope::new(&target.user, None)),
@@ -436,9 +438,17 @@ async fn start(
         requests: 0,
         prepared: HashMap::new(),
         last_prepared: None,
+        kill_mapped: false,
         opened_cursor: None,
     };
+    shared.front.mysql_threads.register(
+        session,
+        &s.info.identity_name,
+        &s.info.target_name,
+        up_connection,
+    );
     let reason = s.serve(client).await;
+    shared.front.mysql_threads.remove(session);
     let (reason, fatal) = match reason {
         Ok(why) => (why.to_owned(), None),
         Err(f) => (f.message.clone(), Some(f)),
@@ -526,6 +536,8 @@ struct Session {
     /// The id of the last statement prepared, if that PREPARE succeeded (MariaDB's
     /// "last prepared" id, `u32::MAX`, means this one).
     last_prepared: Option<u32>,
+    /// The request is a KILL Weir mapped to one of the identity's own connections.
+    kill_mapped: bool,
     /// A cursor the last execution opened: its columns' treatment.
     opened_cursor: Option<Arc<[results::Field]>>,
 }
@@ -688,7 +700,35 @@ impl Session {
     ) -> Result<(), Fatal> {
         self.refresh_mode().await?;
         let analyzed = weir_analyze::mysql::analyze(&text, &self.mode);
+        if let Some(kill) = analyzed.as_ref().ok().and_then(|a| self.kill(a)) {
+            // The KILL runs on the server's id of the caller's own connection.
+            let mut mapped = vec![com::QUERY];
+            mapped.extend_from_slice(kill.as_bytes());
+            self.kill_mapped = true;
+            let done = self.run(client, analyzed, &text, &mapped, via).await;
+            self.kill_mapped = false;
+            return done;
+        }
         self.run(client, analyzed, &text, packet, via).await
+    }
+
+    /// A text that is one KILL of one of this identity's connections on this target: the
+    /// statement to run instead, naming the server's id.
+    fn kill(&self, analysis: &weir_analyze::Analysis) -> Option<String> {
+        let [only] = &analysis.statements[..] else {
+            return None;
+        };
+        let (what, id) = only.name.as_deref()?.split_once(' ')?;
+        if only.node != "Kill" || !matches!(what, "query" | "connection") {
+            return None;
+        }
+        let id = id.parse().ok()?;
+        let upstream = self.info.shared.front.mysql_threads.resolve(
+            id,
+            &self.info.identity_name,
+            &self.info.target_name,
+        )?;
+        Some(format!("KILL {} {upstream}", what.to_uppercase()))
     }
 
     /// The items of one request: decided, with the MySQL target's own rules and the guards.
@@ -702,7 +742,7 @@ impl Session {
             .decider
             .decide_analyzed(&self.info, &self.end, analyzed, text);
         let _ = self.decider.take_pending();
-        let decision = own_database_only(decision, &self.info.target.database);
+        let decision = own_database_only(decision, &self.info.target.database, self.kill_mapped);
         let mut items = vec![Item::new(via, decision)];
         pipeline::guards::guard_state_sinks(&self.info, &mut items).await;
         pipeline::guards::guard_copies(&self.info, &self.scope, &mut items).await;
@@ -1256,7 +1296,7 @@ fn relay_failed(e: ConnError) -> Fatal {
 
 /// A MySQL target reaches only its own database: a statement that names another (a table,
 /// a stored function, `USE`) is denied ([`weir_analyze::mysql::foreign_name`]).
-fn own_database_only(decision: Arc<Decision>, db: &str) -> Arc<Decision> {
+fn own_database_only(decision: Arc<Decision>, db: &str, kill_mapped: bool) -> Arc<Decision> {
     let foreign = |f: &weir_analyze::StatementFacts| weir_analyze::mysql::foreign_name(f, db);
     // Every session of a target shares one upstream user, so what the server shows of "the
     // user's own" threads is every identity's: their statements (with their constants) in
@@ -1272,9 +1312,9 @@ fn own_database_only(decision: Arc<Decision>, db: &str) -> Arc<Decision> {
                 "the process list shows the statements of every identity on this target (they share one upstream user)",
             ));
         }
-        (f.node == "Kill").then_some((
+        (f.node == "Kill" && !kill_mapped).then_some((
             "weir.mysql-kill",
-            "KILL reaches every identity's connections on this target (they share one upstream user); Weir does not map connection ids yet",
+            "KILL reaches only your own connections on this target: that id is not one of them (Weir maps the ids, since every identity shares one upstream user)",
         ))
     };
     let mut verdicts = decision.verdicts.clone();

@@ -46,18 +46,29 @@ impl Mariadb {
         // The innodb sizes are given to the bootstrap too, so it does not write a 96 MiB redo
         // log that the first start then shrinks.
         let sizes = ["--innodb-buffer-pool-size=16M", "--innodb-log-file-size=8M"];
-        let out = Command::new("mariadb-install-db")
-            .arg("--no-defaults")
-            .arg("--user=root")
-            .arg(format!("--datadir={}", data.display()))
-            .args([
-                "--auth-root-authentication-method=socket",
-                "--skip-test-db",
-                "--skip-name-resolve",
-            ])
-            .args(sizes)
-            .output()
-            .expect("mariadb-install-db (scripts/prereqs installs mariadb-server)");
+        // The bootstrap server gets its own tmpdir: in the shared /tmp, parallel bootstraps
+        // have failed deleting their internal temp tables ("Error on delete of
+        // '/tmp/#sql-temptable-…'"). A failed bootstrap is retried once on a fresh datadir.
+        let bootstrap = || {
+            let _ = std::fs::remove_dir_all(&data);
+            Command::new("mariadb-install-db")
+                .arg("--no-defaults")
+                .arg("--user=root")
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--tmpdir={}", dir.path().display()))
+                .args([
+                    "--auth-root-authentication-method=socket",
+                    "--skip-test-db",
+                    "--skip-name-resolve",
+                ])
+                .args(sizes)
+                .output()
+                .expect("mariadb-install-db (scripts/prereqs installs mariadb-server)")
+        };
+        let mut out = bootstrap();
+        if !out.status.success() {
+            out = bootstrap();
+        }
         assert!(
             out.status.success(),
             "mariadb-install-db failed:\n{}{}",
