@@ -655,3 +655,76 @@ except pymysql.err.MySQLError as e:
     assert!(out.contains("killed CONNECTION"), "{out}");
     assert!(out.contains("gone"), "{out}");
 }
+
+/// `upstream_tls` on a MySQL target: Weir speaks TLS to the server (an account that may log
+/// in only over TLS gets in), verify-full checks the certificate against `upstream_ca`, and a
+/// target whose server cannot be verified, or that is configured for cleartext to a TLS-only
+/// account, serves nobody.
+#[test]
+fn upstream_tls_reaches_a_server_that_requires_it_and_checks_its_certificate() {
+    let m = Mariadb::start();
+    let ca = m.ca_file();
+    let other = ca.with_file_name("other-ca.pem");
+    let pw = m.password_file();
+    let block = |name: &str, tls: &str| {
+        format!(
+            "\n[[target]]\nname = \"{name}\"\nengine = \"mysql\"\nenvironment = \"development\"\nupstream = \"127.0.0.1:{}\"\ndatabase = \"shop\"\nuser = \"weirtls\"\npassword_file = \"{}\"\n{tls}\n",
+            m.port,
+            pw.display()
+        )
+    };
+    let extra = [
+        block(
+            "tlsfull",
+            &format!(
+                "upstream_tls = \"verify-full\"\nupstream_ca = \"{}\"\nupstream_server_name = \"localhost\"",
+                ca.display()
+            ),
+        ),
+        block("tlsrequire", "upstream_tls = \"require\""),
+        block(
+            "tlswrongca",
+            &format!(
+                "upstream_tls = \"verify-full\"\nupstream_ca = \"{}\"\nupstream_server_name = \"localhost\"",
+                other.display()
+            ),
+        ),
+        block("tlsplain", ""),
+    ]
+    .concat();
+    let g = Gateway::start_mariadb_custom(
+        &m,
+        common::Options {
+            fast: true,
+            ..Default::default()
+        },
+        move |_, _| extra,
+    );
+    let port = g.mysql_port.unwrap();
+    for db in ["tlsfull", "tlsrequire"] {
+        let o = mariadb_cli(
+            port,
+            "alice",
+            ALICE_TOKEN,
+            db,
+            "SHOW SESSION STATUS LIKE 'Ssl_version'; SELECT COUNT(*) FROM products",
+        );
+        let out = stdout(&o);
+        assert!(
+            o.status.success(),
+            "{db}: {out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(out.contains("Ssl_version\tTLSv1."), "{db}: {out}");
+        assert!(out.contains("\n50\n"), "{db}: {out}");
+    }
+    for db in ["tlsplain", "tlswrongca"] {
+        let o = mariadb_cli(port, "alice", ALICE_TOKEN, db, "SELECT 1");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "{db} served: {}", stdout(&o));
+        assert!(err.contains("cannot connect to target"), "{db}: {err}");
+    }
+    let log = g.log();
+    assert!(log.contains("tlswrongca"), "{log}");
+    assert!(log.to_lowercase().contains("certificate"), "{log}");
+}

@@ -51,6 +51,7 @@ pub(crate) async fn load(
     }
     let mut up = upstream::connect(
         target,
+        shared.upstreams.tls.get(&target.name).cloned().flatten(),
         upstream::FORWARDED_CAPS,
         45,
         shared.config.gateway.max_message_size,

@@ -314,6 +314,7 @@ async fn start(
     };
     let mut up = upstream::connect(
         &target,
+        shared.upstreams.tls.get(&target.name).cloned().flatten(),
         response.capabilities,
         CHARSET,
         shared.config.gateway.max_message_size,
@@ -322,8 +323,11 @@ async fn start(
     .await
     .map_err(|e| {
         warn!(target = %target.name, cause = %e, "cannot open the upstream session");
+        // 1105 (ER_UNKNOWN_ERROR), a server code: 2003 is the client library's own code
+        // for "cannot connect", and libmariadb reports a server that sends a 2xxx code
+        // during authentication as "Received malformed packet".
         Fatal::new(
-            2003,
+            1105,
             "HY000",
             format!(
                 "weir: cannot connect to target \"{}\"; the gateway log has the cause",

@@ -1,9 +1,16 @@
-//! Weir as a MySQL client of a target: connect, authenticate with the target's credentials
-//! (`mysql_native_password`, `caching_sha2_password`'s fast path), and run Weir's own text
-//! queries (the session's settings, the masking catalog).
+//! Weir as a MySQL client of a target: connect (over TLS when `upstream_tls` says so),
+//! authenticate with the target's credentials (`mysql_native_password`,
+//! `caching_sha2_password` with its fast path and its full authentication: the password in
+//! clear over TLS, RSA-OAEP encrypted with the server's key otherwise), and run Weir's own
+//! text queries (the session's settings, the masking catalog).
 
+use std::sync::Arc;
+
+use aws_lc_rs::rsa::{OaepPublicEncryptingKey, PublicEncryptingKey, OAEP_SHA1_MGF1SHA1};
+use base64::Engine as _;
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
-use weir_config::Target;
+use weir_config::{Target, UpstreamTls};
 use weir_wire::mysql::{
     self, cap, AuthSwitch, ColumnDef, EofPacket, ErrPacket, First, Handshake, HandshakeResponse,
     OkPacket,
@@ -46,6 +53,8 @@ pub(crate) enum UpstreamError {
     Unsupported(String),
     #[error("credentials: {0}")]
     Credentials(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// An authenticated upstream session.
@@ -74,20 +83,26 @@ pub(crate) async fn server_version(target: &Target, max: usize) -> Option<String
 
 /// Connects and logs in as the target's user, into the target's database. `client_caps`
 /// are what the client asked for (intersected with [`FORWARDED_CAPS`] and the server's).
+/// `tls` is the target's client configuration (`None` when `upstream_tls = "disable"`).
 pub(crate) async fn connect(
     target: &Target,
+    tls: Option<Arc<rustls::ClientConfig>>,
     client_caps: u32,
     charset: u8,
     max: usize,
     timeout: std::time::Duration,
 ) -> Result<Upstream, UpstreamError> {
-    tokio::time::timeout(timeout, connect_inner(target, client_caps, charset, max))
-        .await
-        .map_err(|_| UpstreamError::Timeout)?
+    tokio::time::timeout(
+        timeout,
+        connect_inner(target, tls, client_caps, charset, max),
+    )
+    .await
+    .map_err(|_| UpstreamError::Timeout)?
 }
 
 async fn connect_inner(
     target: &Target,
+    tls: Option<Arc<rustls::ClientConfig>>,
     client_caps: u32,
     charset: u8,
     max: usize,
@@ -119,7 +134,7 @@ async fn connect_inner(
     }
     let mut plugin = hello.auth_plugin.clone();
     let mut nonce = hello.auth_data.clone();
-    let response = HandshakeResponse {
+    let mut response = HandshakeResponse {
         capabilities: caps,
         max_packet: 1 << 24,
         charset,
@@ -129,7 +144,25 @@ async fn connect_inner(
         auth_plugin: Some(plugin.clone()),
         attributes: None,
     };
+    // TLS is asked for with an SSLRequest (the response's first 32 bytes with the SSL flag),
+    // then the handshake response follows inside TLS. A server that offers no TLS is refused
+    // rather than spoken to in clear.
+    let secure = match (tls, target.upstream_tls) {
+        (Some(cfg), mode) if mode != UpstreamTls::Disable => {
+            if hello.capabilities & cap::SSL == 0 {
+                return Err(UpstreamError::Tls(
+                    "the server does not offer TLS, and upstream_tls requires it".into(),
+                ));
+            }
+            response.capabilities |= cap::SSL;
+            conn.send(&response.ssl_request()).await?;
+            start_tls(&mut conn, cfg, &target.upstream_server_name).await?;
+            true
+        }
+        _ => false,
+    };
     conn.send(&response.encode()).await?;
+    let mut asked_key = false;
     loop {
         let p = conn.read().await?;
         match p.first() {
@@ -154,12 +187,31 @@ async fn connect_inner(
                 conn.send(&answer).await?;
             }
             // caching_sha2_password: 0x01 0x03 is "fast auth succeeded" (OK follows); 0x01
-            // 0x04 asks for the password in full, which needs TLS or the server's RSA key.
-            Some(0x01) if p.get(1) == Some(&0x03) => {}
-            Some(0x01) if p.get(1) == Some(&0x04) => {
-                return Err(UpstreamError::Unsupported(
-                    "caching_sha2_password full authentication (the server has not cached this user's password yet); log in once with the mysql client, or use mysql_native_password".into(),
-                ))
+            // 0x04 asks for the password in full: in clear inside TLS, otherwise encrypted
+            // with the server's RSA key, which Weir asks for (0x02) and the server sends as
+            // 0x01 and a PEM document.
+            Some(0x01) if p.get(1) == Some(&0x03) && p.len() == 2 => {}
+            Some(0x01) if p.get(1) == Some(&0x04) && p.len() == 2 => {
+                if plugin != b"caching_sha2_password" {
+                    return Err(ConnError::Protocol(mysql::MyError::Invalid(
+                        "full authentication asked outside caching_sha2_password",
+                    ))
+                    .into());
+                }
+                if secure {
+                    let mut clear = password.as_bytes().to_vec();
+                    clear.push(0);
+                    conn.send(&clear).await?;
+                } else {
+                    asked_key = true;
+                    conn.send(&[0x02]).await?;
+                }
+            }
+            Some(0x01) if asked_key => {
+                asked_key = false;
+                let pem = p.get(1..).unwrap_or_default();
+                let sealed = rsa_sealed_password(password.as_bytes(), &nonce, pem)?;
+                conn.send(&sealed).await?;
             }
             _ => {
                 return Err(ConnError::Protocol(mysql::MyError::Invalid(
@@ -169,6 +221,77 @@ async fn connect_inner(
             }
         }
     }
+}
+
+/// Upgrades the upstream connection to TLS, checking the certificate as the target's
+/// configuration says. Nothing may be buffered from before (the server waits for the
+/// ClientHello).
+async fn start_tls(
+    conn: &mut Conn,
+    cfg: Arc<rustls::ClientConfig>,
+    server_name: &str,
+) -> Result<(), UpstreamError> {
+    if conn.buffered() > 0 {
+        return Err(UpstreamError::Tls(
+            "the server sent bytes before the TLS handshake".into(),
+        ));
+    }
+    let Stream::Plain(tcp) = std::mem::replace(&mut conn.stream, Stream::Closed) else {
+        return Err(UpstreamError::Tls("the connection is not plain TCP".into()));
+    };
+    let name = ServerName::try_from(server_name.to_owned())
+        .map_err(|e| UpstreamError::Tls(format!("server name {server_name:?}: {e}")))?;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+    conn.stream = Stream::Client(Box::new(tls));
+    Ok(())
+}
+
+/// caching_sha2_password's full authentication without TLS: the password and a NUL, XORed
+/// with the nonce (repeated), encrypted with RSA-OAEP (SHA-1, MGF1-SHA-1) under the
+/// server's public key (`pem`, a SubjectPublicKeyInfo).
+///
+/// The key is the server's word for itself, asked over the same unencrypted connection, as
+/// the mysql client's `--get-server-public-key` does; an attacker on the path could answer
+/// with their own. `upstream_tls = "verify-full"` is the setting that rules that out.
+fn rsa_sealed_password(
+    password: &[u8],
+    nonce: &[u8],
+    pem: &[u8],
+) -> Result<Vec<u8>, UpstreamError> {
+    let bad = |what: &str| UpstreamError::Unsupported(format!("the server's RSA key: {what}"));
+    let text = std::str::from_utf8(pem).map_err(|_| bad("not text"))?;
+    let body: String = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("-----"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|_| bad("not PEM"))?;
+    let key = PublicEncryptingKey::from_der(&der).map_err(|e| bad(&e.to_string()))?;
+    let key = OaepPublicEncryptingKey::new(key).map_err(|_| bad("not an RSA key"))?;
+    let nonce = nonce.get(..20).unwrap_or(nonce);
+    if nonce.is_empty() {
+        return Err(bad("no nonce to mix the password with"));
+    }
+    let mut clear = password.to_vec();
+    clear.push(0);
+    for (b, n) in clear.iter_mut().zip(nonce.iter().cycle()) {
+        *b ^= n;
+    }
+    if clear.len() > key.max_plaintext_size(&OAEP_SHA1_MGF1SHA1) {
+        return Err(bad("too small for the password"));
+    }
+    let mut sealed = vec![0; key.ciphertext_size()];
+    let n = key
+        .encrypt(&OAEP_SHA1_MGF1SHA1, &clear, &mut sealed, None)
+        .map_err(|_| bad("encryption failed"))?
+        .len();
+    sealed.truncate(n);
+    Ok(sealed)
 }
 
 fn scramble(plugin: &[u8], password: &[u8], nonce: &[u8]) -> Result<Vec<u8>, UpstreamError> {
@@ -263,4 +386,52 @@ pub(crate) fn literal(s: &str) -> Option<String> {
         return None;
     }
     Some(format!("'{}'", s.replace('\'', "''")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::rsa::{KeySize, OaepPrivateDecryptingKey, PrivateDecryptingKey};
+
+    /// The sealed password opens with the private key to what MySQL's server expects:
+    /// password and NUL, XORed with the nonce repeated.
+    #[test]
+    fn full_authentication_seals_the_password_for_the_servers_key() {
+        let private = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
+        let der = private.public_key().as_der().unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap());
+            pem.push('\n');
+        }
+        pem.push_str("-----END PUBLIC KEY-----\n");
+        let nonce: Vec<u8> = (1..=20).collect();
+        let password = b"a password longer than the twenty-byte nonce";
+        let sealed = rsa_sealed_password(password, &nonce, pem.as_bytes()).unwrap();
+        assert_eq!(sealed.len(), 256);
+
+        let opener = OaepPrivateDecryptingKey::new(private).unwrap();
+        let mut out = vec![0; opener.min_output_size()];
+        let opened = opener
+            .decrypt(&OAEP_SHA1_MGF1SHA1, &sealed, &mut out, None)
+            .unwrap();
+        let unmixed: Vec<u8> = opened
+            .iter()
+            .zip(nonce.iter().cycle())
+            .map(|(b, n)| b ^ n)
+            .collect();
+        let mut expected = password.to_vec();
+        expected.push(0);
+        assert_eq!(unmixed, expected);
+
+        assert!(rsa_sealed_password(
+            password,
+            &nonce,
+            b"-----BEGIN PUBLIC KEY-----\nnot base64!\n"
+        )
+        .is_err());
+        assert!(rsa_sealed_password(password, &[], pem.as_bytes()).is_err());
+    }
 }

@@ -75,6 +75,7 @@ impl Mariadb {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        certificates(dir.path());
         let password = format!("weir-upstream-{}", std::process::id());
         std::fs::write(dir.path().join("weir-password"), &password).unwrap();
 
@@ -107,6 +108,15 @@ impl Mariadb {
                 ))
                 .arg(format!("--log-error={}", error_log.display()))
                 .arg(format!("--tmpdir={}", dir.path().display()))
+                .arg(format!("--ssl-ca={}", dir.path().join("ca.pem").display()))
+                .arg(format!(
+                    "--ssl-cert={}",
+                    dir.path().join("server.crt").display()
+                ))
+                .arg(format!(
+                    "--ssl-key={}",
+                    dir.path().join("server.key").display()
+                ))
                 .args(sizes)
                 .args([
                     "--skip-name-resolve",
@@ -218,6 +228,11 @@ impl Mariadb {
         std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
 
+    /// The CA that signed the server's certificate (for `localhost` and 127.0.0.1).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     /// The file holding `weir`'s password.
     pub fn password_file(&self) -> PathBuf {
         self.dir.path().join("weir-password")
@@ -263,6 +278,88 @@ impl Drop for Mariadb {
     }
 }
 
+/// A CA and a server certificate for `localhost` / 127.0.0.1 in `dir` (ca.pem, server.crt,
+/// server.key) and an unrelated CA (other-ca.pem), made with the openssl CLI as the PostgreSQL TLS tests do.
+fn certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let o = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=weir test mariadb CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    // A CA that signed nothing here: verify-full against it must fail.
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "other-ca.key",
+        "-out",
+        "other-ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=some other CA",
+    ]);
+}
+
 /// What a user types: `mariadb -h 127.0.0.1 -P PORT -u USER -pTOKEN DB --batch -e SQL`.
 /// Option files are read as for any user (none on this machine say anything for TCP).
 pub fn mariadb_cli(port: u16, user: &str, token: &str, db: &str, sql: &str) -> Output {
@@ -304,6 +401,9 @@ CREATE USER '{MARIADB_USER}'@'%' IDENTIFIED VIA mysql_native_password USING PASS
 CREATE USER '{MARIADB_USER}'@'127.0.0.1' IDENTIFIED VIA mysql_native_password USING PASSWORD('{password}');
 GRANT ALL ON *.* TO '{MARIADB_USER}'@'%' WITH GRANT OPTION;
 GRANT ALL ON *.* TO '{MARIADB_USER}'@'127.0.0.1' WITH GRANT OPTION;
+-- An account that may log in only over TLS (the upstream_tls tests).
+CREATE USER '{MARIADB_USER}tls'@'127.0.0.1' IDENTIFIED VIA mysql_native_password USING PASSWORD('{password}') REQUIRE SSL;
+GRANT ALL ON shop.* TO '{MARIADB_USER}tls'@'127.0.0.1';
 
 CREATE DATABASE shop;
 USE shop;
