@@ -1,5 +1,6 @@
 //! `weir demo`: a throwaway PostgreSQL with sample PII, demo identities, and the gateway in
-//! front, all removed on Ctrl-C.
+//! front, all removed on Ctrl-C. When the machine has MariaDB's server binaries, a
+//! throwaway MariaDB with the same shop runs behind the MySQL listener too.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -10,6 +11,10 @@ use weir_config::Config;
 use weir_proxy::Gateway;
 
 use crate::cluster::{Cluster, Options};
+use crate::mariadb::Mariadb;
+
+/// The account Weir logs in to the demo's MariaDB as.
+const MARIADB_USER: &str = "weir";
 
 const SEED: &str = include_str!("demo_seed.sql");
 
@@ -32,6 +37,8 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
         cluster.psql_file(db, &seed)?;
     }
 
+    let mariadb = start_mariadb(&cluster);
+
     let listen = match std::net::TcpListener::bind(listen) {
         Ok(l) => l.local_addr()?.to_string(),
         Err(_) => format!("127.0.0.1:{}", crate::cluster::free_port()?),
@@ -41,7 +48,21 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
     let config_path = cluster.dir().join("weir.toml");
     let password_path = cluster.dir().join("upstream-password");
     std::fs::write(&password_path, &cluster.password)?;
-    std::fs::write(&config_path, config_text(&listen, &http, cluster.port))?;
+    // The MySQL listener on 3307 (the contract's example) when it is free.
+    let mysql = match &mariadb {
+        Some(m) => {
+            let addr = match std::net::TcpListener::bind("127.0.0.1:3307") {
+                Ok(l) => l.local_addr()?.to_string(),
+                Err(_) => format!("127.0.0.1:{}", crate::cluster::free_port()?),
+            };
+            Some((addr, m.port))
+        }
+        None => None,
+    };
+    std::fs::write(
+        &config_path,
+        config_text(&listen, &http, cluster.port, mysql.as_ref()),
+    )?;
     std::fs::create_dir_all(cluster.dir().join("policy"))?;
     std::fs::write(cluster.dir().join("policy/agents.cedar"), AGENT_POLICY)?;
     let config = Config::load(&config_path)?;
@@ -59,9 +80,13 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
             .await
             .context("starting the gateway")?;
         let addr = gateway.local_addr()?;
+        let mysql = gateway
+            .mysql_addr()
+            .zip(mariadb.as_ref())
+            .map(|(a, m)| (a.to_string(), m.port));
         println!(
             "{}",
-            banner(&addr.to_string(), &http, &cluster, &config_path)
+            banner(&addr.to_string(), &http, &cluster, mysql, &config_path)
         );
         let (tx, rx) = watch::channel(false);
         tokio::spawn(async move {
@@ -73,12 +98,51 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
     })?;
     drop(rt);
     audit.close();
+    if mariadb.is_some() {
+        eprintln!("weir demo: stopping MariaDB");
+    }
+    drop(mariadb);
     eprintln!(
         "weir demo: stopping PostgreSQL and removing {}",
         cluster.dir().display()
     );
     drop(cluster);
     Ok(())
+}
+
+/// A throwaway MariaDB with the shop, and Weir's password for it in the demo directory; or
+/// `None` (said on stderr) when the machine has no MariaDB or it does not start: the demo
+/// goes on with PostgreSQL alone.
+fn start_mariadb(cluster: &Cluster) -> Option<Mariadb> {
+    if !Mariadb::available() {
+        eprintln!("weir demo: no MariaDB server binaries here (mariadb-server): PostgreSQL only");
+        return None;
+    }
+    eprintln!("weir demo: starting a throwaway MariaDB…");
+    let started = Mariadb::start(crate::mariadb::Options::default()).and_then(|m| {
+        let password = random_password()?;
+        std::fs::write(cluster.dir().join("mariadb-password"), &password)?;
+        m.sql(&format!(
+            "CREATE USER '{MARIADB_USER}'@'127.0.0.1' IDENTIFIED VIA mysql_native_password USING PASSWORD('{password}');\n\
+             GRANT ALL ON shop.* TO '{MARIADB_USER}'@'127.0.0.1';\n{}",
+            crate::mariadb::SHOP_SEED
+        ))?;
+        Ok(m)
+    });
+    match started {
+        Ok(m) => Some(m),
+        Err(e) => {
+            eprintln!("weir demo: MariaDB did not start, going on with PostgreSQL only: {e:#}");
+            None
+        }
+    }
+}
+
+/// 32 hex characters from the OS's random source.
+fn random_password() -> anyhow::Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("random password: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// The demo's own rule, beside the built-in ones: policy is code the operator writes.
@@ -93,12 +157,16 @@ when {
 };
 "#;
 
-fn config_text(listen: &str, http: &str, pg_port: u16) -> String {
+/// `mysql`: the MySQL listener's address and the demo MariaDB's port.
+fn config_text(listen: &str, http: &str, pg_port: u16, mysql: Option<&(String, u16)>) -> String {
+    let mysql_listen = mysql
+        .map(|(addr, _)| format!("mysql_listen = \"{addr}\"\n"))
+        .unwrap_or_default();
     let mut s = format!(
         r#"# Written by `weir demo`; removed when it stops.
 [gateway]
 postgres_listen = "{listen}"
-http_listen = "{http}"
+{mysql_listen}http_listen = "{http}"
 store = "sqlite://weir.db"
 
 [policy]
@@ -140,10 +208,34 @@ sensitivity = "pii"
 "#
         );
     }
+    if let Some((_, port)) = mysql {
+        let _ = write!(
+            s,
+            r#"
+[[target]]
+name = "shop_mysql"
+engine = "mysql"
+environment = "production"
+upstream = "127.0.0.1:{port}"
+database = "shop"
+user = "{MARIADB_USER}"
+password_file = "mariadb-password"
+[target.tables."shop.customers"]
+sensitivity = "pii"
+"#
+        );
+    }
     s
 }
 
-fn banner(addr: &str, http: &str, cluster: &Cluster, config: &std::path::Path) -> String {
+/// `mysql`: the MySQL listener's address and the demo MariaDB's port, when it runs.
+fn banner(
+    addr: &str,
+    http: &str,
+    cluster: &Cluster,
+    mysql: Option<(String, u16)>,
+    config: &std::path::Path,
+) -> String {
     let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "6432"));
     let weir = std::env::current_exe()
         .ok()
@@ -162,9 +254,20 @@ fn banner(addr: &str, http: &str, cluster: &Cluster, config: &std::path::Path) -
         cluster.port
     );
     let _ = writeln!(s, "  gateway               {addr}  (config: {cfg})");
+    if let Some((listen, port)) = &mysql {
+        let _ = writeln!(
+            s,
+            "  throwaway MariaDB     127.0.0.1:{port} (behind the MySQL listener {listen})"
+        );
+    }
     let _ = writeln!(
         s,
-        "  targets               shop (production), shop_dev (development)"
+        "  targets               shop (production), shop_dev (development){}",
+        if mysql.is_some() {
+            ", shop_mysql (MariaDB, production)"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         s,
@@ -246,6 +349,25 @@ fn banner(addr: &str, http: &str, cluster: &Cluster, config: &std::path::Path) -
         "  SELECT pg_read_file('/etc/passwd'); (denied but to admins),"
     );
     let _ = writeln!(s, "  {weir} audit export --config {cfg} --format csv");
+    if let Some((listen, _)) = &mysql {
+        let (mhost, mport) = listen.rsplit_once(':').unwrap_or((listen, "3307"));
+        let _ = writeln!(
+            s,
+            "\nThe same through the MySQL listener, with the mariadb client:"
+        );
+        let my = |sql: &str| {
+            format!(
+                "  mariadb -h {mhost} -P {mport} -u alice -palice-demo-token shop_mysql -e \"{sql}\""
+            )
+        };
+        let _ = writeln!(s, "  # A masked read, then a denial.");
+        let _ = writeln!(
+            s,
+            "{}",
+            my("SELECT full_name, email, card_number, ssn FROM customers LIMIT 3")
+        );
+        let _ = writeln!(s, "{}", my("DELETE FROM orders"));
+    }
     let _ = writeln!(
         s,
         "\nAgents over MCP (tools list_targets, describe_target, query, request_access), as claude:"

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cluster;
 pub mod demo;
 pub mod login;
+pub mod mariadb;
 pub mod mcp_cmd;
 pub mod policy_cmd;
 pub mod serve;

@@ -162,6 +162,29 @@ fn demo_runs_serves_the_printed_lines_and_cleans_up() {
         stderr(&out)
     );
 
+    // The MariaDB lines, when the machine has MariaDB (CI does): masked, then denied.
+    let mariadb: Vec<&String> = banner
+        .iter()
+        .filter(|l| l.trim_start().starts_with("mariadb -h"))
+        .collect();
+    if weir::mariadb::Mariadb::available() {
+        assert!(text.contains("shop_mysql (MariaDB, production)"), "{text}");
+        assert_eq!(mariadb.len(), 2, "{text}");
+        let out = sh(mariadb[0]);
+        assert!(
+            out.status.success() && stdout(&out).contains("***"),
+            "{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let out = sh(mariadb[1]);
+        assert!(
+            stderr(&out).contains("weir: denied by weir.where-required-in-production"),
+            "{}",
+            stderr(&out)
+        );
+    }
+
     // Ctrl-C removes everything it made.
     Command::new("kill")
         .arg("-INT")
