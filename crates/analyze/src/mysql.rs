@@ -28,7 +28,7 @@ use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
 
 use crate::{Analysis, AnalyzeError, Column, CopyEndpoint, CopyFacts, CopyFormat, CopyKind};
-use crate::{StatementFacts, StatementKind};
+use crate::{Flow, Sink, StatementFacts, StatementKind};
 
 /// The rule a MySQL statement naming another database is denied by.
 pub const OTHER_DATABASE: &str = "weir.other-database";
@@ -315,9 +315,22 @@ fn token_refusal(text: &str) -> Result<(), AnalyzeError> {
                 .find(|t| !matches!(t, Token::Whitespace(_)))
                 .is_some_and(|t| *t == Token::LParen);
             let name = w.value.to_lowercase();
+            // After TABLE, INTO, FROM, … the word is a table's name (`CREATE TABLE x (n
+            // int)`, `INSERT INTO user (a)`), never a call, to the server as to the parser.
+            let names_a_table = tokens
+                .get(..i)
+                .unwrap_or_default()
+                .iter()
+                .rev()
+                .find(|t| !matches!(t, Token::Whitespace(_)))
+                .is_some_and(|t| {
+                    matches!(t, Token::Word(p) if p.quote_style.is_none()
+                        && TABLE_NAME_AFTER.contains(&p.value.to_lowercase().as_str()))
+                });
             if spaced
                 && paren
                 && w.quote_style.is_none()
+                && !names_a_table
                 && builtins().contains(name.as_str())
                 && !KEYWORD_CALLS.contains(&name.as_str())
             {
@@ -330,6 +343,19 @@ fn token_refusal(text: &str) -> Result<(), AnalyzeError> {
     }
     Ok(())
 }
+
+/// Keywords after which a word is a table's name, where `name (` is not a call.
+const TABLE_NAME_AFTER: &[&str] = &[
+    "table",
+    "into",
+    "from",
+    "join",
+    "update",
+    "references",
+    "exists",
+    "view",
+    "replace",
+];
 
 /// Built-in names that are also keywords followed by a parenthesis in ordinary syntax
 /// (`IN (`, `VALUES (`, `EXISTS (`, `IF (`, …): a space before their parenthesis is normal.
@@ -479,6 +505,10 @@ struct Gathered {
     ctes: HashSet<String>,
     locks: bool,
     into_vars: bool,
+    /// Values assigned to user variables inside expressions (`@v := expr`).
+    assigned: Vec<Expr>,
+    /// Some select list has a `*` or `t.*`.
+    wildcard: bool,
 }
 
 impl Visitor for Gathered {
@@ -517,10 +547,26 @@ impl Visitor for Gathered {
         if s.into.is_some() {
             self.into_vars = true;
         }
+        if s.projection.iter().any(|i| {
+            matches!(
+                i,
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+            )
+        }) {
+            self.wildcard = true;
+        }
         ControlFlow::Continue(())
     }
 
     fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        if let Expr::BinaryOp {
+            op: ast::BinaryOperator::Assignment,
+            right,
+            ..
+        } = e
+        {
+            self.assigned.push(right.as_ref().clone());
+        }
         if let Expr::Function(f) = e {
             let quoted = f
                 .name
@@ -878,6 +924,12 @@ fn statement_facts(s: &Statement, mode: &Mode) -> Result<StatementFacts, Analyze
         // SELECT … INTO @var: the selected values stay in the session.
         f.state_sinks.extend(read.iter().cloned());
     }
+    for e in &g.assigned {
+        // `@v := expr` inside any statement: the value stays in the session too.
+        let (value, counted) = columns_of(e, &names);
+        f.state_sinks.extend(value.into_iter().chain(counted));
+    }
+    f.flows = flows(s, &names);
     f.locks_rows = g.locks;
     if let Statement::Query(q) = s {
         f.outputs = outputs(q, &names, false);
@@ -885,6 +937,204 @@ fn statement_facts(s: &Statement, mode: &Mode) -> Result<StatementFacts, Analyze
         f.has_limit = q.limit_clause.is_some();
     }
     Ok(f)
+}
+
+/// What a write copies into tables (`StatementFacts::flows`): INSERT / REPLACE … SELECT or
+/// VALUES, ON DUPLICATE KEY UPDATE, UPDATE's SET (multi-table too), CREATE TABLE … SELECT.
+/// Where the text does not tell which column a value lands in, the flow goes to every
+/// column (`Sink::Every`); where a select list has a `*`, its tables' stars are sources.
+fn flows(s: &Statement, names: &Names<'_>) -> Vec<Flow> {
+    let mut out = Vec::new();
+    match s {
+        Statement::Insert(i) => {
+            let TableObject::TableName(n) = &i.table else {
+                return out;
+            };
+            let Some(table) = names.qualify(&name_of(n)) else {
+                return out;
+            };
+            let columns: Vec<String> = i.columns.iter().map(name_of).collect();
+            let into = Into {
+                table: &table,
+                creates: false,
+                temporary: false,
+                columns: &columns,
+                shifted: false,
+            };
+            if let Some(q) = &i.source {
+                query_flows(q, &into, names.db, &mut out);
+            }
+            if let Some(ast::OnInsert::DuplicateKeyUpdate(assignments)) = &i.on {
+                assignment_flows(assignments, Some(&table), names, &mut out);
+            }
+        }
+        Statement::Update(u) => assignment_flows(&u.assignments, None, names, &mut out),
+        Statement::CreateTable(c) => {
+            let (Some(q), Some(table)) = (&c.query, names.qualify(&name_of(&c.name))) else {
+                return out;
+            };
+            let into = Into {
+                table: &table,
+                creates: true,
+                temporary: c.temporary,
+                columns: &[],
+                // `CREATE TABLE t (a int) SELECT …`: the selected columns follow the
+                // declared ones (or fill those of the same name).
+                shifted: !c.columns.is_empty(),
+            };
+            query_flows(q, &into, names.db, &mut out);
+        }
+        _ => {}
+    }
+    out
+}
+
+/// The table a query's values are written into.
+struct Into<'a> {
+    table: &'a str,
+    creates: bool,
+    temporary: bool,
+    /// The statement's column list (INSERT's), empty when it has none.
+    columns: &'a [String],
+    /// Positions do not say which column a value lands in.
+    shifted: bool,
+}
+
+fn query_flows(q: &ast::Query, into: &Into<'_>, db: &str, out: &mut Vec<Flow>) {
+    let g = gather(q);
+    let sub = Names::new(&g, db);
+    let flow = |sink: Sink, from: Vec<Column>| Flow {
+        table: into.table.to_owned(),
+        creates: into.creates,
+        temporary: into.temporary,
+        sink,
+        from,
+    };
+    let at = |j: usize| match into.columns.get(j) {
+        _ if into.shifted => Sink::Every,
+        Some(c) => Sink::Column(c.clone()),
+        None => Sink::Position(j),
+    };
+    let stars = |tables: &BTreeSet<String>| -> Vec<Column> {
+        tables
+            .iter()
+            .map(|t| Column {
+                table: Some(t.clone()),
+                name: "*".into(),
+            })
+            .collect()
+    };
+    match q.body.as_ref() {
+        SetExpr::Values(v) => {
+            for row in &v.rows {
+                for (j, e) in row.iter().enumerate() {
+                    let (read, _) = columns_of(e, &sub);
+                    if !read.is_empty() {
+                        out.push(flow(at(j), read));
+                    }
+                }
+            }
+            return;
+        }
+        SetExpr::Select(select) if !into.shifted => {
+            if let [item] = select.projection.as_slice() {
+                let star = match item {
+                    SelectItem::Wildcard(_) if sub.tables.len() == 1 => {
+                        sub.tables.iter().next().cloned()
+                    }
+                    SelectItem::QualifiedWildcard(
+                        ast::SelectItemQualifiedWildcardKind::ObjectName(n),
+                        _,
+                    ) => {
+                        let parts = name_parts(n);
+                        match parts.as_slice() {
+                            [t] => sub
+                                .aliases
+                                .get(t)
+                                .cloned()
+                                .unwrap_or_else(|| sub.qualify(t)),
+                            _ => sub.qualify(&parts.join(".")),
+                        }
+                    }
+                    _ => None,
+                };
+                if let Some(t) = star {
+                    let from = vec![Column {
+                        table: Some(t),
+                        name: "*".into(),
+                    }];
+                    out.push(flow(Sink::Spread(into.columns.to_vec()), from));
+                    return;
+                }
+            }
+            if let Some(outputs) = outputs(q, &sub, false) {
+                for (j, from) in outputs.into_iter().enumerate() {
+                    if !from.is_empty() {
+                        out.push(flow(at(j), from));
+                    }
+                }
+                return;
+            }
+        }
+        _ => {}
+    }
+    // A set operation, a `*` among other entries, a shifted CREATE: some column, from any
+    // value the query reads.
+    let (mut from, _) = columns_of(q, &sub);
+    if g.wildcard {
+        from.extend(stars(&sub.tables));
+    }
+    if !from.is_empty() {
+        out.push(flow(Sink::Every, from));
+    }
+}
+
+/// `SET col = expr` (UPDATE, ON DUPLICATE KEY UPDATE): a flow into `col` from what `expr`
+/// reads. `table` is the written table when the statement has one (INSERT's).
+fn assignment_flows(
+    assignments: &[ast::Assignment],
+    table: Option<&str>,
+    names: &Names<'_>,
+    out: &mut Vec<Flow>,
+) {
+    for a in assignments {
+        let AssignmentTarget::ColumnName(n) = &a.target else {
+            continue;
+        };
+        let parts = name_parts(n);
+        let Some((last, q)) = parts.split_last() else {
+            continue;
+        };
+        let written = match table {
+            Some(t) => Some(t.to_owned()),
+            None => names.column(q, last).table,
+        };
+        let (from, _) = columns_of(&a.value, names);
+        if from.is_empty() {
+            continue;
+        }
+        match written {
+            Some(t) => out.push(Flow {
+                table: t,
+                creates: false,
+                temporary: false,
+                sink: Sink::Column(last.clone()),
+                from,
+            }),
+            // A column of a multi-table UPDATE that names no table: every written table.
+            None => {
+                for t in &names.tables {
+                    out.push(Flow {
+                        table: t.clone(),
+                        creates: false,
+                        temporary: false,
+                        sink: Sink::Column(last.clone()),
+                        from: from.clone(),
+                    });
+                }
+            }
+        }
+    }
 }
 
 fn has_argument(s: &Statement, function: &str) -> bool {

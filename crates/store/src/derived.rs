@@ -80,7 +80,10 @@ pub(crate) fn add(
     tags: &[NewDerivedTag],
     now_ms: u64,
 ) -> Result<usize, StoreError> {
-    let tx = conn.unchecked_transaction()?;
+    // IMMEDIATE: the transaction reads before it writes, and a deferred one that another
+    // writer (the audit trail, in the same file) overtakes between the two fails at once
+    // with "database is locked" instead of waiting out the busy timeout.
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
     let mut added = 0;
     for t in tags {
         let exists = tx

@@ -728,3 +728,117 @@ fn upstream_tls_reaches_a_server_that_requires_it_and_checks_its_certificate() {
     assert!(log.contains("tlswrongca"), "{log}");
     assert!(log.to_lowercase().contains("certificate"), "{log}");
 }
+
+/// Sensitivity flows with the data on MySQL too (issue 29): INSERT … SELECT, UPDATE … SET,
+/// CREATE TABLE … SELECT of reversed SSNs (which content detection cannot recognize) tag the
+/// written column, so later reads are masked; user variables cannot hold a sensitive value;
+/// in production such a copy waits for an approver; copies of nothing sensitive run as they
+/// are. The server is the oracle for what was written.
+#[test]
+fn copies_of_sensitive_columns_stay_masked() {
+    let m = Mariadb::start();
+    m.sql(
+        "CREATE TABLE shop.copies (v text); CREATE TABLE shop.plain (v text); \
+         CREATE TABLE shop.copies_prod (v text);",
+    );
+    let reversed: Vec<String> = m
+        .sql("SELECT REVERSE(ssn) FROM shop.customers ORDER BY id LIMIT 20")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let no_clear = |what: &str, out: &str| {
+        for r in &reversed {
+            assert!(!out.contains(r.as_str()), "{what}: {r} in clear:\n{out}");
+        }
+    };
+    let g = gateway(&m);
+    let run = |db: &str, sql: &str| {
+        let (out, err) = cli(&g, db, sql);
+        assert!(err.is_empty(), "{sql}: {err}");
+        out
+    };
+    run(
+        "shopmy",
+        "INSERT INTO copies SELECT REVERSE(ssn) FROM customers",
+    );
+    assert_eq!(m.sql("SELECT COUNT(*) FROM shop.copies").trim(), "300");
+    no_clear("copies", &run("shopmy", "SELECT v FROM copies ORDER BY v"));
+    run(
+        "shopmy",
+        "CREATE TABLE made SELECT id, REVERSE(ssn) AS r FROM customers",
+    );
+    no_clear("made", &run("shopmy", "SELECT id, r FROM made ORDER BY id"));
+    run(
+        "shopmy",
+        "UPDATE products p JOIN customers c ON c.id = p.id SET p.name = REVERSE(c.ssn)",
+    );
+    assert!(m
+        .sql("SELECT name FROM shop.products WHERE id = 1")
+        .contains(&reversed[0]));
+    no_clear(
+        "products",
+        &run("shopmy", "SELECT name FROM products ORDER BY id"),
+    );
+    let tags = stdout(&g.weir(&["tags", "list"]));
+    for column in ["shop.copies.v", "shop.made.", "shop.products.name"] {
+        assert!(tags.contains(column), "{column} not tagged:\n{tags}");
+    }
+
+    // A user variable keeps its value for later statements: refused.
+    for sql in [
+        "SET @v = (SELECT ssn FROM customers LIMIT 1)",
+        "SELECT ssn INTO @v FROM customers LIMIT 1",
+        "SELECT @v := ssn FROM customers LIMIT 1",
+    ] {
+        let (out, err) = cli(&g, "shopmy", &format!("{sql}; SELECT @v"));
+        assert!(
+            err.contains("ERROR 1227") && err.contains("weir.sensitive-value-into-session-state"),
+            "{sql}: {out}{err}"
+        );
+    }
+
+    // Nothing sensitive copied: untouched, and no tag.
+    run(
+        "shopmy",
+        "INSERT INTO plain SELECT sku FROM products WHERE id = 1; \
+         INSERT INTO plain SELECT COUNT(ssn) FROM customers; INSERT INTO plain VALUES ('x')",
+    );
+    assert_eq!(
+        run("shopmy", "SELECT v FROM plain").trim(),
+        "v\nSKU-0001\n300\nx"
+    );
+    assert!(!stdout(&g.weir(&["tags", "list"])).contains("shop.plain"));
+
+    // In production, alice (who may not unmask) waits for an approver; denied, nothing runs.
+    let port = g.mysql_port.unwrap();
+    let waiting = std::thread::spawn(move || {
+        mariadb_cli(
+            port,
+            "alice",
+            ALICE_TOKEN,
+            "shopprod",
+            "INSERT INTO copies_prod SELECT REVERSE(ssn) FROM customers",
+        )
+    });
+    let mut id = None;
+    for _ in 0..200 {
+        let list = stdout(&g.weir(&["approvals"]));
+        if let Some(line) = list
+            .lines()
+            .find(|l| l.contains("weir.sensitive-copy-needs-approval-in-production"))
+        {
+            id = line.split_whitespace().next().map(str::to_owned);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let id = id.expect("an approval request for the copy");
+    assert!(g
+        .weir(&["deny", &id, "--as", "bob", "--reason", "no"])
+        .status
+        .success());
+    let o = waiting.join().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("ERROR 1227") && err.contains(&id), "{err}");
+    assert_eq!(m.sql("SELECT COUNT(*) FROM shop.copies_prod").trim(), "0");
+}

@@ -296,3 +296,91 @@ fn kill_names_what_it_kills() {
     // MariaDB's `KILL QUERY ID n` and `KILL USER u` do not parse: refused.
     assert!(analyze_sql("KILL USER weir", &Mode::new("shop")).is_err());
 }
+
+/// Lineage of writes, as on the PostgreSQL side: which written column each copied value
+/// lands in, and what it derives from.
+#[test]
+fn writes_that_copy_columns_have_flows() {
+    use crate::Sink;
+    let show = |sql: &str| -> Vec<String> {
+        one(sql)
+            .flows
+            .iter()
+            .map(|f| {
+                let sink = match &f.sink {
+                    Sink::Column(c) => c.clone(),
+                    Sink::Position(i) => format!("#{i}"),
+                    Sink::Spread(c) => format!("spread{c:?}"),
+                    Sink::Every => "every".into(),
+                };
+                let from: Vec<String> = f.from.iter().map(|c| c.to_string()).collect();
+                format!(
+                    "{}.{sink}{} <- {}",
+                    f.table,
+                    if f.creates { " (new)" } else { "" },
+                    from.join(",")
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        show("INSERT INTO products (sku, name, price_cents) SELECT CONCAT('L', id), REVERSE(ssn), 1 FROM customers"),
+        ["shop.products.sku <- shop.customers.id", "shop.products.name <- shop.customers.ssn"]
+    );
+    assert_eq!(
+        show("REPLACE INTO products SELECT id, email, 'x', 1 FROM customers"),
+        [
+            "shop.products.#0 <- shop.customers.id",
+            "shop.products.#1 <- shop.customers.email"
+        ]
+    );
+    assert_eq!(
+        show("INSERT INTO notes_copy SELECT * FROM customers"),
+        ["shop.notes_copy.spread[] <- shop.customers.*"]
+    );
+    assert_eq!(
+        show("INSERT INTO t (a) VALUES ((SELECT ssn FROM customers LIMIT 1))"),
+        ["shop.t.a <- shop.customers.ssn"]
+    );
+    assert_eq!(
+        show("INSERT INTO t (a, b) VALUES (1, 2) ON DUPLICATE KEY UPDATE b = (SELECT ssn FROM customers LIMIT 1)"),
+        // Two tables in the statement: `ssn` is not attributed, and an unattributed source
+        // counts as every sensitive column the statement reads.
+        ["shop.t.b <- ssn"]
+    );
+    assert_eq!(
+        show("UPDATE customers SET notes = CONCAT(ssn, email) WHERE id = 1"),
+        ["shop.customers.notes <- shop.customers.email,shop.customers.ssn"]
+    );
+    assert_eq!(
+        show("UPDATE products p JOIN customers c ON c.id = p.id SET p.name = c.ssn"),
+        ["shop.products.name <- shop.customers.ssn"]
+    );
+    assert_eq!(
+        show("CREATE TABLE x SELECT id, ssn AS s FROM customers"),
+        [
+            "shop.x.#0 (new) <- shop.customers.id",
+            "shop.x.#1 (new) <- shop.customers.ssn"
+        ]
+    );
+    assert_eq!(
+        show("CREATE TABLE x (n int) SELECT ssn FROM customers"),
+        ["shop.x.every (new) <- shop.customers.ssn"]
+    );
+    assert_eq!(
+        show("INSERT INTO t SELECT ssn FROM customers UNION SELECT name FROM products"),
+        // Unattributed (two tables): each counts as every sensitive column read.
+        ["shop.t.every <- name,ssn"]
+    );
+    // A table named like a built-in (`x()`, `user()`) is a table after TABLE / INTO.
+    assert!(analyze_sql("CREATE TABLE x (n int)", &Mode::new("shop")).is_ok());
+    assert!(analyze_sql("INSERT INTO user (id) VALUES (1)", &Mode::new("shop")).is_ok());
+    assert!(analyze_sql("SELECT count (ssn) FROM customers", &Mode::new("shop")).is_err());
+    // Constants and counts copy nothing.
+    assert!(show("INSERT INTO t (a) VALUES (1), ('x')").is_empty());
+    assert!(show("INSERT INTO t (a) SELECT COUNT(*) FROM customers").is_empty());
+    assert!(show("UPDATE products SET price_cents = 5 WHERE id = 1").is_empty());
+    // `@v := expr` keeps the value in the session.
+    let f = one("SELECT @v := ssn FROM customers LIMIT 1");
+    assert!(f.state_sinks.iter().any(|c| c.name == "ssn"), "{f:?}");
+}
