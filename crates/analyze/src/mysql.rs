@@ -1380,6 +1380,17 @@ fn kind_of(
         Statement::Savepoint { .. } => transaction("savepoint"),
         Statement::ReleaseSavepoint { .. } => transaction("release"),
         Statement::Set(set) => set_facts(set, names)?,
+        Statement::ShowVariable { variable }
+            if variable.first().is_some_and(|v| {
+                v.value.eq_ignore_ascii_case("warnings") || v.value.eq_ignore_ascii_case("errors")
+            }) =>
+        {
+            // SHOW WARNINGS / SHOW ERRORS: their messages quote values of the statement
+            // that raised them, which the result stage withholds as in its errors.
+            let mut f = StatementFacts::new(K::Show);
+            f.name = Some("warnings".into());
+            f
+        }
         Statement::ShowFunctions { .. }
         | Statement::ShowVariable { .. }
         | Statement::ShowStatus { .. }

@@ -842,3 +842,73 @@ fn copies_of_sensitive_columns_stay_masked() {
     assert!(err.contains("ERROR 1227") && err.contains(&id), "{err}");
     assert_eq!(m.sql("SELECT COUNT(*) FROM shop.copies_prod").trim(), "0");
 }
+
+/// What SHOW WARNINGS / SHOW ERRORS show quotes values of the statement that raised them:
+/// withheld when that statement touched something sensitive, on both protocols; warnings
+/// of harmless statements come through as the server wrote them.
+#[test]
+fn warnings_do_not_quote_sensitive_values() {
+    let m = Mariadb::start();
+    let ssn = m
+        .sql("SELECT ssn FROM shop.customers WHERE id = 1")
+        .trim()
+        .to_owned();
+    let g = gateway(&m);
+    let (out, err) = cli(
+        &g,
+        "shopmy",
+        "SELECT CAST(ssn AS UNSIGNED) FROM customers WHERE id = 1; SHOW WARNINGS; SELECT 1; SHOW WARNINGS",
+    );
+    assert!(err.is_empty(), "{err}");
+    assert!(out.contains("Truncated incorrect"), "{out}");
+    assert!(!out.contains(&ssn), "{ssn} in clear:\n{out}");
+    // A later SHOW WARNINGS over the same diagnostics, in another request.
+    let port = g.mysql_port.unwrap();
+    let script = format!(
+        r#"
+import pymysql
+c = pymysql.connect(host="127.0.0.1", port={port}, user="alice", password="{ALICE_TOKEN}", database="shopmy")
+cur = c.cursor()
+cur.execute("SELECT CAST(ssn AS UNSIGNED) FROM customers WHERE id = 1")
+cur.execute("SHOW WARNINGS")
+print(cur.fetchall())
+cur.execute("SELECT CAST('12abc' AS UNSIGNED) FROM products WHERE id = 1")
+cur.execute("SHOW WARNINGS")
+print(cur.fetchall())
+"#
+    );
+    let o = python(&script);
+    let out = stdout(&o);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!out.contains(&ssn), "{ssn} in clear:\n{out}");
+    assert!(out.contains("'****'"), "{out}");
+    assert!(
+        out.contains("'12abc'"),
+        "a harmless warning was changed:\n{out}"
+    );
+    // The binary protocol: SHOW WARNINGS prepared.
+    let script = format!(
+        r#"
+import mysql.connector
+c = mysql.connector.connect(host="127.0.0.1", port={port}, user="alice", password="{ALICE_TOKEN}", database="shopmy")
+cur = c.cursor(prepared=True)
+cur.execute("SELECT CAST(ssn AS UNSIGNED) FROM customers WHERE id = ?", (1,))
+cur.fetchall()
+cur.execute("SHOW WARNINGS")
+print(cur.fetchall())
+"#
+    );
+    let o = python(&script);
+    let out = stdout(&o);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("Truncated"), "{out}");
+    assert!(!out.contains(&ssn), "{ssn} in clear:\n{out}");
+}

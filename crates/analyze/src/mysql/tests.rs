@@ -384,3 +384,12 @@ fn writes_that_copy_columns_have_flows() {
     let f = one("SELECT @v := ssn FROM customers LIMIT 1");
     assert!(f.state_sinks.iter().any(|c| c.name == "ssn"), "{f:?}");
 }
+
+#[test]
+fn show_warnings_is_named() {
+    for sql in ["SHOW WARNINGS", "SHOW ERRORS", "SHOW WARNINGS LIMIT 5"] {
+        let f = one(sql);
+        assert_eq!(f.name.as_deref(), Some("warnings"), "{sql}");
+    }
+    assert_eq!(one("SHOW VARIABLES").name, None);
+}

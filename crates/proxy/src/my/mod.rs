@@ -444,6 +444,7 @@ async fn start(
         last_prepared: None,
         kill_mapped: false,
         opened_cursor: None,
+        diagnostics_sensitive: false,
     };
     shared.front.mysql_threads.register(
         session,
@@ -544,6 +545,8 @@ struct Session {
     kill_mapped: bool,
     /// A cursor the last execution opened: its columns' treatment.
     opened_cursor: Option<Arc<[results::Field]>>,
+    /// What SHOW WARNINGS would show may quote sensitive values (`results::Request`).
+    diagnostics_sensitive: bool,
 }
 
 /// A statement prepared through the binary protocol: analyzed once, when prepared (the
@@ -958,6 +961,7 @@ impl Session {
             max_columns: MAX_COLUMNS,
             field_list: false,
             binary: true,
+            diagnostics_sensitive: self.diagnostics_sensitive,
         };
         let mut outcome = results::Outcome::default();
         results::rows(
@@ -1017,11 +1021,13 @@ impl Session {
             max_columns: MAX_COLUMNS,
             field_list: items.first().is_some_and(|i| i.via == "field_list"),
             binary: items.first().is_some_and(|i| i.via == "execute"),
+            diagnostics_sensitive: self.diagnostics_sensitive,
         };
         let mut outcome = results::relay(&mut self.up, client, &req)
             .await
             .map_err(relay_failed)?;
         self.opened_cursor = outcome.cursor.take();
+        self.diagnostics_sensitive = outcome.diagnostics_sensitive;
         self.after(&statements, &outcome);
         pipeline::completed(
             &self.info,

@@ -29,6 +29,10 @@ enum Act {
     Mask(Strategy, Arc<str>),
     /// Content detection decides per value.
     Scan,
+    /// The message of SHOW WARNINGS / SHOW ERRORS: it quotes values of the statement that
+    /// raised it, withheld as in an error of that statement (`true`: it touched something
+    /// sensitive, so every quoted value is withheld).
+    Quoted(bool),
 }
 
 /// How one result column's values are treated; kept with a cursor for its fetches.
@@ -59,6 +63,8 @@ pub(crate) struct Outcome {
     /// A prepared statement's execution opened a cursor: its columns' treatment, for the
     /// fetches that follow.
     pub cursor: Option<Arc<[Field]>>,
+    /// [`Request::diagnostics_sensitive`] after this command's statements.
+    pub diagnostics_sensitive: bool,
 }
 
 /// What the relay knows of the request.
@@ -76,6 +82,9 @@ pub(crate) struct Request<'a> {
     pub field_list: bool,
     /// Rows are in the binary protocol (the answer to COM_STMT_EXECUTE / FETCH).
     pub binary: bool,
+    /// The session's diagnostics (what SHOW WARNINGS shows) may quote sensitive values:
+    /// a statement that touched something sensitive raised them, as far as Weir can tell.
+    pub diagnostics_sensitive: bool,
 }
 
 /// Relays every answer of one command from `up` to `client`: results (one per statement,
@@ -100,6 +109,7 @@ pub(crate) async fn relay(
     }
     let mut index = 0usize;
     let mut lineage_lost = false;
+    outcome.diagnostics_sensitive = req.diagnostics_sensitive;
     loop {
         let first = up.read().await?;
         let facts = if lineage_lost {
@@ -107,6 +117,8 @@ pub(crate) async fn relay(
         } else {
             req.statements.get(index)
         };
+        let diagnostics = outcome.diagnostics_sensitive;
+        outcome.diagnostics_sensitive = diagnostics_after(diagnostics, facts, req.catalog);
         if facts.is_some_and(|f| f.kind == weir_analyze::StatementKind::Call) {
             lineage_lost = true;
         }
@@ -137,7 +149,7 @@ pub(crate) async fn relay(
                     return Err(mysql::MyError::Invalid("too many columns in a result").into());
                 }
                 client.queue(&first);
-                let more = result_set(up, client, req, n, facts, &mut outcome).await?;
+                let more = result_set(up, client, req, n, facts, diagnostics, &mut outcome).await?;
                 more
             }
         };
@@ -152,19 +164,27 @@ pub(crate) async fn relay(
 }
 
 /// Column definitions, EOF, rows, EOF (or ERR). Returns whether more results follow.
+/// `diagnostics`: whether the session's diagnostics may quote sensitive values when this
+/// statement starts.
 async fn result_set(
     up: &mut Conn,
     client: &mut Conn,
     req: &Request<'_>,
     n: usize,
     facts: Option<&StatementFacts>,
+    diagnostics: bool,
     outcome: &mut Outcome,
 ) -> Result<bool, ConnError> {
     let mut fields = Vec::with_capacity(n);
+    let shows_diagnostics = facts.is_some_and(shows_diagnostics);
     for i in 0..n {
         let p = up.read().await?;
         let def = ColumnDef::decode(&p)?;
-        fields.push(plan(&def, i, facts, req, outcome));
+        let mut field = plan(&def, i, facts, req, outcome);
+        if shows_diagnostics && def.org_table.is_empty() && def.name == b"Message" {
+            field.act = Act::Quoted(diagnostics);
+        }
+        fields.push(field);
         client.queue(&p);
     }
     let eof = up.read().await?;
@@ -234,6 +254,18 @@ pub(crate) async fn rows(
                     spans.push(Span::Null);
                     continue;
                 };
+                if let Act::Quoted(sensitive) = f.act {
+                    let start = scratch.len();
+                    match withhold_quoted_values(&text(value.bytes), sensitive) {
+                        Some(m) => {
+                            outcome.masked.insert(Arc::from("diagnostics"));
+                            scratch.extend_from_slice(m.as_bytes());
+                            spans.push(Span::Masked(start, scratch.len()));
+                        }
+                        None => spans.push(Span::Same),
+                    }
+                    continue;
+                }
                 let content = value.string.then_some(value.bytes);
                 match strategy_for(f, content, outcome) {
                     None => spans.push(Span::Same),
@@ -279,6 +311,16 @@ pub(crate) async fn rows(
                     mysql::put_text_field(&mut row_out, None);
                     continue;
                 };
+                if let Act::Quoted(sensitive) = f.act {
+                    match withhold_quoted_values(&text(value), sensitive) {
+                        Some(m) => {
+                            outcome.masked.insert(Arc::from("diagnostics"));
+                            mysql::put_text_field(&mut row_out, Some(m.as_bytes()));
+                        }
+                        None => mysql::put_text_field(&mut row_out, Some(value)),
+                    }
+                    continue;
+                }
                 match strategy_for(f, Some(value), outcome) {
                     None => mysql::put_text_field(&mut row_out, Some(value)),
                     Some(s) => {
@@ -317,6 +359,8 @@ fn strategy_for(f: &Field, content: Option<&[u8]>, outcome: &mut Outcome) -> Opt
             outcome.masked.insert(Arc::clone(label));
             Some(*s)
         }
+        // Rewritten by the row loops themselves; never reached.
+        Act::Quoted(_) => Some(Strategy::Redact),
         Act::Scan => content.and_then(classify::by_content).map(|c| {
             outcome
                 .masked
@@ -488,6 +532,41 @@ fn computed(
     }
 }
 
+/// Whether a statement touches anything sensitive, for what its errors and warnings may
+/// quote: a table with a sensitive column, or one the catalog does not know (no facts or no
+/// catalog: assumed so).
+fn touches_sensitive(facts: Option<&StatementFacts>, catalog: Option<&Catalog>) -> bool {
+    match (facts, catalog) {
+        (Some(f), Some(c)) => f
+            .tables_read
+            .iter()
+            .chain(&f.tables_written)
+            .any(|t| !c.sensitive_columns(t).is_empty() || c.columns_in_order(t).is_none()),
+        _ => true,
+    }
+}
+
+/// SHOW WARNINGS, SHOW ERRORS (the analyzer names them `warnings`).
+fn shows_diagnostics(f: &StatementFacts) -> bool {
+    f.kind == weir_analyze::StatementKind::Show && f.name.as_deref() == Some("warnings")
+}
+
+/// Whether the diagnostics may quote sensitive values after a statement: a statement that
+/// touches something sensitive makes them so; one that reads or writes tables and touches
+/// nothing sensitive replaces them; the others (SHOW WARNINGS itself, `SELECT 1`, SET) may
+/// leave the earlier ones in place, so the flag stays.
+fn diagnostics_after(
+    before: bool,
+    facts: Option<&StatementFacts>,
+    catalog: Option<&Catalog>,
+) -> bool {
+    match facts {
+        Some(f) if shows_diagnostics(f) => before,
+        Some(f) if f.tables_read.is_empty() && f.tables_written.is_empty() => before,
+        _ => touches_sensitive(facts, catalog),
+    }
+}
+
 /// A server error whose message may quote values (`Duplicate entry '…' for key …`,
 /// `Truncated incorrect … value: '…'`): when the statement reads or writes anything
 /// sensitive, or what is quoted looks sensitive, every quoted value is withheld.
@@ -497,16 +576,23 @@ fn mask_error(
     catalog: Option<&Catalog>,
 ) -> ErrPacket {
     let msg = text(&e.message);
-    let touches_sensitive = match (facts, catalog) {
-        (Some(f), Some(c)) => f
-            .tables_read
-            .iter()
-            .chain(&f.tables_written)
-            .any(|t| !c.sensitive_columns(t).is_empty() || c.columns_in_order(t).is_none()),
-        _ => true,
-    };
+    match withhold_quoted_values(&msg, touches_sensitive(facts, catalog)) {
+        None => e.clone(),
+        Some(out) => ErrPacket {
+            code: e.code,
+            sqlstate: e.sqlstate,
+            message: out.into_bytes(),
+        },
+    }
+}
+
+/// A server message with its quoted values withheld (`sensitive`: all of them; otherwise
+/// those content detection recognizes), names the server quotes (keys, columns, tables)
+/// kept; `None` when nothing changes. A message that still looks sensitive is withheld
+/// whole.
+fn withhold_quoted_values(msg: &str, sensitive: bool) -> Option<String> {
     let mut out = String::with_capacity(msg.len());
-    let mut rest = msg.as_str();
+    let mut rest = msg;
     let mut changed = false;
     while let Some(open) = rest.find('\'') {
         let (head, tail) = rest.split_at(open + 1);
@@ -528,7 +614,7 @@ fn mask_error(
         ]
         .iter()
         .any(|w| head.trim_end_matches('\'').ends_with(w));
-        if !is_name && (touches_sensitive || classify::by_content(inner.as_bytes()).is_some()) {
+        if !is_name && (sensitive || classify::by_content(inner.as_bytes()).is_some()) {
             out.push_str("****");
             changed = true;
         } else {
@@ -538,15 +624,8 @@ fn mask_error(
         rest = tail.get(close + 1..).unwrap_or("");
     }
     out.push_str(rest);
-    if !changed && classify::by_content(out.as_bytes()).is_none() {
-        return e.clone();
-    }
     if classify::by_content(out.as_bytes()).is_some() {
-        out = "(withheld by weir: this message quoted a sensitive value)".into();
+        return Some("(withheld by weir: this message quoted a sensitive value)".into());
     }
-    ErrPacket {
-        code: e.code,
-        sqlstate: e.sqlstate,
-        message: out.into_bytes(),
-    }
+    changed.then_some(out)
 }
