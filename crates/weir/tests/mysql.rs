@@ -584,6 +584,16 @@ const mysql = require("mysql2/promise");
         assert!(ran > 0, "no {command} in the general log:\n{log}");
         assert_eq!(ran, recorded, "{command}: {log}\n{events:?}");
     }
+    // A cursor's fetched rows complete its execution on record, with what was masked.
+    assert!(
+        events.iter().any(|e| e["event"] == "completed"
+            && e["tags"][0]
+                .as_str()
+                .is_some_and(|t| t.starts_with("FETCH "))
+            && e["rows"].as_u64().is_some_and(|n| n > 0)
+            && e["masked"].as_array().is_some_and(|m| !m.is_empty())),
+        "no FETCH completion with masked columns: {events:?}"
+    );
     assert!(
         !log.lines()
             .any(|l| (l.contains(" Prepare\t") || l.contains(" Execute\t"))

@@ -543,8 +543,9 @@ struct Session {
     last_prepared: Option<u32>,
     /// The request is a KILL Weir mapped to one of the identity's own connections.
     kill_mapped: bool,
-    /// A cursor the last execution opened: its columns' treatment.
-    opened_cursor: Option<Arc<[results::Field]>>,
+    /// A cursor the last execution opened: that execution's request and its columns'
+    /// treatment.
+    opened_cursor: Option<(u64, Arc<[results::Field]>)>,
     /// What SHOW WARNINGS would show may quote sensitive values (`results::Request`).
     diagnostics_sensitive: bool,
 }
@@ -554,8 +555,9 @@ struct Session {
 struct Prepared {
     text: Arc<[u8]>,
     analysis: Arc<weir_analyze::Analysis>,
-    /// An execution opened a cursor: how its rows are masked when fetched.
-    cursor: Option<Arc<[results::Field]>>,
+    /// An execution opened a cursor: that execution's request (its fetches complete it
+    /// further) and how its rows are masked when fetched.
+    cursor: Option<(u64, Arc<[results::Field]>)>,
 }
 
 /// Who may see clear text, as this session's policy says.
@@ -934,7 +936,7 @@ impl Session {
                 .await?;
             return Ok(());
         };
-        let Some(fields) = p.cursor.clone() else {
+        let Some((request, fields)) = p.cursor.clone() else {
             client
                 .send(
                     &ErrPacket::new(1421, "HY000", "The statement (weir) has no open cursor")
@@ -946,6 +948,7 @@ impl Session {
         let statements = Arc::clone(&p.analysis.statements);
         let catalog = self.info.mask.as_ref().map(|c| c.snapshot());
         let shared = Arc::clone(&self.info.shared);
+        let started = std::time::Instant::now();
         self.up.seq = 0;
         self.up
             .send(&with_id(&packet, id))
@@ -975,6 +978,19 @@ impl Session {
         .await
         .map_err(relay_failed)?;
         client.flush().await?;
+        // The fetched rows complete the execution's request further: how many, and what
+        // was masked in them, are on record like any other answer.
+        pipeline::completed(
+            &self.info,
+            pipeline::Completion {
+                request,
+                tags: vec![format!("FETCH {}", outcome.rows)],
+                rows: outcome.rows,
+                started,
+                sqlstate: outcome.error.clone().map(|(_, s)| s),
+                masked: outcome.masked.iter().map(|m| m.to_string()).collect(),
+            },
+        );
         if outcome.status & status::LAST_ROW_SENT != 0 || outcome.error.is_some() {
             if let Some(p) = self.prepared.get_mut(&id) {
                 p.cursor = None;
@@ -1026,7 +1042,7 @@ impl Session {
         let mut outcome = results::relay(&mut self.up, client, &req)
             .await
             .map_err(relay_failed)?;
-        self.opened_cursor = outcome.cursor.take();
+        self.opened_cursor = outcome.cursor.take().map(|c| (id, c));
         self.diagnostics_sensitive = outcome.diagnostics_sensitive;
         self.after(&statements, &outcome);
         pipeline::completed(
