@@ -922,3 +922,112 @@ print(cur.fetchall())
     assert!(out.contains("Truncated"), "{out}");
     assert!(!out.contains(&ssn), "{ssn} in clear:\n{out}");
 }
+
+/// Write-ahead on MySQL, with the server's general log as the oracle: while the trail is
+/// held still (its journal's lock taken, as another appender would), a pure read has reached
+/// the server and its client has received nothing; an autocommit write has not reached the
+/// server at all. Released, both complete. Held past the writer's lock timeout, the read's
+/// answer is replaced by 58000 and its session ends.
+#[test]
+fn reads_overlap_their_flush_and_writes_wait_for_it() {
+    let m = Mariadb::start();
+    let g = gateway(&m);
+    let port = g.mysql_port.unwrap();
+    let lock = || {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(g.dir.path().join("weir.db-trail").join("lock"))
+            .unwrap();
+        f.lock().unwrap();
+        f
+    };
+    // A read loads the target's masking catalog (a read overlaps only when the catalog says
+    // its tables run no code when read).
+    let (_, err) = cli(&g, "shopmy", "SELECT COUNT(*) FROM products");
+    assert!(err.is_empty(), "{err}");
+    // Each client logs in first (its session's opening events are durable), then waits for
+    // `go` to run its statement: what is held is the statement's own event.
+    let dir = g.dir.path().to_owned();
+    let client = |name: &str, sql: &str| {
+        let script = format!(
+            r#"
+import os, sys, time, pymysql
+c = pymysql.connect(host="127.0.0.1", port={port}, user="alice", password="{ALICE_TOKEN}", database="shopmy", autocommit=True)
+# PyMySQL's SET NAMES makes Weir read the session's mode again before the next statement.
+c.cursor().execute("SELECT 1")
+open("{dir}/{name}.ready", "w").close()
+while not os.path.exists("{dir}/go"):
+    time.sleep(0.01)
+try:
+    cur = c.cursor()
+    cur.execute("{sql}")
+    print("result", cur.fetchall())
+except pymysql.err.MySQLError as e:
+    print("error", e.args)
+"#,
+            dir = dir.display()
+        );
+        let child = std::thread::spawn(move || python(&script));
+        let ready = dir.join(format!("{name}.ready"));
+        for _ in 0..500 {
+            if ready.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(ready.exists(), "{name} did not log in");
+        child
+    };
+    let go = dir.join("go");
+
+    let read = client(
+        "read",
+        "SELECT 'overlap-read' AS marker, COUNT(*) FROM products",
+    );
+    let write = client(
+        "write",
+        "UPDATE products SET name = 'autocommit-write' WHERE id = 1",
+    );
+    let held = lock();
+    std::fs::write(&go, "").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = m.general_log();
+    assert!(
+        log.contains("overlap-read"),
+        "the read did not reach the server:\n{log}"
+    );
+    assert!(
+        !log.contains("autocommit-write"),
+        "the write ran before its event was durable"
+    );
+    assert!(
+        !read.is_finished() && !write.is_finished(),
+        "a client got its answer early"
+    );
+    held.unlock().unwrap();
+    let r = stdout(&read.join().unwrap());
+    assert!(r.contains("result (('overlap-read', 50),)"), "{r}");
+    let w = stdout(&write.join().unwrap());
+    assert!(w.starts_with("result "), "{w}");
+    assert_eq!(
+        m.sql("SELECT name FROM shop.products WHERE id = 1").trim(),
+        "autocommit-write"
+    );
+
+    // Held past the writer's lock timeout (10 s): the batch fails, the answer is withheld.
+    std::fs::remove_file(&go).unwrap();
+    let read = client("lost", "SELECT 'lost-read' AS marker");
+    let held = lock();
+    std::fs::write(&go, "").unwrap();
+    let r = stdout(&read.join().unwrap());
+    held.unlock().unwrap();
+    assert!(
+        !r.contains("lost-read"),
+        "a result whose event failed reached the client: {r}"
+    );
+    assert!(
+        r.contains("error (1105") && r.contains("not recorded"),
+        "{r}"
+    );
+}

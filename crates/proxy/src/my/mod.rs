@@ -7,8 +7,9 @@
 //! protocol is strictly request–response.
 //!
 //! Commands: COM_QUERY goes through the pipeline (MySQL analysis, decide, guards, admit —
-//! strict write-ahead: its events are durable before it is forwarded —, approval, the row
-//! bound's bracket) and its results through the result stage ([`results`]). COM_INIT_DB and
+//! write-ahead: a pure read is forwarded while its events flush and its answer read only
+//! once they are durable; anything else is forwarded after —, approval, the row bound's
+//! bracket) and its results through the result stage ([`results`]). COM_INIT_DB and
 //! COM_FIELD_LIST are decided as the statements they stand for (`USE db`, `SHOW COLUMNS`).
 //! The binary protocol: COM_STMT_PREPARE is analyzed and decided (a denial never reaches the
 //! server), COM_STMT_EXECUTE is decided again from that analysis and runs like a text, its
@@ -41,6 +42,7 @@ use weir_wire::mysql::{
 
 use self::conn::{Conn, ConnError};
 use crate::pipeline::approval::{self, Ask};
+use crate::pipeline::write_ahead::{Durability, TxPosition};
 use crate::pipeline::{self, Channel, Decider, Item, Refusal, RefusalKind, SessionInfo};
 use crate::stream::Stream;
 use crate::Shared;
@@ -772,12 +774,20 @@ impl Session {
         let id = self.requests;
         let items = self.decide(analyzed, text, via).await;
         let verdict = pipeline::overall(&items);
-        if let Err(refusal) = pipeline::admit(&self.info, id, &items, &verdict, None).await {
-            client.send(&refusal_packet(&refusal)).await?;
-            return Ok(());
-        }
+        // Write-ahead as on the PostgreSQL side: a pure read that runs now may be forwarded
+        // while its events flush (its answer is held until they are durable); anything
+        // else waits for them first. `Other`: MySQL's writes never overlap, in a
+        // transaction or not.
+        let runs_now = matches!(verdict, Verdict::Allow).then_some(TxPosition::Other);
+        let durability = match pipeline::admit(&self.info, id, &items, &verdict, runs_now).await {
+            Ok(d) => d,
+            Err(refusal) => {
+                client.send(&refusal_packet(&refusal)).await?;
+                return Ok(());
+            }
+        };
         match verdict {
-            Verdict::Allow => self.forward(client, id, &items, packet).await,
+            Verdict::Allow => self.forward(client, id, &items, packet, durability).await,
             Verdict::Deny { rule, reason } => {
                 client
                     .send(&refusal_packet(&Refusal::denied(&rule, &reason)))
@@ -1002,12 +1012,16 @@ impl Session {
 
     /// Forwards a decided, recorded command and relays its answers through the result
     /// stage; then the completion event.
+    /// With a `durability`, the request's events are still flushing: the answer is read
+    /// only once they are durable (it waits in the socket meanwhile), and if they fail it
+    /// never reaches the client: an error, and the session ends.
     async fn forward(
         &mut self,
         client: &mut Conn,
         id: u64,
         items: &[Item],
         packet: &[u8],
+        durability: Option<Durability>,
     ) -> Result<(), Fatal> {
         let shared = Arc::clone(&self.info.shared);
         let catalog = match &self.info.mask {
@@ -1027,6 +1041,17 @@ impl Session {
         let started = std::time::Instant::now();
         self.up.seq = 0;
         self.up.send(packet).await.map_err(upstream_failed)?;
+        if let Some(durability) = durability {
+            if let Err(e) = durability.wait().await {
+                warn!(cause = %e, "an overlapped statement's event failed; its answer is withheld and the session closed");
+                return Err(Fatal::new(
+                    1105,
+                    "58000",
+                    format!("weir: the statement was not recorded in the audit trail ({e}), so its result is withheld; the session is closed"),
+                ));
+            }
+            self.info.write_ahead.confirmed(id);
+        }
         let unmask = SessionUnmask(&self.info);
         let req = results::Request {
             statements: &statements,
@@ -1109,7 +1134,7 @@ impl Session {
         rows: Option<u64>,
     ) -> Result<(), Fatal> {
         match approval::ask(&self.info, id, items, rule, reason, rows).await {
-            Ask::Go => self.forward(client, id, items, packet).await,
+            Ask::Go => self.forward(client, id, items, packet, None).await,
             Ask::Refuse(refusal) => {
                 client.send(&refusal_packet(&refusal)).await?;
                 Ok(())
@@ -1126,7 +1151,7 @@ impl Session {
                     ));
                 }
                 match concluded {
-                    Ok(()) => self.forward(client, id, items, packet).await,
+                    Ok(()) => self.forward(client, id, items, packet, None).await,
                     Err(refusal) => {
                         client.send(&refusal_packet(&refusal)).await?;
                         Ok(())
