@@ -158,10 +158,22 @@ run() { # mode round
     direct) port=$DB_PORT user=sbtest password=$PASSWORD ;;
     weir) port=$WEIR_PORT user=bench password=$TOKEN ;;
   esac
-  cpu0=$(awk '{print $14 + $15}' "/proc/$WEIR_PID/stat")
-  out=$("${SB[@]}" --mysql-port="$port" --mysql-user="$user" --mysql-password="$password" \
-    --mysql-db=sbtest --threads="$THREADS" --time="$DURATION" --report-interval=0 run 2>&1) ||
-    { echo "$out" >"$WORK/failed-$mode.log"; die "sysbench run ($mode) failed: $(echo "$out" | tail -n 5)"; }
+  # libmariadb loads its mysql_clear_password plugin (what Weir's AuthSwitch asks for) racily
+  # when several threads connect at once: "Plugin mysql_clear_password could not be loaded:
+  # it is already loaded". That is the client's bug; such a run is tried again.
+  local attempt
+  for attempt in 1 2 3; do
+    cpu0=$(awk '{print $14 + $15}' "/proc/$WEIR_PID/stat")
+    if out=$("${SB[@]}" --mysql-port="$port" --mysql-user="$user" --mysql-password="$password" \
+      --mysql-db=sbtest --threads="$THREADS" --time="$DURATION" --report-interval=0 run 2>&1); then
+      break
+    fi
+    echo "$out" >"$WORK/failed-$mode.log"
+    if ! grep -q "is already loaded" <<<"$out" || [ "$attempt" = 3 ]; then
+      die "sysbench run ($mode) failed: $(echo "$out" | tail -n 5)"
+    fi
+    echo "   ($mode: libmariadb's plugin-loading race at connect; trying again)"
+  done
   cpu1=$(awk '{print $14 + $15}' "/proc/$WEIR_PID/stat")
   local tps qps lat errors tx
   tps=$(echo "$out" | awk '/transactions:/ {gsub(/\(/, "", $3); print $3}')
