@@ -1031,3 +1031,78 @@ except pymysql.err.MySQLError as e:
         "{r}"
     );
 }
+
+/// A Rust client, `mysql_async`, with the cleartext plugin enabled (its only way to send a
+/// token): text queries masked, prepared statements (its `exec` uses the binary protocol)
+/// masked and decided at every execution, a denial as error 1227, a write checked directly.
+#[test]
+fn mysql_async_is_served_masked_and_guarded() {
+    use mysql_async::prelude::*;
+    let m = Mariadb::start();
+    let email = m
+        .sql("SELECT email FROM shop.customers WHERE id = 3")
+        .trim()
+        .to_owned();
+    let ssns = m.sql("SELECT ssn FROM shop.customers WHERE id IN (3, 4)");
+    let g = gateway(&m);
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(g.mysql_port.unwrap())
+        .user(Some("alice"))
+        .pass(Some(ALICE_TOKEN))
+        .db_name(Some("shopmy"))
+        .prefer_socket(false)
+        .enable_cleartext_plugin(true);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = mysql_async::Conn::new(opts).await.unwrap();
+        let text: Vec<(i64, String)> = c
+            .query("SELECT id, email FROM customers WHERE id <= 3 ORDER BY id")
+            .await
+            .unwrap();
+        assert_eq!(text.len(), 3);
+        assert!(
+            text.iter().all(|(_, e)| e != &email && e.contains('*')),
+            "{text:?}"
+        );
+        let stmt = c
+            .prep("SELECT id, email, CONCAT(full_name, ' ', ssn) FROM customers WHERE id = ?")
+            .await
+            .unwrap();
+        for id in [3i64, 4] {
+            let rows: Vec<(i64, String, Option<String>)> = c.exec(&stmt, (id,)).await.unwrap();
+            assert_eq!(rows.len(), 1);
+            let (got, e, who) = &rows[0];
+            assert_eq!(*got, id);
+            assert!(e.contains('*') && e != &email, "{rows:?}");
+            assert!(
+                who.as_deref()
+                    .is_none_or(|w| ssns.lines().all(|s| !w.contains(s))),
+                "{rows:?}"
+            );
+        }
+        let n: Option<i64> = c.query_first("SELECT COUNT(*) FROM orders").await.unwrap();
+        assert_eq!(n, Some(1000));
+        c.exec_drop(
+            "UPDATE products SET name = ? WHERE id = ?",
+            ("from rust", 7i64),
+        )
+        .await
+        .unwrap();
+        match c.query_drop("SELECT * FROM other.secret").await {
+            Err(mysql_async::Error::Server(e)) => {
+                assert_eq!(e.code, 1227, "{e:?}");
+                assert!(e.message.contains("weir.other-database"), "{e:?}");
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        c.disconnect().await.unwrap();
+    });
+    assert_eq!(
+        m.sql("SELECT name FROM shop.products WHERE id = 7").trim(),
+        "from rust"
+    );
+}
