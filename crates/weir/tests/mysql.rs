@@ -1106,3 +1106,78 @@ fn mysql_async_is_served_masked_and_guarded() {
         "from rust"
     );
 }
+
+/// An issued token logs a MySQL client in; revoking it ends the live session and refuses
+/// the next login (1045); `weir audit replay` shows the session, opening to close.
+#[test]
+fn a_revoked_token_ends_its_mysql_session_and_the_session_replays() {
+    use mysql_async::prelude::*;
+    let m = Mariadb::start();
+    let g = gateway(&m);
+    let out = g.weir(&[
+        "token", "create", "--name", "etl", "--kind", "service", "--ttl", "24h",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = stdout(&out).lines().last().unwrap().to_owned();
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(g.mysql_port.unwrap())
+        .user(Some("etl"))
+        .pass(Some(token.clone()))
+        .db_name(Some("shopmy"))
+        .prefer_socket(false)
+        .enable_cleartext_plugin(true);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = mysql_async::Conn::new(opts.clone()).await.unwrap();
+        let id: Option<u32> = c.query_first("SELECT 41 + 1").await.unwrap();
+        assert_eq!(id, Some(42));
+        c.query_drop("UPDATE products SET name = 'replayed' WHERE id = 2")
+            .await
+            .unwrap();
+        let revoked = std::time::Instant::now();
+        assert!(g.weir(&["token", "revoke", "etl"]).status.success());
+        // The session ends: the next statement (after the poll interval) fails.
+        loop {
+            match c.query_drop("SELECT 1").await {
+                Err(_) => break,
+                Ok(()) => {
+                    assert!(
+                        revoked.elapsed() < Duration::from_secs(10),
+                        "the session outlived its token"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        match mysql_async::Conn::new(opts).await {
+            Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 1045, "{e:?}"),
+            other => panic!("a revoked token logged in: {:?}", other.map(|_| ())),
+        }
+    });
+    let events = g.audit_events();
+    let session = events
+        .iter()
+        .find(|e| e["event"] == "connection_opened" && e["identity"] == "etl")
+        .map(|e| e["session"].to_string())
+        .expect("etl's session opened");
+    let out = g.weir(&["audit", "replay", &session]);
+    let replay = stdout(&out);
+    let kinds: Vec<&str> = replay.lines().filter_map(|l| l.split(' ').nth(2)).collect();
+    // Weir's own read of the session's mode comes first, on record before the opening.
+    assert_eq!(
+        kinds.iter().take(2).copied().collect::<Vec<_>>(),
+        ["statement", "connection_opened"],
+        "{replay}"
+    );
+    assert_eq!(kinds.last(), Some(&"connection_closed"), "{replay}");
+    assert!(replay.contains("UPDATE products SET name"), "{replay}");
+    assert!(replay.contains("[\"OK 1\"] rows=1"), "{replay}");
+}
