@@ -30,6 +30,74 @@ fn gateway(m: &Mariadb) -> Gateway {
     )
 }
 
+/// The server as the oracle for the trail: every statement the server ran on Weir's own
+/// upstream sessions (the general log's `Query` lines of the connections logged in as
+/// `weir`) has its statement event, the same text or the same fingerprint — but for the
+/// row bound's bracket, which is Weir's and recorded with the statement it brackets.
+fn every_query_has_its_event(m: &Mariadb, g: &Gateway) {
+    let log = m.general_log();
+    let events = g.audit_events();
+    let mut weir_threads = std::collections::HashSet::new();
+    let mut queries = Vec::new();
+    let mut thread = String::new();
+    for line in log.lines() {
+        let rest = line.trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ' || c == ':');
+        let fields: Vec<&str> = rest.trim_start().splitn(2, '\t').collect();
+        let Some(head) = fields.first() else { continue };
+        let mut words = head.split_whitespace();
+        let (Some(id), Some(command)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if !id.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        thread = id.to_owned();
+        let argument = fields.get(1).copied().unwrap_or("");
+        match command {
+            "Connect" if argument.starts_with("weir@") => {
+                weir_threads.insert(thread.clone());
+            }
+            "Query" => queries.push((thread.clone(), argument.to_owned())),
+            _ => {}
+        }
+    }
+    let _ = thread;
+    let bracket = [
+        "START TRANSACTION",
+        "SAVEPOINT weir_row_bound",
+        "RELEASE SAVEPOINT weir_row_bound",
+        "ROLLBACK TO SAVEPOINT weir_row_bound",
+        "COMMIT",
+        "ROLLBACK",
+    ];
+    let mut checked = 0;
+    for (_, sql) in queries.iter().filter(|(t, _)| weir_threads.contains(t)) {
+        if bracket.contains(&sql.as_str()) {
+            continue;
+        }
+        let fingerprint =
+            weir_analyze::mysql::analyze(sql.as_bytes(), &weir_analyze::mysql::Mode::new("shop"))
+                .map(|a| format!("{:016x}", a.fingerprint))
+                .ok();
+        let recorded = events.iter().any(|e| {
+            e["event"] == "statement"
+                && (e["sql"] == sql.as_str()
+                    || fingerprint
+                        .as_deref()
+                        .is_some_and(|f| e["fingerprint"] == f))
+        });
+        assert!(
+            recorded,
+            "the server ran {sql:?} and the trail has no event for it"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked > 0,
+        "no statement of Weir's sessions in the general log:\n{log}"
+    );
+}
+
 fn cli(g: &Gateway, db: &str, sql: &str) -> (String, String) {
     let o = mariadb_cli(g.mysql_port.unwrap(), "alice", ALICE_TOKEN, db, sql);
     (
@@ -177,6 +245,7 @@ fn the_mariadb_cli_is_served_masked_and_guarded() {
     assert!(m
         .general_log()
         .contains("SELECT email FROM customers WHERE id = 7"));
+    every_query_has_its_event(&m, &g);
 }
 
 #[test]
@@ -851,6 +920,7 @@ fn copies_of_sensitive_columns_stay_masked() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("ERROR 1227") && err.contains(&id), "{err}");
     assert_eq!(m.sql("SELECT COUNT(*) FROM shop.copies_prod").trim(), "0");
+    every_query_has_its_event(&m, &g);
 }
 
 /// What SHOW WARNINGS / SHOW ERRORS show quotes values of the statement that raised them:
