@@ -372,60 +372,9 @@ async fn start(
     })?;
     let mode = read_mode(&mut up.conn, &target).await?;
 
-    let target_info = target.policy_info();
-    let policy = shared
-        .policy
-        .session(&identity, &target_info)
-        .map_err(|e| {
-            Fatal::new(
-                1105,
-                "HY000",
-                format!("weir: cannot evaluate policy for this session, so it is refused: {e}"),
-            )
-        })?;
-    let person = match person {
-        Some(identity) => Some(pipeline::Person {
-            policy: shared.policy.session(&identity, &target_info).map_err(|e| {
-                Fatal::new(
-                    1105,
-                    "HY000",
-                    format!("weir: cannot evaluate policy for the person this agent acts for, so the session is refused: {e}"),
-                )
-            })?,
-            identity,
-        }),
-        None => None,
-    };
-    let mask = if shared.config.masking.enabled {
-        shared.upstreams.catalog(&target.name).cloned()
-    } else {
-        None
-    };
-    if let Some(cache) = &mask {
-        let (cache, shared, target) = (Arc::clone(cache), Arc::clone(shared), target.clone());
-        tokio::spawn(async move {
-            if let Err(e) = cache.ensure(&shared, &target).await {
-                warn!(cause = %e, "cannot load the masking catalog");
-            }
-        });
-    }
-    let info = SessionInfo {
-        session,
-        channel: Channel::Wire,
-        mask,
-        identity_name: Arc::from(identity.name.as_str()),
-        target_name: Arc::from(target.name.as_str()),
-        policy,
-        identity,
-        person,
-        taint_pending: Default::default(),
-        write_ahead: Default::default(),
-        full_text: shared.config.audit.full_text_targets.contains(&target.name),
-        target: target.clone(),
-        shared: Arc::clone(shared),
-    };
-    info.load_taint().await;
-    shared.baselines.ensure(&info.identity.name).await;
+    let info = SessionInfo::open(shared, session, Channel::Wire, &target, identity, person)
+        .await
+        .map_err(|e| Fatal::new(1105, "HY000", e.to_string()))?;
     let ok = OkPacket {
         status: up.status,
         ..OkPacket::default()

@@ -297,67 +297,16 @@ async fn serve(
         return Err(Fatal::new("58000", refusal.message));
     }
 
-    let target_info = target.policy_info();
-    let policy = shared
-        .policy
-        .session(&identity, &target_info)
-        .map_err(|e| {
-            Fatal::new(
-                "58000",
-                format!("weir: cannot evaluate policy for this session, so it is refused: {e}"),
-            )
-        })?;
-    let person = match person {
-        Some(identity) => Some(crate::pipeline::Person {
-            policy: shared
-                .policy
-                .session(&identity, &target_info)
-                .map_err(|e| {
-                    Fatal::new(
-                        "58000",
-                        format!("weir: cannot evaluate policy for the person this agent acts for, so the session is refused: {e}"),
-                    )
-                })?,
-            identity,
-        }),
-        None => None,
-    };
-    let mask = if shared.config.masking.enabled {
-        shared.upstreams.catalog(&target.name).cloned()
-    } else {
-        None
-    };
-    if let Some(cache) = &mask {
-        // Load the catalog while the client composes its first request, not after it.
-        let (cache, shared, target) = (Arc::clone(cache), Arc::clone(shared), target.clone());
-        tokio::spawn(async move {
-            if let Err(e) = cache.ensure(&shared, &target).await {
-                warn!(cause = %e, "cannot load the masking catalog");
-            }
-        });
-    }
+    let info =
+        crate::pipeline::SessionInfo::open(shared, session, channel, &target, identity, person)
+            .await
+            .map_err(|e| Fatal::new("58000", e.to_string()))?;
     let ctx = Context {
-        info: crate::pipeline::SessionInfo {
-            session,
-            channel,
-            mask,
-            identity_name: Arc::from(identity.name.as_str()),
-            target_name: Arc::from(target.name.as_str()),
-            policy,
-            identity,
-            person,
-            taint_pending: Default::default(),
-            write_ahead: Default::default(),
-            full_text: shared.config.audit.full_text_targets.contains(&target.name),
-            target: target.clone(),
-            shared: Arc::clone(shared),
-        },
+        info,
         upstream_addr: target.upstream.clone(),
         cancel,
         end,
     };
-    ctx.info.load_taint().await;
-    shared.baselines.ensure(&ctx.info.identity.name).await;
     let upstream::Upstream {
         stream: up,
         leftover,

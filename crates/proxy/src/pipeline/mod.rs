@@ -92,7 +92,90 @@ pub(crate) struct Person {
     pub policy: PolicySession,
 }
 
+/// Why a session could not be opened: policy could not be evaluated for its identity, or
+/// for the person an agent acts for. The message is for the client.
+#[derive(Debug)]
+pub(crate) enum OpenError {
+    Policy(String),
+    Person(String),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Policy(e) => write!(
+                f,
+                "weir: cannot evaluate policy for this session, so it is refused: {e}"
+            ),
+            OpenError::Person(e) => write!(
+                f,
+                "weir: cannot evaluate policy for the person this agent acts for, so the session is refused: {e}"
+            ),
+        }
+    }
+}
+
 impl SessionInfo {
+    /// What every listener does once an identity is authenticated and its upstream session
+    /// is open: policy sessions for the identity (and the person an agent acts for), the
+    /// target's masking catalog (loaded in the background while the client composes its
+    /// first request), the identity's taint and behaviour baseline.
+    pub async fn open(
+        shared: &Arc<Shared>,
+        session: u64,
+        channel: Channel,
+        target: &Target,
+        identity: Identity,
+        person: Option<Identity>,
+    ) -> Result<SessionInfo, OpenError> {
+        let target_info = target.policy_info();
+        let policy = shared
+            .policy
+            .session(&identity, &target_info)
+            .map_err(|e| OpenError::Policy(e.to_string()))?;
+        let person = match person {
+            Some(identity) => Some(Person {
+                policy: shared
+                    .policy
+                    .session(&identity, &target_info)
+                    .map_err(|e| OpenError::Person(e.to_string()))?,
+                identity,
+            }),
+            None => None,
+        };
+        let mask = if shared.config.masking.enabled {
+            shared.upstreams.catalog(&target.name).cloned()
+        } else {
+            None
+        };
+        if let Some(cache) = &mask {
+            let (cache, shared, target) = (Arc::clone(cache), Arc::clone(shared), target.clone());
+            tokio::spawn(async move {
+                if let Err(e) = cache.ensure(&shared, &target).await {
+                    warn!(cause = %e, "cannot load the masking catalog");
+                }
+            });
+        }
+        let info = SessionInfo {
+            session,
+            channel,
+            mask,
+            identity_name: Arc::from(identity.name.as_str()),
+            target_name: Arc::from(target.name.as_str()),
+            policy,
+            identity,
+            person,
+            taint_pending: Default::default(),
+            write_ahead: Default::default(),
+            full_text: shared.config.audit.full_text_targets.contains(&target.name),
+            target: target.clone(),
+            shared: Arc::clone(shared),
+        };
+        info.load_taint().await;
+        shared.baselines.ensure(&info.identity.name).await;
+        Ok(info)
+    }
+
     /// Policy's verdicts for resolved statements: the identity's, and for an agent acting for
     /// a person the person's too, the more severe of the two per statement. So the agent
     /// never exceeds the person, and the agent's own rules still apply.
