@@ -75,5 +75,21 @@ fn cached(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, analyze, cached);
+/// A MySQL text (sysbench's point select): sqlparser analysis, and the cache's lookup.
+fn mysql(c: &mut Criterion) {
+    use weir_analyze::mysql::Mode;
+    let sql = b"SELECT c FROM sbtest1 WHERE id=4913";
+    let mode = Mode::new("sbtest");
+    let mut g = c.benchmark_group("mysql");
+    g.bench_function("analyze (cold)", |b| {
+        b.iter(|| weir_analyze::mysql::analyze(sql, &mode).unwrap())
+    });
+    let analyzer = weir_analyze::Analyzer::new();
+    g.bench_function("analyze (cached)", |b| {
+        b.iter(|| analyzer.analyze_mysql(sql, &mode).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, analyze, cached, mysql);
 criterion_main!(benches);

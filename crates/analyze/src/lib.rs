@@ -381,6 +381,7 @@ struct Shape {
 }
 
 type FactsMap = std::collections::HashMap<Box<str>, Arc<Shape>>;
+type MysqlMap = std::collections::HashMap<(mysql::Mode, Box<[u8]>), Arc<Analysis>>;
 
 /// The PostgreSQL analyzer with its statement cache, shared by every session.
 ///
@@ -388,8 +389,12 @@ type FactsMap = std::collections::HashMap<Box<str>, Arc<Shape>>;
 /// strings with `$n`), then the text normalized by libpg_query (constants → `$n`, 2 µs), then
 /// a full analysis (18 µs for a simple statement). A normalized entry is only stored after
 /// checking that the real text and its normalized form analyze to the same facts.
+///
+/// MySQL texts are cached by their exact text and the session mode they were read in
+/// ([`Analyzer::analyze_mysql`]).
 #[derive(Default)]
 pub struct Analyzer {
+    mysql: std::sync::Mutex<MysqlMap>,
     exact: std::sync::Mutex<FactsMap>,
     normalized: std::sync::Mutex<FactsMap>,
     /// By [`shape::fast_key`]; an entry is only added by a text whose fast key equals its
@@ -415,6 +420,35 @@ fn put(map: &std::sync::Mutex<FactsMap>, key: &str, shape: &Arc<Shape>) {
 impl Analyzer {
     pub fn new() -> Analyzer {
         Analyzer::default()
+    }
+
+    /// Analyzes one MySQL text (a COM_QUERY, a prepared statement) as read in `mode`. The
+    /// analysis depends on nothing else, so a text seen before in the same mode is a lookup.
+    /// Errors are not kept (they are analyzed again, and refused again).
+    pub fn analyze_mysql(
+        &self,
+        sql: &[u8],
+        mode: &mysql::Mode,
+    ) -> Result<Arc<Analysis>, AnalyzeError> {
+        if sql.len() > MAX_CACHED_TEXT {
+            return mysql::analyze(sql, mode);
+        }
+        let key = (mode.clone(), Box::<[u8]>::from(sql));
+        if let Some(hit) = self
+            .mysql
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(Arc::clone(hit));
+        }
+        let analysis = mysql::analyze(sql, mode)?;
+        let mut m = self.mysql.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= CACHE_CAPACITY {
+            m.clear();
+        }
+        m.insert(key, Arc::clone(&analysis));
+        Ok(analysis)
     }
 
     /// Analyzes one SQL text from the wire. An error means the text must not run.

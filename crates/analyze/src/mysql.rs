@@ -37,7 +37,7 @@ pub const OTHER_DATABASE: &str = "weir.other-database";
 const RECURSION_LIMIT: usize = 64;
 
 /// How the session reads text, as the proxy tracks it from the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Mode {
     /// The target's database: unqualified table names are qualified with it.
     pub database: String,

@@ -393,3 +393,33 @@ fn show_warnings_is_named() {
     }
     assert_eq!(one("SHOW VARIABLES").name, None);
 }
+
+#[test]
+fn the_cache_keys_by_text_and_mode() {
+    let analyzer = crate::Analyzer::new();
+    let sql = b"SELECT email FROM customers WHERE id = 1";
+    let a = analyzer.analyze_mysql(sql, &Mode::new("shop")).unwrap();
+    let b = analyzer.analyze_mysql(sql, &Mode::new("shop")).unwrap();
+    assert!(Arc::ptr_eq(&a, &b), "a second lookup analyzed again");
+    // Another database, another mode: analyzed as read there.
+    let other = analyzer.analyze_mysql(sql, &Mode::new("other")).unwrap();
+    assert_eq!(
+        other.statements[0].tables_read.iter().next().unwrap(),
+        "other.customers"
+    );
+    let quoted = b"SELECT \"email\" FROM customers";
+    let plain = analyzer.analyze_mysql(quoted, &Mode::new("shop")).unwrap();
+    let ansi = analyzer.analyze_mysql(quoted, &Mode::new("shop").with_sql_mode("ANSI_QUOTES"));
+    assert!(
+        plain.statements[0].columns.is_empty(),
+        "a string, not a column"
+    );
+    assert!(ansi.is_err() || !ansi.unwrap().statements[0].columns.is_empty());
+    // Refusals are not kept, and stay refusals.
+    assert!(analyzer
+        .analyze_mysql(b"SELECT 1 || 1", &Mode::new("shop"))
+        .is_err());
+    assert!(analyzer
+        .analyze_mysql(b"SELECT 1 || 1", &Mode::new("shop"))
+        .is_err());
+}

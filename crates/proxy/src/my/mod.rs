@@ -659,7 +659,7 @@ impl Session {
         via: &'static str,
     ) -> Result<(), Fatal> {
         self.refresh_mode().await?;
-        let analyzed = weir_analyze::mysql::analyze(&text, &self.mode);
+        let analyzed = self.info.shared.analyzer.analyze_mysql(&text, &self.mode);
         if let Some(kill) = analyzed.as_ref().ok().and_then(|a| self.kill(a)) {
             // The KILL runs on the server's id of the caller's own connection.
             let mut mapped = vec![com::QUERY];
@@ -777,15 +777,20 @@ impl Session {
     ) -> Result<(), Fatal> {
         self.last_prepared = None;
         self.refresh_mode().await?;
-        let analyzed = weir_analyze::mysql::analyze(body, &self.mode).and_then(|a| {
-            if a.statements.len() == 1 {
-                Ok(a)
-            } else {
-                Err(weir_analyze::AnalyzeError::Parse(
-                    "a prepared statement is exactly one statement".into(),
-                ))
-            }
-        });
+        let analyzed = self
+            .info
+            .shared
+            .analyzer
+            .analyze_mysql(body, &self.mode)
+            .and_then(|a| {
+                if a.statements.len() == 1 {
+                    Ok(a)
+                } else {
+                    Err(weir_analyze::AnalyzeError::Parse(
+                        "a prepared statement is exactly one statement".into(),
+                    ))
+                }
+            });
         let analysis = analyzed.as_ref().ok().cloned();
         self.requests += 1;
         let id = self.requests;
