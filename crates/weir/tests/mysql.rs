@@ -862,6 +862,19 @@ fn copies_of_sensitive_columns_stay_masked() {
     for column in ["shop.copies.v", "shop.made.", "shop.products.name"] {
         assert!(tags.contains(column), "{column} not tagged:\n{tags}");
     }
+    // On record in the trail too, with the statement that made them.
+    let derived: Vec<String> = g
+        .audit_events()
+        .iter()
+        .filter(|e| e["event"] == "sensitivity_derived")
+        .map(|e| e["tags"].to_string())
+        .collect();
+    assert!(
+        derived
+            .iter()
+            .any(|t| t.contains("shop.copies.v <- shop.customers.ssn")),
+        "{derived:?}"
+    );
 
     // A user variable keeps its value for later statements: refused.
     for sql in [
