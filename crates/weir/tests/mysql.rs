@@ -1264,3 +1264,131 @@ fn a_revoked_token_ends_its_mysql_session_and_the_session_replays() {
     assert!(replay.contains("UPDATE products SET name"), "{replay}");
     assert!(replay.contains("[\"OK 1\"] rows=1"), "{replay}");
 }
+
+/// An agent over MCP on a MySQL target: `describe_target` lists the shop's tables with
+/// `ssn` and `email` sensitive, `query` comes back masked and decided by the same policy
+/// (a production DELETE without WHERE refused with its rule), and the tool calls are
+/// sessions of the MySQL adapter on record like any other.
+#[test]
+fn mcp_agents_query_a_mysql_target_through_the_same_adapter() {
+    use std::io::{BufRead, BufReader};
+    let m = Mariadb::start();
+    let email = m
+        .sql("SELECT email FROM shop.customers WHERE id = 1")
+        .trim()
+        .to_owned();
+    let g = gateway(&m);
+    let out = g.weir(&[
+        "token", "create", "--name", "claude", "--kind", "agent", "--groups", "agents",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = stdout(&out).lines().last().unwrap().trim().to_owned();
+    let mut child = std::process::Command::new("python3")
+        .arg(common::repo_root().join("tests/clients/python/mcp_client.py"))
+        .args(["stdio", common::weir_bin()])
+        .arg(&g.config)
+        .arg(&token)
+        .env("WEIR_CLOCK_FILE", g.clock_file())
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut call = |tool: &str, args: serde_json::Value| -> serde_json::Value {
+        writeln!(
+            stdin,
+            "{}",
+            serde_json::json!({ "tool": tool, "args": args })
+        )
+        .unwrap();
+        stdin.flush().unwrap();
+        let line = lines.next().unwrap().unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    let described = call(
+        "describe_target",
+        serde_json::json!({ "target": "shopprod" }),
+    );
+    assert_eq!(described["is_error"], false, "{described}");
+    let tables = described["structured"]["tables"].as_array().unwrap();
+    let customers = tables
+        .iter()
+        .find(|t| t["name"] == "shop.customers")
+        .unwrap_or_else(|| panic!("{described}"));
+    let sensitive: Vec<&str> = customers["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["sensitive"] == true)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        sensitive.contains(&"ssn") && sensitive.contains(&"email"),
+        "{sensitive:?}"
+    );
+    assert!(!sensitive.contains(&"id"), "{sensitive:?}");
+
+    let read = call(
+        "query",
+        serde_json::json!({ "target": "shopprod", "sql": "SELECT id, email FROM customers ORDER BY id LIMIT 3" }),
+    );
+    assert_eq!(read["is_error"], false, "{read}");
+    let rows = read["structured"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{read}");
+    assert_eq!(
+        read["structured"]["columns"],
+        serde_json::json!(["id", "email"])
+    );
+    assert!(!read.to_string().contains(&email), "{read}");
+
+    let refused = call(
+        "query",
+        serde_json::json!({ "target": "shopprod", "sql": "DELETE FROM orders" }),
+    );
+    assert_eq!(refused["is_error"], true, "{refused}");
+    assert!(
+        refused["text"]
+            .as_str()
+            .unwrap()
+            .contains("weir.where-required-in-production"),
+        "{refused}"
+    );
+    assert_eq!(m.sql("SELECT COUNT(*) FROM shop.orders").trim(), "1000");
+    // An MCP session cannot wait: a statement that needs an approver is refused at once,
+    // naming its request, and runs when repeated once approved.
+    let ddl = serde_json::json!({ "target": "shopprod", "sql": "CREATE INDEX orders_status ON orders (status)" });
+    let first = call("query", ddl.clone());
+    assert_eq!(first["is_error"], true, "{first}");
+    let id = first["structured"]["approval_request"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    assert!(g.weir(&["approve", &id, "--as", "bob"]).status.success());
+    let again = call("query", ddl);
+    assert_eq!(again["is_error"], false, "{again}");
+    assert!(m
+        .sql("SHOW INDEX FROM shop.orders")
+        .contains("orders_status"));
+    drop(stdin);
+    let _ = child.wait();
+
+    // `weir mcp` is its own process: its events are in the shared trail.
+    let search = |args: &[&str]| {
+        let mut all = vec!["audit", "search", "--since", "1h"];
+        all.extend_from_slice(args);
+        stdout(&g.weir(&all))
+    };
+    let claude = search(&["--identity", "claude"]);
+    assert!(
+        claude.contains("shopprod") && claude.contains("weir.where-required-in-production"),
+        "{claude}"
+    );
+    let bound = search(&["--text", "max_statement_time"]);
+    assert!(bound.contains("weir.mcp-statement-timeout"), "{bound}");
+}

@@ -3,8 +3,9 @@
 //! [`http`]).
 //!
 //! **Boundary:** this module decides nothing. A tool that runs SQL (`query`,
-//! `describe_target`) opens a PostgreSQL session *through the gateway's own adapter* over an
-//! in-process pipe ([`session`]), as the caller, so the statement takes the same
+//! `describe_target`) opens a session *through the gateway's own adapter* of the target's
+//! engine over an in-process pipe ([`session`]: tokio-postgres to the PostgreSQL adapter;
+//! [`mysql`]: a minimal MySQL client to the MySQL adapter), as the caller, so the statement takes the same
 //! authentication, analysis, policy, write-ahead audit, approval, masking and completion as
 //! a wire client's — one code path, not a copy. The only difference is the session's
 //! [`Channel`]: an MCP session cannot wait for an approver, so a statement that needs one is
@@ -31,6 +32,7 @@ use weir_policy::Identity;
 use crate::Shared;
 
 pub mod http;
+mod mysql;
 mod session;
 
 pub use crate::pipeline::Channel;

@@ -61,10 +61,10 @@ fn from_pg(e: tokio_postgres::Error) -> ToolError {
 }
 
 /// What one statement returned, within the caps.
-struct Collected {
-    columns: Vec<String>,
-    rows: Vec<Value>,
-    truncated: bool,
+pub(super) struct Collected {
+    pub(super) columns: Vec<String>,
+    pub(super) rows: Vec<Value>,
+    pub(super) truncated: bool,
 }
 
 /// Runs `sql` (simple protocol: one or more statements, as psql's `-c`) and keeps the last
@@ -127,6 +127,29 @@ async fn run(
     }))
 }
 
+/// Runs `sql` in a new session of the caller on `target`, through the adapter of the
+/// target's engine.
+async fn run_on(
+    shared: &Arc<Shared>,
+    caller: &Caller,
+    target: &Target,
+    sql: &str,
+    max_rows: u64,
+) -> Result<Collected, ToolError> {
+    match target.engine {
+        weir_config::Engine::Postgres => {
+            let client = open(shared, caller, target).await?;
+            run(shared, &client, sql, max_rows).await
+        }
+        weir_config::Engine::Mysql => {
+            let mut session = super::mysql::Session::open(shared, caller, target).await?;
+            session
+                .run(sql, max_rows, shared.config.mcp.max_result_bytes)
+                .await
+        }
+    }
+}
+
 /// The `query` tool.
 pub(super) async fn query(
     shared: &Arc<Shared>,
@@ -135,8 +158,7 @@ pub(super) async fn query(
     sql: &str,
     max_rows: u64,
 ) -> Result<Value, ToolError> {
-    let client = open(shared, caller, target).await?;
-    let result = run(shared, &client, sql, max_rows).await?;
+    let result = run_on(shared, caller, target, sql, max_rows).await?;
     Ok(json!({
         "columns": result.columns,
         "row_count": result.rows.len(),
@@ -163,8 +185,11 @@ pub(super) async fn describe(
     caller: &Caller,
     target: &Target,
 ) -> Result<Value, ToolError> {
-    let client = open(shared, caller, target).await?;
-    let result = run(shared, &client, DESCRIBE, u64::MAX).await?;
+    let describe = match target.engine {
+        weir_config::Engine::Postgres => DESCRIBE,
+        weir_config::Engine::Mysql => super::mysql::DESCRIBE,
+    };
+    let result = run_on(shared, caller, target, describe, u64::MAX).await?;
     let catalog = match shared.upstreams.catalog(&target.name) {
         Some(cache) => {
             cache.ensure(shared, target).await.map_err(|e| {

@@ -19,7 +19,7 @@
 //! command (COM_CHANGE_USER, replication, bulk execute, …) is refused: fail closed.
 
 pub(crate) mod catalog;
-mod conn;
+pub(crate) mod conn;
 mod prepared;
 mod results;
 pub(crate) mod threads;
@@ -141,12 +141,31 @@ fn refusal_packet(r: &Refusal) -> Vec<u8> {
 /// Runs one connection of the MySQL listener.
 pub(crate) async fn run(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
+    run_stream(Stream::Plain(tcp), peer, shared, Channel::Wire).await
+}
+
+/// Runs one in-process client of the MySQL adapter (the MCP server's tool calls on a MySQL
+/// target): the same session as over the listener, on one end of a pipe.
+pub(crate) async fn run_pipe(
+    pipe: tokio::io::DuplexStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    channel: Channel,
+) {
+    run_stream(Stream::Pipe(pipe), peer, shared, channel).await
+}
+
+async fn run_stream(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, channel: Channel) {
     let session = crate::pg::NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("session", id = session, peer = %peer, channel = "mysql");
+    let name = match channel {
+        Channel::Wire => "mysql",
+        other => other.as_str(),
+    };
+    let span = tracing::info_span!("session", id = session, peer = %peer, channel = name);
     async move {
         let max = shared.config.gateway.max_message_size;
-        let mut client = Conn::new(Stream::Plain(tcp), max);
-        if let Err(f) = start(&mut client, peer, session, &shared).await {
+        let mut client = Conn::new(stream, max);
+        if let Err(f) = start(&mut client, peer, session, &shared, channel).await {
             info!(code = f.code, message = %f.message, "session refused");
             let _ = client.send(&f.packet()).await;
             client.shutdown().await;
@@ -168,6 +187,7 @@ async fn start(
     peer: SocketAddr,
     session: u64,
     shared: &Arc<Shared>,
+    channel: Channel,
 ) -> Result<(), Fatal> {
     let deadline = tokio::time::Instant::now() + shared.config.gateway.connect_timeout;
     let within =
@@ -360,7 +380,7 @@ async fn start(
             target: &target,
             peer,
             tls,
-            channel: Channel::Wire,
+            channel,
         },
     )
     .await
@@ -373,8 +393,45 @@ async fn start(
         )
     })?;
     let mode = read_mode(&mut up.conn, &target).await?;
+    if channel == Channel::Mcp {
+        // `[mcp] statement_timeout`, as the server bounds a statement: MariaDB's
+        // max_statement_time (seconds), MySQL's max_execution_time (ms, SELECT only).
+        let ms = shared.config.mcp.statement_timeout.as_millis().max(1);
+        let sql = if up.server_version.contains("MariaDB") {
+            format!("SET SESSION max_statement_time = {:.3}", ms as f64 / 1000.0)
+        } else {
+            format!("SET SESSION max_execution_time = {ms}")
+        };
+        shared
+            .audit
+            .append(pipeline::own_statement(
+                session,
+                &target.name,
+                "session",
+                &sql,
+                "weir.mcp-statement-timeout",
+            ))
+            .wait()
+            .await
+            .map_err(|e| {
+                Fatal::new(
+                    1105,
+                    "HY000",
+                    format!(
+                        "weir: cannot record Weir's own statement, so the session is refused: {e}"
+                    ),
+                )
+            })?;
+        upstream::query(&mut up.conn, &sql).await.map_err(|e| {
+            Fatal::new(
+                1105,
+                "HY000",
+                format!("weir: cannot bound the session's statements: {e}"),
+            )
+        })?;
+    }
 
-    let info = SessionInfo::open(shared, session, Channel::Wire, &target, identity, person)
+    let info = SessionInfo::open(shared, session, channel, &target, identity, person)
         .await
         .map_err(|e| Fatal::new(1105, "HY000", e.to_string()))?;
     let ok = OkPacket {
