@@ -394,6 +394,9 @@ type MysqlMap = std::collections::HashMap<(mysql::Mode, Box<[u8]>), Arc<Analysis
 /// ([`Analyzer::analyze_mysql`]).
 #[derive(Default)]
 pub struct Analyzer {
+    /// Lookups answered from a cache, and texts analyzed (for the gateway's metrics).
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
     mysql: std::sync::Mutex<MysqlMap>,
     exact: std::sync::Mutex<FactsMap>,
     normalized: std::sync::Mutex<FactsMap>,
@@ -422,6 +425,18 @@ impl Analyzer {
         Analyzer::default()
     }
 
+    /// How many analyses came from a cache, and how many were made, so far.
+    pub fn cache_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
+    }
+
+    fn counted<T>(&self, hit: bool, value: T) -> T {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        value
+    }
+
     /// Analyzes one MySQL text (a COM_QUERY, a prepared statement) as read in `mode`. The
     /// analysis depends on nothing else, so a text seen before in the same mode is a lookup.
     /// Errors are not kept (they are analyzed again, and refused again).
@@ -431,7 +446,7 @@ impl Analyzer {
         mode: &mysql::Mode,
     ) -> Result<Arc<Analysis>, AnalyzeError> {
         if sql.len() > MAX_CACHED_TEXT {
-            return mysql::analyze(sql, mode);
+            return self.counted(false, mysql::analyze(sql, mode));
         }
         let key = (mode.clone(), Box::<[u8]>::from(sql));
         if let Some(hit) = self
@@ -440,9 +455,9 @@ impl Analyzer {
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
         {
-            return Ok(Arc::clone(hit));
+            return self.counted(true, Ok(Arc::clone(hit)));
         }
-        let analysis = mysql::analyze(sql, mode)?;
+        let analysis = self.counted(false, mysql::analyze(sql, mode))?;
         let mut m = self.mysql.lock().unwrap_or_else(|p| p.into_inner());
         if m.len() >= CACHE_CAPACITY {
             m.clear();
@@ -471,18 +486,20 @@ impl Analyzer {
             }))
         };
         if let Some(shape) = get(&self.exact, text) {
-            return done(&shape);
+            return self.counted(true, done(&shape));
         }
         let fast = shape::fast_key(text);
         if let Some(shape) = fast.as_deref().and_then(|k| get(&self.shaped, k)) {
-            return done(&shape);
+            return self.counted(true, done(&shape));
         }
         let normalized = pg_query::normalize(text).ok();
         if let Some(n) = normalized.as_deref().filter(|n| *n != text) {
             if let Some(shape) = get(&self.normalized, n) {
-                return done(&shape);
+                return self.counted(true, done(&shape));
             }
         }
+        self.misses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let facts: Arc<[StatementFacts]> = postgres::analyze_sql(text)?.into();
         let value_dependent = facts
             .iter()

@@ -473,8 +473,15 @@ impl<S: DurableLog> Writer<S> {
             let result = self.write(&mut bodies);
             if result.is_err() {
                 self.failures.fetch_add(1, Ordering::AcqRel);
-            } else if let Some(indexer) = &self.indexer {
-                let _ = indexer.send(Index::Batch);
+            } else {
+                let m = crate::metrics::get();
+                m.audit_events.inc_by(n as u64);
+                m.audit_batch_events.observe(n as f64);
+                m.audit_flush_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                if let Some(indexer) = &self.indexer {
+                    let _ = indexer.send(Index::Batch);
+                }
             }
             stats.batch(n, started.elapsed());
             for ack in acks.drain(..) {

@@ -36,6 +36,23 @@ pub enum AuthError {
     PersonGone(String),
 }
 
+impl AuthError {
+    /// A fixed name for the kind of failure (a metrics label: never the token or name).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Unknown => "unknown_token",
+            AuthError::WrongIdentity => "wrong_identity",
+            AuthError::Revoked => "revoked",
+            AuthError::Expired => "expired",
+            AuthError::Store(_) => "store_unavailable",
+            AuthError::Oidc(_) => "id_token_refused",
+            AuthError::NameOfAnotherKind(_) => "name_of_another_kind",
+            AuthError::PersonGone(_) => "person_gone",
+        }
+    }
+}
+
 struct StaticEntry {
     hash: [u8; 32],
     identity: Identity,

@@ -24,6 +24,7 @@ use crate::Services;
 pub fn router(shared: Arc<Services>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/v1/approvals", get(list))
         .route("/v1/approvals/{id}", get(show))
         .route("/v1/approvals/{id}/approve", post(approve))
@@ -32,6 +33,28 @@ pub fn router(shared: Arc<Services>) -> Router {
         .route("/v1/webhook/decide", post(webhook_decide))
         .route("/v1/slack/interactivity", post(slack_interactivity))
         .with_state(shared)
+}
+
+/// `GET /metrics`: Prometheus / OpenMetrics text, no token needed (nothing in it names an
+/// identity or a statement). The pending-approvals gauge is read from the store per scrape.
+async fn metrics(State(shared): State<Arc<Services>>) -> Response {
+    let now = shared.approvals.clock().now_ms();
+    let pending = shared
+        .approvals
+        .with_store(|s| s.pending_approvals())
+        .await
+        .ok()
+        .map(|p| p.iter().filter(|a| a.deadline_ms > now).count())
+        .and_then(|n| i64::try_from(n).ok());
+    let body = crate::metrics::get().encode(shared.analyzer.cache_counts(), pending);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// An error as the API answers it: a status and `{"error": "…"}`.

@@ -16,6 +16,7 @@ pub mod grants;
 pub mod http;
 mod io;
 pub mod mcp;
+mod metrics;
 pub(crate) mod my;
 pub mod notify;
 pub mod oidc;

@@ -315,7 +315,7 @@ async fn start(
     let (identity, token_id) = match shared.auth.verify(&user, token).await {
         Ok(v) => v,
         Err(e) => {
-            pipeline::login_failed(shared, peer, &user, &database, &e.to_string()).await;
+            pipeline::login_failed(shared, peer, &user, &database, &e).await;
             return Err(Fatal::new(
                 1045,
                 "28000",
@@ -346,6 +346,12 @@ async fn start(
     )
     .await
     .map_err(|e| {
+        crate::metrics::get()
+            .upstream_connect_errors
+            .get_or_create(&crate::metrics::TargetLabels {
+                target: target.name.clone(),
+            })
+            .inc();
         warn!(target = %target.name, cause = %e, "cannot open the upstream session");
         // 1105 (ER_UNKNOWN_ERROR), a server code: 2003 is the client library's own code
         // for "cannot connect", and libmariadb reports a server that sends a 2xxx code

@@ -196,7 +196,7 @@ async fn authenticate(
     let (identity, token_id) = match shared.auth.verify(&user, token).await {
         Ok(verified) => verified,
         Err(e) => {
-            pipeline::login_failed(shared, peer, &user, &database, &e.to_string()).await;
+            pipeline::login_failed(shared, peer, &user, &database, &e).await;
             return Err(Fatal::new(
                 "28P01",
                 format!("weir: authentication failed for \"{user}\": the password must be a valid Weir token or ID token for this identity"),
@@ -251,6 +251,14 @@ async fn authenticate(
         timeout: shared.config.gateway.connect_timeout,
     })
     .await
+    .inspect_err(|_| {
+        crate::metrics::get()
+            .upstream_connect_errors
+            .get_or_create(&crate::metrics::TargetLabels {
+                target: target.name.clone(),
+            })
+            .inc();
+    })
     .map_err(|e| match e {
         UpstreamError::Refused(fields) => {
             let code = fields.code().unwrap_or("08006").to_owned();

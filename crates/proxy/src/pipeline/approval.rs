@@ -332,6 +332,17 @@ pub(crate) async fn conclude(
 ) -> Result<(), Refusal> {
     let id = &waiting.id;
     let mut record = Some(event(s, id, "released"));
+    let counted = match outcome {
+        Outcome::Approved { .. } => "approved",
+        Outcome::Denied { .. } => "denied",
+        Outcome::Expired => "timed_out",
+        Outcome::Cancelled => "withdrawn",
+        Outcome::Failed(_) => "failed",
+    };
+    crate::metrics::get()
+        .approvals_decided
+        .get_or_create(&crate::metrics::OutcomeLabels { outcome: counted })
+        .inc();
     let verdict = match outcome {
         Outcome::Approved { by } => {
             if let Some(Event::Approval { by: b, .. }) = &mut record {

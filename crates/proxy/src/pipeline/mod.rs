@@ -84,6 +84,8 @@ pub(crate) struct SessionInfo {
     /// not normalized.
     pub full_text: bool,
     pub shared: Arc<Shared>,
+    /// Counts the session as active (`weir_sessions_active`) until it is dropped.
+    pub _active: crate::metrics::ActiveSession,
 }
 
 /// The person an agent acts for, with their own policy session.
@@ -143,6 +145,7 @@ impl SessionInfo {
             }),
             None => None,
         };
+        let identity_kind = identity.kind.as_str();
         let mask = if shared.config.masking.enabled {
             shared.upstreams.catalog(&target.name).cloned()
         } else {
@@ -168,6 +171,11 @@ impl SessionInfo {
             taint_pending: Default::default(),
             write_ahead: Default::default(),
             full_text: shared.config.audit.full_text_targets.contains(&target.name),
+            _active: crate::metrics::ActiveSession::open(crate::metrics::SessionLabels {
+                target: target.name.clone(),
+                identity_kind,
+                channel: channel.as_str(),
+            }),
             target: target.clone(),
             shared: Arc::clone(shared),
         };
@@ -347,8 +355,16 @@ pub(crate) async fn login_failed(
     peer: std::net::SocketAddr,
     user: &str,
     target: &str,
-    reason: &str,
+    error: &crate::auth::AuthError,
 ) {
+    crate::metrics::get()
+        .auth_failures
+        .get_or_create(&crate::metrics::ReasonLabels {
+            reason: error.reason(),
+        })
+        .inc();
+    let reason = error.to_string();
+    let reason = reason.as_str();
     let verdict = shared.front.failed_logins.failed(peer.ip(), user);
     for summary in verdict.summaries {
         let _ = shared.audit.append(summary);
@@ -552,6 +568,16 @@ pub(crate) struct Completion {
 /// were durable before it was forwarded; a completion the trail cannot take is logged by
 /// the sink.
 pub(crate) fn completed(session: &SessionInfo, c: Completion) {
+    let m = crate::metrics::get();
+    m.statement_seconds
+        .observe(c.started.elapsed().as_secs_f64());
+    let target = crate::metrics::TargetLabels {
+        target: session.target.name.clone(),
+    };
+    m.rows_returned.get_or_create(&target).inc_by(c.rows);
+    if !c.masked.is_empty() {
+        m.rows_masked.get_or_create(&target).inc_by(c.rows);
+    }
     let anomalies = session
         .shared
         .baselines
@@ -642,7 +668,24 @@ pub(crate) async fn admit(
         session.write_ahead.overlapping(request, audit.failures());
     }
     let mut acks = Vec::with_capacity(items.len() + 1);
+    let metrics = crate::metrics::get();
     for item in items {
+        for (f, v) in item
+            .decision
+            .analysis
+            .statements
+            .iter()
+            .zip(item.decision.verdicts.iter())
+        {
+            metrics
+                .statements
+                .get_or_create(&crate::metrics::StatementLabels {
+                    decision: crate::metrics::decision_label(v),
+                    kind: f.kind.as_str(),
+                    target: session.target.name.clone(),
+                })
+                .inc();
+        }
         let v = item.decision.overall();
         acks.push(audit.append(Event::Statement {
             session: session.session,

@@ -105,6 +105,7 @@ enabled = false
             on_behalf_of: None,
         };
         let target = self.shared.config.targets[0].clone();
+        let target_name = target.name.clone();
         let policy = self
             .shared
             .policy
@@ -123,6 +124,11 @@ enabled = false
             taint_pending: Default::default(),
             write_ahead: Default::default(),
             full_text: false,
+            _active: crate::metrics::ActiveSession::open(crate::metrics::SessionLabels {
+                target: target_name.clone(),
+                identity_kind: "human",
+                channel: "wire",
+            }),
             shared: Arc::clone(&self.shared),
         }
     }
