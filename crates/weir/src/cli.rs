@@ -50,8 +50,19 @@ fn with_config(
     about = "Identity-aware gateway for PostgreSQL and MySQL"
 )]
 struct Cli {
+    /// Log lines as plain text (the default) or as one JSON object per line, with the
+    /// session's fields (session id, identity, target) on every line of a session. Also
+    /// `WEIR_LOG_FORMAT`.
+    #[arg(long = "log-format", global = true, value_name = "text|json")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -315,7 +326,13 @@ enum TokenCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let format =
+        cli.log_format
+            .unwrap_or_else(|| match std::env::var("WEIR_LOG_FORMAT").as_deref() {
+                Ok("json") => LogFormat::Json,
+                _ => LogFormat::Text,
+            });
+    init_tracing(format);
     let result = match cli.command {
         Command::Serve { config } => with_config(config, crate::serve::run),
         Command::Demo { listen } => crate::demo::run(&listen),
@@ -482,13 +499,23 @@ fn error_text(e: &anyhow::Error) -> String {
     text
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(true)
-        .init();
+        .with_target(true);
+    match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // The innermost span's fields (a session's id, peer, channel, identity, target)
+        // are flattened into every line it encloses.
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }

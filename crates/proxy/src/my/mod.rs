@@ -161,7 +161,7 @@ async fn run_stream(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, chann
         Channel::Wire => "mysql",
         other => other.as_str(),
     };
-    let span = tracing::info_span!("session", id = session, peer = %peer, channel = name);
+    let span = tracing::info_span!("session", id = session, peer = %peer, channel = name, identity = tracing::field::Empty, target = tracing::field::Empty);
     async move {
         let max = shared.config.gateway.max_message_size;
         let mut client = Conn::new(stream, max);
@@ -323,6 +323,11 @@ async fn start(
             ));
         }
     };
+    // From here on every log line of the session names who and where (the JSON log
+    // carries the span's fields).
+    tracing::Span::current()
+        .record("identity", identity.name.as_str())
+        .record("target", target.name.as_str());
     let (person, person_token) = match &identity.on_behalf_of {
         Some(name) => match shared.auth.person(name) {
             Ok((p, token)) => (Some(p), token),

@@ -217,8 +217,7 @@ pub(crate) async fn run_pipe(
 
 async fn run_stream(mut client: Stream, peer: SocketAddr, shared: Arc<Shared>, channel: Channel) {
     let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-    let span =
-        tracing::info_span!("session", id = session, peer = %peer, channel = channel.as_str());
+    let span = tracing::info_span!("session", id = session, peer = %peer, channel = channel.as_str(), identity = tracing::field::Empty, target = tracing::field::Empty);
     async move {
         let mut buf = BytesMut::with_capacity(1024);
         match startup(&mut client, &mut buf, peer, session, &shared, channel).await {

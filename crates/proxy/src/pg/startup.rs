@@ -203,6 +203,11 @@ async fn authenticate(
             ));
         }
     };
+    // From here on every log line of the session names who and where (the JSON log
+    // carries the span's fields).
+    tracing::Span::current()
+        .record("identity", identity.name.as_str())
+        .record("target", target.name.as_str());
 
     // An agent acting for a person is decided for that person too.
     let (person, person_token) = match &identity.on_behalf_of {
