@@ -191,11 +191,11 @@ pub(super) fn token_refusal(text: &str) -> Result<(), AnalyzeError> {
 }
 
 /// Keywords after which a word is a table's name, where `name (` is not a call.
+/// Not FROM: inside `EXTRACT(… FROM x)`, `TRIM(… FROM x)` and `SUBSTRING(… FROM x)` an
+/// expression follows it, where `count (` is the differential this check is for.
 const TABLE_NAME_AFTER: &[&str] = &[
     "table",
     "into",
-    "from",
-    "join",
     "update",
     "references",
     "exists",

@@ -376,6 +376,11 @@ fn writes_that_copy_columns_have_flows() {
     assert!(analyze_sql("CREATE TABLE x (n int)", &Mode::new("shop")).is_ok());
     assert!(analyze_sql("INSERT INTO user (id) VALUES (1)", &Mode::new("shop")).is_ok());
     assert!(analyze_sql("SELECT count (ssn) FROM customers", &Mode::new("shop")).is_err());
+    assert!(analyze_sql(
+        "SELECT TRIM(LEADING 'x' FROM concat (ssn)) FROM customers",
+        &Mode::new("shop")
+    )
+    .is_err());
     // Constants and counts copy nothing.
     assert!(show("INSERT INTO t (a) VALUES (1), ('x')").is_empty());
     assert!(show("INSERT INTO t (a) SELECT COUNT(*) FROM customers").is_empty());
