@@ -258,6 +258,16 @@ impl Drop for ActiveSession {
     }
 }
 
+/// An upstream session of `target` could not be opened.
+pub(crate) fn upstream_connect_failed(target: &str) {
+    get()
+        .upstream_connect_errors
+        .get_or_create(&TargetLabels {
+            target: target.to_owned(),
+        })
+        .inc();
+}
+
 /// The decision label of a verdict, as the contract names it.
 pub(crate) fn decision_label(v: &weir_policy::Verdict) -> &'static str {
     match v {

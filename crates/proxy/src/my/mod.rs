@@ -351,12 +351,7 @@ async fn start(
     )
     .await
     .map_err(|e| {
-        crate::metrics::get()
-            .upstream_connect_errors
-            .get_or_create(&crate::metrics::TargetLabels {
-                target: target.name.clone(),
-            })
-            .inc();
+        crate::metrics::upstream_connect_failed(&target.name);
         warn!(target = %target.name, cause = %e, "cannot open the upstream session");
         // 1105 (ER_UNKNOWN_ERROR), a server code: 2003 is the client library's own code
         // for "cannot connect", and libmariadb reports a server that sends a 2xxx code

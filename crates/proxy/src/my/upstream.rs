@@ -148,7 +148,8 @@ async fn connect_inner(
     // then the handshake response follows inside TLS. A server that offers no TLS is refused
     // rather than spoken to in clear.
     let secure = match (tls, target.upstream_tls) {
-        (Some(cfg), mode) if mode != UpstreamTls::Disable => {
+        (_, UpstreamTls::Disable) => false,
+        (Some(cfg), UpstreamTls::Require | UpstreamTls::VerifyFull) => {
             if hello.capabilities & cap::SSL == 0 {
                 return Err(UpstreamError::Tls(
                     "the server does not offer TLS, and upstream_tls requires it".into(),
@@ -159,7 +160,12 @@ async fn connect_inner(
             start_tls(&mut conn, cfg, &target.upstream_server_name).await?;
             true
         }
-        _ => false,
+        // TLS required and no client configuration for it: never fall back to cleartext.
+        (None, _) => {
+            return Err(UpstreamError::Tls(
+                "upstream_tls requires TLS and no TLS configuration was given".into(),
+            ))
+        }
     };
     conn.send(&response.encode()).await?;
     let mut asked_key = false;

@@ -256,14 +256,7 @@ async fn authenticate(
         timeout: shared.config.gateway.connect_timeout,
     })
     .await
-    .inspect_err(|_| {
-        crate::metrics::get()
-            .upstream_connect_errors
-            .get_or_create(&crate::metrics::TargetLabels {
-                target: target.name.clone(),
-            })
-            .inc();
-    })
+    .inspect_err(|_| crate::metrics::upstream_connect_failed(&target.name))
     .map_err(|e| match e {
         UpstreamError::Refused(fields) => {
             let code = fields.code().unwrap_or("08006").to_owned();
