@@ -140,6 +140,7 @@ mod raw {
         #[serde(default)]
         pub files: Vec<String>,
         pub admin_group: Option<String>,
+        pub auditor_group: Option<String>,
         #[serde(default)]
         pub trusted_functions: Vec<String>,
         pub bulk_write_rows: Option<u64>,
@@ -153,6 +154,7 @@ mod raw {
                 defaults: true,
                 files: Vec::new(),
                 admin_group: None,
+                auditor_group: None,
                 trusted_functions: Vec::new(),
                 bulk_write_rows: None,
                 agent_write_rows: None,
@@ -456,6 +458,9 @@ pub struct PolicyConfig {
     pub files: Vec<String>,
     /// The group allowed to read server files and run programs (default `weir-admins`).
     pub admin_group: String,
+    /// The group whose members read and verify the audit trail in the console and the API
+    /// (default `weir-auditors`).
+    pub auditor_group: String,
     /// Functions that are not PostgreSQL built-ins but whose calls the operator vouches for
     /// (extension or application functions without side effects), as `name` or `schema.name`.
     pub trusted_functions: Vec<String>,
@@ -909,6 +914,10 @@ impl Validator<'_> {
                 .policy
                 .admin_group
                 .unwrap_or_else(|| "weir-admins".into()),
+            auditor_group: raw
+                .policy
+                .auditor_group
+                .unwrap_or_else(|| "weir-auditors".into()),
             trusted_functions: raw.policy.trusted_functions,
             bulk_write_rows: raw.policy.bulk_write_rows.unwrap_or(1000),
             agent_write_rows: raw.policy.agent_write_rows.unwrap_or(0),

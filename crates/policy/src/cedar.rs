@@ -53,6 +53,9 @@ pub struct Engine {
     /// action, resource) when { … }`) is not a rule about who approves them.
     approve_policies: PolicySet,
     auto_approve_policies: PolicySet,
+    /// What decides the operators' actions ([`crate::Operation`]): only the policies that
+    /// name one of them, as for `approve`.
+    operate_policies: PolicySet,
     meta: HashMap<PolicyId, Meta>,
     schema: Schema,
     authorizer: Authorizer,
@@ -127,6 +130,7 @@ impl Engine {
                 "<built-in defaults>".into(),
                 text.replace("__ADMIN_GROUP__", &admin)
                     .replace("__APPROVERS__", &approvers)
+                    .replace("__AUDITOR_GROUP__", &quote(&limits.auditor_group))
                     .replace("__BULK_WRITE_ROWS__", &limits.bulk_write_rows.to_string())
                     .replace("__AGENT_WRITE_ROWS__", &limits.agent_write_rows.to_string())
                     .replace(
@@ -220,14 +224,17 @@ impl Engine {
                     .map_err(|e| PolicyError::Load(e.to_string()))?;
             }
         }
-        let naming = |action: &str| -> Result<PolicySet, PolicyError> {
-            let uid = uid("Action", action)?;
+        let naming_any = |actions: &[&str]| -> Result<PolicySet, PolicyError> {
+            let uids = actions
+                .iter()
+                .map(|a| uid("Action", a))
+                .collect::<Result<Vec<_>, _>>()?;
             let mut set = PolicySet::new();
             for p in policies.policies() {
                 let names = match p.action_constraint() {
                     ActionConstraint::Any => false,
-                    ActionConstraint::Eq(a) => a == uid,
-                    ActionConstraint::In(list) => list.contains(&uid),
+                    ActionConstraint::Eq(a) => uids.contains(&a),
+                    ActionConstraint::In(list) => list.iter().any(|a| uids.contains(a)),
                 };
                 if names {
                     set.add(p.clone())
@@ -236,13 +243,16 @@ impl Engine {
             }
             Ok(set)
         };
-        let approve_policies = naming("approve")?;
-        let auto_approve_policies = naming("auto_approve")?;
+        let approve_policies = naming_any(&["approve"])?;
+        let auto_approve_policies = naming_any(&["auto_approve"])?;
+        let operations: Vec<&str> = crate::Operation::ALL.iter().map(|o| o.as_str()).collect();
+        let operate_policies = naming_any(&operations)?;
         Ok(Engine {
             policies,
             unmask_policies,
             approve_policies,
             auto_approve_policies,
+            operate_policies,
             meta,
             schema,
             authorizer: Authorizer::new(),
@@ -516,6 +526,34 @@ impl Engine {
             return false;
         };
         let response = self.authorizer.is_authorized(&req, set, &approver.entities);
+        response.diagnostics().errors().next().is_none()
+            && response.decision() == CedarDecision::Allow
+    }
+}
+
+impl Engine {
+    /// Whether the session's identity may do `op` on its resource. Only policies naming an
+    /// operation count; the context is that of no statement. Any failure is a no.
+    pub fn may_operate(&self, s: &SessionEntities, op: crate::Operation) -> bool {
+        let Ok(action) = uid("Action", op.as_str()) else {
+            return false;
+        };
+        let none = StatementFacts::new(weir_analyze::StatementKind::Empty);
+        let Ok(context) = Context::from_pairs(context_pairs(&none, false, &[])) else {
+            return false;
+        };
+        let Ok(req) = Request::new(
+            s.principal.clone(),
+            action,
+            s.resource.clone(),
+            context,
+            None,
+        ) else {
+            return false;
+        };
+        let response = self
+            .authorizer
+            .is_authorized(&req, &self.operate_policies, &s.entities);
         response.diagnostics().errors().next().is_none()
             && response.decision() == CedarDecision::Allow
     }

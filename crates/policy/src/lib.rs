@@ -219,8 +219,53 @@ pub struct Copied {
     pub may_unmask: bool,
 }
 
-/// Row limits of the built-in rules.
+/// What an operator does through the console or the HTTP API, as Cedar actions (principal:
+/// the operator; resource: the target concerned, or [`TargetInfo::gateway`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// See the requests waiting for approval (deciding one is action `approve`).
+    ViewApprovals,
+    /// See who is connected, where from, and their last statement (normalized).
+    ViewSessions,
+    /// End another identity's session on the target.
+    EndSession,
+    /// Search, replay, verify and export the audit trail.
+    ReadAudit,
+    /// Ask how policy would decide an identity's SQL (`weir policy check`).
+    SimulatePolicy,
+    /// See the access grants in force.
+    ViewGrants,
+    /// Revoke an access grant on the target.
+    RevokeGrant,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 7] = [
+        Operation::ViewApprovals,
+        Operation::ViewSessions,
+        Operation::EndSession,
+        Operation::ReadAudit,
+        Operation::SimulatePolicy,
+        Operation::ViewGrants,
+        Operation::RevokeGrant,
+    ];
+
+    /// The Cedar action's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::ViewApprovals => "view_approvals",
+            Operation::ViewSessions => "view_sessions",
+            Operation::EndSession => "end_session",
+            Operation::ReadAudit => "read_audit",
+            Operation::SimulatePolicy => "simulate_policy",
+            Operation::ViewGrants => "view_grants",
+            Operation::RevokeGrant => "revoke_grant",
+        }
+    }
+}
+
+/// Parameters of the built-in rules: row limits, and the group of auditors.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// `weir.bulk-write-needs-approval-in-production`: an UPDATE, DELETE or MERGE in
     /// production that would change more rows waits for approval; 0 turns the rule off.
@@ -228,6 +273,9 @@ pub struct Limits {
     /// Agents may write at most this many rows in production without approval; 0 keeps
     /// agents read-only there.
     pub agent_write_rows: u64,
+    /// `weir.console-auditors`: members read and verify the trail, and see sessions,
+    /// approvals and grants (`[policy] auditor_group`, default `weir-auditors`).
+    pub auditor_group: String,
 }
 
 impl Default for Limits {
@@ -235,6 +283,7 @@ impl Default for Limits {
         Limits {
             bulk_write_rows: 1000,
             agent_write_rows: 0,
+            auditor_group: "weir-auditors".into(),
         }
     }
 }
@@ -332,6 +381,17 @@ impl Policy {
     ) -> bool {
         match (&self.engine, &approver.entities) {
             (Some(engine), Some(entities)) => engine.may_approve(entities, request, auto),
+            _ => false,
+        }
+    }
+
+    /// Whether the session's identity may do `op` on the session's target (or, for
+    /// [`Operation::on_gateway`] operations, on the gateway as a whole: build the session with
+    /// [`TargetInfo::gateway`]). Only policies naming the operation's action decide it;
+    /// without a policy engine, nobody may.
+    pub fn may_operate(&self, session: &PolicySession, op: Operation) -> bool {
+        match (&self.engine, &session.entities) {
+            (Some(engine), Some(entities)) => engine.may_operate(entities, op),
             _ => false,
         }
     }

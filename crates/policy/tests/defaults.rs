@@ -669,6 +669,7 @@ fn bulk_writes_are_bounded_in_production_and_agents_within_their_limit() {
     let limits = weir_policy::Limits {
         bulk_write_rows: 500,
         agent_write_rows: 20,
+        ..Default::default()
     };
     let policy = Policy::load_with_limits(true, "weir-admins", &[], limits, &[]).unwrap();
     assert_eq!(
@@ -716,6 +717,7 @@ fn bulk_writes_are_bounded_in_production_and_agents_within_their_limit() {
     let limits = weir_policy::Limits {
         bulk_write_rows: 0,
         agent_write_rows: 0,
+        ..Default::default()
     };
     let policy = Policy::load_with_limits(true, "weir-admins", &[], limits, &[]).unwrap();
     assert_eq!(

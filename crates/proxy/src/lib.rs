@@ -15,6 +15,7 @@ pub mod failures;
 pub mod grants;
 pub mod http;
 mod io;
+pub mod live;
 pub mod mcp;
 mod metrics;
 pub(crate) mod my;
@@ -75,6 +76,8 @@ pub struct Services {
     pub notifier: Arc<notify::Notifier>,
     /// What each identity usually does, for anomaly flags.
     pub baselines: Arc<baseline::Baselines>,
+    /// The sessions open on this gateway, for operators.
+    pub sessions: Arc<live::LiveSessions>,
 }
 
 /// What only the wire listeners use: TLS toward clients, cancel keys, failed-login counts.
@@ -175,6 +178,7 @@ impl Shared {
                 grants,
                 notifier,
                 baselines,
+                sessions: Default::default(),
                 config,
                 analyzer: weir_analyze::Analyzer::new(),
                 policy,

@@ -45,6 +45,19 @@ pub struct TargetInfo {
     pub untrusted: std::collections::BTreeSet<String>,
 }
 
+impl TargetInfo {
+    /// The resource of an operation on the gateway as a whole (searching the whole trail,
+    /// simulating policy): a target named `*` in environment `*`, which no client can name.
+    pub fn gateway() -> TargetInfo {
+        TargetInfo {
+            name: "*".into(),
+            environment: "*".into(),
+            sensitivity: BTreeMap::new(),
+            untrusted: Default::default(),
+        }
+    }
+}
+
 /// The masking strategies' names, as config, the store and the trail spell them.
 pub mod strategy {
     pub const REDACT: &str = "redact";

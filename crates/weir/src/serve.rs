@@ -32,6 +32,7 @@ pub fn load_policy(config: &Config) -> anyhow::Result<weir_policy::Policy> {
         weir_policy::Limits {
             bulk_write_rows: config.policy.bulk_write_rows,
             agent_write_rows: config.policy.agent_write_rows,
+            auditor_group: config.policy.auditor_group.clone(),
         },
         &files,
     )?

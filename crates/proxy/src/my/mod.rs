@@ -437,9 +437,18 @@ async fn start(
         })?;
     }
 
-    let info = SessionInfo::open(shared, session, channel, &target, identity, person)
-        .await
-        .map_err(|e| Fatal::new(1105, "HY000", e.to_string()))?;
+    let info = SessionInfo::open(
+        shared,
+        session,
+        channel,
+        &target,
+        identity,
+        person,
+        Some(peer),
+        &end,
+    )
+    .await
+    .map_err(|e| Fatal::new(1105, "HY000", e.to_string()))?;
     let ok = OkPacket {
         status: up.status,
         ..OkPacket::default()

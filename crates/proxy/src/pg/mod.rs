@@ -296,10 +296,18 @@ async fn serve(
         return Err(Fatal::new("58000", refusal.message));
     }
 
-    let info =
-        crate::pipeline::SessionInfo::open(shared, session, channel, &target, identity, person)
-            .await
-            .map_err(|e| Fatal::new("58000", e.to_string()))?;
+    let info = crate::pipeline::SessionInfo::open(
+        shared,
+        session,
+        channel,
+        &target,
+        identity,
+        person,
+        Some(peer),
+        &end,
+    )
+    .await
+    .map_err(|e| Fatal::new("58000", e.to_string()))?;
     let ctx = Context {
         info,
         upstream_addr: target.upstream.clone(),

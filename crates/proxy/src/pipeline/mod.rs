@@ -86,6 +86,8 @@ pub(crate) struct SessionInfo {
     pub shared: Arc<Shared>,
     /// Counts the session as active (`weir_sessions_active`) until it is dropped.
     pub _active: crate::metrics::ActiveSession,
+    /// Lists the session among the live ones (`GET /v1/sessions`) until it is dropped.
+    pub live: crate::live::Registration,
 }
 
 /// The person an agent acts for, with their own policy session.
@@ -122,6 +124,7 @@ impl SessionInfo {
     /// is open: policy sessions for the identity (and the person an agent acts for), the
     /// target's masking catalog (loaded in the background while the client composes its
     /// first request), the identity's taint and behaviour baseline.
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         shared: &Arc<Shared>,
         session: u64,
@@ -129,6 +132,8 @@ impl SessionInfo {
         target: &Target,
         identity: Identity,
         person: Option<Identity>,
+        peer: Option<std::net::SocketAddr>,
+        end: &Arc<crate::grants::SessionEnd>,
     ) -> Result<SessionInfo, OpenError> {
         let target_info = target.policy_info();
         let policy = shared
@@ -159,6 +164,15 @@ impl SessionInfo {
                 }
             });
         }
+        let live = shared.sessions.register(crate::live::Opened {
+            session,
+            identity: &identity,
+            target: &target.name,
+            channel: channel.as_str(),
+            peer,
+            since_ms: shared.approvals.clock().now_ms(),
+            end,
+        });
         let info = SessionInfo {
             session,
             channel,
@@ -176,6 +190,7 @@ impl SessionInfo {
                 identity_kind,
                 channel: channel.as_str(),
             }),
+            live,
             target: target.clone(),
             shared: Arc::clone(shared),
         };
@@ -687,6 +702,7 @@ pub(crate) async fn admit(
                 .inc();
         }
         let v = item.decision.overall();
+        session.live.statement(&item.decision.analysis.normalized);
         acks.push(audit.append(Event::Statement {
             session: session.session,
             request,

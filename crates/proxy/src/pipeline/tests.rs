@@ -111,6 +111,15 @@ enabled = false
             .policy
             .session(&identity, &target.policy_info())
             .unwrap();
+        let live = self.shared.sessions.register(crate::live::Opened {
+            session: 1,
+            identity: &identity,
+            target: &target_name,
+            channel: "wire",
+            peer: None,
+            since_ms: 0,
+            end: &Arc::new(crate::grants::SessionEnd::default()),
+        });
         SessionInfo {
             session: 1,
             channel: super::Channel::Wire,
@@ -119,6 +128,7 @@ enabled = false
             target_name: Arc::from(target.name.as_str()),
             target,
             identity,
+            live,
             policy,
             person: None,
             taint_pending: Default::default(),
