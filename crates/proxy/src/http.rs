@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use weir_store::Approval;
 
 use crate::approvals::{Approver, DecideError, Decider};
+use crate::console::Access;
 use crate::notify;
 use crate::Services;
 
@@ -32,6 +33,8 @@ pub fn router(shared: Arc<Services>) -> Router {
         .route("/v1/derived-tags", get(derived_tags))
         .route("/v1/webhook/decide", post(webhook_decide))
         .route("/v1/slack/interactivity", post(slack_interactivity))
+        .merge(crate::http_ops::router())
+        .merge(crate::console::router())
         .with_state(shared)
 }
 
@@ -58,7 +61,13 @@ async fn metrics(State(shared): State<Arc<Services>>) -> Response {
 }
 
 /// An error as the API answers it: a status and `{"error": "…"}`.
-struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(pub StatusCode, pub String);
+
+impl From<crate::console::Refused> for ApiError {
+    fn from(r: crate::console::Refused) -> ApiError {
+        ApiError(r.0, r.1)
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -79,24 +88,14 @@ impl From<DecideError> for ApiError {
     }
 }
 
-/// The identity the bearer token proves.
-async fn caller(shared: &Services, headers: &HeaderMap) -> Result<weir_policy::Identity, ApiError> {
-    let unauthorized = || {
-        ApiError(
-            StatusCode::UNAUTHORIZED,
-            "a valid token is required: Authorization: Bearer <token>".into(),
-        )
-    };
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(unauthorized)?;
-    shared
-        .auth
-        .verify_bearer(token.trim().as_bytes())
-        .await
-        .map_err(|_| unauthorized())
+/// The identity the request proves: a bearer token, or a console session (whose changes
+/// need its CSRF token).
+async fn caller(
+    shared: &Services,
+    headers: &HeaderMap,
+    access: Access,
+) -> Result<weir_policy::Identity, ApiError> {
+    Ok(crate::console::operator(shared, headers, access).await?)
 }
 
 async fn store<T: Send + 'static>(
@@ -114,13 +113,19 @@ async fn list(
     State(shared): State<Arc<Services>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    caller(&shared, &headers).await?;
+    let who = caller(&shared, &headers, Access::Read).await?;
     let now = shared.approvals.clock().now_ms();
     let pending = store(&shared, |s| s.pending_approvals()).await?;
+    // Approvers (and whoever policy lets see them) see every request on the target; anyone
+    // else sees their own.
     Ok(Json(Value::Array(
         pending
             .iter()
             .filter(|a| a.deadline_ms > now)
+            .filter(|a| {
+                a.identity == who.name
+                    || shared.may(&who, weir_policy::Operation::ViewApprovals, &a.target)
+            })
             .map(notify::approval_json)
             .collect(),
     )))
@@ -131,7 +136,7 @@ async fn show(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    caller(&shared, &headers).await?;
+    caller(&shared, &headers, Access::Read).await?;
     let key = id.clone();
     match store(&shared, move |s| s.approval(&key)).await? {
         Some(a) => Ok(Json(notify::approval_json(&a))),
@@ -149,7 +154,7 @@ async fn derived_tags(
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    caller(&shared, &headers).await?;
+    caller(&shared, &headers, Access::Read).await?;
     let target = q.get("target").cloned();
     let tags = store(&shared, move |s| s.derived_tags(target.as_deref(), false)).await?;
     Ok(Json(Value::Array(
@@ -191,7 +196,7 @@ async fn approve(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let who = caller(&shared, &headers).await?;
+    let who = caller(&shared, &headers, Access::Change).await?;
     let reason = reason_of(&body)?;
     let a = decide(shared, id, Approver::Identity(who), true, reason, "http").await?;
     Ok(Json(notify::approval_json(&a)))
@@ -203,7 +208,7 @@ async fn deny(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let who = caller(&shared, &headers).await?;
+    let who = caller(&shared, &headers, Access::Change).await?;
     let reason = reason_of(&body)?;
     let a = decide(shared, id, Approver::Identity(who), false, reason, "http").await?;
     Ok(Json(notify::approval_json(&a)))

@@ -11,9 +11,11 @@ pub mod auth;
 pub mod baseline;
 pub mod cancel;
 mod catalog;
+pub mod console;
 pub mod failures;
 pub mod grants;
 pub mod http;
+mod http_ops;
 mod io;
 pub mod live;
 pub mod mcp;
@@ -23,6 +25,7 @@ pub mod notify;
 pub mod oidc;
 mod pg;
 mod pipeline;
+pub mod simulate;
 pub mod stream;
 pub mod tls;
 mod track;
@@ -78,6 +81,46 @@ pub struct Services {
     pub baselines: Arc<baseline::Baselines>,
     /// The sessions open on this gateway, for operators.
     pub sessions: Arc<live::LiveSessions>,
+    /// The operators signed in to the web console.
+    pub console: console::Logins,
+}
+
+impl Services {
+    /// Whether `who` may do `op` concerning `target` (a configured target's name); any
+    /// policy failure is a no.
+    pub fn may(
+        &self,
+        who: &weir_policy::Identity,
+        op: weir_policy::Operation,
+        target: &str,
+    ) -> bool {
+        let info = match self.config.target(target) {
+            Some(t) => t.policy_info(),
+            None => return false,
+        };
+        self.policy
+            .session(who, &info)
+            .is_ok_and(|s| self.policy.may_operate(&s, op))
+    }
+
+    /// Whether `who` may do `op` on the gateway as a whole (the resource
+    /// [`weir_policy::TargetInfo::gateway`]).
+    pub fn may_on_gateway(&self, who: &weir_policy::Identity, op: weir_policy::Operation) -> bool {
+        self.policy
+            .session(who, &weir_policy::TargetInfo::gateway())
+            .is_ok_and(|s| self.policy.may_operate(&s, op))
+    }
+
+    /// Whether `who` may do `op` on the gateway or on at least one target: what the console
+    /// shows them.
+    pub fn may_anywhere(&self, who: &weir_policy::Identity, op: weir_policy::Operation) -> bool {
+        self.may_on_gateway(who, op)
+            || self
+                .config
+                .targets
+                .iter()
+                .any(|t| self.may(who, op, &t.name))
+    }
 }
 
 /// What only the wire listeners use: TLS toward clients, cancel keys, failed-login counts.
@@ -179,6 +222,7 @@ impl Shared {
                 notifier,
                 baselines,
                 sessions: Default::default(),
+                console: Default::default(),
                 config,
                 analyzer: weir_analyze::Analyzer::new(),
                 policy,

@@ -4,19 +4,11 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
-use weir_analyze::{Analyzer, Scope};
+use weir_analyze::Analyzer;
 use weir_config::Config;
-use weir_policy::{Identity, IdentityKind, Policy, TargetInfo, Verdict};
+use weir_policy::{Identity, IdentityKind, Policy, TargetInfo};
 
-/// One line per statement: `allow`, `deny <rule>`, `approve <rule>` or `bound <n> <rule>`.
-pub fn verdict_line(v: &Verdict) -> String {
-    match v {
-        Verdict::Allow => "allow".into(),
-        Verdict::Deny { rule, .. } => format!("deny {rule}"),
-        Verdict::RequireApproval { rule, .. } => format!("approve {rule}"),
-        Verdict::AllowBounded { rows, rule } => format!("bound {rows} {rule}"),
-    }
-}
+pub use weir_proxy::simulate::verdict_line;
 
 /// The identity named `name`: a static one from config, else the newest active token's.
 pub(crate) fn identity(config: &Config, name: &str) -> anyhow::Result<Identity> {
@@ -68,8 +60,7 @@ fn mysql_database(config: &Config, name: &str) -> Option<String> {
         .map(|t| t.database.clone())
 }
 
-/// The verdict lines for `sql`, one per statement. An agent acting for `person` is decided
-/// for both, the stricter verdict per statement, as the gateway decides it.
+/// The verdict lines for `sql`, one per statement ([`weir_proxy::simulate::simulate`]).
 fn decide(
     policy: &Policy,
     analyzer: &Analyzer,
@@ -79,46 +70,12 @@ fn decide(
     mysql: Option<&str>,
     sql: &str,
 ) -> anyhow::Result<Vec<String>> {
-    let session = policy.session(who, target)?;
-    let theirs = person.map(|p| policy.session(p, target)).transpose()?;
-    let analyzed = match mysql {
-        Some(db) => {
-            weir_analyze::mysql::analyze(sql.as_bytes(), &weir_analyze::mysql::Mode::new(db))
-        }
-        None => analyzer.analyze(sql.as_bytes()),
-    };
-    Ok(match analyzed {
-        Ok(analysis) => {
-            let resolution = Scope::default()
-                .after(&analysis)
-                .unwrap_or_default()
-                .resolve_analysis(&analysis);
-            let mut verdicts = policy.decide(&session, &resolution);
-            if let Some(theirs) = &theirs {
-                verdicts = verdicts
-                    .into_iter()
-                    .zip(policy.decide(theirs, &resolution))
-                    .map(|(a, b)| a.stricter(b))
-                    .collect();
-            }
-            if let Some(db) = mysql {
-                for (f, v) in resolution.statements.iter().zip(verdicts.iter_mut()) {
-                    if let Some(name) = weir_analyze::mysql::foreign_name(f, db) {
-                        *v = weir_policy::Verdict::Deny {
-                            rule: weir_analyze::mysql::OTHER_DATABASE.into(),
-                            reason: format!("names {name}"),
-                        };
-                    }
-                }
-            }
-            verdicts.iter().map(verdict_line).collect()
-        }
-        Err(weir_analyze::AnalyzeError::Parse(_)) => vec!["deny weir.parse".into()],
-        Err(weir_analyze::AnalyzeError::LexingMode(_)) => {
-            vec![format!("deny {}", weir_analyze::lexing::RULE)]
-        }
-        Err(_) => vec!["deny weir.analyze".into()],
-    })
+    Ok(
+        weir_proxy::simulate::simulate(policy, analyzer, who, person, target, mysql, sql)?
+            .iter()
+            .map(|s| verdict_line(&s.verdict))
+            .collect(),
+    )
 }
 
 pub fn check(path: &Path, who: &str, target: &str, sql: &str) -> anyhow::Result<()> {
