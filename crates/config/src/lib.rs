@@ -51,6 +51,14 @@ mod raw {
         pub audit: Audit,
         #[serde(default)]
         pub mcp: Mcp,
+        #[serde(default)]
+        pub log: Log,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Log {
+        pub format: Option<String>,
     }
 
     #[derive(Debug, Deserialize, Default)]
@@ -242,6 +250,15 @@ pub struct Config {
     pub audit: AuditConfig,
     pub masking: MaskingConfig,
     pub mcp: McpConfig,
+    pub log: LogConfig,
+}
+
+/// How the gateway writes its log (`[log]`).
+#[derive(Debug, Clone, Default)]
+pub struct LogConfig {
+    /// One JSON object per line (`format = "json"`) instead of plain text (`"text"`, the
+    /// default). `--log-format` and `WEIR_LOG_FORMAT` take precedence.
+    pub json: bool,
 }
 
 /// The MCP server's limits (`[mcp]`): what one `query` tool call may return and take.
@@ -1005,6 +1022,17 @@ impl Validator<'_> {
             allowed_hosts: raw.mcp.allowed_hosts,
             allowed_origins: raw.mcp.allowed_origins,
         };
+        let log = LogConfig {
+            json: match raw.log.format.as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => {
+                    return Err(self.err(format!(
+                        "[log] format = {other:?}: expected \"text\" or \"json\""
+                    )))
+                }
+            },
+        };
         Ok(Config {
             path: self.path.to_path_buf(),
             gateway,
@@ -1015,6 +1043,7 @@ impl Validator<'_> {
             audit,
             masking,
             mcp,
+            log,
         })
     }
 }

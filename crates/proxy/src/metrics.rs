@@ -43,6 +43,11 @@ pub(crate) struct TargetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DirectionLabels {
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -77,6 +82,10 @@ pub(crate) struct Metrics {
     pub rows_masked: Family<TargetLabels, Counter>,
     pub statement_seconds: Histogram,
     pub analysis_cache: Family<ResultLabels, Counter>,
+    /// Bytes Weir wrote toward clients and toward upstreams, protocol messages whole
+    /// (`weir_relayed_bytes_total{direction="to_client"|"to_upstream"}`).
+    pub bytes_to_client: Counter,
+    pub bytes_to_upstream: Counter,
     /// What the analyzer's own counters said at the last scrape (they are the source; the
     /// family above advances by the difference).
     analysis_seen: [AtomicU64; 2],
@@ -175,8 +184,26 @@ impl Metrics {
             "Statement analyses answered from the cache (hit) or analyzed (miss)",
             analysis_cache.clone(),
         );
+        let relayed = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "relayed_bytes",
+            "Bytes written toward clients and toward upstream servers",
+            relayed.clone(),
+        );
+        let bytes_to_client = relayed
+            .get_or_create(&DirectionLabels {
+                direction: "to_client",
+            })
+            .clone();
+        let bytes_to_upstream = relayed
+            .get_or_create(&DirectionLabels {
+                direction: "to_upstream",
+            })
+            .clone();
         Metrics {
             registry,
+            bytes_to_client,
+            bytes_to_upstream,
             statements,
             sessions_active,
             sessions_opened,

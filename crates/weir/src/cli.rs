@@ -326,12 +326,23 @@ enum TokenCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let format =
-        cli.log_format
-            .unwrap_or_else(|| match std::env::var("WEIR_LOG_FORMAT").as_deref() {
-                Ok("json") => LogFormat::Json,
-                _ => LogFormat::Text,
-            });
+    // --log-format, else WEIR_LOG_FORMAT, else `[log] format` of the config file of a verb
+    // that serves (tracing starts before the config is loaded, so the key is peeked at
+    // here; a file that does not parse is reported by the verb itself).
+    let format = cli
+        .log_format
+        .or_else(|| match std::env::var("WEIR_LOG_FORMAT").as_deref() {
+            Ok("json") => Some(LogFormat::Json),
+            Ok("text") => Some(LogFormat::Text),
+            _ => None,
+        })
+        .or_else(|| match &cli.command {
+            Command::Serve { config } | Command::Mcp { config } => {
+                configured_log_format(config.clone())
+            }
+            _ => None,
+        })
+        .unwrap_or(LogFormat::Text);
     init_tracing(format);
     let result = match cli.command {
         Command::Serve { config } => with_config(config, crate::serve::run),
@@ -497,6 +508,17 @@ fn error_text(e: &anyhow::Error) -> String {
         }
     }
     text
+}
+
+/// `[log] format` in the verb's configuration file, if it says `json` or `text`.
+fn configured_log_format(given: Option<PathBuf>) -> Option<LogFormat> {
+    let text = std::fs::read_to_string(config_path(given)?).ok()?;
+    let value: toml::Value = toml::from_str(&text).ok()?;
+    match value.get("log")?.get("format")?.as_str()? {
+        "json" => Some(LogFormat::Json),
+        "text" => Some(LogFormat::Text),
+        _ => None,
+    }
 }
 
 fn init_tracing(format: LogFormat) {

@@ -13,6 +13,24 @@ use common::*;
 
 #[test]
 fn json_logs_carry_the_session_and_never_a_secret() {
+    // `[log] format = "json"` in the config file, with no flag and no variable.
+    let g = Gateway::start_with(
+        Options {
+            fast: true,
+            ..Default::default()
+        },
+        "\n[log]\nformat = \"json\"\n",
+    );
+    let out = g.psql(&g.alice(), "SELECT 1;");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = g.log();
+    assert!(log.lines().count() > 3, "{log}");
+    for l in log.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<serde_json::Value>(l)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+    }
+    drop(g);
+
     // This file's only test: the variable reaches the gateway this process spawns.
     std::env::set_var("WEIR_LOG_FORMAT", "json");
     let g = Gateway::start();

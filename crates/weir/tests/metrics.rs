@@ -171,6 +171,16 @@ fn a_scrape_counts_statements_sessions_and_the_trail_and_names_nobody() {
         "{body}"
     );
     assert!(body.contains("weir_approvals_pending 0"), "{body}");
+    for direction in ["to_client", "to_upstream"] {
+        assert!(
+            sample(
+                &body,
+                &format!("weir_relayed_bytes_total{{direction=\"{direction}\"}}")
+            )
+            .is_some_and(|n| n > 0.0),
+            "{body}"
+        );
+    }
     assert!(
         body.contains("weir_analysis_cache_lookups_total{result=\"miss\"}"),
         "{body}"

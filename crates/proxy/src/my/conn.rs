@@ -26,9 +26,12 @@ pub(crate) struct Conn {
     max: usize,
     /// The next sequence id this side writes.
     pub seq: u8,
+    /// Counts what is written (`weir_relayed_bytes_total`): toward the client or upstream.
+    written: &'static prometheus_client::metrics::counter::Counter,
 }
 
 impl Conn {
+    /// A connection to a client; [`Conn::toward_upstream`] for one to a server.
     pub fn new(stream: Stream, max: usize) -> Conn {
         Conn {
             stream,
@@ -36,6 +39,14 @@ impl Conn {
             out: Vec::with_capacity(16 * 1024),
             max,
             seq: 0,
+            written: &crate::metrics::get().bytes_to_client,
+        }
+    }
+
+    pub fn toward_upstream(stream: Stream, max: usize) -> Conn {
+        Conn {
+            written: &crate::metrics::get().bytes_to_upstream,
+            ..Conn::new(stream, max)
         }
     }
 
@@ -143,6 +154,7 @@ impl Conn {
     pub async fn flush(&mut self) -> Result<(), ConnError> {
         if !self.out.is_empty() {
             self.stream.write_all(&self.out).await?;
+            self.written.inc_by(self.out.len() as u64);
             self.out.clear();
         }
         self.stream.flush().await?;

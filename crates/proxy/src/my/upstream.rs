@@ -69,7 +69,7 @@ pub(crate) struct Upstream {
 pub(crate) async fn server_version(target: &Target, max: usize) -> Option<String> {
     let probe = async {
         let tcp = TcpStream::connect(&target.upstream).await.ok()?;
-        let mut conn = Conn::new(Stream::Plain(tcp), max);
+        let mut conn = Conn::toward_upstream(Stream::Plain(tcp), max);
         let greeting = conn.read().await.ok()?;
         Handshake::decode(&greeting)
             .ok()
@@ -114,7 +114,7 @@ async fn connect_inner(
             source,
         })?;
     let _ = tcp.set_nodelay(true);
-    let mut conn = Conn::new(Stream::Plain(tcp), max);
+    let mut conn = Conn::toward_upstream(Stream::Plain(tcp), max);
     let greeting = conn.read().await?;
     if greeting.first() == Some(&0xff) {
         let e = ErrPacket::decode(&greeting).map_err(ConnError::from)?;

@@ -436,6 +436,9 @@ async fn flush_upstream<W: AsyncWrite + Unpin>(
     uw.write_all(out)
         .await
         .map_err(|e| Fatal::new("08006", format!("weir: upstream write failed: {e}")))?;
+    crate::metrics::get()
+        .bytes_to_upstream
+        .inc_by(out.len() as u64);
     out.clear();
     Ok(())
 }
@@ -443,7 +446,11 @@ async fn flush_upstream<W: AsyncWrite + Unpin>(
 async fn write<W: AsyncWrite + Unpin>(cw: &mut W, bytes: &[u8]) -> Result<(), Fatal> {
     cw.write_all(bytes)
         .await
-        .map_err(|e| Fatal::new("08006", format!("weir: client write failed: {e}")))
+        .map_err(|e| Fatal::new("08006", format!("weir: client write failed: {e}")))?;
+    crate::metrics::get()
+        .bytes_to_client
+        .inc_by(bytes.len() as u64);
+    Ok(())
 }
 
 /// `48213` → `48,213`, for counts people read.

@@ -331,11 +331,49 @@ password_file = "upstream-password"
     }
 }
 
+impl Gateway {
+    /// The secrets this gateway knows: every `token = "…"` of its config (static
+    /// identities), the upstream password, and any Weir-generated token (`weir_` and 43
+    /// base64url characters) — none may appear in its log.
+    fn secrets_in_log(&self) -> Vec<String> {
+        let log = self.log();
+        let mut secrets: Vec<String> = std::fs::read_to_string(&self.config)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("token = \""))
+            .filter_map(|rest| rest.strip_suffix('"'))
+            .map(str::to_owned)
+            .collect();
+        secrets.push(self.cluster.password.clone());
+        let mut found: Vec<String> = secrets
+            .into_iter()
+            .filter(|s| s.len() >= 8 && log.contains(s.as_str()))
+            .collect();
+        let b64 = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        for (i, _) in log.match_indices("weir_") {
+            let tail: String = log[i + 5..].chars().take_while(|c| b64(*c)).collect();
+            if tail.len() >= 43 {
+                found.push(format!("weir_{tail}"));
+            }
+        }
+        found
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         if let Some(c) = self.child.as_mut() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // Every test that runs a gateway checks its whole log for the secrets it used.
+        if !std::thread::panicking() {
+            let found = self.secrets_in_log();
+            assert!(
+                found.is_empty(),
+                "secrets in the gateway's log {}: {found:?}",
+                self.log_path().display()
+            );
         }
     }
 }
