@@ -30,6 +30,8 @@ use weir_policy::{Identity, Operation};
 
 use crate::Services;
 
+mod oidc;
+
 /// The cookie that names a console session.
 pub const COOKIE: &str = "weir_console";
 /// The header a state-changing request carries the session's CSRF token in.
@@ -58,10 +60,12 @@ struct Login {
     last_ms: u64,
 }
 
-/// The signed-in operators, by the SHA-256 of their cookie.
+/// The signed-in operators, by the SHA-256 of their cookie, and the sign-ins with the
+/// issuer under way.
 #[derive(Default)]
 pub struct Logins {
     map: Mutex<HashMap<[u8; 32], Login>>,
+    sign_ins: oidc::PendingSignIns,
 }
 
 fn random_hex() -> Option<String> {
@@ -243,10 +247,13 @@ pub fn router() -> Router<Arc<Services>> {
         .route("/console/login", post(login))
         .route("/console/logout", post(logout))
         .route("/console/me", get(me))
+        .route("/console/config", get(console_config))
+        .route("/console/oidc/start", get(oidc::start))
+        .route("/console/oidc/callback", get(oidc::callback))
 }
 
 /// The headers every console response carries.
-fn hardened(mut r: Response) -> Response {
+pub(crate) fn hardened(mut r: Response) -> Response {
     let h = r.headers_mut();
     for (name, value) in [
         ("content-security-policy", CSP),
@@ -275,7 +282,7 @@ fn refused(r: Refused) -> Response {
 }
 
 /// Whether the console is reached over TLS, so its cookie is `Secure`.
-fn over_tls(shared: &Services, headers: &HeaderMap) -> bool {
+pub(crate) fn over_tls(shared: &Services, headers: &HeaderMap) -> bool {
     headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
@@ -335,6 +342,23 @@ async fn login(
     if token.is_empty() {
         return bad();
     }
+    signed_in(&shared, &headers, token, false).await
+}
+
+/// Opens a console session for `token` once it verifies: its cookie, and the operator as
+/// JSON — or, after a sign-in at the issuer (`redirect`), a redirect to the console.
+pub(crate) async fn signed_in(
+    shared: &Services,
+    headers: &HeaderMap,
+    token: String,
+    redirect: bool,
+) -> Response {
+    let bad = || {
+        refused(Refused(
+            StatusCode::UNAUTHORIZED,
+            "sign-in failed: the token is not valid".into(),
+        ))
+    };
     let who = match shared.auth.verify_any(token.as_bytes()).await {
         Ok(who) => who,
         Err(e) => {
@@ -361,9 +385,9 @@ async fn login(
     let _ = shared.audit.append(weir_audit::Event::Admin {
         actor: who.name.clone(),
         action: "console.sign_in".into(),
-        subject: who.kind.as_str().into(),
+        subject: format!("{} via {}", who.kind.as_str(), who.source),
     });
-    let secure = if over_tls(&shared, &headers) {
+    let secure = if over_tls(shared, headers) {
         "; Secure"
     } else {
         ""
@@ -372,11 +396,23 @@ async fn login(
         "{COOKIE}={cookie}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
         MAX_MS / 1000
     );
-    let mut r = Json(whoami(&shared, &who, &csrf)).into_response();
+    let mut r = if redirect {
+        let mut r = StatusCode::SEE_OTHER.into_response();
+        r.headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_static("/"));
+        r
+    } else {
+        Json(whoami(shared, &who, &csrf)).into_response()
+    };
     if let Ok(v) = HeaderValue::from_str(&set) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     hardened(r)
+}
+
+/// `GET /console/config`: how the sign-in page offers to sign in.
+async fn console_config(State(shared): State<Arc<Services>>) -> Response {
+    hardened(Json(json!({ "issuer": shared.config.identity.issuer.is_some() })).into_response())
 }
 
 /// `POST /console/logout`: ends the console session.

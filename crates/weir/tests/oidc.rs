@@ -30,6 +30,12 @@ struct Provider {
 
 impl Provider {
     fn start(port: u16, keys: PathBuf) -> Provider {
+        Provider::start_with(port, keys, "")
+    }
+
+    /// With `redirect_uris` (comma-separated), client `weir` may also use the
+    /// authorization-code grant (with PKCE) back to them.
+    fn start_with(port: u16, keys: PathBuf, redirect_uris: &str) -> Provider {
         let dir = repo_root().join("tests/clients/oidc");
         assert!(
             dir.join("node_modules").exists(),
@@ -39,6 +45,7 @@ impl Provider {
             .arg(dir.join("provider.mjs"))
             .env("PORT", port.to_string())
             .env("KEYS_FILE", &keys)
+            .env("REDIRECT_URIS", redirect_uris)
             .env(
                 "ACCOUNTS",
                 r#"{"alice":{"email":"alice@example.com","groups":["dba"]},"carol":{"email":"carol@example.com","groups":[]}}"#,
@@ -540,4 +547,90 @@ fn an_agent_acts_for_a_person_from_the_idp_while_they_sign_in() {
             .contains("has not signed in with the identity provider within"),
         "{failed}"
     );
+}
+
+/// The console's sign-in with the issuer: authorization code with PKCE, followed by curl as
+/// a browser would (cookies kept), into a console session for the ID token's identity.
+#[test]
+fn the_console_signs_in_with_the_issuer_by_authorization_code_and_pkce() {
+    let port = weir::cluster::free_port().unwrap();
+    let http_port = weir::cluster::free_port().unwrap();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let console = format!("http://127.0.0.1:{http_port}");
+    let idp = Provider::start_with(
+        port,
+        keys_dir.path().join("keys.json"),
+        &format!("{console}/console/oidc/callback"),
+    );
+    let issuer = idp.issuer();
+    let mut g = Gateway::start_with(
+        Options {
+            fast: true,
+            ..Default::default()
+        },
+        &format!(
+            "[identity]\nissuer = \"{issuer}\"\naudience = \"weir\"\ngroups_claim = \"groups\"\n"
+        ),
+    );
+    let config = std::fs::read_to_string(&g.config).unwrap().replacen(
+        "[gateway]\n",
+        &format!("[gateway]\nhttp_listen = \"127.0.0.1:{http_port}\"\n"),
+        1,
+    );
+    std::fs::write(&g.config, config).unwrap();
+    g.terminate();
+    g.restart();
+
+    let curl = |args: &[&str]| -> String {
+        let out = Command::new("curl").arg("-s").args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let config = curl(&[&format!("{console}/console/config")]);
+    assert!(config.contains("\"issuer\":true"), "{config}");
+    assert_eq!(
+        curl(&[&format!("{issuer}/test/account?account=alice")]),
+        "ok"
+    );
+    let jar = keys_dir.path().join("cookies");
+    let jar = jar.to_str().unwrap();
+    // The start redirects to the issuer with a PKCE challenge; the issuer signs alice in
+    // and sends the browser back; Weir redeems the code and lands on the console.
+    let start = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{redirect_url}",
+        &format!("{console}/console/oidc/start"),
+    ]);
+    assert!(start.starts_with(&format!("{issuer}/auth?")), "{start}");
+    assert!(
+        start.contains("code_challenge_method=S256") && start.contains("nonce="),
+        "{start}"
+    );
+    let landed = curl(&[
+        "-L",
+        "-c",
+        jar,
+        "-b",
+        jar,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{url_effective} %{http_code}",
+        &format!("{console}/console/oidc/start"),
+    ]);
+    assert_eq!(landed, format!("{console}/ 200"), "{}", g.log());
+    let me = curl(&["-b", jar, &format!("{console}/console/me")]);
+    let me: serde_json::Value = serde_json::from_str(&me).unwrap_or_else(|_| panic!("{me}"));
+    assert_eq!(me["identity"], "alice@example.com", "{me}");
+    assert_eq!(me["may"]["view_approvals"], true, "alice is in dba: {me}");
+    // A callback with a state Weir did not issue (or one already used) opens nothing.
+    let forged = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{console}/console/oidc/callback?code=x&state=forged"),
+    ]);
+    assert_eq!(forged, "400");
 }

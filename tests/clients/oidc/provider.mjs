@@ -29,12 +29,17 @@ const form = (action, fields) => `<!DOCTYPE html><form method="post" action="${a
 const provider = new Provider(issuer, {
   jwks: await keys(),
   // `weir` is the gateway's audience; `other` is some other application of the same IdP.
-  clients: ['weir', 'other'].map((client_id) => ({
-    client_id, token_endpoint_auth_method: 'none',
-    grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
-    response_types: [], redirect_uris: [],
-    id_token_signed_response_alg: process.env.ID_TOKEN_ALG || 'RS256',
-  })),
+  // With REDIRECT_URIS (comma-separated), `weir` is also a public authorization-code client
+  // redirecting there: the console's sign-in (PKCE is then required).
+  clients: ['weir', 'other'].map((client_id) => {
+    const redirects = client_id === 'weir' ? (process.env.REDIRECT_URIS || '').split(',').filter(Boolean) : [];
+    return {
+      client_id, token_endpoint_auth_method: 'none',
+      grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token', ...(redirects.length ? ['authorization_code'] : [])],
+      response_types: redirects.length ? ['code'] : [], redirect_uris: redirects,
+      id_token_signed_response_alg: process.env.ID_TOKEN_ALG || 'RS256',
+    };
+  }),
   scopes: ['openid', 'email', 'groups', 'offline_access'],
   claims: { openid: ['sub'], email: ['email', 'email_verified'], groups: ['groups'] },
   features: { devInteractions: { enabled: false }, deviceFlow: { enabled: true,
@@ -49,7 +54,7 @@ const provider = new Provider(issuer, {
     if (!a) return undefined;
     return { accountId: id, claims: async () => ({ sub: id, email: a.email, email_verified: true, groups: a.groups || [] }) };
   },
-  pkce: { required: () => false },
+  pkce: { required: (ctx, client) => client.redirectUris && client.redirectUris.length > 0 },
   // Scope claims (email, groups) go into the ID token itself: Weir reads them there.
   conformIdTokenClaims: false,
 });
@@ -68,6 +73,12 @@ provider.use(async (ctx, next) => {
       result = { consent: { grantId: await grant.save() } };
     }
     await provider.interactionFinished(ctx.req, ctx.res, result, { mergeWithLastSubmission: false });
+    return;
+  }
+  if (ctx.path === '/test/account') {
+    // The next interactive sign-in (the authorization-code flow) logs in this account.
+    nextAccount = ctx.query.account;
+    ctx.body = 'ok';
     return;
   }
   if (ctx.path === '/test/device') {

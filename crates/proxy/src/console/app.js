@@ -302,6 +302,7 @@ document.addEventListener("DOMContentLoaded", async () => {
     location.href = "/v1/audit/export?" + auditQuery().toString();
   });
   $("simulate-form").addEventListener("submit", simulate);
+  api("GET", "/console/config").then((c) => { $("signin-oidc").hidden = !c.issuer; }).catch(() => {});
   window.addEventListener("hashchange", route);
   try { signedIn(await api("GET", "/console/me")); } catch (_) { signedOut(); }
 });
