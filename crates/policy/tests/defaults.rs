@@ -781,3 +781,55 @@ fn a_sensitive_copy_needs_approval_in_production_unless_its_columns_may_be_seen(
         ["allow"]
     );
 }
+
+#[test]
+fn operators_may_what_their_group_lets_them_and_a_blanket_permit_grants_nothing() {
+    use weir_policy::Operation::*;
+    let dir = std::env::temp_dir().join(format!("weir-ops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // An operator's blanket permit is about statements, not about operating Weir.
+    let blanket = dir.join("blanket.cedar");
+    std::fs::write(&blanket, "permit (principal, action, resource);\n").unwrap();
+    let policy = Policy::load(true, "weir-admins", &["dba".into()], &[blanket]).unwrap();
+    let gateway = TargetInfo::gateway();
+    let may = |who: &Identity, op| {
+        let s = policy.session(who, &gateway).unwrap();
+        policy.may_operate(&s, op)
+    };
+    let admin = who("ada", IdentityKind::Human, &["weir-admins"]);
+    let approver = who("bob", IdentityKind::Human, &["dba"]);
+    let auditor = who("aud", IdentityKind::Human, &["weir-auditors"]);
+    let dev = who("dev", IdentityKind::Human, &["developers"]);
+    let service = who("svc", IdentityKind::Service, &["weir-admins"]);
+    for op in weir_policy::Operation::ALL {
+        assert!(may(&admin, op), "admin {op:?}");
+        assert!(!may(&dev, op), "developer {op:?}");
+        assert!(!may(&service, op), "a service in the admin group {op:?}");
+    }
+    for op in [
+        ViewApprovals,
+        ViewSessions,
+        SimulatePolicy,
+        ViewGrants,
+        RevokeGrant,
+    ] {
+        assert!(may(&approver, op), "approver {op:?}");
+    }
+    assert!(!may(&approver, EndSession));
+    assert!(!may(&approver, ReadAudit));
+    for op in [
+        ViewApprovals,
+        ViewSessions,
+        ReadAudit,
+        SimulatePolicy,
+        ViewGrants,
+    ] {
+        assert!(may(&auditor, op), "auditor {op:?}");
+    }
+    assert!(!may(&auditor, EndSession));
+    assert!(!may(&auditor, RevokeGrant));
+    // Without a policy engine nobody operates anything.
+    let none = Policy::allow_all();
+    let s = none.session(&admin, &gateway).unwrap();
+    assert!(!none.may_operate(&s, ReadAudit));
+}
