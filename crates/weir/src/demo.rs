@@ -171,6 +171,8 @@ store = "sqlite://weir.db"
 
 [policy]
 files = ["policy/*.cedar"]
+# dana (dba) approves, and in the console also reads the trail.
+auditor_group = "dba"
 
 [approvals]
 approvers = ["dba"]
@@ -379,6 +381,10 @@ fn banner(
     let _ = writeln!(
         s,
         "  HTTP:  http://{http}/mcp with the header Authorization: Bearer claude-demo-token"
+    );
+    let _ = writeln!(
+        s,
+        "\nThe web console: http://{http}/ (sign in with dana-demo-token: approvals, live sessions, the audit trail, the policy simulator, grants)"
     );
     let _ = writeln!(s, "Ctrl-C stops the demo and removes everything it made.");
     s

@@ -185,6 +185,35 @@ fn demo_runs_serves_the_printed_lines_and_cleans_up() {
         );
     }
 
+    // The console line: the page is served, and dana's token signs in to it with the
+    // approvals, sessions and the trail.
+    let console = banner
+        .iter()
+        .find(|l| l.starts_with("The web console: "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let url = console
+        .trim_start_matches("The web console: ")
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let page = Command::new("curl").args(["-s", url]).output().unwrap();
+    assert!(stdout(&page).contains("Weir console"), "{}", stdout(&page));
+    let me = Command::new("curl")
+        .args(["-s", "-X", "POST", "-d", "{\"token\":\"dana-demo-token\"}"])
+        .arg(format!("{url}console/login"))
+        .output()
+        .unwrap();
+    let me: serde_json::Value = serde_json::from_slice(&me.stdout).unwrap();
+    assert_eq!(me["identity"], "dana", "{me}");
+    for op in [
+        "view_approvals",
+        "view_sessions",
+        "read_audit",
+        "simulate_policy",
+    ] {
+        assert_eq!(me["may"][op], true, "{op}: {me}");
+    }
+
     // Ctrl-C removes everything it made.
     Command::new("kill")
         .arg("-INT")
