@@ -516,16 +516,28 @@ impl Engine {
         let Ok(context) = Context::from_pairs(pairs) else {
             return false;
         };
+        self.allowed(approver, action, context, set)
+    }
+
+    /// Whether `set` allows the session's principal `action` on its resource, with no error
+    /// while evaluating (an error is a no).
+    fn allowed(
+        &self,
+        s: &SessionEntities,
+        action: EntityUid,
+        context: Context,
+        set: &PolicySet,
+    ) -> bool {
         let Ok(req) = Request::new(
-            approver.principal.clone(),
+            s.principal.clone(),
             action,
-            approver.resource.clone(),
+            s.resource.clone(),
             context,
             None,
         ) else {
             return false;
         };
-        let response = self.authorizer.is_authorized(&req, set, &approver.entities);
+        let response = self.authorizer.is_authorized(&req, set, &s.entities);
         response.diagnostics().errors().next().is_none()
             && response.decision() == CedarDecision::Allow
     }
@@ -542,20 +554,7 @@ impl Engine {
         let Ok(context) = Context::from_pairs(context_pairs(&none, false, &[])) else {
             return false;
         };
-        let Ok(req) = Request::new(
-            s.principal.clone(),
-            action,
-            s.resource.clone(),
-            context,
-            None,
-        ) else {
-            return false;
-        };
-        let response = self
-            .authorizer
-            .is_authorized(&req, &self.operate_policies, &s.entities);
-        response.diagnostics().errors().next().is_none()
-            && response.decision() == CedarDecision::Allow
+        self.allowed(s, action, context, &self.operate_policies)
     }
 }
 

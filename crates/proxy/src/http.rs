@@ -136,11 +136,17 @@ async fn show(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    caller(&shared, &headers, Access::Read).await?;
+    let who = caller(&shared, &headers, Access::Read).await?;
     let key = id.clone();
+    // As in the list: the requester, and whoever may see requests on the target.
     match store(&shared, move |s| s.approval(&key)).await? {
-        Some(a) => Ok(Json(notify::approval_json(&a))),
-        None => Err(ApiError(
+        Some(a)
+            if a.identity == who.name
+                || shared.may(&who, weir_policy::Operation::ViewApprovals, &a.target) =>
+        {
+            Ok(Json(notify::approval_json(&a)))
+        }
+        _ => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("no approval request {id}"),
         )),
