@@ -217,21 +217,25 @@ async fn events(
     let s = Arc::clone(&shared);
     let events = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, ApiError> {
         let store = trail(&s)?;
-        let mut out = std::collections::VecDeque::with_capacity(limit);
-        store
-            .for_each_event(from.unwrap_or(1), &filter, &mut |r| {
-                if out.len() == limit {
-                    if from.is_some() {
-                        return ControlFlow::Break(());
-                    }
-                    // The newest `limit`: the oldest kept gives way.
-                    out.pop_front();
-                }
-                out.push_back(event_json(r));
+        let mut out = Vec::with_capacity(limit);
+        let mut take = |r: &weir_audit::chain::Record| {
+            out.push(event_json(r));
+            if out.len() == limit {
+                ControlFlow::Break(())
+            } else {
                 ControlFlow::Continue(())
-            })
-            .map_err(internal)?;
-        Ok(out.into_iter().collect())
+            }
+        };
+        match from {
+            Some(from) => store.for_each_event(from, &filter, &mut take),
+            None => store.for_each_event_newest_first(&filter, &mut take),
+        }
+        .map_err(internal)?;
+        if from.is_none() {
+            // Read newest first; shown in `seq` order.
+            out.reverse();
+        }
+        Ok(out)
     })
     .await
     .map_err(internal)??;

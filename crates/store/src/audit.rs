@@ -284,6 +284,71 @@ fn insert_batch(tx: &Connection, records: &[Record], cp: &Checkpoint) -> Result<
 }
 
 impl AuditStore {
+    /// Calls `f` with each record matching `filter`, newest first, until `f` breaks: what
+    /// the console's latest events read without scanning the trail from its start.
+    pub fn for_each_event_newest_first(
+        &self,
+        filter: &Filter,
+        f: &mut dyn FnMut(&Record) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.events_in_order(1, filter, "ORDER BY seq DESC", f)
+    }
+
+    /// The events matching `filter` from `from_seq` on, in `order` (an `ORDER BY` clause).
+    fn events_in_order(
+        &self,
+        from_seq: u64,
+        filter: &Filter,
+        order: &str,
+        f: &mut dyn FnMut(&Record) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let mut sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq >= ?");
+        let mut args = vec![Value::Integer(seq_to_sql(from_seq)?)];
+        let mut cond = |clause: &str, v: Value| {
+            sql.push_str(" AND ");
+            sql.push_str(clause);
+            args.push(v);
+        };
+        let text = |v: &Option<String>| v.clone().map(Value::Text);
+        if let Some(v) = text(&filter.identity) {
+            cond("identity = ?", v);
+        }
+        if let Some(v) = text(&filter.target) {
+            cond("target = ?", v);
+        }
+        if let Some(v) = text(&filter.decision) {
+            cond("decision = ?", v);
+        }
+        if let Some(v) = filter.session {
+            match i64::try_from(v) {
+                Ok(v) => cond("session = ?", Value::Integer(v)),
+                Err(_) => return Ok(()),
+            }
+        }
+        if let Some(v) = text(&filter.kind) {
+            cond("kind = ?", v);
+        }
+        if let Some(v) = filter.since_us {
+            cond("ts_us >= ?", Value::Integer(v));
+        }
+        if let Some(v) = filter.until_us {
+            cond("ts_us < ?", Value::Integer(v));
+        }
+        if let Some(v) = text(&filter.text) {
+            cond("instr(body, ?) > 0", v);
+        }
+        sql.push(' ');
+        sql.push_str(order);
+        let mut stmt = self.conn.prepare(&sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+        while let Some(row) = rows.next()? {
+            if f(&record(row)?).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Opens the trail in the SQLite file at `path` (creating the file, its directory and the
     /// tables if missing), in WAL mode with `synchronous = FULL`.
     pub fn open(path: &Path) -> Result<AuditStore, StoreError> {
@@ -396,50 +461,7 @@ impl AuditTrail for AuditStore {
         filter: &Filter,
         f: &mut dyn FnMut(&Record) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        let mut sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq >= ?");
-        let mut args = vec![Value::Integer(seq_to_sql(from_seq)?)];
-        let mut cond = |clause: &str, v: Value| {
-            sql.push_str(" AND ");
-            sql.push_str(clause);
-            args.push(v);
-        };
-        let text = |v: &Option<String>| v.clone().map(Value::Text);
-        if let Some(v) = text(&filter.identity) {
-            cond("identity = ?", v);
-        }
-        if let Some(v) = text(&filter.target) {
-            cond("target = ?", v);
-        }
-        if let Some(v) = text(&filter.decision) {
-            cond("decision = ?", v);
-        }
-        if let Some(v) = filter.session {
-            match i64::try_from(v) {
-                Ok(v) => cond("session = ?", Value::Integer(v)),
-                Err(_) => return Ok(()),
-            }
-        }
-        if let Some(v) = text(&filter.kind) {
-            cond("kind = ?", v);
-        }
-        if let Some(v) = filter.since_us {
-            cond("ts_us >= ?", Value::Integer(v));
-        }
-        if let Some(v) = filter.until_us {
-            cond("ts_us < ?", Value::Integer(v));
-        }
-        if let Some(v) = text(&filter.text) {
-            cond("instr(body, ?) > 0", v);
-        }
-        sql.push_str(" ORDER BY seq");
-        let mut stmt = self.conn.prepare(&sql)?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-        while let Some(row) = rows.next()? {
-            if f(&record(row)?).is_break() {
-                break;
-            }
-        }
-        Ok(())
+        self.events_in_order(from_seq, filter, "ORDER BY seq", f)
     }
 
     fn for_each_checkpoint(

@@ -299,8 +299,30 @@ fn the_console_boundary_holds_cookie_csrf_headers_and_policy() {
     // With the cookie: reads work; a change without the CSRF token, or from another origin,
     // is refused; with it, it is judged by policy.
     let c = format!("Cookie: {cookie}");
-    let (status, _, _) = curl(&["-H", &c, &format!("{api}/v1/audit/events?limit=5")]);
+    let (status, _, _) = curl(&["-H", &c, &format!("{api}/v1/audit/events?limit=2")]);
     assert_eq!(status, 200);
+    // The newest two, in seq order; from seq 1, the oldest two.
+    let seqs = |body: &str| -> Vec<u64> {
+        serde_json::from_str::<Value>(body).unwrap()["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let (_, _, all) = curl(&["-H", &c, &format!("{api}/v1/audit/events?limit=1000")]);
+    let all = seqs(&all);
+    assert!(all.len() >= 2, "{all:?}");
+    // Events only grow: the newest two now end at or after the last one seen before.
+    let (_, _, body) = curl(&["-H", &c, &format!("{api}/v1/audit/events?limit=2")]);
+    let newest = seqs(&body);
+    assert_eq!(newest.len(), 2, "{newest:?}");
+    assert!(
+        newest[0] < newest[1] && newest[1] >= *all.last().unwrap(),
+        "{newest:?} {all:?}"
+    );
+    let (_, _, body) = curl(&["-H", &c, &format!("{api}/v1/audit/events?limit=1&from=1")]);
+    assert_eq!(seqs(&body), vec![1]);
     let (status, _, body) = curl(&["-H", &c, "-X", "POST", &format!("{api}/v1/audit/verify")]);
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("X-Weir-CSRF"));
