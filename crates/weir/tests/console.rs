@@ -301,7 +301,7 @@ fn the_console_boundary_holds_cookie_csrf_headers_and_policy() {
     let c = format!("Cookie: {cookie}");
     let (status, _, _) = curl(&["-H", &c, &format!("{api}/v1/audit/events?limit=2")]);
     assert_eq!(status, 200);
-    // The newest two, in seq order; from seq 1, the oldest two.
+    // The newest events, in seq order; from seq 1, the oldest.
     let seqs = |body: &str| -> Vec<u64> {
         serde_json::from_str::<Value>(body).unwrap()["events"]
             .as_array()
@@ -310,9 +310,13 @@ fn the_console_boundary_holds_cookie_csrf_headers_and_policy() {
             .map(|e| e["seq"].as_u64().unwrap())
             .collect()
     };
-    let (_, _, all) = curl(&["-H", &c, &format!("{api}/v1/audit/events?limit=1000")]);
-    let all = seqs(&all);
-    assert!(all.len() >= 2, "{all:?}");
+    // The two sign-in attempts are on record (indexed within milliseconds).
+    let mut all = Vec::new();
+    wait_for("two events in the trail", || {
+        let (_, _, body) = curl(&["-H", &c, &format!("{api}/v1/audit/events?limit=1000")]);
+        all = seqs(&body);
+        all.len() >= 2
+    });
     // Events only grow: the newest two now end at or after the last one seen before.
     let (_, _, body) = curl(&["-H", &c, &format!("{api}/v1/audit/events?limit=2")]);
     let newest = seqs(&body);
