@@ -167,6 +167,19 @@ fn the_console_in_chromium_approves_ends_searches_verifies_and_simulates() {
         let live = live_identities(&s);
         live.contains(&"carol".to_owned()) && live.contains(&"dave".to_owned())
     });
+    // Dave asks for access; the browser approves it and later revokes the grant.
+    let out = g.weir(&[
+        "request",
+        "app",
+        "--for",
+        "1h",
+        "--reason",
+        "fix INC-7",
+        "--as",
+        "dave",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let access = stdout(&out).lines().last().unwrap().trim().to_owned();
     std::thread::scope(|scope| {
         let waiting = scope.spawn(|| g.psql(&g.alice(), "DELETE FROM items WHERE id = 1;\n"));
         let mut cmd = Command::new("node");
@@ -177,7 +190,8 @@ fn the_console_in_chromium_approves_ends_searches_verifies_and_simulates() {
             .env("WEIR_WAITING", "alice")
             .env("WEIR_END", "carol")
             .env("WEIR_KEEP", "dave")
-            .env("WEIR_TARGET", "app");
+            .env("WEIR_TARGET", "app")
+            .env("WEIR_ACCESS", &access);
         if let Ok(dir) = std::env::var("WEIR_CONSOLE_SCREENSHOTS") {
             std::fs::create_dir_all(&dir).unwrap();
             cmd.env("WEIR_SCREENSHOTS", dir);
@@ -230,6 +244,17 @@ fn the_console_in_chromium_approves_ends_searches_verifies_and_simulates() {
         assert!(audit["rows"].as_u64().unwrap() >= 1);
         assert!(audit["replayed"].as_u64().unwrap() >= 2);
         assert!(audit["verdict"].as_str().unwrap().starts_with("ok "));
+        // The access request was approved in the browser, and its grant revoked there.
+        assert_eq!(step("access_approved")["id"], access.as_str());
+        let revoked = step("grant_revoked");
+        let events = g.audit_events();
+        assert!(
+            events.iter().any(|e| e["event"] == "grant"
+                && e["decision"] == "revoked"
+                && e["by"] == "olga"
+                && e["id"] == revoked["id"]),
+            "the revocation is on record"
+        );
         let sim = step("simulated");
         assert_eq!(sim["decisions"], serde_json::json!(["allow", "approve"]));
         assert_eq!(sim["rules"][1], "test.deletes");

@@ -9,6 +9,7 @@
 //   WEIR_END         the identity whose session is ended from the console
 //   WEIR_KEEP        the identity whose session a cross-site POST must not end
 //   WEIR_TARGET      the target to simulate on
+//   WEIR_ACCESS      an access request's id (weir request), approved here, then revoked
 //   WEIR_SCREENSHOTS a directory for a screenshot of each page (optional)
 //   CHROMIUM         the browser (default /usr/bin/chromium)
 //
@@ -86,6 +87,15 @@ try {
   await card.first().waitFor({ state: "detached", timeout: 10000 });
   report("approved", { id });
 
+  // 3b. An access request is in the same inbox; approved, it becomes a grant.
+  const access = page.locator(`#approvals-list article[data-id="${env("WEIR_ACCESS")}"]`);
+  await access.waitFor({ timeout: 20000 });
+  const accessTitle = await access.locator("h2").textContent();
+  if (!accessTitle.startsWith("Access request")) throw new Error("access card: " + accessTitle);
+  await access.locator("button.approve").click();
+  await access.waitFor({ state: "detached", timeout: 10000 });
+  report("access_approved", { id: env("WEIR_ACCESS") });
+
   // 4. Live sessions: a cross-site POST does not end one; the End button does.
   await page.goto(url + "/#sessions");
   const keepRow = page.locator("#sessions-table tbody tr").filter({ hasText: env("WEIR_KEEP") });
@@ -142,11 +152,16 @@ try {
   await shot(page, "simulate");
   report("simulated", { decisions, rules });
 
-  // 7. Grants (none in force here): the page renders.
+  // 7. Grants: the access approved above is in force; revoke it.
   await page.goto(url + "/#grants");
-  await page.locator("#page-grants").waitFor({ state: "visible" });
+  const grant = page.locator("#grants-table tbody tr").filter({ hasText: env("WEIR_KEEP") });
+  await grant.first().waitFor({ timeout: 20000 });
   await shot(page, "grants");
-  report("grants");
+  const grantId = await grant.first().locator("td:first-child").textContent();
+  await grant.first().locator("button.revoke").click();
+  await page.locator("#flash").filter({ hasText: `grant ${grantId} revoked` }).waitFor();
+  await grant.first().waitFor({ state: "detached", timeout: 10000 });
+  report("grant_revoked", { id: grantId });
 
   if (errors.length) throw new Error("console errors: " + errors.join(" | "));
   report("done");

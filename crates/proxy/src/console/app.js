@@ -49,8 +49,10 @@ function flash(msg, isError) {
   f.className = isError ? "error" : "ok";
 }
 
-function age(ms) {
-  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+function age(ms) { return span(Date.now() - ms); }
+
+function span(ms) {
+  const s = Math.max(0, Math.round(ms / 1000));
   if (s < 60) return s + "s";
   if (s < 3600) return Math.floor(s / 60) + "m " + (s % 60) + "s";
   return Math.floor(s / 3600) + "h " + Math.floor((s % 3600) / 60) + "m";
@@ -100,6 +102,7 @@ function route() {
   const first = Object.keys(pages).find((p) => state.me.may[navMay(p)]);
   if (!pages[page] || !state.me.may[navMay(page)]) page = first || "simulate";
   show(page);
+  $("flash").textContent = "";
   clearInterval(state.timer);
   const p = pages[page];
   p.load().catch((e) => flash(e.message, true));
@@ -126,7 +129,7 @@ async function loadApprovals() {
       card = approvalCard(a);
       box.append(card);
     }
-    card.querySelector(".age").textContent = "waiting " + age(a.created_ms) + ", " + Math.max(0, Math.round((a.deadline_ms - Date.now()) / 1000)) + "s left";
+    card.querySelector(".age").textContent = "waiting " + age(a.created_ms) + ", " + span(a.deadline_ms - Date.now()) + " left";
   }
   for (const card of [...box.children]) if (!seen.has(card.dataset.id)) card.remove();
 }
