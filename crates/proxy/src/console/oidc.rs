@@ -133,11 +133,16 @@ pub async fn start(State(shared): State<Arc<Services>>, headers: HeaderMap) -> R
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         map.retain(|_, p| now.saturating_sub(p.created_ms) < PENDING_MS);
+        // Anyone can start a sign-in: a flood pushes out the oldest ones rather than
+        // locking everyone out for the pending window.
         if map.len() >= MAX_PENDING {
-            return page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many sign-ins under way; try again in a minute",
-            );
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, p)| p.created_ms)
+                .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
         }
         map.insert(
             state.clone(),
