@@ -551,6 +551,22 @@ impl<S: DurableLog> Writer<S> {
     }
 }
 
+/// A time as `weir audit search --since/--until` and `GET /v1/audit/events` take it: a
+/// duration back from now (`1h`, `30m`) or an RFC 3339 time; microseconds since the epoch.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let t = match humantime::parse_duration(s) {
+        Ok(d) => SystemTime::now()
+            .checked_sub(d)
+            .ok_or_else(|| format!("{s:?}: too far back"))?,
+        Err(_) => humantime::parse_rfc3339_weak(s)
+            .map_err(|_| format!("{s:?}: expected a duration (1h) or a time (RFC 3339)"))?,
+    };
+    Ok(t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,14 +118,12 @@ async fn list(
     let pending = store(&shared, |s| s.pending_approvals()).await?;
     // Approvers (and whoever policy lets see them) see every request on the target; anyone
     // else sees their own.
+    let visible = shared.targets_where(&who, weir_policy::Operation::ViewApprovals);
     Ok(Json(Value::Array(
         pending
             .iter()
             .filter(|a| a.deadline_ms > now)
-            .filter(|a| {
-                a.identity == who.name
-                    || shared.may(&who, weir_policy::Operation::ViewApprovals, &a.target)
-            })
+            .filter(|a| a.identity == who.name || visible.contains(&a.target))
             .map(notify::approval_json)
             .collect(),
     )))

@@ -73,11 +73,12 @@ async fn sessions(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let who = operator(&shared, &headers, Access::Read).await?;
+    let visible = shared.targets_where(&who, Operation::ViewSessions);
     let list: Vec<_> = shared
         .sessions
         .list()
         .into_iter()
-        .filter(|s| shared.may(&who, Operation::ViewSessions, &s.target))
+        .filter(|s| visible.contains(&s.target))
         .collect();
     Ok(Json(json!(list)))
 }
@@ -136,7 +137,7 @@ async fn end_session(
 fn filter_of(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
     let s = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
     let time = |k: &str| -> Result<Option<i64>, ApiError> {
-        s(k).map(|v| parse_time(&v).map_err(bad_request))
+        s(k).map(|v| crate::audit::parse_time(&v).map_err(bad_request))
             .transpose()
     };
     Ok(Filter {
@@ -151,21 +152,6 @@ fn filter_of(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
         until_us: time("until")?,
         text: s("text"),
     })
-}
-
-/// A duration back from now (`1h`) or an RFC 3339 time, in microseconds since the epoch.
-fn parse_time(s: &str) -> Result<i64, String> {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    let t = match humantime::parse_duration(s) {
-        Ok(d) => SystemTime::now()
-            .checked_sub(d)
-            .ok_or_else(|| format!("{s:?}: too far back"))?,
-        Err(_) => humantime::parse_rfc3339_weak(s)
-            .map_err(|_| format!("{s:?}: expected a duration (1h) or a time (RFC 3339)"))?,
-    };
-    Ok(t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0))
 }
 
 /// The trail, read-side (SQLite WAL: the writer goes on meanwhile).
@@ -409,11 +395,10 @@ async fn grants(
         .with_store(move |s| s.active_grants(now))
         .await
         .map_err(internal)?;
+    let visible = shared.targets_where(&who, Operation::ViewGrants);
     Ok(Json(Value::Array(
         all.iter()
-            .filter(|g| {
-                g.identity == who.name || shared.may(&who, Operation::ViewGrants, &g.target)
-            })
+            .filter(|g| g.identity == who.name || visible.contains(&g.target))
             .map(grant_json)
             .collect(),
     )))

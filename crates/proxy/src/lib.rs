@@ -103,6 +103,22 @@ impl Services {
             .is_ok_and(|s| self.policy.may_operate(&s, op))
     }
 
+    /// The configured targets on which `who` may do `op`: asked once per target, for a
+    /// list filtered by target (sessions, approvals, grants) that would otherwise build a
+    /// policy session per row.
+    pub fn targets_where(
+        &self,
+        who: &weir_policy::Identity,
+        op: weir_policy::Operation,
+    ) -> std::collections::HashSet<String> {
+        self.config
+            .targets
+            .iter()
+            .filter(|t| self.may(who, op, &t.name))
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
     /// Whether `who` may do `op` on the gateway as a whole (the resource
     /// [`weir_policy::TargetInfo::gateway`]).
     pub fn may_on_gateway(&self, who: &weir_policy::Identity, op: weir_policy::Operation) -> bool {

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
@@ -55,16 +55,7 @@ impl FilterArgs {
 }
 
 fn parse_time(s: &str) -> anyhow::Result<i64> {
-    let t = match humantime::parse_duration(s) {
-        Ok(d) => SystemTime::now()
-            .checked_sub(d)
-            .context("--since/--until: too far back")?,
-        Err(_) => humantime::parse_rfc3339_weak(s)
-            .with_context(|| format!("{s:?}: expected a duration (1h) or a time (RFC 3339)"))?,
-    };
-    Ok(t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0))
+    weir_proxy::audit::parse_time(s).map_err(|e| anyhow::anyhow!("--since/--until: {e}"))
 }
 
 fn time(ts_us: i64) -> String {
