@@ -17,6 +17,7 @@ pub mod mysql;
 pub mod postgres;
 mod scope;
 mod shape;
+pub mod undo;
 
 pub use scope::{PathChange, Resolution, Scope, Touched};
 

@@ -62,6 +62,55 @@ pub enum Event {
         /// How it departs from the identity's baseline (`new_table`, …).
         #[serde(skip_serializing_if = "Vec::is_empty")]
         anomalies: Vec<String>,
+        /// An UPDATE or DELETE whose rows Weir captures before it runs: the change id its
+        /// `before_image` event names (for `weir undo`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        change: Option<Arc<str>>,
+        /// An UPDATE or DELETE where before-images are kept, but not of this one: why.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        not_undoable: Option<String>,
+    },
+    /// The rows an UPDATE or DELETE changed, as they were, captured in its transaction
+    /// before it ran: sealed in the store under `change`, their ciphertext's SHA-256 here, so
+    /// the chain proves which change they belong to. `undoable: false` with `reason` when
+    /// they were not kept (over the cap, the capture failed or did not match).
+    BeforeImage {
+        change: String,
+        session: u64,
+        request: u64,
+        identity: String,
+        target: String,
+        table: String,
+        /// The columns that find each row again (a primary or non-null unique key).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        key: Vec<String>,
+        rows: u64,
+        bytes: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        undoable: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Before-images past `[audit] before_image_retention` were purged: their ciphertext is
+    /// gone, their events stay.
+    BeforeImagesPurged {
+        changes: Vec<String>,
+        older_than_ms: u64,
+    },
+    /// `weir undo`: the change it reverses (its statement event's seq and change id), who ran
+    /// it, and what it came to.
+    Undo {
+        statement_seq: u64,
+        change: String,
+        identity: String,
+        target: String,
+        /// `applied` (every row restored), `partial`, `refused`, `failed`.
+        outcome: String,
+        restored: u64,
+        refused: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// The upstream's answer to one request.
     Completed {
@@ -289,6 +338,8 @@ mod tests {
             decision: "allow",
             rule: None,
             anomalies: Vec::new(),
+            change: None,
+            not_undoable: None,
         };
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
         assert_eq!(v["sql"], "SELECT c.email FROM customers c WHERE c.id = $1");

@@ -214,6 +214,10 @@ mod raw {
         #[serde(default)]
         pub full_text_targets: Vec<String>,
         pub checkpoint_interval: Option<String>,
+        pub before_images: Option<bool>,
+        pub before_image_key_file: Option<String>,
+        pub before_image_retention: Option<String>,
+        pub before_image_max_bytes: Option<u64>,
     }
 }
 
@@ -540,6 +544,25 @@ pub struct AuditConfig {
     pub signing_key: PathBuf,
     pub full_text_targets: Vec<String>,
     pub checkpoint_interval: Duration,
+    /// Where UPDATE and DELETE keep before-images (for `weir undo`): `None` (the default)
+    /// on production targets, `Some(true)` on every target, `Some(false)` nowhere.
+    pub before_images: Option<bool>,
+    /// The AES-256 key that seals before-images at rest (32 raw bytes, or 64 hex digits);
+    /// generated (mode 0600) when missing.
+    pub before_image_key_file: PathBuf,
+    /// How long a before-image is kept; then it is purged, and the purge is recorded.
+    pub before_image_retention: Duration,
+    /// The most bytes of rows one statement's before-image may hold; over it the statement
+    /// runs, not undoable.
+    pub before_image_max_bytes: u64,
+}
+
+impl AuditConfig {
+    /// Whether writes on a target in `environment` keep before-images.
+    pub fn keeps_before_images(&self, environment: &Environment) -> bool {
+        self.before_images
+            .unwrap_or(*environment == Environment::Production)
+    }
 }
 
 /// The masking strategies `mask = "…"` and `[masking] default_strategy` may name.
@@ -990,6 +1013,19 @@ impl Validator<'_> {
                 raw.audit.checkpoint_interval,
                 Duration::from_secs(60),
             )?,
+            before_images: raw.audit.before_images,
+            before_image_key_file: self.rel(
+                raw.audit
+                    .before_image_key_file
+                    .as_deref()
+                    .unwrap_or("before-images.key"),
+            ),
+            before_image_retention: self.duration(
+                "[audit] before_image_retention",
+                raw.audit.before_image_retention,
+                Duration::from_secs(7 * 24 * 3600),
+            )?,
+            before_image_max_bytes: raw.audit.before_image_max_bytes.unwrap_or(10 << 20),
         };
         let m = raw.masking;
         if let Some(d) = &m.default_strategy {

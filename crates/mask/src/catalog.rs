@@ -528,6 +528,12 @@ impl Catalog {
 
     /// Whether `columns` hold every key column of some unique key of `schema.table`: a
     /// statement whose WHERE fixes them to values matches at most one row.
+    /// The unique keys of `schema.table`, each the names of its key columns (empty for a
+    /// table the catalog does not know).
+    pub fn unique_keys(&self, table: &str) -> &[Vec<String>] {
+        self.unique_keys.get(table).map_or(&[], Vec::as_slice)
+    }
+
     pub fn covers_unique_key(
         &self,
         table: &str,

@@ -344,7 +344,39 @@ impl Engine {
         state: crate::SessionState,
         copied: Option<&crate::Copied>,
     ) -> Verdict {
-        match self.try_decide(s, facts, untrusted_calls, sensitivity, state, copied) {
+        self.decide_as(
+            s,
+            facts.kind.as_str(),
+            facts,
+            untrusted_calls,
+            sensitivity,
+            state,
+            copied,
+        )
+    }
+
+    /// [`Engine::decide`] with another action than the statement's kind (`undo`: the
+    /// restoring statements of `weir undo`, with their own facts as context).
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_as(
+        &self,
+        s: &SessionEntities,
+        action: &str,
+        facts: &StatementFacts,
+        untrusted_calls: bool,
+        sensitivity: &[String],
+        state: crate::SessionState,
+        copied: Option<&crate::Copied>,
+    ) -> Verdict {
+        match self.try_decide(
+            s,
+            action,
+            facts,
+            untrusted_calls,
+            sensitivity,
+            state,
+            copied,
+        ) {
             Ok(v) => v,
             Err(e) => Verdict::Deny {
                 rule: "weir.policy-error".into(),
@@ -353,16 +385,18 @@ impl Engine {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn try_decide(
         &self,
         s: &SessionEntities,
+        action: &str,
         facts: &StatementFacts,
         untrusted_calls: bool,
         sensitivity: &[String],
         state: crate::SessionState,
         copied: Option<&crate::Copied>,
     ) -> Result<Verdict, String> {
-        let action = uid("Action", facts.kind.as_str()).map_err(|e| e.to_string())?;
+        let action = uid("Action", action).map_err(|e| e.to_string())?;
         let mut pairs = context_pairs(facts, untrusted_calls, sensitivity);
         for (k, v) in pairs.iter_mut() {
             match k.as_str() {

@@ -396,6 +396,27 @@ impl Policy {
         }
     }
 
+    /// Decides one statement of `weir undo` as the action `undo` (its own facts as context):
+    /// what the built-in policy asks approval for in production. Without a policy engine:
+    /// allowed, as every statement is.
+    pub fn decide_undo(&self, session: &PolicySession, f: &StatementFacts) -> Verdict {
+        match (&self.engine, &session.entities) {
+            (Some(engine), Some(entities)) => engine.decide_as(
+                entities,
+                "undo",
+                f,
+                false,
+                &[],
+                SessionState {
+                    granted: session.granted(),
+                    ..SessionState::default()
+                },
+                None,
+            ),
+            _ => Verdict::Allow,
+        }
+    }
+
     /// Decides one statement again, now that the session knows what its writes copy
     /// (`context.copies_sensitive`): `f` as resolved in the session's scope.
     pub fn decide_copying(

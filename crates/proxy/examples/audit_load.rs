@@ -60,6 +60,8 @@ fn main() {
                         decision: "allow",
                         rule: None,
                         anomalies: Vec::new(),
+                        change: None,
+                        not_undoable: None,
                     });
                     ack.wait_blocking().expect("durable");
                     waited_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);

@@ -66,6 +66,10 @@ pub struct Authenticator {
     /// `[identity] delegation_window`, on this clock.
     delegation_window: std::time::Duration,
     clock: weir_store::Clock,
+    /// One-use secrets for sessions this process opens for itself as an identity it has
+    /// already established (`weir undo --apply --as NAME`): by hash, never stored, never sent
+    /// over a network (only an in-process pipe carries them).
+    vouched: std::sync::Mutex<HashMap<[u8; 32], Identity>>,
 }
 
 pub fn hash_token(token: &[u8]) -> [u8; 32] {
@@ -101,6 +105,7 @@ impl Authenticator {
             oidc: crate::oidc::Oidc::new(&config.identity, weir_store::Clock::from_env()),
             delegation_window: config.identity.delegation_window,
             clock: weir_store::Clock::from_env(),
+            vouched: Default::default(),
         }
     }
 
@@ -124,6 +129,17 @@ impl Authenticator {
             }
         }
         let hash = hash_token(token);
+        let vouched = self
+            .vouched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&hash);
+        if let Some(identity) = vouched {
+            if identity.name != user {
+                return Err(AuthError::WrongIdentity);
+            }
+            return Ok((identity, None));
+        }
         if let Some(entry) = self.statics.get(user) {
             if constant_time_eq(&entry.hash, &hash) {
                 return Ok((entry.identity.clone(), None));
@@ -172,6 +188,22 @@ impl Authenticator {
             Some(t) => Err(AuthError::NameOfAnotherKind(t.kind.as_str())),
             None => Ok(()),
         }
+    }
+
+    /// A one-use secret that logs `identity` in once, for a session this process opens for
+    /// itself over an in-process pipe (its caller established who `identity` is).
+    pub fn vouch(&self, identity: Identity) -> String {
+        let mut bytes = [0u8; 32];
+        let secret = match getrandom::fill(&mut bytes) {
+            Ok(()) => format!("weir-vouched-{}", hex::encode(bytes)),
+            // No randomness: a secret nobody can present.
+            Err(_) => return String::new(),
+        };
+        self.vouched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(hash_token(secret.as_bytes()), identity);
+        secret
     }
 
     /// The identity a bearer token (HTTP API) belongs to, whoever it names.

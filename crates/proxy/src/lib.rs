@@ -29,6 +29,7 @@ pub mod simulate;
 pub mod stream;
 pub mod tls;
 mod track;
+pub mod undo;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -71,6 +72,8 @@ pub struct Services {
     pub analyzer: weir_analyze::Analyzer,
     pub policy: Policy,
     pub audit: Arc<dyn AuditSink>,
+    /// Seals before-images (`crate::undo`); `None` where no target keeps them.
+    pub sealer: Option<Arc<undo::Sealer>>,
     /// Approval requests with a waiting client, and the store they live in.
     pub approvals: Arc<approvals::Approvals>,
     /// Active access grants, and the sessions that rely on them.
@@ -218,6 +221,18 @@ impl Shared {
             );
         }
         let mask_key = mask_key(&config).map_err(GatewayError::Masking)?;
+        // Loaded (or made) only where some target keeps before-images.
+        let sealer = if config
+            .targets
+            .iter()
+            .any(|t| config.audit.keeps_before_images(&t.environment))
+        {
+            Some(Arc::new(
+                undo::Sealer::open(&config).map_err(GatewayError::Store)?,
+            ))
+        } else {
+            None
+        };
         let grants = Arc::new(grants::Grants::new(Arc::clone(&store), clock.clone()));
         grants
             .load()
@@ -243,6 +258,7 @@ impl Shared {
                 analyzer: weir_analyze::Analyzer::new(),
                 policy,
                 audit,
+                sealer,
             }),
             front: FrontDoor {
                 tls_acceptor: tokio_rustls::TlsAcceptor::from(server_tls),
@@ -355,6 +371,36 @@ impl Gateway {
                 }
             })
         };
+        // Before-images past their retention: purged (the purge is an event). Checked every
+        // minute, every second on a controlled clock (tests move it).
+        let purger = self.shared.sealer.as_ref().map(|_| {
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move {
+                let clock = shared.approvals.clock().clone();
+                let period = if clock.is_controlled() { 1 } else { 60 };
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(period));
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    let s = Arc::clone(&shared);
+                    let purged = tokio::task::spawn_blocking(move || {
+                        undo::purge(
+                            s.approvals.store().as_ref(),
+                            s.audit.as_ref(),
+                            &s.config,
+                            s.approvals.clock().now_ms(),
+                        )
+                    })
+                    .await;
+                    match purged {
+                        Ok(Ok(0)) => {}
+                        Ok(Ok(n)) => info!(images = n, "purged before-images past their retention"),
+                        Ok(Err(e)) => warn!(cause = %e, "purging before-images failed"),
+                        Err(e) => warn!(cause = %e, "purging before-images failed"),
+                    }
+                }
+            })
+        });
         let api = self.http.map(|listener| {
             let app = http::router(Arc::clone(&self.shared.services))
                 .merge(mcp::http::router(Arc::clone(&self.shared)))
@@ -445,6 +491,9 @@ impl Gateway {
         self.shared.baselines.flush().await;
         grant_watcher.abort();
         failure_sweeper.abort();
+        if let Some(p) = purger {
+            p.abort();
+        }
         for e in self.shared.front.failed_logins.drain() {
             let _ = self.shared.audit.append(e);
         }

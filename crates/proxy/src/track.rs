@@ -102,6 +102,10 @@ pub enum Mode {
     /// query): first the held answers are released (or dropped), then only its errors,
     /// notices and ReadyForQuery reach the client.
     Close { release: bool },
+    /// Weir's own query that captures a write's rows (a before-image, `crate::undo`): its
+    /// rows go to the collector, nothing to the client, and answers held for the write stay
+    /// held. The probe gets its outcome.
+    Capture(Arc<Probe>, Arc<Collector>),
 }
 
 /// [`Mode`] without its data, for the relay's per-message decision.
@@ -111,6 +115,74 @@ pub enum ModeKind {
     Hidden,
     Held,
     Close { release: bool },
+    Capture,
+}
+
+/// The rows of a capture query: the first column of each DataRow as text (`None` for NULL),
+/// until they pass `max` bytes; past it only the count goes on.
+#[derive(Debug)]
+pub struct Collector {
+    inner: std::sync::Mutex<Collected>,
+}
+
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub rows: Vec<Option<String>>,
+    pub count: u64,
+    pub bytes: u64,
+    /// The rows passed the cap: `rows` is incomplete.
+    pub over: bool,
+    pub max: u64,
+}
+
+impl Collector {
+    pub fn new(max: u64) -> Arc<Collector> {
+        Arc::new(Collector {
+            inner: std::sync::Mutex::new(Collected {
+                max,
+                ..Collected::default()
+            }),
+        })
+    }
+
+    /// Keeps one DataRow's first column (`body` is the message after its header).
+    pub fn push(&self, body: &[u8]) {
+        let mut c = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.count += 1;
+        c.bytes = c.bytes.saturating_add(body.len() as u64);
+        if c.over || c.bytes > c.max {
+            c.over = true;
+            c.rows = Vec::new();
+            return;
+        }
+        let value = first_column(body);
+        c.rows.push(value);
+    }
+
+    pub fn take(&self) -> Collected {
+        std::mem::take(
+            &mut *self
+                .inner
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+/// A DataRow body's first column as text: `None` for NULL, a malformed row, or bytes that
+/// are not UTF-8 (the capture asks for JSON text).
+fn first_column(body: &[u8]) -> Option<String> {
+    let n = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
+    if n < 1 {
+        return None;
+    }
+    let len = i32::from_be_bytes([*body.get(2)?, *body.get(3)?, *body.get(4)?, *body.get(5)?]);
+    let len = usize::try_from(len).ok()?;
+    let bytes = body.get(6..6usize.checked_add(len)?)?;
+    String::from_utf8(bytes.to_vec()).ok()
 }
 
 /// What a bounded write came to.
@@ -281,8 +353,20 @@ impl Tracker {
                 Mode::Hidden => ModeKind::Hidden,
                 Mode::Held(_) => ModeKind::Held,
                 Mode::Close { release } => ModeKind::Close { release: *release },
+                Mode::Capture(..) => ModeKind::Capture,
             },
             None => ModeKind::Client,
+        }
+    }
+
+    /// Where the next server message's rows go, when it answers a capture query.
+    pub fn collector(&self) -> Option<Arc<Collector>> {
+        match self.queue.front() {
+            Some(Entry::Request(Pending {
+                mode: Mode::Capture(_, c),
+                ..
+            })) => Some(Arc::clone(c)),
+            _ => None,
         }
     }
 

@@ -294,6 +294,21 @@ impl AuditStore {
         self.events_in_order(1, filter, "ORDER BY seq DESC", f)
     }
 
+    /// The first event at or after `from_seq` that matches `filter` (`weir undo` finds a
+    /// statement's event, then the before-image event that follows it).
+    pub fn first_event_from(
+        &self,
+        from_seq: u64,
+        filter: &Filter,
+    ) -> Result<Option<Record>, StoreError> {
+        let mut found = None;
+        self.events_in_order(from_seq, filter, "ORDER BY seq", &mut |r| {
+            found = Some(r.clone());
+            ControlFlow::Break(())
+        })?;
+        Ok(found)
+    }
+
     /// The events matching `filter` from `from_seq` on, in `order` (an `ORDER BY` clause).
     fn events_in_order(
         &self,
@@ -513,6 +528,60 @@ pub fn load_or_create_signing_key(path: &Path) -> Result<Signer, StoreError> {
             parse_key(path, &text)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_signing_key(path),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads a secret key of `len` bytes (hex, one line) from `path`, or makes one and writes it
+/// there the way [`load_or_create_signing_key`] does (0600, synced, linked into place, a
+/// concurrent creator's key wins). `what` names it in errors.
+pub fn load_or_create_secret(path: &Path, len: usize, what: &str) -> Result<Vec<u8>, StoreError> {
+    let parse = |text: &str| -> Result<Vec<u8>, StoreError> {
+        hex::decode(text.trim())
+            .ok()
+            .filter(|k| k.len() == len)
+            .ok_or_else(|| {
+                StoreError::Unsupported(format!(
+                    "{what} {}: expected {} hex digits",
+                    path.display(),
+                    len * 2
+                ))
+            })
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            check_private(path)?;
+            return parse(&text);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut key = vec![0u8; len];
+    getrandom::fill(&mut key)
+        .map_err(|e| StoreError::Unsupported(format!("no randomness: {e}")))?;
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir,
+        None => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = write_private(&tmp, format!("{}\n", hex::encode(&key)).as_bytes());
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            parse(&std::fs::read_to_string(path)?)
+        }
         Err(e) => Err(e.into()),
     }
 }

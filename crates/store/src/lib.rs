@@ -21,12 +21,14 @@ use weir_vocab::IdentityKind;
 pub mod approvals;
 pub mod audit;
 pub mod baseline;
+pub mod before_images;
 pub mod clock;
 pub mod derived;
 pub mod journal;
 
 pub use approvals::{Approval, Grant, Kind as ApprovalKind, NewApproval, Status as ApprovalStatus};
 pub use baseline::Baseline;
+pub use before_images::BeforeImage;
 pub use clock::Clock;
 pub use derived::{DerivedTagRecord, NewDerivedTag};
 
@@ -184,6 +186,16 @@ pub trait Store: Send + Sync {
         target: &str,
         now_ms: u64,
     ) -> Result<Option<u64>, StoreError>;
+
+    /// Keeps a statement's sealed before-image.
+    fn put_before_image(&self, image: &BeforeImage) -> Result<(), StoreError>;
+    fn before_image(&self, change: &str) -> Result<Option<BeforeImage>, StoreError>;
+    /// Deletes the ciphertext of images made before `cutoff_ms`; returns their change ids.
+    fn purge_before_images(&self, cutoff_ms: u64, now_ms: u64) -> Result<Vec<String>, StoreError>;
+    /// Claims an image for one undo: true if this call claimed it.
+    fn claim_undo(&self, change: &str, by: &str, now_ms: u64) -> Result<bool, StoreError>;
+    /// Gives back a claim whose undo did not run.
+    fn release_undo(&self, change: &str, by: &str) -> Result<(), StoreError>;
 }
 
 /// A person from the IdP, as last seen signing in.
@@ -290,6 +302,7 @@ impl SqliteStore {
         conn.execute_batch(TAINTS)?;
         conn.execute_batch(PEOPLE)?;
         conn.execute_batch(baseline::SCHEMA)?;
+        conn.execute_batch(before_images::SCHEMA)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -361,6 +374,26 @@ const SELECT: &str =
     "SELECT id, name, kind, groups, created_at, expires_at, revoked_at, last_used_at, attributes, on_behalf_of FROM tokens";
 
 impl Store for SqliteStore {
+    fn put_before_image(&self, image: &BeforeImage) -> Result<(), StoreError> {
+        self.with(|c| before_images::put(c, image))
+    }
+
+    fn before_image(&self, change: &str) -> Result<Option<BeforeImage>, StoreError> {
+        self.with(|c| before_images::get(c, change))
+    }
+
+    fn purge_before_images(&self, cutoff_ms: u64, now_ms: u64) -> Result<Vec<String>, StoreError> {
+        self.with(|c| before_images::purge(c, cutoff_ms, now_ms))
+    }
+
+    fn claim_undo(&self, change: &str, by: &str, now_ms: u64) -> Result<bool, StoreError> {
+        self.with(|c| before_images::claim_undo(c, change, by, now_ms))
+    }
+
+    fn release_undo(&self, change: &str, by: &str) -> Result<(), StoreError> {
+        self.with(|c| before_images::release_undo(c, change, by))
+    }
+
     fn create_token(&self, t: NewToken<'_>) -> Result<TokenRecord, StoreError> {
         let now = now_secs();
         let expires = t.ttl.map(|d| now.saturating_add(d.as_secs()));

@@ -63,7 +63,7 @@ fn time(ts_us: i64) -> String {
     humantime::format_rfc3339_micros(t).to_string()
 }
 
-fn open(config: &Path) -> anyhow::Result<(Config, AuditStore)> {
+pub(crate) fn open(config: &Path) -> anyhow::Result<(Config, AuditStore)> {
     let config = Config::load(config)?;
     let StoreUrl::Sqlite(path) = &config.gateway.store else {
         bail!("the PostgreSQL store is not available in this version; use sqlite://FILE");

@@ -125,6 +125,21 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Print the SQL that reverses an UPDATE or DELETE (its statement event's `seq` in
+    /// `weir audit export`) from its before-image, masked unless NAME may see the values;
+    /// with --apply, run it through the gateway as NAME (policy and approval apply).
+    Undo {
+        seq: u64,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
+        /// Who undoes it: the printed values are masked as for them; --apply runs as them.
+        #[arg(long = "as")]
+        who: Option<String>,
+        /// Run it (one transaction): rows that changed since are refused and reported, and
+        /// the exit status is 0 only if every row was restored.
+        #[arg(long)]
+        apply: bool,
+    },
     /// Deny a waiting request: the client gets SQLSTATE 42501 with the reason.
     Deny {
         id: String,
@@ -395,6 +410,14 @@ pub fn main() -> ExitCode {
         Command::Revoke { id, config } => {
             with_config(config, |c| crate::approvals_cmd::revoke(c, &id))
         }
+        Command::Undo {
+            seq,
+            config,
+            who,
+            apply,
+        } => with_config(config, |c| {
+            crate::undo_cmd::run(c, seq, who.as_deref(), apply)
+        }),
         Command::Approve {
             id,
             config,

@@ -13,3 +13,4 @@ pub mod policy_cmd;
 pub mod serve;
 pub mod tags_cmd;
 pub mod token;
+pub mod undo_cmd;

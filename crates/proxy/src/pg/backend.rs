@@ -150,6 +150,9 @@ impl BackendHalf<'_> {
                     replace = Some(masked);
                 }
             }
+            let collector = (mode == ModeKind::Capture)
+                .then(|| self.tracker.collector())
+                .flatten();
             let action = self.tracker.on_message(h.tag, body, due);
             if h.tag == b'Z' {
                 self.inbox
@@ -173,6 +176,13 @@ impl BackendHalf<'_> {
             let mut release = None;
             match mode {
                 ModeKind::Client => {}
+                ModeKind::Capture => {
+                    // Weir's own rows: kept raw (before any masking), shown to nobody.
+                    if let (b'D', Some(c)) = (h.tag, &collector) {
+                        c.push(body);
+                    }
+                    replace = Some(Bytes::new());
+                }
                 ModeKind::Held => {
                     // Its ReadyForQuery is not the client's: the closing statement's is.
                     if h.tag != b'Z' {
@@ -314,7 +324,7 @@ impl BackendHalf<'_> {
             match d {
                 Due::Completed(p) => {
                     self.inbox.completed();
-                    if let Mode::Held(probe) = &p.mode {
+                    if let Mode::Held(probe) | Mode::Capture(probe, _) = &p.mode {
                         probe.send(crate::track::ProbeResult {
                             rows: p.rows,
                             tags: p.tags.clone(),

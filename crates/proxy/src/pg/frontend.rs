@@ -56,14 +56,28 @@ fn runs_unseen_code(decision: &Decision) -> bool {
     })
 }
 
-/// A write that may change at most `limit` rows.
+/// A write that runs in a bracket: under a row bound (it may change at most `limit` rows),
+/// with its before-image captured (`capture`), or both.
 struct Bounded {
     request: u64,
     items: Vec<Item>,
     next_scope: Option<Scope>,
     end: BatchEnd,
-    limit: u64,
+    limit: Option<u64>,
     rule: String,
+    capture: Option<Arc<crate::undo::CaptureSpec>>,
+    /// Its events, when they are still flushing (an overlapped write in the client's
+    /// transaction).
+    durability: Option<Durability>,
+}
+
+/// The capture of a request's before-image, when it has one (one UPDATE or DELETE ending
+/// with Sync, where before-images are kept: see [`FrontendHalf::mark_undo`]).
+fn capture_of(items: &[Item]) -> Option<Arc<crate::undo::CaptureSpec>> {
+    match items {
+        [one] => one.undo.as_ref().and_then(|u| u.spec.clone()),
+        _ => None,
+    }
 }
 
 /// A request that waits for an approver.
@@ -135,9 +149,9 @@ impl<'a> FrontendHalf<'a> {
                     }
                     return Ok("client terminated");
                 }
-                if self.bounded.is_some() || self.held.is_some() {
+                while self.bounded.is_some() || self.held.is_some() {
                     // Earlier requests go now; this one runs in a bracket or waits for its
-                    // approver.
+                    // approver (and, approved, may then run in a bracket).
                     flush_upstream(uw, &mut out).await?;
                     let client_stayed = match (self.bounded.take(), self.held.take()) {
                         (Some(bounded), _) => self.run_bounded(bounded, cr, uw, &mut out).await?,
@@ -441,6 +455,7 @@ impl<'a> FrontendHalf<'a> {
             .unwrap_or_else(|| self.decider.request_scope());
         pipeline::guards::guard_state_sinks(&self.ctx.info, &mut items).await;
         pipeline::guards::guard_copies(&self.ctx.info, scope, &mut items).await;
+        self.mark_undo(&mut items, end).await;
         let verdict = pipeline::overall(&items);
         // No bracket where it cannot matter: a key equality changes at most one row.
         let one_row = matches!(&verdict, Verdict::AllowBounded { rows, .. } if *rows >= 1)
@@ -477,13 +492,16 @@ impl<'a> FrontendHalf<'a> {
                     && matches!(items.as_slice(), [one] if one.decision.analysis.statements.len() == 1
                         && one.decision.analysis.statements.iter().all(|f| f.copy.is_none()));
                 if single {
+                    let capture = capture_of(&items);
                     self.bounded = Some(Bounded {
                         request: id,
                         items,
                         next_scope,
                         end,
-                        limit: *rows,
+                        limit: Some(*rows),
                         rule: rule.clone(),
+                        capture,
+                        durability: None,
                     });
                     return Ok(());
                 }
@@ -515,6 +533,20 @@ impl<'a> FrontendHalf<'a> {
         out: &mut BytesMut,
         durability: Option<Durability>,
     ) -> Result<(), Fatal> {
+        if let Some(capture) = capture_of(items) {
+            // Its rows are captured first: it runs in a bracket (the run loop's).
+            self.bounded = Some(Bounded {
+                request: id,
+                items: items.to_vec(),
+                next_scope,
+                end: BatchEnd::Sync,
+                limit: None,
+                rule: String::new(),
+                capture: Some(capture),
+                durability,
+            });
+            return Ok(());
+        }
         self.forward_as(id, items, next_scope, out, Mode::Client, durability)
             .await
     }

@@ -44,18 +44,22 @@ pub enum Channel {
     /// once, naming the request; once approved, the same statement runs (the auto-repeat
     /// window).
     Mcp,
+    /// `weir undo --apply` (the CLI or the HTTP API): the restoring statements of one undo,
+    /// decided as the action `undo` as well as what they are, and waiting for approval.
+    Undo,
 }
 
 impl Channel {
     /// Whether a statement that needs approval waits for it.
     pub fn waits_for_approval(self) -> bool {
-        self == Channel::Wire
+        matches!(self, Channel::Wire | Channel::Undo)
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Wire => "wire",
             Channel::Mcp => "mcp",
+            Channel::Undo => "undo",
         }
     }
 }
@@ -425,6 +429,8 @@ pub(crate) fn own_statement(
         decision: "allow",
         rule: Some(rule.into()),
         anomalies: Vec::new(),
+        change: None,
+        not_undoable: None,
     }
 }
 
@@ -445,6 +451,7 @@ pub(crate) async fn session_closed(s: &SessionInfo, requests: u64, reason: Strin
 }
 
 /// A statement that a request carries, with its decision.
+#[derive(Clone)]
 pub(crate) struct Item {
     /// How it arrived, for the trail (`query`, `parse`, `execute`, `function_call`).
     pub via: &'static str,
@@ -452,6 +459,9 @@ pub(crate) struct Item {
     /// Columns its writes make sensitive (copies of sensitive values), recorded before it
     /// is forwarded.
     pub derived: Vec<weir_mask::DerivedTag>,
+    /// An UPDATE or DELETE where before-images are kept: its change id, or why it is not
+    /// undoable (`crate::undo`).
+    pub undo: Option<crate::undo::Mark>,
 }
 
 impl Item {
@@ -460,6 +470,7 @@ impl Item {
             via,
             decision,
             derived: Vec::new(),
+            undo: None,
         }
     }
 }
@@ -636,6 +647,8 @@ pub(crate) async fn record_refused(
             decision: "deny",
             rule: Some(rule.into()),
             anomalies: Vec::new(),
+            change: None,
+            not_undoable: None,
         })
         .wait()
         .await
@@ -719,6 +732,8 @@ pub(crate) async fn admit(
             decision: v.label(),
             rule: v.rule().map(str::to_owned),
             anomalies: item.decision.anomalies.clone(),
+            change: item.undo.as_ref().and_then(|u| u.change.clone()),
+            not_undoable: item.undo.as_ref().and_then(|u| u.not_undoable.clone()),
         }));
     }
     // What copies of sensitive values the request's writes make: on record with the

@@ -40,14 +40,88 @@ impl FrontendHalf<'_> {
             })
     }
 
+    /// Marks an UPDATE or DELETE where before-images are kept: its change id and capture,
+    /// or why it is not undoable (`crate::undo::plan`). Only a request of one statement
+    /// ending with Sync can be captured (Weir must see its ReadyForQuery to close the
+    /// bracket); COPY is not a write it captures.
+    pub(super) async fn mark_undo(&self, items: &mut [Item], end: BatchEnd) {
+        let (config, target) = (&self.ctx.shared.config, &self.ctx.target);
+        if !config.audit.keeps_before_images(&target.environment) {
+            return;
+        }
+        let catalog = match &self.ctx.mask {
+            Some(cache) => {
+                if let Err(e) = cache.ensure(&self.ctx.shared, target).await {
+                    warn!(cause = %e, "cannot load the catalog; the write is not undoable");
+                }
+                Some(cache.snapshot())
+            }
+            None => None,
+        };
+        let single = items.len() == 1 && matches!(end, BatchEnd::Sync);
+        for item in items.iter_mut() {
+            let d = &item.decision;
+            let mut mark = crate::undo::plan(
+                config,
+                target,
+                &d.analysis.sql,
+                &d.analysis.statements,
+                catalog.as_deref(),
+            );
+            if let (Some(m), false) = (&mut mark, single) {
+                if m.spec.is_some() {
+                    *m = crate::undo::Mark {
+                        change: None,
+                        not_undoable: Some(
+                            "not undoable: the request holds more than one statement, or does not end with Sync"
+                                .into(),
+                        ),
+                        spec: None,
+                    };
+                }
+            }
+            item.undo = mark;
+        }
+    }
+
     /// Queues one of Weir's own statements (a bracket around a bounded write).
     pub(super) fn inject(&mut self, out: &mut BytesMut, sql: &'static str, mode: Mode) {
+        self.inject_text(out, Bytes::from_static(sql.as_bytes()), mode);
+    }
+
+    /// [`FrontendHalf::inject`] for a text Weir built (a capture query).
+    pub(super) fn inject_text(&mut self, out: &mut BytesMut, sql: Bytes, mode: Mode) {
         let id = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let mut pending = Pending::new(id, VecDeque::from([Op::Query]));
         pending.mode = mode;
         pending.audited = false;
         self.send(Entry::Request(pending));
-        Frontend::Query(Bytes::from_static(sql.as_bytes())).encode(out);
+        Frontend::Query(sql).encode(out);
+    }
+
+    /// Runs one of Weir's capture queries and waits for its rows.
+    async fn capture<W: AsyncWrite + Unpin>(
+        &mut self,
+        sql: String,
+        max: u64,
+        uw: &mut W,
+        out: &mut BytesMut,
+    ) -> Result<(crate::track::ProbeResult, crate::track::Collected), Fatal> {
+        let (probe, result) = Probe::new();
+        let collector = crate::track::Collector::new(max);
+        self.inject_text(
+            out,
+            Bytes::from(sql),
+            Mode::Capture(probe, Arc::clone(&collector)),
+        );
+        flush_upstream(uw, out).await?;
+        let Ok(result) = result.await else {
+            return Err(Fatal::new(
+                "08006",
+                "weir: a before-image capture's result was lost; the session is closed",
+            ));
+        };
+        Ok((result, collector.take()))
     }
 
     /// Runs a bounded write inside a bracket — a transaction Weir opens when the client is in
@@ -73,14 +147,21 @@ impl FrontendHalf<'_> {
         self.inbox.wait_idle().await;
         let status = self.inbox.tx_status();
         if status == TxStatus::Failed {
-            // The server refuses anything but the end of the transaction: nothing to count.
-            self.forward(b.request, &b.items, b.next_scope, out, None)
-                .await?;
+            // The server refuses anything but the end of the transaction: nothing to count
+            // or capture.
+            self.forward_as(
+                b.request,
+                &b.items,
+                b.next_scope,
+                out,
+                Mode::Client,
+                b.durability,
+            )
+            .await?;
             return Ok(true);
         }
         let autocommit = status == TxStatus::Idle;
         let (batch, ops) = (self.batch.clone(), self.ops.clone());
-        let (probe, result) = Probe::new();
         self.inject(
             out,
             if autocommit {
@@ -90,13 +171,41 @@ impl FrontendHalf<'_> {
             },
             Mode::Hidden,
         );
+        // The rows as they are, locked until the bracket ends, so the write changes exactly
+        // these.
+        let mut before: Option<Result<Vec<serde_json::Map<String, serde_json::Value>>, String>> =
+            None;
+        if let Some(spec) = &b.capture {
+            let (r, c) = self
+                .capture(spec.plan.capture_sql.clone(), spec.max_bytes, uw, out)
+                .await?;
+            before = Some(if let Some(code) = r.sqlstate {
+                // The capture failed (a permission, a lock timeout): the transaction goes on
+                // as before it, and the write runs without an image.
+                if autocommit {
+                    self.inject(out, "ROLLBACK", Mode::Hidden);
+                    self.inject(out, "BEGIN", Mode::Hidden);
+                } else {
+                    self.inject(out, "ROLLBACK TO SAVEPOINT weir_row_bound", Mode::Hidden);
+                }
+                Err(format!("its rows could not be captured (SQLSTATE {code})"))
+            } else if c.over {
+                Err(format!(
+                    "over the cap: its rows are more than [audit] before_image_max_bytes ({} bytes)",
+                    spec.max_bytes
+                ))
+            } else {
+                crate::undo::before_rows(c.rows, &spec.key)
+            });
+        }
+        let (probe, result) = Probe::new();
         self.forward_as(
             b.request,
             &b.items,
             b.next_scope.clone(),
             out,
             Mode::Held(probe),
-            None,
+            b.durability,
         )
         .await?;
         flush_upstream(uw, out).await?;
@@ -106,7 +215,12 @@ impl FrontendHalf<'_> {
                 "weir: a bounded write's result was lost; the session is closed",
             ));
         };
-        if result.sqlstate.is_some() || result.rows <= b.limit {
+        let within = b.limit.is_none_or(|limit| result.rows <= limit);
+        if result.sqlstate.is_some() || within {
+            if let (Some(spec), Some(before), None) = (&b.capture, before, &result.sqlstate) {
+                let outcome = self.after_image(spec, before, result.rows, uw, out).await?;
+                crate::undo::keep(&self.ctx.info, b.request, spec, outcome).await;
+            }
             // Failed (the client sees the failure; in its own transaction, the transaction
             // stays aborted, as it would be), or within the bound (kept).
             let close = match (result.sqlstate.is_some(), autocommit) {
@@ -137,16 +251,16 @@ impl FrontendHalf<'_> {
             .and_then(|t| t.split(' ').next())
             .unwrap_or("statement")
             .to_owned();
+        let limit = b.limit.unwrap_or_default();
         let reason = format!(
             "this {kind} would change {} rows, more than the {} allowed ({})",
             group_digits(result.rows),
-            group_digits(b.limit),
+            group_digits(limit),
             b.rule
         );
         info!(
             rows = result.rows,
-            limit = b.limit,
-            "bounded write over its bound; rolled back"
+            limit, "bounded write over its bound; rolled back"
         );
         self.approval_or_refusal(
             b.request,
@@ -164,5 +278,55 @@ impl FrontendHalf<'_> {
             return self.wait_for_approval(held, cr, out).await;
         }
         Ok(true)
+    }
+
+    /// What a captured write's image comes to, once the write ran: its before rows (and,
+    /// for an UPDATE, the same rows read again by key, in the bracket) when their count is
+    /// what the write changed; else why not.
+    async fn after_image<W: AsyncWrite + Unpin>(
+        &mut self,
+        spec: &crate::undo::CaptureSpec,
+        before: Result<Vec<serde_json::Map<String, serde_json::Value>>, String>,
+        changed: u64,
+        uw: &mut W,
+        out: &mut BytesMut,
+    ) -> Result<crate::undo::Outcome, Fatal> {
+        use crate::undo::Outcome;
+        let rows = match before {
+            Ok(rows) => rows,
+            Err(why) => return Ok(Outcome::NotKept(why)),
+        };
+        if rows.len() as u64 != changed {
+            return Ok(Outcome::NotKept(format!(
+                "{} rows were captured but the statement changed {changed} (a row came or went in between, or a trigger or rule changed others)",
+                rows.len()
+            )));
+        }
+        if spec.plan.kind != weir_analyze::undo::WriteKind::Update || rows.is_empty() {
+            return Ok(match crate::undo::pair(rows, None, &spec.key) {
+                Ok(r) => Outcome::Kept(r),
+                Err(why) => Outcome::NotKept(why),
+            });
+        }
+        let sql = crate::undo::after_image_sql(&spec.table, &spec.key, &rows);
+        let (r, c) = self.capture(sql, spec.max_bytes, uw, out).await?;
+        if let Some(code) = r.sqlstate {
+            // Its error aborted the bracket, write included, and the client's answers are
+            // held: closing the session rolls everything back, so nothing half-done commits.
+            return Err(Fatal::new(
+                "58000",
+                format!("weir: the after-image of a captured write failed (SQLSTATE {code}); the session is closed and its transaction rolled back"),
+            ));
+        }
+        if c.over {
+            return Ok(Outcome::NotKept(format!(
+                "over the cap: its rows are more than [audit] before_image_max_bytes ({} bytes)",
+                spec.max_bytes
+            )));
+        }
+        Ok(match crate::undo::pair(rows, Some(c.rows), &spec.key) {
+            Ok(r) => Outcome::Kept(r),
+            Err(why) => Outcome::NotKept(why),
+        })
     }
 }

@@ -6,7 +6,27 @@ use super::*;
 impl FrontendHalf<'_> {
     /// Analyze + decide one SQL text, through the pipeline's decide stage.
     pub(super) fn decide(&mut self, sql: &[u8]) -> Result<Arc<Decision>, Fatal> {
-        Ok(self.decider.decide(&self.ctx.info, &self.ctx.end, sql))
+        let decision = self.decider.decide(&self.ctx.info, &self.ctx.end, sql);
+        if self.ctx.info.channel != pipeline::Channel::Undo {
+            return Ok(decision);
+        }
+        // `weir undo --apply`: each statement is also the action `undo`, and the stricter
+        // verdict holds.
+        let s = &self.ctx.info;
+        let verdicts = decision
+            .analysis
+            .statements
+            .iter()
+            .zip(&decision.verdicts)
+            .map(|(f, v)| {
+                v.clone()
+                    .stricter(s.shared.policy.decide_undo(&s.policy, f))
+            })
+            .collect();
+        Ok(Arc::new(Decision {
+            verdicts,
+            ..Decision::clone(&decision)
+        }))
     }
 
     /// Refuses a fastpath call, on record, as a denied request.
