@@ -408,6 +408,7 @@ impl Engine {
                 "reads_untrusted" if state.reads_untrusted => {
                     *v = RestrictedExpression::new_bool(true)
                 }
+                "undoable" if state.undoable => *v = RestrictedExpression::new_bool(true),
                 "copies_sensitive" => {
                     if let Some(c) = copied {
                         *v = strings(c.labels.iter().cloned());
@@ -718,6 +719,7 @@ fn context_pairs(
         b("tainted", false),
         b("reads_untrusted", false),
         ("anomalies".to_owned(), strings(std::iter::empty())),
+        b("undoable", false),
     ]
 }
 

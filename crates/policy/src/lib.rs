@@ -153,6 +153,8 @@ pub struct SessionState {
     pub reads_untrusted: bool,
     /// `context.anomalies`.
     pub anomalies: Vec<String>,
+    /// `context.undoable`.
+    pub undoable: bool,
 }
 
 /// The policy engine: Cedar policies (the built-in defaults and the operator's files),
@@ -173,9 +175,18 @@ pub struct PolicySession {
     granted: std::sync::atomic::AtomicBool,
     /// The session has read untrusted data (`context.tainted`).
     tainted: std::sync::atomic::AtomicBool,
+    /// The target keeps before-images of UPDATE and DELETE: `context.undoable` is true for
+    /// them until the gateway finds otherwise ([`Policy::decide_undoable`]).
+    before_images: std::sync::atomic::AtomicBool,
 }
 
 impl PolicySession {
+    /// Records whether the target keeps before-images (`[audit] before_images`).
+    pub fn set_before_images(&self, kept: bool) {
+        self.before_images
+            .store(kept, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Records whether the identity holds a grant on the target; later decisions see it.
     pub fn set_granted(&self, granted: bool) {
         self.granted
@@ -350,6 +361,7 @@ impl Policy {
             target: target.clone(),
             granted: Default::default(),
             tainted: Default::default(),
+            before_images: Default::default(),
         })
     }
 
@@ -430,6 +442,20 @@ impl Policy {
         self.decide_one(session, f, touched, Some(copied), anomalies)
     }
 
+    /// Decides one statement again, now that the session knows whether Weir keeps its
+    /// before-image (`context.undoable`, until then assumed for every UPDATE and DELETE on a
+    /// target that keeps them): `f` as resolved in the session's scope.
+    pub fn decide_undoable(
+        &self,
+        session: &PolicySession,
+        f: &StatementFacts,
+        touched: &Touched,
+        anomalies: &[String],
+        undoable: bool,
+    ) -> Verdict {
+        self.decide_full(session, f, touched, None, anomalies, Some(undoable))
+    }
+
     fn decide_one(
         &self,
         session: &PolicySession,
@@ -438,6 +464,27 @@ impl Policy {
         copied: Option<&Copied>,
         anomalies: &[String],
     ) -> Verdict {
+        self.decide_full(session, f, touched, copied, anomalies, None)
+    }
+
+    fn decide_full(
+        &self,
+        session: &PolicySession,
+        f: &StatementFacts,
+        touched: &Touched,
+        copied: Option<&Copied>,
+        anomalies: &[String],
+        undoable: Option<bool>,
+    ) -> Verdict {
+        let undoable = undoable.unwrap_or_else(|| {
+            session
+                .before_images
+                .load(std::sync::atomic::Ordering::Relaxed)
+                && matches!(
+                    f.kind,
+                    weir_analyze::StatementKind::Update | weir_analyze::StatementKind::Delete
+                )
+        });
         // PREPARE and DECLARE are decided as the statement they hold: that is what
         // EXECUTE and FETCH will run.
         let holds = f.inner.is_some();
@@ -459,6 +506,7 @@ impl Policy {
                         tainted: session.tainted() || reads_untrusted,
                         reads_untrusted,
                         anomalies: anomalies.to_vec(),
+                        undoable,
                     },
                     copied,
                 )

@@ -30,6 +30,7 @@ pub mod stream;
 pub mod tls;
 mod track;
 pub mod undo;
+mod undo_http;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -404,6 +405,7 @@ impl Gateway {
         let api = self.http.map(|listener| {
             let app = http::router(Arc::clone(&self.shared.services))
                 .merge(mcp::http::router(Arc::clone(&self.shared)))
+                .merge(undo_http::router(Arc::clone(&self.shared)))
                 .into_make_service_with_connect_info::<SocketAddr>();
             let mut stop = shutdown.clone();
             tokio::spawn(async move {

@@ -38,16 +38,28 @@ INSERT INTO nokey VALUES (1, 'one'), (2, 'two');
 /// A gateway whose development target keeps before-images, and a production target on the
 /// same database.
 fn gateway(extra_audit: &str) -> Gateway {
+    gateway_with(extra_audit, None)
+}
+
+fn gateway_with(extra_audit: &str, policy: Option<&str>) -> Gateway {
     let extra_audit = extra_audit.to_owned();
+    let policy = policy.map(str::to_owned);
     Gateway::start_custom(
         Options {
             fast: true,
             ..Default::default()
         },
-        move |cluster, _dir| {
+        move |cluster, dir| {
             cluster.psql("app", SCHEMA).unwrap();
+            let files = match policy {
+                Some(p) => {
+                    std::fs::write(dir.join("test.cedar"), p).unwrap();
+                    "[policy]\nfiles = [\"test.cedar\"]\n"
+                }
+                None => "",
+            };
             format!(
-                r#"
+                r#"{files}
 [[target]]
 name = "prod"
 engine = "postgres"
@@ -447,5 +459,70 @@ fn undo_in_production_waits_for_an_approver() {
     assert_eq!(
         direct(&g, "SELECT owner FROM accounts WHERE id = 9"),
         "owner 9"
+    );
+}
+
+#[test]
+fn policy_sees_whether_a_write_is_undoable() {
+    const POLICY: &str = r#"
+@id("test.irreversible-writes-need-approval")
+@outcome("approve")
+@reason("this write cannot be undone")
+forbid (principal, action in [Weir::Action::"update", Weir::Action::"delete"], resource)
+when { !context.undoable };
+"#;
+    let g = gateway_with("before_image_max_bytes = 4096", Some(POLICY));
+    // Undoable: runs.
+    run(&g, "UPDATE accounts SET note = 'small' WHERE id = 1");
+    assert_eq!(
+        direct(&g, "SELECT note FROM accounts WHERE id = 1"),
+        "small"
+    );
+    // No key, and over the cap: each waits for an approver, and is denied here.
+    for (sql, why) in [
+        (
+            "UPDATE nokey SET b = 'x' WHERE a = 1",
+            "no primary or unique key",
+        ),
+        (
+            "UPDATE accounts SET note = 'big' WHERE id <= 500",
+            "over the cap",
+        ),
+    ] {
+        let conn = g.alice();
+        let psql = g.cluster.bindir().join("psql");
+        let sql_owned = sql.to_owned();
+        let client = std::thread::spawn(move || {
+            std::process::Command::new(psql)
+                .args([conn.as_str(), "-X", "-At", "-c", sql_owned.as_str()])
+                .output()
+                .unwrap()
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let line = loop {
+            let listed = stdout(&g.weir(&["approvals"]));
+            if let Some(l) = listed.lines().find(|l| l.contains("test.irreversible")) {
+                break l.to_owned();
+            }
+            assert!(Instant::now() < deadline, "{sql}: no request\n{}", g.log());
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if why == "over the cap" {
+            assert!(line.contains(why), "{line}");
+        }
+        let id = line.split_whitespace().next().unwrap();
+        let denied = g.weir(&["deny", id, "--as", "bob", "--reason", "keep it reversible"]);
+        assert!(denied.status.success(), "{}", stderr(&denied));
+        let out = client.join().unwrap();
+        assert!(
+            stderr(&out).contains("keep it reversible"),
+            "{sql}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(direct(&g, "SELECT b FROM nokey WHERE a = 1"), "one");
+    assert_eq!(
+        direct(&g, "SELECT count(*) FROM accounts WHERE note = 'big'"),
+        "0"
     );
 }

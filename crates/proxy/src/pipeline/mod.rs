@@ -154,6 +154,11 @@ impl SessionInfo {
             }),
             None => None,
         };
+        let keeps = shared.config.audit.keeps_before_images(&target.environment);
+        policy.set_before_images(keeps);
+        if let Some(p) = &person {
+            p.policy.set_before_images(keeps);
+        }
         let identity_kind = identity.kind.as_str();
         let mask = if shared.config.masking.enabled {
             shared.upstreams.catalog(&target.name).cloned()
@@ -201,6 +206,39 @@ impl SessionInfo {
         info.load_taint().await;
         shared.baselines.ensure(&info.identity.name).await;
         Ok(info)
+    }
+
+    /// A decision's verdicts again, for a write whose before-image turned out not to be
+    /// kept (`context.undoable` false: no usable key, over the cap), combined with the
+    /// verdicts it has (the stricter holds).
+    pub fn decide_not_undoable(&self, decision: &Decision) -> Vec<Verdict> {
+        let policy = &self.shared.policy;
+        decision
+            .analysis
+            .statements
+            .iter()
+            .zip(decision.touched.iter())
+            .zip(&decision.verdicts)
+            .map(|((f, t), v)| {
+                let mut v = v.clone().stricter(policy.decide_undoable(
+                    &self.policy,
+                    f,
+                    t,
+                    &decision.anomalies,
+                    false,
+                ));
+                if let Some(p) = &self.person {
+                    v = v.stricter(policy.decide_undoable(
+                        &p.policy,
+                        f,
+                        t,
+                        &decision.anomalies,
+                        false,
+                    ));
+                }
+                v
+            })
+            .collect()
     }
 
     /// Policy's verdicts for resolved statements: the identity's, and for an agent acting for

@@ -80,6 +80,16 @@ impl FrontendHalf<'_> {
                     };
                 }
             }
+            if mark.as_ref().is_some_and(|m| m.spec.is_none()) {
+                // Decided as undoable (a write where images are kept); it is not.
+                let verdicts = self.ctx.info.decide_not_undoable(&item.decision);
+                if verdicts != item.decision.verdicts {
+                    item.decision = Arc::new(Decision {
+                        verdicts,
+                        ..Decision::clone(&item.decision)
+                    });
+                }
+            }
             item.undo = mark;
         }
     }
@@ -197,6 +207,53 @@ impl FrontendHalf<'_> {
             } else {
                 crate::undo::before_rows(c.rows, &spec.key)
             });
+            if let Some(Err(why)) = &before {
+                // Not undoable after all: policy decides again (`context.undoable` false),
+                // before the write has run.
+                let mut items = b.items.clone();
+                let verdicts = items
+                    .first()
+                    .map(|i| self.ctx.info.decide_not_undoable(&i.decision))
+                    .unwrap_or_default();
+                let overall = verdicts
+                    .iter()
+                    .max_by_key(|v| v.severity())
+                    .cloned()
+                    .unwrap_or(Verdict::Allow);
+                if matches!(
+                    overall,
+                    Verdict::Deny { .. } | Verdict::RequireApproval { .. }
+                ) {
+                    let why = why.clone();
+                    self.inject(
+                        out,
+                        if autocommit {
+                            "ROLLBACK"
+                        } else {
+                            "ROLLBACK TO SAVEPOINT weir_row_bound; RELEASE SAVEPOINT weir_row_bound"
+                        },
+                        Mode::Hidden,
+                    );
+                    flush_upstream(uw, out).await?;
+                    crate::undo::keep(
+                        &self.ctx.info,
+                        b.request,
+                        spec,
+                        crate::undo::Outcome::NotKept(why.clone()),
+                    )
+                    .await;
+                    for item in &mut items {
+                        item.undo = None;
+                        item.decision = Arc::new(Decision {
+                            verdicts: verdicts.clone(),
+                            ..Decision::clone(&item.decision)
+                        });
+                    }
+                    return self
+                        .refuse_or_ask(b.request, items, b.next_scope, b.end, overall, &why, out)
+                        .await;
+                }
+            }
         }
         let (probe, result) = Probe::new();
         self.forward_as(
@@ -278,6 +335,42 @@ impl FrontendHalf<'_> {
             return self.wait_for_approval(held, cr, out).await;
         }
         Ok(true)
+    }
+
+    /// A bracketed write that policy refuses or sends to approval now that its image cannot
+    /// be kept (its messages are still in `batch` and `ops`, the bracket rolled back).
+    #[allow(clippy::too_many_arguments)]
+    async fn refuse_or_ask(
+        &mut self,
+        request: u64,
+        items: Vec<Item>,
+        next_scope: Option<Scope>,
+        end: BatchEnd,
+        verdict: Verdict,
+        why: &str,
+        out: &mut BytesMut,
+    ) -> Result<bool, Fatal> {
+        match verdict {
+            Verdict::Deny { rule, reason } => {
+                self.refuse(
+                    out,
+                    &pipeline::Refusal::denied(&rule, &format!("{reason} ({why})")),
+                    end,
+                )
+                .await?;
+                Ok(true)
+            }
+            Verdict::RequireApproval { rule, reason } => {
+                let reason = format!("{reason} ({why})");
+                // A request to wait for is left in `held`: the run loop waits for it.
+                self.approval_or_refusal(
+                    request, items, next_scope, end, &rule, &reason, None, out,
+                )
+                .await?;
+                Ok(true)
+            }
+            Verdict::Allow | Verdict::AllowBounded { .. } => Ok(true),
+        }
     }
 
     /// What a captured write's image comes to, once the write ran: its before rows (and,
