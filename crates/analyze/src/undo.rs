@@ -21,6 +21,9 @@ pub struct CapturePlan {
     /// The columns an UPDATE assigns (none for a DELETE): a key that contains one of them
     /// cannot find the row again.
     pub set_columns: Vec<String>,
+    /// For a statement with bound parameters: which of the write's parameters (0-based)
+    /// the capture's `$1`, `$2`, … are.
+    pub params: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +63,62 @@ const VOLATILE: &[&str] = &[
     "dblink",
 ];
 
-/// The capture for `sql` (one statement), or why its rows cannot be captured.
+/// The capture for `sql` (one statement), or why its rows cannot be captured. With
+/// `bound`, `sql` is an extended-protocol statement whose Execute bound parameters: the
+/// capture refers to the ones its FROM and WHERE use, renumbered from `$1`
+/// ([`CapturePlan::params`] says which), so the server infers their types from the same
+/// expressions as in the write, and the write's own bytes (text or binary) bind them.
+pub fn capture_plan_bound(sql: &str, bound: bool) -> Result<CapturePlan, String> {
+    let mut plan = capture_plan_inner(sql, bound)?;
+    if bound {
+        let (renumbered, params) = renumber_params(&plan.capture_sql)?;
+        plan.capture_sql = renumbered;
+        plan.params = params;
+    }
+    Ok(plan)
+}
+
+/// [`capture_plan_bound`] for a text with no parameters.
 pub fn capture_plan(sql: &str) -> Result<CapturePlan, String> {
+    capture_plan_inner(sql, false)
+}
+
+/// `sql` with its parameters renumbered `$1`, `$2`, … in order of first use, and the
+/// original (0-based) index of each.
+fn renumber_params(sql: &str) -> Result<(String, Vec<usize>), String> {
+    let scanned = pg_query::scan(sql).map_err(|e| format!("the capture does not scan: {e}"))?;
+    let mut out = String::with_capacity(sql.len());
+    let mut order: Vec<usize> = Vec::new();
+    let mut at = 0usize;
+    for t in &scanned.tokens {
+        if t.token != pg_query::protobuf::Token::Param as i32 {
+            continue;
+        }
+        let (Ok(start), Ok(end)) = (usize::try_from(t.start), usize::try_from(t.end)) else {
+            return Err("a parameter token out of range".into());
+        };
+        let original = sql
+            .get(start..end)
+            .and_then(|p| p.strip_prefix('$'))
+            .and_then(|p| p.parse::<usize>().ok())
+            .and_then(|n| n.checked_sub(1))
+            .ok_or("a parameter token that is not $n")?;
+        let new = match order.iter().position(|o| *o == original) {
+            Some(i) => i,
+            None => {
+                order.push(original);
+                order.len() - 1
+            }
+        };
+        out.push_str(sql.get(at..start).ok_or("a parameter token out of range")?);
+        out.push_str(&format!("${}", new + 1));
+        at = end;
+    }
+    out.push_str(sql.get(at..).unwrap_or(""));
+    Ok((out, order))
+}
+
+fn capture_plan_inner(sql: &str, bound: bool) -> Result<CapturePlan, String> {
     let parsed = std::panic::catch_unwind(|| pg_query::parse(sql, 0))
         .map_err(|_| "the parser failed".to_owned())?
         .map_err(|e| format!("it does not parse: {e}"))?;
@@ -107,7 +164,7 @@ pub fn capture_plan(sql: &str) -> Result<CapturePlan, String> {
     if text.contains("\"CurrentOfExpr\"") {
         return Err("it updates WHERE CURRENT OF a cursor".into());
     }
-    if text.contains("\"ParamRef\"") {
+    if !bound && text.contains("\"ParamRef\"") {
         return Err("its WHERE has parameters".into());
     }
     if let Some(f) = called_functions(&text)
@@ -145,6 +202,7 @@ pub fn capture_plan(sql: &str) -> Result<CapturePlan, String> {
         kind,
         capture_sql,
         set_columns,
+        params: Vec::new(),
     })
 }
 
@@ -247,6 +305,20 @@ mod tests {
             let e = capture_plan(sql).unwrap_err();
             assert!(e.contains(why), "{sql}: {e}");
         }
+    }
+
+    #[test]
+    fn parameters_are_renumbered() {
+        let p = capture_plan_bound(
+            "UPDATE t SET a = $1 WHERE b = $3 AND c IS NOT DISTINCT FROM $2 AND d <> '$1' AND e = $3",
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            p.capture_sql,
+            "SELECT to_jsonb(t.*) FROM t WHERE b = $1 AND c IS NOT DISTINCT FROM $2 AND d <> '$1' AND e = $1 FOR UPDATE OF t"
+        );
+        assert_eq!(p.params, [2, 1]);
     }
 
     #[test]

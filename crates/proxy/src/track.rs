@@ -23,6 +23,9 @@ pub struct ExecInfo {
     pub statement: Bytes,
     pub formats: Vec<i16>,
     pub decision: Arc<Decision>,
+    /// The bound parameters in text, kept where the statement is an UPDATE or DELETE whose
+    /// before-image is captured (`crate::undo`), or why they are not usable.
+    pub params: Option<crate::undo::Params>,
 }
 
 /// A forwarded client message that the server will answer.

@@ -55,16 +55,85 @@ pub(crate) struct CaptureSpec {
     /// `weir undo` masks when it prints the rows.
     pub sensitive: BTreeMap<String, String>,
     pub max_bytes: u64,
+    /// The capture's parameters (formats, values), for a write with bound parameters.
+    pub params: Option<(Vec<i16>, Vec<Option<bytes::Bytes>>)>,
+}
+
+/// An Execute's bound parameters as the client sent them (format codes as in its Bind,
+/// `None` for NULL), or why they cannot be given to a capture.
+pub(crate) type Params = Result<Arc<BoundParams>, &'static str>;
+
+#[derive(Debug)]
+pub(crate) struct BoundParams {
+    pub formats: Vec<i16>,
+    pub values: Vec<Option<bytes::Bytes>>,
+}
+
+impl BoundParams {
+    /// The format and value of parameter `i` (0-based).
+    fn get(&self, i: usize) -> Option<(i16, Option<bytes::Bytes>)> {
+        let format = match self.formats.as_slice() {
+            [] => 0,
+            [one] => *one,
+            many => *many.get(i)?,
+        };
+        Some((format, self.values.get(i)?.clone()))
+    }
+
+    /// The formats and values of the parameters at `order`, for the capture's Bind.
+    pub fn pick(&self, order: &[usize]) -> Option<(Vec<i16>, Vec<Option<bytes::Bytes>>)> {
+        let picked: Option<Vec<(i16, Option<bytes::Bytes>)>> =
+            order.iter().map(|i| self.get(*i)).collect();
+        Some(picked?.into_iter().unzip())
+    }
+}
+
+/// The most bytes of parameters a portal keeps for its capture.
+const MAX_PARAM_BYTES: usize = 1 << 20;
+
+/// What a Bind's parameters give a capture: kept only for an UPDATE or DELETE on a target
+/// that keeps before-images (`None` otherwise).
+pub(crate) fn params_for(
+    config: &weir_config::Config,
+    target: &weir_config::Target,
+    decision: &weir_policy::Decision,
+    formats: &[i16],
+    values: &[Option<bytes::Bytes>],
+) -> Option<Params> {
+    let writes = decision.analysis.statements.iter().any(|f| {
+        matches!(
+            f.kind,
+            weir_analyze::StatementKind::Update | weir_analyze::StatementKind::Delete
+        )
+    });
+    if !writes || !config.audit.keeps_before_images(&target.environment) {
+        return None;
+    }
+    if values
+        .iter()
+        .map(|v| v.as_ref().map_or(0, |b| b.len()))
+        .sum::<usize>()
+        > MAX_PARAM_BYTES
+    {
+        return Some(Err(
+            "its parameters are larger than a capture takes (1 MiB)",
+        ));
+    }
+    Some(Ok(Arc::new(BoundParams {
+        formats: formats.to_vec(),
+        values: values.to_vec(),
+    })))
 }
 
 /// Whether writes on `target` keep before-images, and if so for this one statement (its
-/// SQL, its facts, the catalog), how — or why not. `None`: out of scope (not an UPDATE or
-/// DELETE, or before-images are off for the target).
+/// SQL, its facts, an Execute's parameters, the catalog), how — or why not. `None`: out of
+/// scope (not an UPDATE or DELETE, or before-images are off for the target).
 pub(crate) fn plan(
     config: &weir_config::Config,
     target: &weir_config::Target,
     sql: &str,
     facts: &[weir_analyze::StatementFacts],
+    params: Option<&Params>,
     catalog: Option<&weir_mask::catalog::Catalog>,
 ) -> Option<Mark> {
     if !config.audit.keeps_before_images(&target.environment) {
@@ -92,9 +161,21 @@ pub(crate) fn plan(
     if f.nested_write || f.unknown_effect || !f.user_functions.is_empty() {
         return not("it runs code or nested writes whose effect Weir cannot see".into());
     }
-    let plan = match weir_analyze::undo::capture_plan(sql) {
+    let bound = match params {
+        None => None,
+        Some(Ok(p)) => Some(Arc::clone(p)),
+        Some(Err(why)) => return not((*why).to_owned()),
+    };
+    let plan = match weir_analyze::undo::capture_plan_bound(sql, bound.is_some()) {
         Ok(p) => p,
         Err(why) => return not(why),
+    };
+    let capture_params = match &bound {
+        None => None,
+        Some(b) => match b.pick(&plan.params) {
+            Some(picked) => Some(picked),
+            None => return not("it uses a parameter its Bind did not give".into()),
+        },
     };
     let [table] = f.tables_written.iter().collect::<Vec<_>>()[..] else {
         return not("it does not write exactly one table".into());
@@ -132,6 +213,7 @@ pub(crate) fn plan(
         key,
         sensitive,
         max_bytes: config.audit.before_image_max_bytes,
+        params: capture_params,
     });
     Some(Mark {
         change: Some(change),

@@ -78,6 +78,9 @@ token = "{AUDREY_TOKEN}"
 
 [policy]
 files = ["approve.cedar"]
+
+[audit]
+before_images = true
 "#
             )
         },
@@ -225,6 +228,22 @@ fn the_console_in_chromium_approves_ends_searches_verifies_and_simulates() {
                 && e["id"] == approved["id"]
                 && e.to_string().contains("olga")),
             "the approval is on record with its approver"
+        );
+        // The approved DELETE was undone from the console: the row is back.
+        let undone = step("undone");
+        assert!(
+            undone["result"]
+                .as_str()
+                .unwrap()
+                .contains("restored 1 row(s), refused 0"),
+            "{undone}"
+        );
+        assert_eq!(
+            g.cluster
+                .psql("app", "SELECT count(*) FROM items WHERE id = 1")
+                .unwrap()
+                .trim(),
+            "1"
         );
         // The cross-site POST was refused, and dave's session lives on.
         assert!(step("cross_site_refused")["status"].as_u64().unwrap() >= 400);

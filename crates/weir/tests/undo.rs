@@ -69,6 +69,12 @@ database = "app"
 user = "postgres"
 password_file = "upstream-password"
 
+[[identity.static]]
+name = "dana"
+kind = "human"
+groups = ["dba"]
+token = "dana-test-token"
+
 [audit]
 before_images = true
 {extra_audit}
@@ -525,4 +531,138 @@ when { !context.undoable };
         direct(&g, "SELECT count(*) FROM accounts WHERE note = 'big'"),
         "0"
     );
+}
+
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[test]
+fn the_http_api_previews_and_applies_an_undo_for_approvers() {
+    let mut g = gateway("");
+    let http_port = weir::cluster::free_port().unwrap();
+    let config = std::fs::read_to_string(&g.config).unwrap().replacen(
+        "[gateway]\n",
+        &format!("[gateway]\nhttp_listen = \"127.0.0.1:{http_port}\"\n"),
+        1,
+    );
+    std::fs::write(&g.config, config).unwrap();
+    g.terminate();
+    g.restart();
+    let api = format!("http://127.0.0.1:{http_port}");
+    let bob = format!("Authorization: Bearer {BOB_TOKEN}");
+    let alice = format!("Authorization: Bearer {ALICE_TOKEN}");
+    let original = digest(&g, "accounts", "id");
+
+    run(&g, "DELETE FROM accounts WHERE id BETWEEN 20 AND 29");
+    let seq = seq_of(&g, "BETWEEN");
+    let url = format!("{api}/v1/audit/events/{seq}/undo");
+    // A developer sees no preview.
+    let (status, body) = curl(&["-H", &alice, &url]);
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = curl(&["-H", &bob, &url]);
+    assert_eq!(status, 200, "{body}");
+    let preview: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(preview["rows"], 10, "{preview}");
+    assert_eq!(preview["kind"], "delete");
+    assert_eq!(preview["may_apply"], true);
+    let sql = preview["sql"].as_str().unwrap();
+    assert_eq!(sql.matches("INSERT INTO").count(), 10, "{sql}");
+    // Applied: every row back; not twice.
+    let (status, body) = curl(&["-X", "POST", "-H", &bob, &url]);
+    assert_eq!(status, 200, "{body}");
+    let applied: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(applied["restored"], 10, "{applied}");
+    assert_eq!(applied["refused"], 0);
+    assert_eq!(digest(&g, "accounts", "id"), original);
+    let (status, body) = curl(&["-X", "POST", "-H", &bob, &url]);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("already undone"), "{body}");
+
+    // In production it waits for another approver (bob may not approve his own undo).
+    let out = g.psql(
+        &g.conninfo("alice", ALICE_TOKEN)
+            .replace("dbname=app", "dbname=prod"),
+        "UPDATE accounts SET owner = 'via http' WHERE id = 30",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seq = seq_of(&g, "owner = $");
+    let url = format!("{api}/v1/audit/events/{seq}/undo");
+    let (status, body) = curl(&["-X", "POST", "-H", &bob, &url]);
+    assert_eq!(status, 202, "{body}");
+    let waiting: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = waiting["approval"].as_str().unwrap().to_owned();
+    let approved = g.weir(&["approve", &id, "--as", "dana"]);
+    assert!(approved.status.success(), "{}", stderr(&approved));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while direct(&g, "SELECT owner FROM accounts WHERE id = 30") != "owner 30" {
+        assert!(Instant::now() < deadline, "not undone\n{}", g.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let events = exported(&g);
+    let undo = events.iter().rev().find(|e| e["event"] == "undo").unwrap();
+    assert_eq!(undo["statement_seq"], seq);
+    assert_eq!(undo["identity"], "bob");
+    assert_eq!(undo["outcome"], "applied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_with_bound_parameters_is_undone() {
+    let g = tokio::task::spawn_blocking(|| gateway("")).await.unwrap();
+    let original = digest(&g, "accounts", "id");
+    // tokio-postgres binds its parameters in binary.
+    let client = g.connect("alice", ALICE_TOKEN).await.unwrap();
+    let n = client
+        .execute(
+            "UPDATE accounts SET note = $1, balance = balance * 2 WHERE id BETWEEN $2 AND $3 AND owner <> $4",
+            &[&"from a driver", &100i32, &149i32, &"nobody"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 50);
+    let n = client
+        .execute("DELETE FROM accounts WHERE id = $1", &[&7i32])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(client);
+    let g = tokio::task::spawn_blocking(move || {
+        for needle in ["BETWEEN", "DELETE FROM accounts WHERE id = $1"] {
+            let seq = seq_of(&g, needle);
+            let applied = undo(&g, seq, &["--apply", "--as", "bob"]);
+            assert!(applied.status.success(), "{needle}: {}", stderr(&applied));
+        }
+        g
+    })
+    .await
+    .unwrap();
+    assert_eq!(digest(&g, "accounts", "id"), original);
+    tokio::task::spawn_blocking(move || drop(g)).await.unwrap();
+}
+
+#[test]
+fn a_client_cannot_name_weirs_capture_statement() {
+    let g = gateway("");
+    let mut c = RawClient::connect(g.port, "alice", ALICE_TOKEN, "app");
+    c.send(&[
+        weir_wire::frontend::Message::Parse(weir_wire::frontend::Parse {
+            name: bytes::Bytes::from_static(b"weir\x1fcapture"),
+            query: bytes::Bytes::from_static(b"SELECT 1"),
+            param_types: Vec::new(),
+        }),
+        weir_wire::frontend::Message::Sync,
+    ]);
+    match c.recv() {
+        weir_wire::backend::Message::ErrorResponse(f) => {
+            assert_eq!(f.code(), Some("08P01"), "{f:?}");
+        }
+        other => panic!("{other:?}"),
+    }
 }

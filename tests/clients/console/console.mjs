@@ -140,6 +140,19 @@ try {
   await shot(page, "audit");
   report("audit", { rows, replayed, verdict });
 
+  // 5b. Undo the approved DELETE from its before-image (in the replayed session's rows).
+  const undoable = page.locator("#audit-table tbody tr").filter({ hasText: "DELETE" }).filter({ has: page.locator("a.undo-link") });
+  await undoable.first().waitFor({ timeout: 10000 });
+  await undoable.first().locator("a.undo-link").click();
+  await page.locator("#undo-panel").waitFor();
+  const undoSql = await page.locator("#undo-sql").textContent();
+  if (!undoSql.includes("INSERT INTO")) throw new Error("the undo preview has no INSERT: " + undoSql);
+  await page.click("#undo-apply");
+  await page.locator("#undo-result").filter({ hasText: /restored|waiting/ }).waitFor({ timeout: 20000 });
+  const undoResult = await page.locator("#undo-result").textContent();
+  await shot(page, "undo");
+  report("undone", { sql: undoSql, result: undoResult });
+
   // 6. The policy simulator.
   await page.goto(url + "/#simulate");
   await page.fill("#simulate-form input[name=identity]", env("WEIR_WAITING"));

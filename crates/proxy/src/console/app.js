@@ -221,13 +221,38 @@ async function searchAudit(extra) {
     const replay = e.session !== undefined
       ? el("a", { href: "#audit", onclick: (ev) => { ev.preventDefault(); replaySession(e.session); } }, "s" + e.session)
       : "";
+    const undo = e.event === "statement" && e.change
+      ? el("a", { href: "#audit", className: "undo-link", onclick: (ev) => { ev.preventDefault(); previewUndo(e.seq).catch((x) => flash(x.message, true)); } }, "undo")
+      : "";
     return el("tr", {},
-      el("td", {}, String(e.seq)), el("td", {}, when(e.ts_us / 1000)), el("td", {}, e.event),
+      el("td", {}, String(e.seq), " ", undo), el("td", {}, when(e.ts_us / 1000)), el("td", {}, e.event),
       el("td", {}, replay), el("td", {}, e.identity || e.actor || ""), el("td", {}, e.target || ""),
       el("td", {}, e.decision || ""), el("td", {}, el("code", {}, detail(e))));
   });
   document.querySelector("#audit-table tbody").replaceChildren(...rows);
   return data.events.length;
+}
+
+// Undo: a statement's before-image as SQL (masked for the operator), applied through the
+// gateway as the operator (policy and approval apply).
+let undoSeq = null;
+
+async function previewUndo(seq) {
+  const p = await api("GET", "/v1/audit/events/" + seq + "/undo");
+  undoSeq = seq;
+  $("undo-title").textContent = "Undo of event " + seq + ": " + p.kind.toUpperCase() + " of " + p.rows + " row(s) of " + p.table + " on " + p.target;
+  $("undo-sql").textContent = p.sql;
+  $("undo-result").textContent = "";
+  $("undo-apply").hidden = !p.may_apply;
+  $("undo-panel").hidden = false;
+}
+
+async function applyUndo() {
+  if (undoSeq === null) return;
+  const r = await api("POST", "/v1/audit/events/" + undoSeq + "/undo");
+  $("undo-result").textContent = r.status === "waiting"
+    ? "waiting for approval of request " + (r.approval || "?") + "; it runs once an approver decides"
+    : r.status + ": restored " + r.restored + " row(s), refused " + r.refused;
 }
 
 async function replaySession(session) {
@@ -289,6 +314,8 @@ document.addEventListener("DOMContentLoaded", async () => {
     try { await api("POST", "/console/logout"); } catch (_) { /* signed out anyway */ }
     signedOut();
   });
+  $("undo-apply").addEventListener("click", () => { applyUndo().catch((e) => { $("undo-result").textContent = e.message; }); });
+  $("undo-close").addEventListener("click", () => { $("undo-panel").hidden = true; undoSeq = null; });
   $("audit-form").addEventListener("submit", (ev) => { ev.preventDefault(); searchAudit().catch((e) => flash(e.message, true)); });
   $("audit-verify").addEventListener("click", async () => {
     const v = $("audit-verify-result") || $("audit-verdict");

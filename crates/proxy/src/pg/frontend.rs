@@ -198,11 +198,13 @@ impl<'a> FrontendHalf<'a> {
         let msg = Frontend::decode(tag, body).map_err(Fatal::protocol)?;
         // INVARIANT: no client message names the portal of Weir's denial stand-in, so that
         // Execute always fails and the denial always aborts the transaction.
+        // The same for Weir's capture statement and portal (`bracket::CAPTURE_STATEMENT`).
+        let reserved = |n: &[u8]| n == ABORT_PORTAL || n == bracket::CAPTURE_STATEMENT;
         let names_abort_portal = match &msg {
-            Frontend::Bind(b) => b.portal.as_ref() == ABORT_PORTAL,
-            Frontend::Execute { portal, .. } => portal.as_ref() == ABORT_PORTAL,
-            Frontend::Describe(DescribeTarget::Portal, name)
-            | Frontend::Close(DescribeTarget::Portal, name) => name.as_ref() == ABORT_PORTAL,
+            Frontend::Bind(b) => reserved(&b.portal) || reserved(&b.statement),
+            Frontend::Parse(p) => reserved(&p.name),
+            Frontend::Execute { portal, .. } => reserved(portal),
+            Frontend::Describe(_, name) | Frontend::Close(_, name) => reserved(name),
             _ => false,
         };
         if names_abort_portal {
@@ -375,12 +377,20 @@ impl<'a> FrontendHalf<'a> {
                             format!("weir: more than {MAX_PREPARED} portals in one session"),
                         ));
                     }
+                    let params = crate::undo::params_for(
+                        &self.ctx.shared.config,
+                        &self.ctx.target,
+                        &d,
+                        &b.param_formats,
+                        &b.params,
+                    );
                     self.portals.insert(
                         b.portal,
                         Arc::new(ExecInfo {
                             statement: b.statement,
                             formats: b.result_formats,
                             decision: d,
+                            params,
                         }),
                     );
                 }
@@ -417,7 +427,9 @@ impl<'a> FrontendHalf<'a> {
                     }
                 };
                 self.batch_unseen |= runs_unseen_code(&decision);
-                self.items.push(Item::new("execute", decision));
+                let mut item = Item::new("execute", decision);
+                item.params = info.and_then(|i| i.params.clone());
+                self.items.push(item);
             }
             Frontend::Close(t, name) => {
                 self.batch.extend_from_slice(&frame);

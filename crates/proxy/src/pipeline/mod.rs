@@ -500,6 +500,8 @@ pub(crate) struct Item {
     /// An UPDATE or DELETE where before-images are kept: its change id, or why it is not
     /// undoable (`crate::undo`).
     pub undo: Option<crate::undo::Mark>,
+    /// An Execute's bound parameters, for a before-image's capture.
+    pub params: Option<crate::undo::Params>,
 }
 
 impl Item {
@@ -509,6 +511,7 @@ impl Item {
             decision,
             derived: Vec::new(),
             undo: None,
+            params: None,
         }
     }
 }

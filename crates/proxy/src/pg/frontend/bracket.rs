@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// The name of Weir's own capture statement and portal (`crate::undo`). No client message
+/// may name it (`FrontendHalf::on_frame`), so it never clobbers or reads a client's.
+pub(super) const CAPTURE_STATEMENT: &[u8] = b"weir\x1fcapture";
+
 impl FrontendHalf<'_> {
     /// Whether every bounded statement of the request is an UPDATE or DELETE whose WHERE
     /// fixes every column of a unique key of the one table it writes (the target's catalog, loaded fresh
@@ -66,6 +70,7 @@ impl FrontendHalf<'_> {
                 target,
                 &d.analysis.sql,
                 &d.analysis.statements,
+                item.params.as_ref(),
                 catalog.as_deref(),
             );
             if let (Some(m), false) = (&mut mark, single) {
@@ -109,21 +114,56 @@ impl FrontendHalf<'_> {
         Frontend::Query(sql).encode(out);
     }
 
-    /// Runs one of Weir's capture queries and waits for its rows.
+    /// Runs one of Weir's capture queries and waits for its rows: as a simple Query, or,
+    /// with `params` (formats and values, as the write's Bind gave them), as Weir's own
+    /// prepared statement [`CAPTURE_STATEMENT`], bound with them.
     async fn capture<W: AsyncWrite + Unpin>(
         &mut self,
         sql: String,
+        params: Option<(Vec<i16>, Vec<Option<Bytes>>)>,
         max: u64,
         uw: &mut W,
         out: &mut BytesMut,
     ) -> Result<(crate::track::ProbeResult, crate::track::Collected), Fatal> {
         let (probe, result) = Probe::new();
         let collector = crate::track::Collector::new(max);
-        self.inject_text(
-            out,
-            Bytes::from(sql),
-            Mode::Capture(probe, Arc::clone(&collector)),
-        );
+        let mode = Mode::Capture(probe, Arc::clone(&collector));
+        match params {
+            None => self.inject_text(out, Bytes::from(sql), mode),
+            Some((formats, values)) => {
+                let id = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+                let name = Bytes::from_static(CAPTURE_STATEMENT);
+                // Closed first: an earlier capture that failed left it defined.
+                Frontend::Close(DescribeTarget::Statement, name.clone()).encode(out);
+                Frontend::Parse(weir_wire::frontend::Parse {
+                    name: name.clone(),
+                    query: Bytes::from(sql),
+                    param_types: Vec::new(),
+                })
+                .encode(out);
+                Frontend::Bind(weir_wire::frontend::Bind {
+                    portal: Bytes::from_static(CAPTURE_STATEMENT),
+                    statement: name,
+                    param_formats: formats,
+                    params: values,
+                    result_formats: vec![0],
+                })
+                .encode(out);
+                Frontend::Execute {
+                    portal: Bytes::from_static(CAPTURE_STATEMENT),
+                    max_rows: 0,
+                }
+                .encode(out);
+                Frontend::Sync.encode(out);
+                let mut pending = Pending::new(
+                    id,
+                    VecDeque::from([Op::Close, Op::Parse, Op::Bind, Op::Execute(None), Op::Sync]),
+                );
+                pending.mode = mode;
+                pending.audited = false;
+                self.send(Entry::Request(pending));
+            }
+        }
         flush_upstream(uw, out).await?;
         let Ok(result) = result.await else {
             return Err(Fatal::new(
@@ -187,7 +227,13 @@ impl FrontendHalf<'_> {
             None;
         if let Some(spec) = &b.capture {
             let (r, c) = self
-                .capture(spec.plan.capture_sql.clone(), spec.max_bytes, uw, out)
+                .capture(
+                    spec.plan.capture_sql.clone(),
+                    spec.params.clone(),
+                    spec.max_bytes,
+                    uw,
+                    out,
+                )
                 .await?;
             before = Some(if let Some(code) = r.sqlstate {
                 // The capture failed (a permission, a lock timeout): the transaction goes on
@@ -402,7 +448,7 @@ impl FrontendHalf<'_> {
             });
         }
         let sql = crate::undo::after_image_sql(&spec.table, &spec.key, &rows);
-        let (r, c) = self.capture(sql, spec.max_bytes, uw, out).await?;
+        let (r, c) = self.capture(sql, None, spec.max_bytes, uw, out).await?;
         if let Some(code) = r.sqlstate {
             // Its error aborted the bracket, write included, and the client's answers are
             // held: closing the session rolls everything back, so nothing half-done commits.
