@@ -75,6 +75,8 @@ pub struct Services {
     pub audit: Arc<dyn AuditSink>,
     /// Seals before-images (`crate::undo`); `None` where no target keeps them.
     pub sealer: Option<Arc<undo::Sealer>>,
+    /// Keeps sealed before-images in the store, group-committed.
+    pub image_writer: Option<undo::ImageWriter>,
     /// Approval requests with a waiting client, and the store they live in.
     pub approvals: Arc<approvals::Approvals>,
     /// Active access grants, and the sessions that rely on them.
@@ -234,6 +236,12 @@ impl Shared {
         } else {
             None
         };
+        let image_writer = match &sealer {
+            Some(_) => {
+                Some(undo::ImageWriter::start(Arc::clone(&store)).map_err(GatewayError::Store)?)
+            }
+            None => None,
+        };
         let grants = Arc::new(grants::Grants::new(Arc::clone(&store), clock.clone()));
         grants
             .load()
@@ -260,6 +268,7 @@ impl Shared {
                 policy,
                 audit,
                 sealer,
+                image_writer,
             }),
             front: FrontDoor {
                 tls_acceptor: tokio_rustls::TlsAcceptor::from(server_tls),

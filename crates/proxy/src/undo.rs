@@ -429,14 +429,17 @@ pub(crate) enum Outcome {
     NotKept(String),
 }
 
-/// Seals and stores a write's image, and records its `before_image` event (waiting until it
-/// is durable). A failure makes the change not undoable (the event says why); the write
-/// itself has already been decided and recorded.
+/// Seals and stores a write's image, and records its `before_image` event (with `durable`,
+/// waiting until it is: before Weir's own COMMIT; in the client's transaction its COMMIT is
+/// recorded later in the one ordered trail, and waits for both). A failure makes the change
+/// not undoable (the event says why); the write itself has already been decided and
+/// recorded.
 pub(crate) async fn keep(
     s: &crate::pipeline::SessionInfo,
     request: u64,
     spec: &CaptureSpec,
     outcome: Outcome,
+    durable: bool,
 ) {
     let shared = &s.shared;
     let (rows, bytes, digest, reason) = match outcome {
@@ -478,7 +481,14 @@ pub(crate) async fn keep(
         sha256: digest,
         reason: reason.map(|r| format!("not undoable: {r}")),
     };
-    if let Err(e) = shared.audit.append(event).wait().await {
+    let ack = shared.audit.append(event);
+    if !durable {
+        if let crate::audit::AuditAck::Done(Err(e)) = ack {
+            tracing::warn!(cause = %e, "a before-image event could not be recorded");
+        }
+        return;
+    }
+    if let Err(e) = ack.wait().await {
         tracing::warn!(cause = %e, "a before-image event could not be recorded");
     }
 }
@@ -507,12 +517,72 @@ async fn store_image(
         purged_ms: None,
         undone_by: None,
     };
-    s.shared
-        .approvals
-        .with_store(move |st| st.put_before_image(&record))
-        .await
-        .map_err(|e| e.to_string())?;
+    let writer = s
+        .shared
+        .image_writer
+        .as_ref()
+        .ok_or("no before-image writer is running")?;
+    writer.put(record).await?;
     Ok((bytes, digest))
+}
+
+/// Keeps sealed images in the store with group commit: one thread takes whatever images
+/// queued while it committed the last batch and commits them in one transaction (one fsync),
+/// then answers each session. Under load many writes share a commit, as the trail's do.
+pub struct ImageWriter {
+    tx: std::sync::Mutex<
+        std::sync::mpsc::Sender<(
+            weir_store::BeforeImage,
+            tokio::sync::oneshot::Sender<Result<(), String>>,
+        )>,
+    >,
+}
+
+/// Most images one batch commits.
+const MAX_IMAGE_BATCH: usize = 256;
+
+impl ImageWriter {
+    pub fn start(store: Arc<dyn weir_store::Store>) -> Result<ImageWriter, String> {
+        type Job = (
+            weir_store::BeforeImage,
+            tokio::sync::oneshot::Sender<Result<(), String>>,
+        );
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("weir-images".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_IMAGE_BATCH {
+                        match rx.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    let (images, acks): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let result = store.put_before_images(&images).map_err(|e| e.to_string());
+                    for ack in acks {
+                        let _ = ack.send(result.clone());
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the before-image writer: {e}"))?;
+        Ok(ImageWriter {
+            tx: std::sync::Mutex::new(tx),
+        })
+    }
+
+    /// Keeps one image; answers once it is committed.
+    pub async fn put(&self, image: weir_store::BeforeImage) -> Result<(), String> {
+        let (ack, done) = tokio::sync::oneshot::channel();
+        self.tx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send((image, ack))
+            .map_err(|_| "the before-image writer stopped".to_owned())?;
+        done.await
+            .unwrap_or_else(|_| Err("the before-image writer stopped".into()))
+    }
 }
 
 /// Purges the images past retention, and records the purge. Returns how many.

@@ -38,6 +38,16 @@ pub struct BeforeImage {
     pub undone_by: Option<String>,
 }
 
+/// Keeps several images in one transaction (one fsync for all).
+pub(crate) fn put_all(c: &rusqlite::Connection, images: &[BeforeImage]) -> Result<(), StoreError> {
+    let tx = c.unchecked_transaction()?;
+    for b in images {
+        put(&tx, b)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 pub(crate) fn put(c: &rusqlite::Connection, b: &BeforeImage) -> Result<(), StoreError> {
     let (nonce, sealed) = match &b.sealed {
         Some((n, s)) => (Some(n.as_slice()), Some(s.as_slice())),

@@ -187,8 +187,8 @@ pub trait Store: Send + Sync {
         now_ms: u64,
     ) -> Result<Option<u64>, StoreError>;
 
-    /// Keeps a statement's sealed before-image.
-    fn put_before_image(&self, image: &BeforeImage) -> Result<(), StoreError>;
+    /// Keeps statements' sealed before-images, in one transaction.
+    fn put_before_images(&self, images: &[BeforeImage]) -> Result<(), StoreError>;
     fn before_image(&self, change: &str) -> Result<Option<BeforeImage>, StoreError>;
     /// Deletes the ciphertext of images made before `cutoff_ms`; returns their change ids.
     fn purge_before_images(&self, cutoff_ms: u64, now_ms: u64) -> Result<Vec<String>, StoreError>;
@@ -374,8 +374,8 @@ const SELECT: &str =
     "SELECT id, name, kind, groups, created_at, expires_at, revoked_at, last_used_at, attributes, on_behalf_of FROM tokens";
 
 impl Store for SqliteStore {
-    fn put_before_image(&self, image: &BeforeImage) -> Result<(), StoreError> {
-        self.with(|c| before_images::put(c, image))
+    fn put_before_images(&self, images: &[BeforeImage]) -> Result<(), StoreError> {
+        self.with(|c| before_images::put_all(c, images))
     }
 
     fn before_image(&self, change: &str) -> Result<Option<BeforeImage>, StoreError> {

@@ -286,6 +286,7 @@ impl FrontendHalf<'_> {
                         b.request,
                         spec,
                         crate::undo::Outcome::NotKept(why.clone()),
+                        false,
                     )
                     .await;
                     for item in &mut items {
@@ -322,7 +323,9 @@ impl FrontendHalf<'_> {
         if result.sqlstate.is_some() || within {
             if let (Some(spec), Some(before), None) = (&b.capture, before, &result.sqlstate) {
                 let outcome = self.after_image(spec, before, result.rows, uw, out).await?;
-                crate::undo::keep(&self.ctx.info, b.request, spec, outcome).await;
+                // Weir's own COMMIT waits until the image's event is durable; in the client's
+                // transaction, its COMMIT's event comes later in the trail and waits for both.
+                crate::undo::keep(&self.ctx.info, b.request, spec, outcome, autocommit).await;
             }
             // Failed (the client sees the failure; in its own transaction, the transaction
             // stays aborted, as it would be), or within the bound (kept).
