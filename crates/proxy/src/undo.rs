@@ -530,13 +530,14 @@ async fn store_image(
 /// queued while it committed the last batch and commits them in one transaction (one fsync),
 /// then answers each session. Under load many writes share a commit, as the trail's do.
 pub struct ImageWriter {
-    tx: std::sync::Mutex<
-        std::sync::mpsc::Sender<(
-            weir_store::BeforeImage,
-            tokio::sync::oneshot::Sender<Result<(), String>>,
-        )>,
-    >,
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<ImageJob>>,
 }
+
+/// An image to keep, and where its commit is answered.
+type ImageJob = (
+    weir_store::BeforeImage,
+    tokio::sync::oneshot::Sender<Result<(), String>>,
+);
 
 /// Most images one batch commits.
 const MAX_IMAGE_BATCH: usize = 256;
