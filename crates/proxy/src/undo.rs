@@ -423,6 +423,54 @@ pub fn sealed_digest(nonce: &[u8], sealed: &[u8]) -> String {
     hex::encode(h.finalize())
 }
 
+/// What a captured write's image comes to, once the write ran: its before rows (and, for an
+/// UPDATE, the same rows read again by key, in the bracket) when their count is what the
+/// write changed; else why not. `Err` (the session ends, its transaction rolled back) when
+/// the after-image read failed although the write did not.
+pub(crate) fn outcome(
+    spec: &CaptureSpec,
+    before: Result<Vec<Map<String, Value>>, String>,
+    after: Option<(crate::track::ProbeResult, crate::track::Collected)>,
+    changed: u64,
+) -> Result<Outcome, String> {
+    let rows = match before {
+        Ok(rows) => rows,
+        Err(why) => return Ok(Outcome::NotKept(why)),
+    };
+    if rows.len() as u64 != changed {
+        return Ok(Outcome::NotKept(format!(
+            "{} rows were captured but the statement changed {changed} (a row came or went in between, or a trigger or rule changed others)",
+            rows.len()
+        )));
+    }
+    let after = match after {
+        None => None,
+        Some((r, _)) if r.sqlstate.is_some() => {
+            return Err(format!(
+                "the after-image of a captured write failed (SQLSTATE {})",
+                r.sqlstate.unwrap_or_default()
+            ))
+        }
+        Some((_, c)) if c.over => {
+            return Ok(Outcome::NotKept(format!(
+                "over the cap: its rows are more than [audit] before_image_max_bytes ({} bytes)",
+                spec.max_bytes
+            )))
+        }
+        Some((_, c)) => Some(c.rows),
+    };
+    if spec.plan.kind == weir_analyze::undo::WriteKind::Update
+        && after.is_none()
+        && !rows.is_empty()
+    {
+        return Ok(Outcome::NotKept("the after-image was not read".into()));
+    }
+    Ok(match pair(rows, after, &spec.key) {
+        Ok(r) => Outcome::Kept(r),
+        Err(why) => Outcome::NotKept(why),
+    })
+}
+
 /// What a captured write came to, for its `before_image` event.
 pub(crate) enum Outcome {
     Kept(Vec<RowImage>),

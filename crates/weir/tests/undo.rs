@@ -666,3 +666,98 @@ fn a_client_cannot_name_weirs_capture_statement() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn bounded_writes_keep_images_within_the_bound_after_approval_and_not_when_they_fail() {
+    let g = gateway("[policy]\nbulk_write_rows = 100\n");
+    let prod = g
+        .conninfo("alice", ALICE_TOKEN)
+        .replace("dbname=app", "dbname=prod");
+    let original = digest(&g, "accounts", "id");
+    // Within the bound: one bracket for the bound and the capture.
+    let out = g.psql(&prod, "UPDATE accounts SET note = 'few' WHERE id <= 50");
+    assert!(stdout(&out).contains("UPDATE 50"), "{}", stderr(&out));
+    let few = seq_of(&g, "id <= $");
+    // Over it: rolled back, approved, then run for real with its image.
+    let psql = g.cluster.bindir().join("psql");
+    let conn = prod.clone();
+    let client = std::thread::spawn(move || {
+        std::process::Command::new(psql)
+            .args([
+                conn.as_str(),
+                "-X",
+                "-At",
+                "-c",
+                "UPDATE accounts SET note = 'many' WHERE id > 500",
+            ])
+            .output()
+            .unwrap()
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let listed = stdout(&g.weir(&["approvals"]));
+        if let Some(l) = listed.lines().find(|l| l.contains("would change 500 rows")) {
+            break l.split_whitespace().next().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no request\n{}", g.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(g.weir(&["approve", &id, "--as", "bob"]).status.success());
+    let out = client.join().unwrap();
+    assert!(stdout(&out).contains("UPDATE 500"), "{}", stderr(&out));
+    let many = seq_of(&g, "id > $");
+    // A write that fails keeps nothing and leaves nothing.
+    let out = g.psql(
+        &prod,
+        "UPDATE accounts SET balance = balance / 0 WHERE id <= 3",
+    );
+    assert!(
+        stderr(&out).contains("division by zero"),
+        "{}",
+        stderr(&out)
+    );
+    let failed = seq_of(&g, "balance / $");
+    let refused = undo(&g, failed, &[]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("changed nothing"),
+        "{}",
+        stderr(&refused)
+    );
+    // Both images undo (in production each undo waits for an approver: dana).
+    for seq in [many, few] {
+        let config = g.config.clone();
+        let clock = g.clock_file();
+        let applying = std::thread::spawn(move || {
+            std::process::Command::new(weir_bin())
+                .args([
+                    "undo",
+                    &seq.to_string(),
+                    "--apply",
+                    "--as",
+                    "bob",
+                    "--config",
+                ])
+                .arg(&config)
+                .env("WEIR_CLOCK_FILE", clock)
+                .output()
+                .unwrap()
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let id = loop {
+            let listed = stdout(&g.weir(&["approvals"]));
+            if let Some(l) = listed
+                .lines()
+                .find(|l| l.contains("weir.undo-needs-approval"))
+            {
+                break l.split_whitespace().next().unwrap().to_owned();
+            }
+            assert!(Instant::now() < deadline, "no undo request\n{}", g.log());
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(g.weir(&["approve", &id, "--as", "dana"]).status.success());
+        let out = applying.join().unwrap();
+        assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    }
+    assert_eq!(digest(&g, "accounts", "id"), original);
+}

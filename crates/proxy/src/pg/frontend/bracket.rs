@@ -3,6 +3,24 @@
 
 use super::*;
 
+/// A capture query on its way: its outcome and rows arrive through these.
+struct Queued {
+    result: tokio::sync::oneshot::Receiver<crate::track::ProbeResult>,
+    collector: Arc<crate::track::Collector>,
+}
+
+impl Queued {
+    async fn rows(self) -> Result<(crate::track::ProbeResult, crate::track::Collected), Fatal> {
+        let Ok(result) = self.result.await else {
+            return Err(Fatal::new(
+                "08006",
+                "weir: a before-image capture's result was lost; the session is closed",
+            ));
+        };
+        Ok((result, self.collector.take()))
+    }
+}
+
 /// The name of Weir's own capture statement and portal (`crate::undo`). No client message
 /// may name it (`FrontendHalf::on_frame`), so it never clobbers or reads a client's.
 pub(super) const CAPTURE_STATEMENT: &[u8] = b"weir\x1fcapture";
@@ -114,9 +132,8 @@ impl FrontendHalf<'_> {
         Frontend::Query(sql).encode(out);
     }
 
-    /// Runs one of Weir's capture queries and waits for its rows: as a simple Query, or,
-    /// with `params` (formats and values, as the write's Bind gave them), as Weir's own
-    /// prepared statement [`CAPTURE_STATEMENT`], bound with them.
+    /// Runs one of Weir's capture queries and waits for its rows (see
+    /// [`FrontendHalf::queue_capture`]).
     async fn capture<W: AsyncWrite + Unpin>(
         &mut self,
         sql: String,
@@ -125,6 +142,21 @@ impl FrontendHalf<'_> {
         uw: &mut W,
         out: &mut BytesMut,
     ) -> Result<(crate::track::ProbeResult, crate::track::Collected), Fatal> {
+        let queued = self.queue_capture(sql, params, max, out);
+        flush_upstream(uw, out).await?;
+        queued.rows().await
+    }
+
+    /// Queues one of Weir's capture queries into `out`: as a simple Query, or, with `params`
+    /// (formats and values, as the write's Bind gave them), as Weir's own prepared statement
+    /// [`CAPTURE_STATEMENT`], bound with them.
+    fn queue_capture(
+        &mut self,
+        sql: String,
+        params: Option<(Vec<i16>, Vec<Option<Bytes>>)>,
+        max: u64,
+        out: &mut BytesMut,
+    ) -> Queued {
         let (probe, result) = Probe::new();
         let collector = crate::track::Collector::new(max);
         let mode = Mode::Capture(probe, Arc::clone(&collector));
@@ -164,14 +196,7 @@ impl FrontendHalf<'_> {
                 self.send(Entry::Request(pending));
             }
         }
-        flush_upstream(uw, out).await?;
-        let Ok(result) = result.await else {
-            return Err(Fatal::new(
-                "08006",
-                "weir: a before-image capture's result was lost; the session is closed",
-            ));
-        };
-        Ok((result, collector.take()))
+        Queued { result, collector }
     }
 
     /// Runs a bounded write inside a bracket — a transaction Weir opens when the client is in
@@ -312,6 +337,18 @@ impl FrontendHalf<'_> {
             b.durability,
         )
         .await?;
+        // An UPDATE's rows read again by key go right behind it (the keys are known from the
+        // capture): one round trip for both. Should the write fail or pass its bound, this
+        // read fails or is ignored with it.
+        let after = match (&b.capture, &before) {
+            (Some(spec), Some(Ok(rows)))
+                if spec.plan.kind == weir_analyze::undo::WriteKind::Update && !rows.is_empty() =>
+            {
+                let sql = crate::undo::after_image_sql(&spec.table, &spec.key, rows);
+                Some(self.queue_capture(sql, None, spec.max_bytes, out))
+            }
+            _ => None,
+        };
         flush_upstream(uw, out).await?;
         let Ok(result) = result.await else {
             return Err(Fatal::new(
@@ -319,10 +356,24 @@ impl FrontendHalf<'_> {
                 "weir: a bounded write's result was lost; the session is closed",
             ));
         };
+        let after = match after {
+            Some(q) => Some(q.rows().await?),
+            None => None,
+        };
         let within = b.limit.is_none_or(|limit| result.rows <= limit);
         if result.sqlstate.is_some() || within {
             if let (Some(spec), Some(before), None) = (&b.capture, before, &result.sqlstate) {
-                let outcome = self.after_image(spec, before, result.rows, uw, out).await?;
+                // A failed after-image aborted the bracket, write included, and the client's
+                // answers are held: closing the session rolls it all back.
+                let outcome =
+                    crate::undo::outcome(spec, before, after, result.rows).map_err(|e| {
+                        Fatal::new(
+                            "58000",
+                            format!(
+                                "weir: {e}; the session is closed and its transaction rolled back"
+                            ),
+                        )
+                    })?;
                 // Weir's own COMMIT waits until the image's event is durable; in the client's
                 // transaction, its COMMIT's event comes later in the trail and waits for both.
                 crate::undo::keep(&self.ctx.info, b.request, spec, outcome, autocommit).await;
@@ -420,55 +471,5 @@ impl FrontendHalf<'_> {
             }
             Verdict::Allow | Verdict::AllowBounded { .. } => Ok(true),
         }
-    }
-
-    /// What a captured write's image comes to, once the write ran: its before rows (and,
-    /// for an UPDATE, the same rows read again by key, in the bracket) when their count is
-    /// what the write changed; else why not.
-    async fn after_image<W: AsyncWrite + Unpin>(
-        &mut self,
-        spec: &crate::undo::CaptureSpec,
-        before: Result<Vec<serde_json::Map<String, serde_json::Value>>, String>,
-        changed: u64,
-        uw: &mut W,
-        out: &mut BytesMut,
-    ) -> Result<crate::undo::Outcome, Fatal> {
-        use crate::undo::Outcome;
-        let rows = match before {
-            Ok(rows) => rows,
-            Err(why) => return Ok(Outcome::NotKept(why)),
-        };
-        if rows.len() as u64 != changed {
-            return Ok(Outcome::NotKept(format!(
-                "{} rows were captured but the statement changed {changed} (a row came or went in between, or a trigger or rule changed others)",
-                rows.len()
-            )));
-        }
-        if spec.plan.kind != weir_analyze::undo::WriteKind::Update || rows.is_empty() {
-            return Ok(match crate::undo::pair(rows, None, &spec.key) {
-                Ok(r) => Outcome::Kept(r),
-                Err(why) => Outcome::NotKept(why),
-            });
-        }
-        let sql = crate::undo::after_image_sql(&spec.table, &spec.key, &rows);
-        let (r, c) = self.capture(sql, None, spec.max_bytes, uw, out).await?;
-        if let Some(code) = r.sqlstate {
-            // Its error aborted the bracket, write included, and the client's answers are
-            // held: closing the session rolls everything back, so nothing half-done commits.
-            return Err(Fatal::new(
-                "58000",
-                format!("weir: the after-image of a captured write failed (SQLSTATE {code}); the session is closed and its transaction rolled back"),
-            ));
-        }
-        if c.over {
-            return Ok(Outcome::NotKept(format!(
-                "over the cap: its rows are more than [audit] before_image_max_bytes ({} bytes)",
-                spec.max_bytes
-            )));
-        }
-        Ok(match crate::undo::pair(rows, Some(c.rows), &spec.key) {
-            Ok(r) => Outcome::Kept(r),
-            Err(why) => Outcome::NotKept(why),
-        })
     }
 }
