@@ -477,15 +477,36 @@ pub(crate) enum Outcome {
     NotKept(String),
 }
 
-/// Seals and stores a write's image, and records its `before_image` event (with `durable`,
-/// waiting until it is: before Weir's own COMMIT; in the client's transaction its COMMIT is
-/// recorded later in the one ordered trail, and waits for both). A failure makes the change
-/// not undoable (the event says why); the write itself has already been decided and
-/// recorded.
+/// What keeping an image needs of its session, owned (a keep in the client's transaction
+/// runs beside the session's next statements).
+pub(crate) struct Keeper {
+    shared: Arc<crate::Shared>,
+    session: u64,
+    identity: String,
+    target: Arc<str>,
+}
+
+impl Keeper {
+    pub fn of(s: &crate::pipeline::SessionInfo) -> Keeper {
+        Keeper {
+            shared: Arc::clone(&s.shared),
+            session: s.session,
+            identity: s.identity.name.clone(),
+            target: Arc::clone(&s.target_name),
+        }
+    }
+}
+
+/// Seals and stores a write's image, then records its `before_image` event (with `durable`,
+/// waiting until it is: before Weir's own COMMIT). In the client's transaction the session
+/// runs this beside its next statements and waits for it before anything that may end the
+/// transaction (`FrontendHalf::settle_images`), so the event is in the trail before the
+/// COMMIT's, which waits for both. A failure makes the change not undoable (the event says
+/// why); the write itself has already been decided and recorded.
 pub(crate) async fn keep(
-    s: &crate::pipeline::SessionInfo,
+    s: Keeper,
     request: u64,
-    spec: &CaptureSpec,
+    spec: Arc<CaptureSpec>,
     outcome: Outcome,
     durable: bool,
 ) {
@@ -501,7 +522,7 @@ pub(crate) async fn keep(
                 rows,
             };
             let n = image.rows.len() as u64;
-            match store_image(s, spec, &image).await {
+            match store_image(&s, &spec, &image).await {
                 Ok((bytes, digest)) => (n, bytes, Some(digest), None),
                 Err(e) => {
                     tracing::warn!(cause = %e, "a before-image could not be kept; the change is not undoable");
@@ -519,8 +540,8 @@ pub(crate) async fn keep(
         change: spec.change.to_string(),
         session: s.session,
         request,
-        identity: s.identity.name.clone(),
-        target: s.target_name.to_string(),
+        identity: s.identity.clone(),
+        target: s.target.to_string(),
         table: spec.table.clone(),
         key: spec.key.clone(),
         rows,
@@ -542,7 +563,7 @@ pub(crate) async fn keep(
 }
 
 async fn store_image(
-    s: &crate::pipeline::SessionInfo,
+    s: &Keeper,
     spec: &CaptureSpec,
     image: &Image,
 ) -> Result<(u64, String), String> {
@@ -552,12 +573,12 @@ async fn store_image(
         .as_ref()
         .ok_or("no before-image key is loaded")?;
     let plain = serde_json::to_vec(image).map_err(|e| e.to_string())?;
-    let (nonce, sealed) = sealer.seal(&spec.change, &s.target_name, &plain)?;
+    let (nonce, sealed) = sealer.seal(&spec.change, &s.target, &plain)?;
     let digest = sealed_digest(&nonce, &sealed);
     let bytes = sealed.len() as u64;
     let record = weir_store::BeforeImage {
         change: spec.change.to_string(),
-        target: s.target_name.to_string(),
+        target: s.target.to_string(),
         table: spec.table.clone(),
         rows: image.rows.len() as u64,
         created_ms: s.shared.approvals.clock().now_ms(),
@@ -592,11 +613,7 @@ const MAX_IMAGE_BATCH: usize = 256;
 
 impl ImageWriter {
     pub fn start(store: Arc<dyn weir_store::Store>) -> Result<ImageWriter, String> {
-        type Job = (
-            weir_store::BeforeImage,
-            tokio::sync::oneshot::Sender<Result<(), String>>,
-        );
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let (tx, rx) = std::sync::mpsc::channel::<ImageJob>();
         std::thread::Builder::new()
             .name("weir-images".into())
             .spawn(move || {
@@ -713,7 +730,7 @@ pub fn prepare(
     }
     let Some(change) = event.get("change").and_then(Value::as_str) else {
         return Err(fail(format!(
-            "event {seq}: no before-image was kept (before-images were off for its target)"
+            "event {seq}: no before-image was kept for it (before-images were off for its target, or it is a MySQL target, which keeps none yet)"
         )));
     };
     let target = event

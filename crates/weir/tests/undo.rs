@@ -761,3 +761,41 @@ fn bounded_writes_keep_images_within_the_bound_after_approval_and_not_when_they_
     }
     assert_eq!(digest(&g, "accounts", "id"), original);
 }
+
+#[test]
+fn in_the_clients_transaction_the_image_is_on_record_before_its_commit() {
+    let g = gateway("");
+    let original = digest(&g, "accounts", "id");
+    run(
+        &g,
+        "BEGIN;\nUPDATE accounts SET note = 'in a transaction' WHERE id = 2;\nDELETE FROM accounts WHERE id = 3;\nCOMMIT;\n",
+    );
+    let events = exported(&g);
+    let seq_where = |f: &dyn Fn(&serde_json::Value) -> bool| {
+        events
+            .iter()
+            .find(|e| f(e))
+            .map(|e| e["seq"].as_u64().unwrap())
+            .unwrap()
+    };
+    let commit = seq_where(&|e| {
+        e["event"] == "statement"
+            && e["sql"]
+                .as_str()
+                .is_some_and(|s| s.trim_end_matches(';').eq_ignore_ascii_case("commit"))
+    });
+    for needle in ["note = $", "DELETE FROM accounts"] {
+        let change = events
+            .iter()
+            .find(|e| e["event"] == "statement" && e["sql"].as_str().unwrap_or("").contains(needle))
+            .unwrap()["change"]
+            .clone();
+        let image = seq_where(&|e| e["event"] == "before_image" && e["change"] == change);
+        assert!(image < commit, "{needle}: image {image}, COMMIT {commit}");
+    }
+    for needle in ["DELETE FROM accounts", "note = $"] {
+        let out = undo(&g, seq_of(&g, needle), &["--apply", "--as", "bob"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_eq!(digest(&g, "accounts", "id"), original);
+}

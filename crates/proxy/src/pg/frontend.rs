@@ -45,6 +45,8 @@ pub(super) struct FrontendHalf<'a> {
     /// server has sent no ReadyForQuery for it, so the last transaction status Weir saw may
     /// be stale (a COMMIT executed before a Flush).
     unsynced: bool,
+    /// Before-images being kept beside the client's transaction (`crate::undo::keep`).
+    pending_images: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Whether a decided statement runs code Weir cannot see into, which could change session
@@ -117,6 +119,7 @@ impl<'a> FrontendHalf<'a> {
             unseen_in_flight: false,
             batch_unseen: false,
             unsynced: false,
+            pending_images: Vec::new(),
         }
     }
 
@@ -468,6 +471,7 @@ impl<'a> FrontendHalf<'a> {
         pipeline::guards::guard_state_sinks(&self.ctx.info, &mut items).await;
         pipeline::guards::guard_copies(&self.ctx.info, scope, &mut items).await;
         self.mark_undo(&mut items, end).await;
+        self.settle_images(&items).await;
         let verdict = pipeline::overall(&items);
         // No bracket where it cannot matter: a key equality changes at most one row.
         let one_row = matches!(&verdict, Verdict::AllowBounded { rows, .. } if *rows >= 1)

@@ -117,6 +117,37 @@ impl FrontendHalf<'_> {
         }
     }
 
+    /// Waits for the images kept beside the client's transaction before a request that may
+    /// end it (COMMIT, ROLLBACK, PREPARE TRANSACTION, a procedure's own COMMIT, anything Weir
+    /// cannot see into): their events then come before its own in the trail.
+    pub(super) async fn settle_images(&mut self, items: &[Item]) {
+        if self.pending_images.is_empty() {
+            return;
+        }
+        let plain = items.iter().all(|i| {
+            i.decision.analysis.statements.iter().all(|f| {
+                matches!(
+                    f.kind,
+                    weir_analyze::StatementKind::Select
+                        | weir_analyze::StatementKind::Insert
+                        | weir_analyze::StatementKind::Update
+                        | weir_analyze::StatementKind::Delete
+                        | weir_analyze::StatementKind::Merge
+                        | weir_analyze::StatementKind::Show
+                        | weir_analyze::StatementKind::Explain
+                        | weir_analyze::StatementKind::Empty
+                ) && !f.unknown_effect
+                    && f.user_functions.is_empty()
+            })
+        });
+        if plain {
+            return;
+        }
+        for handle in std::mem::take(&mut self.pending_images) {
+            let _ = handle.await;
+        }
+    }
+
     /// Queues one of Weir's own statements (a bracket around a bounded write).
     pub(super) fn inject(&mut self, out: &mut BytesMut, sql: &'static str, mode: Mode) {
         self.inject_text(out, Bytes::from_static(sql.as_bytes()), mode);
@@ -307,9 +338,9 @@ impl FrontendHalf<'_> {
                     );
                     flush_upstream(uw, out).await?;
                     crate::undo::keep(
-                        &self.ctx.info,
+                        crate::undo::Keeper::of(&self.ctx.info),
                         b.request,
-                        spec,
+                        Arc::clone(spec),
                         crate::undo::Outcome::NotKept(why.clone()),
                         false,
                     )
@@ -374,9 +405,21 @@ impl FrontendHalf<'_> {
                             ),
                         )
                     })?;
-                // Weir's own COMMIT waits until the image's event is durable; in the client's
-                // transaction, its COMMIT's event comes later in the trail and waits for both.
-                crate::undo::keep(&self.ctx.info, b.request, spec, outcome, autocommit).await;
+                // Weir's own COMMIT waits until the image and its event are durable. In the
+                // client's transaction the image is kept beside its next statements, and
+                // anything that may end the transaction waits for it (`settle_images`).
+                let keep = crate::undo::keep(
+                    crate::undo::Keeper::of(&self.ctx.info),
+                    b.request,
+                    Arc::clone(spec),
+                    outcome,
+                    autocommit,
+                );
+                if autocommit {
+                    keep.await;
+                } else {
+                    self.pending_images.push(tokio::spawn(keep));
+                }
             }
             // Failed (the client sees the failure; in its own transaction, the transaction
             // stays aborted, as it would be), or within the bound (kept).
