@@ -550,14 +550,13 @@ pub(crate) async fn keep(
         sha256: digest,
         reason: reason.map(|r| format!("not undoable: {r}")),
     };
-    let ack = shared.audit.append(event);
     if !durable {
-        if let crate::audit::AuditAck::Done(Err(e)) = ack {
-            tracing::warn!(cause = %e, "a before-image event could not be recorded");
-        }
+        // Rides with the next event someone waits for (the COMMIT's at the latest): no
+        // flush of its own.
+        shared.audit.append_lazy(event);
         return;
     }
-    if let Err(e) = ack.wait().await {
+    if let Err(e) = shared.audit.append(event).wait().await {
         tracing::warn!(cause = %e, "a before-image event could not be recorded");
     }
 }
