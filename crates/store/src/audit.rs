@@ -524,7 +524,7 @@ impl AuditTrail for AuditStore {
 pub fn load_or_create_signing_key(path: &Path) -> Result<Signer, StoreError> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            check_private(path)?;
+            check_private(path, "audit signing key")?;
             parse_key(path, &text)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_signing_key(path),
@@ -550,7 +550,7 @@ pub fn load_or_create_secret(path: &Path, len: usize, what: &str) -> Result<Vec<
     };
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            check_private(path)?;
+            check_private(path, what)?;
             return parse(&text);
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -588,14 +588,14 @@ pub fn load_or_create_secret(path: &Path, len: usize, what: &str) -> Result<Vec<
 
 /// Refuses a key file that other users can read or write, as PostgreSQL does for its TLS
 /// key: anyone who can read it can sign checkpoints over a forged trail.
-fn check_private(path: &Path) -> Result<(), StoreError> {
+fn check_private(path: &Path, what: &str) -> Result<(), StoreError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path)?.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(StoreError::Unsupported(format!(
-                "audit signing key {}: mode {:o} lets other users read or change it; chmod 600 it",
+                "{what} {}: mode {:o} lets other users read or change it; chmod 600 it",
                 path.display(),
                 mode & 0o777
             )));
