@@ -559,6 +559,18 @@ pub fn load_or_create_secret(path: &Path, len: usize, what: &str) -> Result<Vec<
     let mut key = vec![0u8; len];
     getrandom::fill(&mut key)
         .map_err(|e| StoreError::Unsupported(format!("no randomness: {e}")))?;
+    if link_private(path, format!("{}\n", hex::encode(&key)).as_bytes())? {
+        Ok(key)
+    } else {
+        // Another process made it first: use that one.
+        parse(&std::fs::read_to_string(path)?)
+    }
+}
+
+/// Writes `bytes` to a new file at `path` (mode 0600, synced) created under a temporary name
+/// and linked into place, so a concurrent reader sees the whole file or none. False when
+/// `path` already existed (another process made it first); the caller reads that one.
+fn link_private(path: &Path, bytes: &[u8]) -> Result<bool, StoreError> {
     let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
         Some(dir) => dir,
         None => Path::new("."),
@@ -569,19 +581,18 @@ pub fn load_or_create_secret(path: &Path, len: usize, what: &str) -> Result<Vec<
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let written = write_private(&tmp, format!("{}\n", hex::encode(&key)).as_bytes());
+    let written = write_private(&tmp, bytes);
     let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
     let _ = std::fs::remove_file(&tmp);
     match linked {
         Ok(()) => {
+            // The new directory entry is durable too.
             if let Ok(d) = std::fs::File::open(dir) {
                 let _ = d.sync_all();
             }
-            Ok(key)
+            Ok(true)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            parse(&std::fs::read_to_string(path)?)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -617,32 +628,11 @@ fn create_signing_key(path: &Path) -> Result<Signer, StoreError> {
         path: path.to_owned(),
         source,
     })?;
-    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => dir,
-        None => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let written = write_private(&tmp, chain::key_to_file_text(&signer).as_bytes());
-    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => {
-            // The new directory entry is durable too.
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-            Ok(signer)
-        }
+    if link_private(path, chain::key_to_file_text(&signer).as_bytes())? {
+        Ok(signer)
+    } else {
         // Another process made it first: use that one.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            parse_key(path, &std::fs::read_to_string(path)?)
-        }
-        Err(e) => Err(e.into()),
+        parse_key(path, &std::fs::read_to_string(path)?)
     }
 }
 

@@ -146,6 +146,27 @@ fn seq_of(g: &Gateway, needle: &str) -> u64 {
     }
 }
 
+/// The line of `weir approvals` that holds `needle`, once a request shows it.
+fn waiting_request(g: &Gateway, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = stdout(&g.weir(&["approvals"]));
+        if let Some(l) = listed.lines().find(|l| l.contains(needle)) {
+            return l.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no request with {needle:?}\n{}",
+            g.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn request_id(line: &str) -> String {
+    line.split_whitespace().next().unwrap().to_owned()
+}
+
 fn undo(g: &Gateway, seq: u64, args: &[&str]) -> std::process::Output {
     let seq = seq.to_string();
     let mut all = vec!["undo", seq.as_str()];
@@ -433,22 +454,7 @@ fn undo_in_production_waits_for_an_approver() {
             .output()
             .unwrap()
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let id = loop {
-        let listed = stdout(&g.weir(&["approvals"]));
-        if let Some(line) = listed
-            .lines()
-            .find(|l| l.contains("weir.undo-needs-approval"))
-        {
-            break line.split_whitespace().next().unwrap().to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no undo approval request\n{}",
-            g.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let id = request_id(&waiting_request(&g, "weir.undo-needs-approval"));
     assert_eq!(
         direct(&g, "SELECT owner FROM accounts WHERE id = 9"),
         "changed"
@@ -504,15 +510,7 @@ when { !context.undoable };
                 .output()
                 .unwrap()
         });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let line = loop {
-            let listed = stdout(&g.weir(&["approvals"]));
-            if let Some(l) = listed.lines().find(|l| l.contains("test.irreversible")) {
-                break l.to_owned();
-            }
-            assert!(Instant::now() < deadline, "{sql}: no request\n{}", g.log());
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let line = waiting_request(&g, "test.irreversible");
         if why == "over the cap" {
             assert!(line.contains(why), "{line}");
         }
@@ -693,15 +691,7 @@ fn bounded_writes_keep_images_within_the_bound_after_approval_and_not_when_they_
             .output()
             .unwrap()
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let id = loop {
-        let listed = stdout(&g.weir(&["approvals"]));
-        if let Some(l) = listed.lines().find(|l| l.contains("would change 500 rows")) {
-            break l.split_whitespace().next().unwrap().to_owned();
-        }
-        assert!(Instant::now() < deadline, "no request\n{}", g.log());
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let id = request_id(&waiting_request(&g, "would change 500 rows"));
     assert!(g.weir(&["approve", &id, "--as", "bob"]).status.success());
     let out = client.join().unwrap();
     assert!(stdout(&out).contains("UPDATE 500"), "{}", stderr(&out));
@@ -743,18 +733,7 @@ fn bounded_writes_keep_images_within_the_bound_after_approval_and_not_when_they_
                 .output()
                 .unwrap()
         });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let id = loop {
-            let listed = stdout(&g.weir(&["approvals"]));
-            if let Some(l) = listed
-                .lines()
-                .find(|l| l.contains("weir.undo-needs-approval"))
-            {
-                break l.split_whitespace().next().unwrap().to_owned();
-            }
-            assert!(Instant::now() < deadline, "no undo request\n{}", g.log());
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let id = request_id(&waiting_request(&g, "weir.undo-needs-approval"));
         assert!(g.weir(&["approve", &id, "--as", "dana"]).status.success());
         let out = applying.join().unwrap();
         assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
