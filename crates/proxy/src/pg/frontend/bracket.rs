@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// What undoes a bracket and everything in it: Weir's transaction, or its savepoint in the
+/// client's.
+fn undo_bracket(autocommit: bool) -> &'static str {
+    if autocommit {
+        "ROLLBACK"
+    } else {
+        "ROLLBACK TO SAVEPOINT weir_row_bound; RELEASE SAVEPOINT weir_row_bound"
+    }
+}
+
 /// A capture query on its way: its outcome and rows arrive through these.
 struct Queued {
     result: tokio::sync::oneshot::Receiver<crate::track::ProbeResult>,
@@ -327,15 +337,7 @@ impl FrontendHalf<'_> {
                     Verdict::Deny { .. } | Verdict::RequireApproval { .. }
                 ) {
                     let why = why.clone();
-                    self.inject(
-                        out,
-                        if autocommit {
-                            "ROLLBACK"
-                        } else {
-                            "ROLLBACK TO SAVEPOINT weir_row_bound; RELEASE SAVEPOINT weir_row_bound"
-                        },
-                        Mode::Hidden,
-                    );
+                    self.inject(out, undo_bracket(autocommit), Mode::Hidden);
                     flush_upstream(uw, out).await?;
                     crate::undo::keep(
                         crate::undo::Keeper::of(&self.ctx.info),
@@ -433,15 +435,7 @@ impl FrontendHalf<'_> {
             return Ok(true);
         }
         // Over the bound: undo it, then ask.
-        self.inject(
-            out,
-            if autocommit {
-                "ROLLBACK"
-            } else {
-                "ROLLBACK TO SAVEPOINT weir_row_bound; RELEASE SAVEPOINT weir_row_bound"
-            },
-            Mode::Hidden,
-        );
+        self.inject(out, undo_bracket(autocommit), Mode::Hidden);
         flush_upstream(uw, out).await?;
         self.batch = batch;
         self.ops = ops;
