@@ -199,10 +199,15 @@ impl Authenticator {
             // No randomness: a secret nobody can present.
             Err(_) => return String::new(),
         };
-        self.vouched
+        let mut vouched = self
+            .vouched
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(hash_token(secret.as_bytes()), identity);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Each is used at once; ones whose session never logged in are not kept forever.
+        if vouched.len() >= 1024 {
+            vouched.clear();
+        }
+        vouched.insert(hash_token(secret.as_bytes()), identity);
         secret
     }
 
