@@ -134,6 +134,7 @@ mod raw {
         pub upstream_tls: Option<String>,
         pub upstream_ca: Option<String>,
         pub upstream_server_name: Option<String>,
+        pub before_images: Option<bool>,
         #[serde(default)]
         pub tables: BTreeMap<String, super::TableTags>,
         #[serde(default)]
@@ -430,6 +431,9 @@ pub struct Target {
     pub upstream_ca: Option<PathBuf>,
     /// Name checked against the upstream certificate; defaults to the upstream host.
     pub upstream_server_name: String,
+    /// Whether UPDATE and DELETE here keep before-images, when the target says
+    /// (`before_images = …` in its `[[target]]`); else `[audit] before_images` decides.
+    pub before_images: Option<bool>,
     pub tables: BTreeMap<String, TableTags>,
     pub columns: BTreeMap<String, ColumnTags>,
 }
@@ -558,10 +562,13 @@ pub struct AuditConfig {
 }
 
 impl AuditConfig {
-    /// Whether writes on a target in `environment` keep before-images.
-    pub fn keeps_before_images(&self, environment: &Environment) -> bool {
-        self.before_images
-            .unwrap_or(*environment == Environment::Production)
+    /// Whether UPDATE and DELETE on `target` keep before-images: the target's own
+    /// `before_images`, else `[audit] before_images`, else production targets do.
+    pub fn keeps_before_images(&self, target: &Target) -> bool {
+        target
+            .before_images
+            .or(self.before_images)
+            .unwrap_or(target.environment == Environment::Production)
     }
 }
 
@@ -942,6 +949,7 @@ impl Validator<'_> {
                 upstream_tls,
                 upstream_ca: t.upstream_ca.map(|p| self.rel(&p)),
                 upstream_server_name: t.upstream_server_name.unwrap_or(host),
+                before_images: t.before_images,
                 tables: t.tables,
                 columns: t.columns,
             });
@@ -1112,6 +1120,45 @@ pub fn secure_url(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn before_images_are_kept_in_production_unless_the_target_or_audit_says_otherwise() {
+        let target = |name: &str, env: &str, own: &str| {
+            format!(
+                "[[target]]\nname = \"{name}\"\nengine = \"postgres\"\nenvironment = \"{env}\"\nupstream = \"127.0.0.1:5432\"\nuser = \"u\"\npassword_env = \"P\"\n{own}"
+            )
+        };
+        let text = [
+            target("prod", "production", ""),
+            target("dev", "development", ""),
+            target("hot", "production", "before_images = false\n"),
+            target("kept", "staging", "before_images = true\n"),
+        ]
+        .concat();
+        let keeps = |c: &Config, name: &str| {
+            c.audit
+                .keeps_before_images(c.targets.iter().find(|t| t.name == name).unwrap())
+        };
+        let c = Config::parse(Path::new("w.toml"), &text).unwrap();
+        assert!(keeps(&c, "prod") && !keeps(&c, "dev") && !keeps(&c, "hot") && keeps(&c, "kept"));
+        let c = Config::parse(
+            Path::new("w.toml"),
+            &format!("{text}[audit]\nbefore_images = false\n"),
+        )
+        .unwrap();
+        assert!(!keeps(&c, "prod") && !keeps(&c, "dev") && keeps(&c, "kept"));
+        let c = Config::parse(
+            Path::new("w.toml"),
+            &format!("{text}[audit]\nbefore_images = true\n"),
+        )
+        .unwrap();
+        assert!(keeps(&c, "prod") && keeps(&c, "dev") && !keeps(&c, "hot"));
+        assert_eq!(c.audit.before_image_max_bytes, 10 << 20);
+        assert_eq!(
+            c.audit.before_image_retention,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+    }
 
     #[test]
     fn an_issuer_is_https_or_on_this_machine() {

@@ -228,7 +228,7 @@ impl Shared {
         let sealer = if config
             .targets
             .iter()
-            .any(|t| config.audit.keeps_before_images(&t.environment))
+            .any(|t| config.audit.keeps_before_images(t))
         {
             Some(Arc::new(
                 undo::Sealer::open(&config).map_err(GatewayError::Store)?,

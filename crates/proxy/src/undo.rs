@@ -106,7 +106,7 @@ pub(crate) fn params_for(
             weir_analyze::StatementKind::Update | weir_analyze::StatementKind::Delete
         )
     });
-    if !writes || !config.audit.keeps_before_images(&target.environment) {
+    if !writes || !config.audit.keeps_before_images(target) {
         return None;
     }
     if values
@@ -136,7 +136,7 @@ pub(crate) fn plan(
     params: Option<&Params>,
     catalog: Option<&weir_mask::catalog::Catalog>,
 ) -> Option<Mark> {
-    if !config.audit.keeps_before_images(&target.environment) {
+    if !config.audit.keeps_before_images(target) {
         return None;
     }
     let writes = facts.iter().any(|f| {

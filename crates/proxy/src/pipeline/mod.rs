@@ -154,7 +154,7 @@ impl SessionInfo {
             }),
             None => None,
         };
-        let keeps = shared.config.audit.keeps_before_images(&target.environment);
+        let keeps = shared.config.audit.keeps_before_images(target);
         policy.set_before_images(keeps);
         if let Some(p) = &person {
             p.policy.set_before_images(keeps);

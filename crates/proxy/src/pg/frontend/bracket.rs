@@ -78,7 +78,7 @@ impl FrontendHalf<'_> {
     /// bracket); COPY is not a write it captures.
     pub(super) async fn mark_undo(&self, items: &mut [Item], end: BatchEnd) {
         let (config, target) = (&self.ctx.shared.config, &self.ctx.target);
-        if !config.audit.keeps_before_images(&target.environment) {
+        if !config.audit.keeps_before_images(target) {
             return;
         }
         let catalog = match &self.ctx.mask {
