@@ -78,7 +78,16 @@ impl FrontendHalf<'_> {
     /// bracket); COPY is not a write it captures.
     pub(super) async fn mark_undo(&self, items: &mut [Item], end: BatchEnd) {
         let (config, target) = (&self.ctx.shared.config, &self.ctx.target);
-        if !config.audit.keeps_before_images(target) {
+        // Nothing to do for reads: no catalog check on their path.
+        let writes = items.iter().any(|i| {
+            i.decision.analysis.statements.iter().any(|f| {
+                matches!(
+                    f.kind,
+                    weir_analyze::StatementKind::Update | weir_analyze::StatementKind::Delete
+                )
+            })
+        });
+        if !writes || !config.audit.keeps_before_images(target) {
             return;
         }
         let catalog = match &self.ctx.mask {
@@ -327,16 +336,15 @@ impl FrontendHalf<'_> {
                     .first()
                     .map(|i| self.ctx.info.decide_not_undoable(&i.decision))
                     .unwrap_or_default();
-                let overall = verdicts
-                    .iter()
-                    .max_by_key(|v| v.severity())
-                    .cloned()
-                    .unwrap_or(Verdict::Allow);
-                if matches!(
-                    overall,
-                    Verdict::Deny { .. } | Verdict::RequireApproval { .. }
-                ) {
-                    let why = why.clone();
+                let refused = match verdicts.iter().max_by_key(|v| v.severity()) {
+                    Some(Verdict::Deny { rule, reason }) => Some((true, rule.clone(), reason)),
+                    Some(Verdict::RequireApproval { rule, reason }) => {
+                        Some((false, rule.clone(), reason))
+                    }
+                    _ => None,
+                };
+                if let Some((deny, rule, reason)) = refused {
+                    let reason = format!("{reason} ({why})");
                     self.inject(out, undo_bracket(autocommit), Mode::Hidden);
                     flush_upstream(uw, out).await?;
                     crate::undo::keep(
@@ -347,6 +355,11 @@ impl FrontendHalf<'_> {
                         false,
                     )
                     .await;
+                    if deny {
+                        self.refuse(out, &pipeline::Refusal::denied(&rule, &reason), b.end)
+                            .await?;
+                        return Ok(true);
+                    }
                     for item in &mut items {
                         item.undo = None;
                         item.decision = Arc::new(Decision {
@@ -354,9 +367,19 @@ impl FrontendHalf<'_> {
                             ..Decision::clone(&item.decision)
                         });
                     }
-                    return self
-                        .refuse_or_ask(b.request, items, b.next_scope, b.end, overall, &why, out)
-                        .await;
+                    // The request it makes is left in `held`: the run loop waits for it.
+                    self.approval_or_refusal(
+                        b.request,
+                        items,
+                        b.next_scope,
+                        b.end,
+                        &rule,
+                        &reason,
+                        None,
+                        out,
+                    )
+                    .await?;
+                    return Ok(true);
                 }
             }
         }
@@ -472,41 +495,5 @@ impl FrontendHalf<'_> {
             return self.wait_for_approval(held, cr, out).await;
         }
         Ok(true)
-    }
-
-    /// A bracketed write that policy refuses or sends to approval now that its image cannot
-    /// be kept (its messages are still in `batch` and `ops`, the bracket rolled back).
-    #[allow(clippy::too_many_arguments)]
-    async fn refuse_or_ask(
-        &mut self,
-        request: u64,
-        items: Vec<Item>,
-        next_scope: Option<Scope>,
-        end: BatchEnd,
-        verdict: Verdict,
-        why: &str,
-        out: &mut BytesMut,
-    ) -> Result<bool, Fatal> {
-        match verdict {
-            Verdict::Deny { rule, reason } => {
-                self.refuse(
-                    out,
-                    &pipeline::Refusal::denied(&rule, &format!("{reason} ({why})")),
-                    end,
-                )
-                .await?;
-                Ok(true)
-            }
-            Verdict::RequireApproval { rule, reason } => {
-                let reason = format!("{reason} ({why})");
-                // A request to wait for is left in `held`: the run loop waits for it.
-                self.approval_or_refusal(
-                    request, items, next_scope, end, &rule, &reason, None, out,
-                )
-                .await?;
-                Ok(true)
-            }
-            Verdict::Allow | Verdict::AllowBounded { .. } => Ok(true),
-        }
     }
 }
