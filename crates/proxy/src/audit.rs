@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 use weir_audit::chain::{Chain, Checkpoint, Record, Signer};
 use weir_audit::Event;
-use weir_store::audit::AuditTrail;
+use weir_store::audit::{AuditTrail, TrailReader};
 use weir_store::journal::Journal;
 use weir_store::StoreError;
 
@@ -106,6 +106,9 @@ const LAZY_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
 /// writer's memory and the size of one transaction; under any realistic load a batch is what
 /// queued during the previous fsync, far fewer.
 const MAX_BATCH: usize = 4096;
+
+/// How many times a batch refused for not continuing its chain is sealed again.
+const REFUSED_RETRIES: usize = 8;
 
 /// The durable, tamper-evident audit trail.
 ///
@@ -499,7 +502,14 @@ impl<S: DurableLog> Writer<S> {
     fn write(&mut self, bodies: &mut Vec<String>) -> Result<(), AuditError> {
         let events = bodies.len();
         let mut attempt = self.try_write(std::mem::take(bodies));
-        if let Err((StoreError::Refused(_), again)) = attempt {
+        // Another writer of the same chain (the CLI; or, on a shared store, a second gateway
+        // given the same signing key) may append between our read of the head and our
+        // write: each time, seal again after what is there. Bounded, so a writer that keeps
+        // losing fails its batch rather than spinning.
+        for _ in 0..REFUSED_RETRIES {
+            let Err((StoreError::Refused(_), again)) = attempt else {
+                break;
+            };
             attempt = match self.store.head() {
                 Ok(head) => {
                     self.chain = chain_at(head);
@@ -549,6 +559,20 @@ impl<S: DurableLog> Writer<S> {
             Err(e) => Err((e, records.into_iter().map(|r| r.body).collect())),
         }
     }
+}
+
+/// A reader of the trail in `store` (`[gateway] store`): the CLI's, the HTTP API's and
+/// undo's view of it, whichever store holds it. SQLite readers see what the gateway has
+/// indexed from its journal (within milliseconds of a batch being durable).
+pub fn open_reader(
+    store: &weir_config::StoreUrl,
+) -> Result<Box<dyn weir_store::audit::TrailReader>, StoreError> {
+    Ok(match store {
+        weir_config::StoreUrl::Sqlite(path) => Box::new(weir_store::audit::AuditStore::open(path)?),
+        weir_config::StoreUrl::Postgres(url) => Box::new(weir_store::pg::PgTrail::reader(
+            weir_store::pg::Pg::shared(url)?,
+        )),
+    })
 }
 
 /// A time as `weir audit search --since/--until` and `GET /v1/audit/events` take it: a

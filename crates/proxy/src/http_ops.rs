@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use weir_policy::{Identity, Operation};
-use weir_store::audit::{AuditStore, AuditTrail, Filter};
+use weir_store::audit::{Filter, TrailReader};
 
 use crate::console::{operator, Access};
 use crate::http::ApiError;
@@ -154,12 +154,9 @@ fn filter_of(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
     })
 }
 
-/// The trail, read-side (SQLite WAL: the writer goes on meanwhile).
-fn trail(shared: &Services) -> Result<AuditStore, ApiError> {
-    let weir_config::StoreUrl::Sqlite(path) = &shared.config.gateway.store else {
-        return Err(internal("the trail is not in a SQLite store"));
-    };
-    AuditStore::open(path).map_err(internal)
+/// The trail, read-side (SQLite WAL, or the PostgreSQL store: the writer goes on meanwhile).
+fn trail(shared: &Services) -> Result<Box<dyn TrailReader>, ApiError> {
+    crate::audit::open_reader(&shared.config.gateway.store).map_err(internal)
 }
 
 fn event_json(r: &weir_audit::chain::Record) -> Value {
@@ -242,12 +239,29 @@ async fn verify(
         let key = weir_audit::chain::key_from_file_text(&text)
             .map_err(internal)?
             .public_key();
-        Ok(match trail(&s)?.verify(&key).map_err(internal)? {
+        // Every chain (one per gateway on a PostgreSQL store), each against the key it
+        // registered; this gateway's own key is the one of a SQLite trail.
+        let chains = trail(&s)?.verify_chains(&[key], false).map_err(internal)?;
+        let per_chain: Vec<Value> = chains
+            .iter()
+            .filter_map(|c| {
+                let chain = c.chain.as_ref()?;
+                Some(match &c.verdict {
+                    Ok(sum) => json!({ "chain": chain, "ok": true, "events": sum.events, "checkpoints": sum.checkpoints }),
+                    Err(e) => json!({ "chain": chain, "ok": false, "error": e }),
+                })
+            })
+            .collect();
+        let mut out = match weir_store::audit::ChainVerdict::overall(&chains) {
             Ok(sum) => {
                 json!({ "ok": true, "events": sum.events, "checkpoints": sum.checkpoints })
             }
-            Err(e) => json!({ "ok": false, "error": e.to_string() }),
-        })
+            Err(e) => json!({ "ok": false, "error": e }),
+        };
+        if let (false, Some(o)) = (per_chain.is_empty(), out.as_object_mut()) {
+            o.insert("chains".into(), Value::Array(per_chain));
+        }
+        Ok(out)
     })
     .await
     .map_err(internal)??;

@@ -20,7 +20,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use weir_policy::Operation;
-use weir_store::audit::AuditStore;
 
 use crate::console::{operator, Access};
 use crate::http::ApiError;
@@ -41,13 +40,7 @@ fn status(code: StatusCode, m: impl std::fmt::Display) -> ApiError {
 
 /// The undo of `seq`, or why there is none (409: the statement exists but cannot be undone).
 async fn prepared(shared: &Arc<Shared>, seq: u64) -> Result<crate::undo::Prepared, ApiError> {
-    let weir_config::StoreUrl::Sqlite(path) = &shared.config.gateway.store else {
-        return Err(status(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the trail is not in a SQLite store",
-        ));
-    };
-    let path = path.clone();
+    let store_url = shared.config.gateway.store.clone();
     let sealer = shared.sealer.clone().ok_or_else(|| {
         status(
             StatusCode::CONFLICT,
@@ -56,9 +49,9 @@ async fn prepared(shared: &Arc<Shared>, seq: u64) -> Result<crate::undo::Prepare
     })?;
     let store = Arc::clone(shared.approvals.store());
     tokio::task::spawn_blocking(move || {
-        let trail =
-            AuditStore::open(&path).map_err(|e| status(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-        crate::undo::prepare(&trail, store.as_ref(), &sealer, seq)
+        let trail = crate::audit::open_reader(&store_url)
+            .map_err(|e| status(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        crate::undo::prepare(trail.as_ref(), store.as_ref(), &sealer, seq)
             .map_err(|e| status(StatusCode::CONFLICT, e))
     })
     .await

@@ -62,29 +62,16 @@ pub struct Filter {
 }
 
 /// Where the audit trail is kept. See the module documentation for the contract.
-pub trait AuditTrail: Send {
+pub trait AuditTrail: TrailReader {
     /// The last record's `seq` and hash (`None` when the trail is empty): where a writer
     /// resumes the chain ([`weir_audit::chain::Chain::resume`]) after a restart.
     fn head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError>;
-
-    /// The last record's `seq`, 0 when empty (= the number of events).
-    fn last_seq(&self) -> Result<u64, StoreError>;
 
     /// Durably appends `records` (consecutive, continuing [`AuditTrail::head`]) and
     /// `checkpoint` (signed over the last of them), in one transaction: when this returns
     /// `Ok`, all of them survive a crash; on `Err`, none was written. `records` may be empty
     /// only if the checkpoint is at the current head.
     fn append(&mut self, records: &[Record], checkpoint: &Checkpoint) -> Result<(), StoreError>;
-
-    /// Calls `f` with each record matching `filter` whose `seq` is at least `from_seq`, in
-    /// `seq` order, until `f` breaks. Streams from a cursor. `from_seq` = 1 reads from the
-    /// start; last seq + 1 reads what is written after a point (following the trail).
-    fn for_each_event(
-        &self,
-        from_seq: u64,
-        filter: &Filter,
-        f: &mut dyn FnMut(&Record) -> ControlFlow<()>,
-    ) -> Result<(), StoreError>;
 
     /// Calls `f` with each checkpoint at `from_seq` or later, in `seq` order, until it breaks.
     fn for_each_checkpoint(
@@ -145,8 +132,107 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 );
 ";
 
-/// What [`AuditStore::for_each_with_checkpoints`] calls for each event.
-pub type ExportVisitor<'a> = dyn FnMut(&Record, Option<&Checkpoint>) -> Result<(), StoreError> + 'a;
+/// One event of an export, with where it sits in its chain.
+#[derive(Debug)]
+pub struct Exported<'a> {
+    /// The event's place in the whole trail (what search and `weir undo` call its seq).
+    pub seq: u64,
+    /// Its chain, in a trail of several (the PostgreSQL store: the hex of the chain's public
+    /// key); `None` in a trail of one chain, where `seq` is the chain's own.
+    pub chain: Option<&'a str>,
+    /// The record as sealed: its `seq` is its chain's, what the hashes cover.
+    pub record: &'a Record,
+    /// The signed checkpoint that ends at it, if one does.
+    pub checkpoint: Option<&'a Checkpoint>,
+}
+
+/// What [`TrailReader::for_each_with_checkpoints`] calls for each event.
+pub type ExportVisitor<'a> = dyn FnMut(&Exported<'_>) -> Result<(), StoreError> + 'a;
+
+/// One chain's verdict ([`TrailReader::verify_chains`]).
+#[derive(Debug)]
+pub struct ChainVerdict {
+    /// The chain's id (`None`: the one chain of a SQLite trail).
+    pub chain: Option<String>,
+    /// What it holds, or what is wrong with it (naming the first bad event).
+    pub verdict: Result<Summary, String>,
+}
+
+impl ChainVerdict {
+    /// Every chain's verdict as one: the sums, or the first failure (naming its chain when
+    /// there are several).
+    pub fn overall(all: &[ChainVerdict]) -> Result<Summary, String> {
+        let mut sum = Summary {
+            events: 0,
+            checkpoints: 0,
+        };
+        for v in all {
+            match (&v.verdict, &v.chain) {
+                (Ok(s), _) => {
+                    sum.events = sum.events.saturating_add(s.events);
+                    sum.checkpoints = sum.checkpoints.saturating_add(s.checkpoints);
+                }
+                (Err(e), Some(chain)) if all.len() > 1 => {
+                    return Err(format!("chain {}: {e}", chain.get(..16).unwrap_or(chain)))
+                }
+                (Err(e), _) => return Err(e.clone()),
+            }
+        }
+        Ok(sum)
+    }
+}
+
+/// What the readers of a trail use (the CLI, the HTTP API, undo), whichever store holds it.
+/// A record's `seq` here is its place in the whole trail.
+pub trait TrailReader: Send {
+    /// The newest event's seq, 0 when empty.
+    fn last_seq(&self) -> Result<u64, StoreError>;
+
+    /// Each event matching `filter` from `from_seq` on, in order, until `f` breaks.
+    fn for_each_event(
+        &self,
+        from_seq: u64,
+        filter: &Filter,
+        f: &mut dyn FnMut(&Record) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
+
+    /// Each event matching `filter`, newest first, until `f` breaks: what the console's
+    /// latest events read without scanning the trail from its start.
+    fn for_each_event_newest_first(
+        &self,
+        filter: &Filter,
+        f: &mut dyn FnMut(&Record) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
+
+    /// The first event at or after `from_seq` that matches `filter` (`weir undo` finds a
+    /// statement's event, then the before-image event that follows it).
+    fn first_event_from(
+        &self,
+        from_seq: u64,
+        filter: &Filter,
+    ) -> Result<Option<Record>, StoreError> {
+        let mut found = None;
+        self.for_each_event(from_seq, filter, &mut |r| {
+            found = Some(r.clone());
+            ControlFlow::Break(())
+        })?;
+        Ok(found)
+    }
+
+    /// Every event in order, each with its chain and the signed checkpoint that ends at it,
+    /// if one does: what an export an auditor verifies without the store is made of.
+    fn for_each_with_checkpoints(&self, f: &mut ExportVisitor<'_>) -> Result<(), StoreError>;
+
+    /// Verifies every chain, each against its key. `keys` are the keys given; `pinned`
+    /// means they are the whole set (a chain signed by another key, or a key without a
+    /// chain, fails). Unpinned, a trail of several chains verifies each against the key it
+    /// registered in the store.
+    fn verify_chains(
+        &self,
+        keys: &[PublicKey],
+        pinned: bool,
+    ) -> Result<Vec<ChainVerdict>, StoreError>;
+}
 
 const EVENT_COLUMNS: &str = "seq, ts_us, prev, hash, body";
 const CHECKPOINT_COLUMNS: &str = "seq, head, ts_us, signature";
@@ -154,27 +240,27 @@ const CHECKPOINT_COLUMNS: &str = "seq, head, ts_us, signature";
 /// What search indexes of an event, read from its JSON. Every field is optional: a body
 /// without them (or not JSON at all) is stored with kind `unknown` and no search columns.
 #[derive(Debug, Default, serde::Deserialize)]
-struct Indexed<'a> {
+pub(crate) struct Indexed<'a> {
     #[serde(borrow, default)]
-    event: Option<Cow<'a, str>>,
+    pub(crate) event: Option<Cow<'a, str>>,
     #[serde(default)]
-    session: Option<u64>,
+    pub(crate) session: Option<u64>,
     #[serde(borrow, default)]
-    identity: Option<Cow<'a, str>>,
+    pub(crate) identity: Option<Cow<'a, str>>,
     /// `auth_failed`: who the client claimed to be.
     #[serde(borrow, default)]
-    claimed: Option<Cow<'a, str>>,
+    pub(crate) claimed: Option<Cow<'a, str>>,
     /// `admin`: who did it.
     #[serde(borrow, default)]
-    actor: Option<Cow<'a, str>>,
+    pub(crate) actor: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    target: Option<Cow<'a, str>>,
+    pub(crate) target: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    decision: Option<Cow<'a, str>>,
+    pub(crate) decision: Option<Cow<'a, str>>,
 }
 
 impl<'a> Indexed<'a> {
-    fn of(body: &'a str) -> Indexed<'a> {
+    pub(crate) fn of(body: &'a str) -> Indexed<'a> {
         serde_json::from_str(body).unwrap_or_default()
     }
 }
@@ -284,31 +370,6 @@ fn insert_batch(tx: &Connection, records: &[Record], cp: &Checkpoint) -> Result<
 }
 
 impl AuditStore {
-    /// Calls `f` with each record matching `filter`, newest first, until `f` breaks: what
-    /// the console's latest events read without scanning the trail from its start.
-    pub fn for_each_event_newest_first(
-        &self,
-        filter: &Filter,
-        f: &mut dyn FnMut(&Record) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
-        self.events_in_order(1, filter, "ORDER BY seq DESC", f)
-    }
-
-    /// The first event at or after `from_seq` that matches `filter` (`weir undo` finds a
-    /// statement's event, then the before-image event that follows it).
-    pub fn first_event_from(
-        &self,
-        from_seq: u64,
-        filter: &Filter,
-    ) -> Result<Option<Record>, StoreError> {
-        let mut found = None;
-        self.events_in_order(from_seq, filter, "ORDER BY seq", &mut |r| {
-            found = Some(r.clone());
-            ControlFlow::Break(())
-        })?;
-        Ok(found)
-    }
-
     /// The events matching `filter` from `from_seq` on, in `order` (an `ORDER BY` clause).
     fn events_in_order(
         &self,
@@ -421,30 +482,6 @@ impl AuditStore {
 
     /// The underlying connection, for tests that tamper with the trail.
     #[doc(hidden)]
-    /// Every event in order, each with the signed checkpoint that ends at it, if one does:
-    /// what an export an auditor verifies without the store is made of.
-    pub fn for_each_with_checkpoints(&self, f: &mut ExportVisitor<'_>) -> Result<(), StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT e.seq, e.ts_us, e.prev, e.hash, e.body, c.head, c.ts_us, c.signature
-             FROM audit_events e LEFT JOIN audit_checkpoints c ON c.seq = e.seq ORDER BY e.seq",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let record = record(row)?;
-            let checkpoint = match row.get::<_, Option<Vec<u8>>>(5)? {
-                Some(_) => Some(Checkpoint {
-                    seq: record.seq,
-                    head: blob(row, 5)?,
-                    ts_us: row.get(6)?,
-                    signature: blob(row, 7)?,
-                }),
-                None => None,
-            };
-            f(&record, checkpoint.as_ref())?;
-        }
-        Ok(())
-    }
-
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
@@ -453,10 +490,6 @@ impl AuditStore {
 impl AuditTrail for AuditStore {
     fn head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         head_of(&self.conn)
-    }
-
-    fn last_seq(&self) -> Result<u64, StoreError> {
-        Ok(self.head()?.map_or(0, |(seq, _)| seq))
     }
 
     fn append(&mut self, records: &[Record], cp: &Checkpoint) -> Result<(), StoreError> {
@@ -468,15 +501,6 @@ impl AuditTrail for AuditStore {
         insert_batch(&tx, records, cp)?;
         tx.commit()?;
         Ok(())
-    }
-
-    fn for_each_event(
-        &self,
-        from_seq: u64,
-        filter: &Filter,
-        f: &mut dyn FnMut(&Record) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
-        self.events_in_order(from_seq, filter, "ORDER BY seq", f)
     }
 
     fn for_each_checkpoint(
@@ -514,6 +538,71 @@ impl AuditTrail for AuditStore {
         drop((events, checkpoints));
         tx.finish()?;
         Ok(verdict)
+    }
+}
+
+impl TrailReader for AuditStore {
+    fn last_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.head()?.map_or(0, |(seq, _)| seq))
+    }
+
+    fn for_each_event(
+        &self,
+        from_seq: u64,
+        filter: &Filter,
+        f: &mut dyn FnMut(&Record) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.events_in_order(from_seq, filter, "ORDER BY seq", f)
+    }
+
+    fn for_each_event_newest_first(
+        &self,
+        filter: &Filter,
+        f: &mut dyn FnMut(&Record) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.events_in_order(1, filter, "ORDER BY seq DESC", f)
+    }
+
+    fn for_each_with_checkpoints(&self, f: &mut ExportVisitor<'_>) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT e.seq, e.ts_us, e.prev, e.hash, e.body, c.head, c.ts_us, c.signature
+             FROM audit_events e LEFT JOIN audit_checkpoints c ON c.seq = e.seq ORDER BY e.seq",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let record = record(row)?;
+            let checkpoint = match row.get::<_, Option<Vec<u8>>>(5)? {
+                Some(_) => Some(Checkpoint {
+                    seq: record.seq,
+                    head: blob(row, 5)?,
+                    ts_us: row.get(6)?,
+                    signature: blob(row, 7)?,
+                }),
+                None => None,
+            };
+            f(&Exported {
+                seq: record.seq,
+                chain: None,
+                record: &record,
+                checkpoint: checkpoint.as_ref(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A SQLite trail is one chain, signed by one key: the first given.
+    fn verify_chains(
+        &self,
+        keys: &[PublicKey],
+        _pinned: bool,
+    ) -> Result<Vec<ChainVerdict>, StoreError> {
+        let key = keys.first().ok_or_else(|| {
+            StoreError::Unsupported("no public key to verify the trail with".into())
+        })?;
+        Ok(vec![ChainVerdict {
+            chain: None,
+            verdict: self.verify(key)?.map_err(|e| e.to_string()),
+        }])
     }
 }
 

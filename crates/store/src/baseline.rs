@@ -83,6 +83,11 @@ pub(crate) fn load(c: &Connection, identity: &str) -> Result<Baseline, StoreErro
             |r| r.get(0),
         )
         .optional()?;
+    parse(identity, data)
+}
+
+/// A baseline from its stored JSON (`None`: none stored yet).
+pub(crate) fn parse(identity: &str, data: Option<String>) -> Result<Baseline, StoreError> {
     match data {
         None => Ok(Baseline::default()),
         Some(d) => serde_json::from_str(&d)

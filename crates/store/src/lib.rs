@@ -25,6 +25,7 @@ pub mod before_images;
 pub mod clock;
 pub mod derived;
 pub mod journal;
+pub mod pg;
 
 pub use approvals::{Approval, Grant, Kind as ApprovalKind, NewApproval, Status as ApprovalStatus};
 pub use baseline::Baseline;
@@ -40,6 +41,9 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("store: {0}")]
     Unsupported(String),
+    /// The PostgreSQL store failed (unreachable, timed out, or the query failed).
+    #[error("store: {0}")]
+    Postgres(String),
     #[error("store: corrupt record: {0}")]
     Corrupt(String),
     /// A write the store refused because it would break an invariant (for the audit trail:
@@ -227,6 +231,23 @@ CREATE TABLE IF NOT EXISTS taints (
 );
 ";
 
+/// A person's record from its stored columns (groups and attributes as JSON).
+pub(crate) fn person(
+    name: String,
+    groups: &str,
+    attributes: &str,
+    seen_ms: i64,
+) -> Result<PersonRecord, StoreError> {
+    Ok(PersonRecord {
+        groups: serde_json::from_str(groups)
+            .map_err(|e| StoreError::Corrupt(format!("groups of {name}: {e}")))?,
+        attributes: serde_json::from_str(attributes)
+            .map_err(|e| StoreError::Corrupt(format!("attributes of {name}: {e}")))?,
+        seen_ms: seen_ms.unsigned_abs(),
+        name,
+    })
+}
+
 pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -334,7 +355,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
     ))
 }
 
-type RawRecord = (
+pub(crate) type RawRecord = (
     i64,
     String,
     String,
@@ -347,7 +368,7 @@ type RawRecord = (
     Option<String>,
 );
 
-fn to_record(r: RawRecord) -> Result<TokenRecord, StoreError> {
+pub(crate) fn to_record(r: RawRecord) -> Result<TokenRecord, StoreError> {
     let (id, name, kind, groups, created, expires, revoked, last_used, attributes, on_behalf_of) =
         r;
     let attributes = serde_json::from_str(&attributes)
@@ -583,14 +604,7 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             row.map(|(groups, attributes, seen)| {
-                Ok(PersonRecord {
-                    name: name.to_owned(),
-                    groups: serde_json::from_str(&groups)
-                        .map_err(|e| StoreError::Corrupt(format!("groups of {name}: {e}")))?,
-                    attributes: serde_json::from_str(&attributes)
-                        .map_err(|e| StoreError::Corrupt(format!("attributes of {name}: {e}")))?,
-                    seen_ms: seen.unsigned_abs(),
-                })
+                person(name.to_owned(), &groups, &attributes, seen)
             })
             .transpose()
         })

@@ -10,9 +10,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
-use weir_audit::chain::{key_from_file_text, PublicKey, Record, Summary, VerifyError};
+use weir_audit::chain::{key_from_file_text, PublicKey, Record, Summary};
 use weir_config::{Config, StoreUrl};
-use weir_store::audit::{AuditStore, AuditTrail, Filter};
+use weir_store::audit::{AuditStore, Exported, Filter, TrailReader};
 
 /// Filters shared by `search`, `export` and `tail`.
 #[derive(Debug, Default, clap::Args)]
@@ -63,17 +63,24 @@ fn time(ts_us: i64) -> String {
     humantime::format_rfc3339_micros(t).to_string()
 }
 
-pub(crate) fn open(config: &Path) -> anyhow::Result<(Config, AuditStore)> {
+pub(crate) fn open(config: &Path) -> anyhow::Result<(Config, Box<dyn TrailReader>)> {
     let config = Config::load(config)?;
-    let StoreUrl::Sqlite(path) = &config.gateway.store else {
-        bail!("the PostgreSQL store is not available in this version; use sqlite://FILE");
+    let path = match &config.gateway.store {
+        StoreUrl::Sqlite(path) => path.clone(),
+        StoreUrl::Postgres(url) => {
+            let trail =
+                weir_proxy::audit::open_reader(&config.gateway.store).with_context(|| {
+                    format!("opening the audit trail in {}", weir_store::pg::redact(url))
+                })?;
+            return Ok((config, trail));
+        }
     };
-    let mut store = AuditStore::open(path)
+    let mut store = AuditStore::open(&path)
         .with_context(|| format!("opening the audit trail in {}", path.display()))?;
     // What is durable in the journal but not yet in the tables (a gateway indexes within
     // milliseconds; one that crashed, at its next start) is read too. Tables changed by
     // hand at their end are not filled from the journal: verify reports them as they are.
-    let dir = weir_store::journal::dir_for(path);
+    let dir = weir_store::journal::dir_for(&path);
     match store.index_journal(&mut weir_store::journal::Reader::new(&dir)) {
         Ok(_) | Err(weir_store::StoreError::Refused(_)) => {}
         Err(e) => eprintln!(
@@ -81,7 +88,18 @@ pub(crate) fn open(config: &Path) -> anyhow::Result<(Config, AuditStore)> {
             dir.display()
         ),
     }
-    Ok((config, store))
+    Ok((config, Box::new(store)))
+}
+
+/// The keys `--public-key` names (comma-separated), or none.
+fn given_keys(given: Option<&str>) -> anyhow::Result<Vec<PublicKey>> {
+    given
+        .into_iter()
+        .flat_map(|g| g.split(','))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(|k| Ok(PublicKey::from_hex(k)?))
+        .collect()
 }
 
 fn public_key(config: &Config, given: Option<&str>) -> anyhow::Result<PublicKey> {
@@ -100,7 +118,7 @@ fn public_key(config: &Config, given: Option<&str>) -> anyhow::Result<PublicKey>
 
 /// Prints a verification's verdict the way the contract states it: `ok <n> events` alone on
 /// stdout (the checkpoint count goes to stderr), or `FAILED` and the first bad event.
-fn report(verdict: Result<Summary, VerifyError>) -> bool {
+fn report<E: std::fmt::Display>(verdict: Result<Summary, E>) -> bool {
     match verdict {
         Ok(s) => {
             println!("ok {} events", s.events);
@@ -117,10 +135,39 @@ fn report(verdict: Result<Summary, VerifyError>) -> bool {
 }
 
 /// `weir audit verify`: `ok <n> events` and true, or the first bad event and false.
+///
+/// A trail of several chains (the PostgreSQL store: one per gateway) is verified chain by
+/// chain, a line each on stderr. With `--public-key K1,K2,…` the keys are the whole set: a
+/// chain signed by another key, or a key with no chain, fails. Without it, each chain is
+/// verified against the key it registered in the store (which trusts the store's role not
+/// to have added a chain of its own), and this config's key must have verified its chain
+/// if it has one.
 pub fn verify(config: &Path, key: Option<&str>) -> anyhow::Result<bool> {
     let (config, store) = open(config)?;
-    let key = public_key(&config, key)?;
-    Ok(report(store.verify(&key)?))
+    let pinned = key.is_some();
+    let keys = match key {
+        Some(_) => given_keys(key)?,
+        None => match (&config.gateway.store, public_key(&config, None)) {
+            (_, Ok(k)) => vec![k],
+            // A shared store's reader may not hold a gateway's signing key.
+            (StoreUrl::Postgres(_), Err(_)) => Vec::new(),
+            (StoreUrl::Sqlite(_), Err(e)) => return Err(e),
+        },
+    };
+    let chains = store.verify_chains(&keys, pinned)?;
+    if chains.len() > 1 || chains.iter().any(|c| c.chain.is_some()) {
+        for c in &chains {
+            let id = c.chain.as_deref().unwrap_or("");
+            match &c.verdict {
+                Ok(s) => eprintln!(
+                    "chain {id}: ok {} events, {} signed checkpoints",
+                    s.events, s.checkpoints
+                ),
+                Err(e) => eprintln!("chain {id}: FAILED {e}"),
+            }
+        }
+    }
+    Ok(report(weir_store::audit::ChainVerdict::overall(&chains)))
 }
 
 pub fn print_public_key(config: &Path) -> anyhow::Result<()> {
@@ -259,16 +306,18 @@ impl FilterArgs {
 /// The whole trail as JSON lines, one per event; an event a signed checkpoint covers carries
 /// it (`"checkpoint":{head, ts_us, signature}`). What an auditor verifies with
 /// `weir audit verify --file F --public-key HEX`, without the store.
-fn export_verifiable(store: &AuditStore, out: &mut impl Write) -> anyhow::Result<()> {
-    store.for_each_with_checkpoints(&mut |r, c| {
-        writeln!(out, "{}", export_line(r, c)).map_err(weir_store::StoreError::Io)
+fn export_verifiable(store: &dyn TrailReader, out: &mut impl Write) -> anyhow::Result<()> {
+    store.for_each_with_checkpoints(&mut |e| {
+        writeln!(out, "{}", export_line(e)).map_err(weir_store::StoreError::Io)
     })?;
     Ok(())
 }
 
-/// One event as an export's JSON line, with the checkpoint that ends at it, if any.
-fn export_line(r: &Record, c: Option<&weir_audit::chain::Checkpoint>) -> String {
-    let checkpoint = match c {
+/// One event as an export's JSON line, with the checkpoint that ends at it, if any. In a
+/// trail of several chains, `seq` is the event's place in the whole trail, and `chain` and
+/// `chain_seq` where it sits in its chain (what its hash and checkpoint cover).
+fn export_line(e: &Exported<'_>) -> String {
+    let checkpoint = match e.checkpoint {
         Some(c) => format!(
             ",\"checkpoint\":{{\"head\":\"{}\",\"ts_us\":{},\"signature\":\"{}\"}}",
             hex::encode(c.head),
@@ -277,15 +326,30 @@ fn export_line(r: &Record, c: Option<&weir_audit::chain::Checkpoint>) -> String 
         ),
         None => String::new(),
     };
+    let chain = match e.chain {
+        Some(chain) => format!(",\"chain\":\"{chain}\",\"chain_seq\":{}", e.record.seq),
+        None => String::new(),
+    };
+    let r = e.record;
     format!(
-        "{{\"seq\":{},\"ts_us\":{},\"time\":\"{}\",\"prev\":\"{}\",\"hash\":\"{}\"{checkpoint},\"event\":{}}}",
-        r.seq,
+        "{{\"seq\":{}{chain},\"ts_us\":{},\"time\":\"{}\",\"prev\":\"{}\",\"hash\":\"{}\"{checkpoint},\"event\":{}}}",
+        e.seq,
         r.ts_us,
         time(r.ts_us),
         hex::encode(r.prev),
         hex::encode(r.hash),
         r.body,
     )
+}
+
+/// A record read back from the trail, as an export line without a checkpoint.
+fn plain_line(r: &Record) -> String {
+    export_line(&Exported {
+        seq: r.seq,
+        chain: None,
+        record: r,
+        checkpoint: None,
+    })
 }
 
 /// One line of an export, back to what was stored: the record, and the checkpoint that
@@ -295,6 +359,7 @@ fn export_line(r: &Record, c: Option<&weir_audit::chain::Checkpoint>) -> String 
 fn parse_export_line(
     line: &str,
 ) -> anyhow::Result<(
+    Option<String>,
     weir_audit::chain::Record,
     Option<weir_audit::chain::Checkpoint>,
 )> {
@@ -314,8 +379,14 @@ fn parse_export_line(
         .get(at + 9..line.len().saturating_sub(1))
         .context("truncated line")?;
     let head: Value = serde_json::from_str(&format!("{}}}", line.get(..at).unwrap_or("{")))?;
+    // In a trail of several chains the hash covers the event's place in its chain.
+    let chain = head.get("chain").and_then(Value::as_str).map(str::to_owned);
+    let seq = match chain {
+        Some(_) => int(&head, "chain_seq")?,
+        None => int(&head, "seq")?,
+    };
     let record = weir_audit::chain::Record {
-        seq: int(&head, "seq")? as u64,
+        seq: u64::try_from(seq).context("seq")?,
         ts_us: int(&head, "ts_us")?,
         prev: hex_n(&head, "prev")?,
         hash: hex_n(&head, "hash")?,
@@ -330,33 +401,94 @@ fn parse_export_line(
         }),
         None => None,
     };
-    Ok((record, checkpoint))
+    Ok((chain, record, checkpoint))
 }
 
 /// `weir audit verify --file EXPORT --public-key HEX`: an export checked without the store.
+///
+/// `key` is one key, or several comma-separated: an export of a trail with several chains
+/// (one per gateway) verifies each chain against the key it is named by, and fails on a
+/// chain whose key is not given.
 pub fn verify_export(file: &Path, key: &str) -> anyhow::Result<bool> {
-    let key = PublicKey::from_hex(key)?;
+    let keys = given_keys(Some(key))?;
+    let Some(first) = keys.first().cloned() else {
+        bail!("--public-key: no key given");
+    };
     let text = std::io::BufReader::new(
         std::fs::File::open(file).with_context(|| format!("{}", file.display()))?,
     );
-    let mut v = weir_audit::chain::Verifier::new(key);
-    let mut verdict = Ok(());
+    // One verifier per chain, in the order chains first appear.
+    let mut chains: Vec<(Option<String>, weir_audit::chain::Verifier)> = Vec::new();
+    let mut verdict: Result<(), String> = Ok(());
     for (n, line) in std::io::BufRead::lines(text).enumerate() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
-        let (record, checkpoint) =
+        let (chain, record, checkpoint) =
             parse_export_line(&line).with_context(|| format!("{}:{}", file.display(), n + 1))?;
+        let at = match chains.iter().position(|(c, _)| *c == chain) {
+            Some(i) => i,
+            None => {
+                let key = match &chain {
+                    None => first.clone(),
+                    Some(id) => match keys.iter().find(|k| k.to_hex() == *id) {
+                        Some(k) => k.clone(),
+                        None => {
+                            verdict = Err(format!(
+                                "chain {id}: its key is not one of those given (--public-key)"
+                            ));
+                            break;
+                        }
+                    },
+                };
+                chains.push((chain.clone(), weir_audit::chain::Verifier::new(key)));
+                chains.len() - 1
+            }
+        };
+        let Some((_, v)) = chains.get_mut(at) else {
+            bail!("internal: verifier {at} missing");
+        };
         let step = v
             .event(&record)
             .and_then(|()| checkpoint.map_or(Ok(()), |c| v.checkpoint(&c)));
         if let Err(e) = step {
-            verdict = Err(e);
+            verdict = Err(match &chain {
+                Some(id) => format!("chain {}: {e}", id.get(..16).unwrap_or(id)),
+                None => e.to_string(),
+            });
             break;
         }
     }
-    Ok(report(verdict.and_then(|()| v.finish())))
+    let several = chains.iter().any(|(c, _)| c.is_some());
+    let mut total = Summary {
+        events: 0,
+        checkpoints: 0,
+    };
+    if verdict.is_ok() {
+        for (chain, v) in chains {
+            match v.finish() {
+                Ok(sum) => {
+                    if let Some(id) = &chain {
+                        eprintln!(
+                            "chain {id}: ok {} events, {} signed checkpoints",
+                            sum.events, sum.checkpoints
+                        );
+                    }
+                    total.events += sum.events;
+                    total.checkpoints += sum.checkpoints;
+                }
+                Err(e) => {
+                    verdict = Err(match &chain {
+                        Some(id) if several => format!("chain {}: {e}", id.get(..16).unwrap_or(id)),
+                        _ => e.to_string(),
+                    });
+                    break;
+                }
+            }
+        }
+    }
+    Ok(report(verdict.map(|()| total)))
 }
 
 /// `weir audit export`: every matching event, streamed. JSON lines carry the chain fields
@@ -367,7 +499,7 @@ pub fn export(config: &Path, args: &FilterArgs, format: Format) -> anyhow::Resul
     let (_, store) = open(config)?;
     if matches!(format, Format::Jsonl) && args.is_empty() {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        return match export_verifiable(&store, &mut out).and_then(|()| Ok(out.flush()?)) {
+        return match export_verifiable(store.as_ref(), &mut out).and_then(|()| Ok(out.flush()?)) {
             Err(e)
                 if e.downcast_ref::<std::io::Error>()
                     .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
@@ -387,7 +519,7 @@ pub fn export(config: &Path, args: &FilterArgs, format: Format) -> anyhow::Resul
     let mut failed = None;
     store.for_each_event(1, &args.filter()?, &mut |r: &Record| {
         let written = match format {
-            Format::Jsonl => writeln!(out, "{}", export_line(r, None)),
+            Format::Jsonl => writeln!(out, "{}", plain_line(r)),
             Format::Csv => {
                 let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
                 let num = |k: &str| v.get(k).map(|x| x.to_string()).unwrap_or_default();

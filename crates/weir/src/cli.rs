@@ -77,6 +77,10 @@ enum Command {
         /// Address for the gateway's PostgreSQL listener.
         #[arg(long, default_value = "127.0.0.1:6432")]
         listen: String,
+        /// The store (default: a SQLite file in the demo's directory); `postgres://…` runs
+        /// the demo on a shared PostgreSQL store.
+        #[arg(long)]
+        store: Option<String>,
     },
     /// Serve MCP (the tools list_targets, describe_target, query, request_access) over
     /// stdio, as the identity whose token is in WEIR_TOKEN.
@@ -361,7 +365,7 @@ pub fn main() -> ExitCode {
     init_tracing(format);
     let result = match cli.command {
         Command::Serve { config } => with_config(config, crate::serve::run),
-        Command::Demo { listen } => crate::demo::run(&listen),
+        Command::Demo { listen, store } => crate::demo::run(&listen, store.as_deref()),
         Command::Mcp { config } => with_config(config, crate::mcp_cmd::run),
         Command::Token { command } => match command {
             TokenCommand::Create {

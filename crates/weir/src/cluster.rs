@@ -20,6 +20,8 @@ pub struct Cluster {
     /// Password of the `postgres` superuser (SCRAM-SHA-256).
     pub password: String,
     running: bool,
+    /// The server's options (`pg_ctl -o`), to start it again after [`Cluster::stop`].
+    server_opts: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -104,6 +106,7 @@ impl Cluster {
             port: 0,
             password,
             running: false,
+            server_opts: String::new(),
             dir,
         };
         c.chown(&pwfile)?;
@@ -135,14 +138,22 @@ impl Cluster {
         for (k, v) in &opts.settings {
             server_opts.push_str(&format!(" -c {k}={v}"));
         }
-        let log = c.dir.path().join("postgres.log");
-        c.run(
+        c.server_opts = server_opts;
+        c.start_again()?;
+        Ok(c)
+    }
+
+    /// Starts the server again (same port, same data) after [`Cluster::stop`].
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        let data = self.data_dir();
+        let log = self.log_path();
+        self.run(
             "pg_ctl",
             &[
                 "-D",
                 path_str(&data)?,
                 "-o",
-                &server_opts,
+                &self.server_opts,
                 "-l",
                 path_str(&log)?,
                 "-w",
@@ -151,8 +162,8 @@ impl Cluster {
                 "start",
             ],
         )?;
-        c.running = true;
-        Ok(c)
+        self.running = true;
+        Ok(())
     }
 
     fn chown(&self, path: &Path) -> anyhow::Result<()> {

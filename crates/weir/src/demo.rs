@@ -26,7 +26,7 @@ pub const IDENTITIES: &[(&str, &str, &str, &str)] = &[
     ("claude", "agent", "agents", "claude-demo-token"),
 ];
 
-pub fn run(listen: &str) -> anyhow::Result<()> {
+pub fn run(listen: &str, store: Option<&str>) -> anyhow::Result<()> {
     crate::serve::install_crypto();
     eprintln!("weir demo: starting a throwaway PostgreSQL…");
     let cluster = Cluster::start(Options::default())?;
@@ -61,7 +61,7 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
     };
     std::fs::write(
         &config_path,
-        config_text(&listen, &http, cluster.port, mysql.as_ref()),
+        config_text(&listen, &http, cluster.port, mysql.as_ref(), store),
     )?;
     std::fs::create_dir_all(cluster.dir().join("policy"))?;
     std::fs::write(cluster.dir().join("policy/agents.cedar"), AGENT_POLICY)?;
@@ -158,7 +158,17 @@ when {
 "#;
 
 /// `mysql`: the MySQL listener's address and the demo MariaDB's port.
-fn config_text(listen: &str, http: &str, pg_port: u16, mysql: Option<&(String, u16)>) -> String {
+fn config_text(
+    listen: &str,
+    http: &str,
+    pg_port: u16,
+    mysql: Option<&(String, u16)>,
+    store: Option<&str>,
+) -> String {
+    let store = store
+        .unwrap_or("sqlite://weir.db")
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
     let mysql_listen = mysql
         .map(|(addr, _)| format!("mysql_listen = \"{addr}\"\n"))
         .unwrap_or_default();
@@ -167,7 +177,7 @@ fn config_text(listen: &str, http: &str, pg_port: u16, mysql: Option<&(String, u
 [gateway]
 postgres_listen = "{listen}"
 {mysql_listen}http_listen = "{http}"
-store = "sqlite://weir.db"
+store = "{store}"
 
 [policy]
 files = ["policy/*.cedar"]

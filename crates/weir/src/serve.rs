@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use tokio::sync::watch;
 use weir_config::{Config, StoreUrl};
 use weir_proxy::audit::DurableSink;
@@ -12,13 +12,15 @@ use weir_store::{SqliteStore, Store};
 
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     match &config.gateway.store {
-        StoreUrl::Sqlite(path) => Ok(Arc::new(
-            SqliteStore::open(path).with_context(|| format!("opening store {}", path.display()))?,
-        )),
-        StoreUrl::Postgres(_) => bail!(
-            "{}: [gateway] store: the PostgreSQL store is not available in this version; use sqlite://FILE",
-            config.path.display()
-        ),
+        StoreUrl::Sqlite(path) => {
+            Ok(Arc::new(SqliteStore::open(path).with_context(|| {
+                format!("opening store {}", path.display())
+            })?))
+        }
+        StoreUrl::Postgres(url) => Ok(Arc::new(weir_store::pg::PgStore::over(
+            weir_store::pg::Pg::shared(url)
+                .with_context(|| format!("opening store {}", weir_store::pg::redact(url)))?,
+        ))),
     }
 }
 
@@ -57,17 +59,28 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// The durable audit trail of `[gateway] store`, signed with `[audit] signing_key` (made on
 /// first start).
 pub fn open_audit(config: &Config) -> anyhow::Result<Arc<DurableSink>> {
-    let StoreUrl::Sqlite(path) = &config.gateway.store else {
-        bail!(
-            "{}: [gateway] store: the PostgreSQL store is not available in this version; use sqlite://FILE",
-            config.path.display()
-        );
-    };
-    let mut index = weir_store::audit::AuditStore::open(path)
-        .with_context(|| format!("opening the audit trail in {}", path.display()))?;
     let signer = weir_store::audit::load_or_create_signing_key(&config.audit.signing_key)
         .with_context(|| format!("[audit] signing_key {}", config.audit.signing_key.display()))?;
     tracing::info!(public_key = %signer.public_key().to_hex(), "audit checkpoints are signed with this key");
+    let path = match &config.gateway.store {
+        StoreUrl::Sqlite(path) => path,
+        StoreUrl::Postgres(url) => {
+            // A shared store: this key's own chain, a transaction per batch on the store
+            // (durable when PostgreSQL's commit returns).
+            let shown = weir_store::pg::redact(url);
+            let pg = weir_store::pg::Pg::shared(url)
+                .with_context(|| format!("opening the audit trail in {shown}"))?;
+            let trail = weir_store::pg::PgTrail::writer(
+                pg,
+                &signer.public_key(),
+                weir_store::Clock::system().now_ms(),
+            )
+            .with_context(|| format!("registering this gateway's audit chain in {shown}"))?;
+            return Ok(Arc::new(DurableSink::start(trail, signer)?));
+        }
+    };
+    let mut index = weir_store::audit::AuditStore::open(path)
+        .with_context(|| format!("opening the audit trail in {}", path.display()))?;
     // Batches become durable in the journal beside the store; the tables are filled behind
     // it. What an earlier run made durable but did not index (a crash) is indexed first.
     let dir = weir_store::journal::dir_for(path);

@@ -17,7 +17,7 @@ pub fn run(path: &Path, seq: u64, who: Option<&str>, apply: bool) -> anyhow::Res
     let store = open_store(&config)?;
     let (_, trail) = crate::audit_cmd::open(path)?;
     let sealer = weir_proxy::undo::Sealer::open(&config).map_err(|e| anyhow!(e))?;
-    let prepared = weir_proxy::undo::prepare(&trail, store.as_ref(), &sealer, seq)
+    let prepared = weir_proxy::undo::prepare(trail.as_ref(), store.as_ref(), &sealer, seq)
         .map_err(|e| anyhow!("cannot undo: {e}"))?;
     let identity = who
         .map(|name| crate::policy_cmd::identity(&config, name))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use weir_audit::chain::Signer;
 use weir_config::Config;
 use weir_policy::{Identity, IdentityKind, Policy, Verdict};
-use weir_store::audit::AuditTrail;
+use weir_store::audit::TrailReader;
 use weir_store::{Clock, SqliteStore, Store};
 
 use super::approval::{self, Ask};

@@ -25,7 +25,7 @@ pub struct Prepared {
 /// What `weir undo SEQ` needs of the trail: the statement event at `seq` and the
 /// `before_image` event of its change.
 pub fn prepare(
-    trail: &weir_store::audit::AuditStore,
+    trail: &dyn weir_store::audit::TrailReader,
     store: &dyn weir_store::Store,
     sealer: &Sealer,
     seq: u64,
