@@ -223,7 +223,7 @@ impl Shared {
                 )),
             );
         }
-        let mask_key = mask_key(&config).map_err(GatewayError::Masking)?;
+        let mask_key = mask_key(&config, store.as_ref()).map_err(GatewayError::Masking)?;
         // Loaded (or made) only where some target keeps before-images.
         let sealer = if config
             .targets
@@ -580,11 +580,22 @@ impl Workers {
 }
 
 /// The key of the `hash` masking strategy: `[masking] hash_key`, the contents of
-/// `hash_key_file`, or a random key made on first start and kept beside the store (mode
-/// 0600), so masked values stay stable across restarts.
-fn mask_key(config: &Config) -> Result<weir_mask::HashKey, String> {
+/// `hash_key_file`, or a random key made on first start and kept so masked values stay
+/// stable across restarts: in a shared store (PostgreSQL), in the store, where the first
+/// gateway's key is every gateway's (a value hashes the same wherever it was masked);
+/// otherwise beside the store (mode 0600).
+fn mask_key(config: &Config, store: &dyn Store) -> Result<weir_mask::HashKey, String> {
     if let Some(k) = &config.masking.hash_key {
         return Ok(weir_mask::HashKey::new(k.as_bytes()));
+    }
+    if config.masking.hash_key_file.is_none() {
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh).map_err(|e| format!("making a hash key: {e}"))?;
+        match store.shared_secret(MASK_KEY_SECRET, &fresh) {
+            Ok(Some(key)) if !key.is_empty() => return Ok(weir_mask::HashKey::new(&key)),
+            Ok(_) => {}
+            Err(e) => return Err(format!("the masking hash key in the store: {e}")),
+        }
     }
     let path = match &config.masking.hash_key_file {
         Some(p) => p.clone(),
@@ -609,6 +620,9 @@ fn mask_key(config: &Config) -> Result<weir_mask::HashKey, String> {
     }
     Ok(weir_mask::HashKey::new(&key))
 }
+
+/// The name of the masking hash key among the store's shared secrets.
+const MASK_KEY_SECRET: &str = "mask.hash_key";
 
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;

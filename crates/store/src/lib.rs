@@ -200,6 +200,15 @@ pub trait Store: Send + Sync {
     fn claim_undo(&self, change: &str, by: &str, now_ms: u64) -> Result<bool, StoreError>;
     /// Gives back a claim whose undo did not run.
     fn release_undo(&self, change: &str, by: &str) -> Result<(), StoreError>;
+
+    /// A secret every gateway on this store must share (the masking hash key): the one
+    /// stored under `name`, or `fresh`, stored now, if there is none (of gateways starting
+    /// together, the first to store wins and all get its value). `None`: this store keeps
+    /// no shared secrets (SQLite, which one gateway uses: its secrets are files beside it).
+    fn shared_secret(&self, name: &str, fresh: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let _ = (name, fresh);
+        Ok(None)
+    }
 }
 
 /// A person from the IdP, as last seen signing in.

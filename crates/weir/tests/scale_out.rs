@@ -55,8 +55,8 @@ impl Fleet {
         target
             .psql(
                 "app",
-                "CREATE TABLE items (id int PRIMARY KEY, name text);
-                 INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 20) g;",
+                "CREATE TABLE items (id int PRIMARY KEY, name text, ssn text);
+                 INSERT INTO items SELECT g, 'item ' || g, '078-05-' || (1000 + g) FROM generate_series(1, 20) g;",
             )
             .unwrap();
         // The store keeps its commits (no `fast`): "durable" means what it says here.
@@ -129,6 +129,17 @@ upstream = "127.0.0.1:{pg}"
 database = "app"
 user = "postgres"
 password_file = "upstream-password"
+[target.columns."public.items.ssn"]
+mask = "hash"
+
+[[target]]
+name = "prod"
+engine = "postgres"
+environment = "production"
+upstream = "127.0.0.1:{pg}"
+database = "app"
+user = "postgres"
+password_file = "upstream-password"
 "#,
                 store = self.store_url(),
                 pg = self.target.port,
@@ -144,9 +155,14 @@ password_file = "upstream-password"
     }
 
     fn psql(&self, port: u16, user: &str, token: &str, script: &str) -> Output {
+        self.psql_db(port, "app", user, token, script)
+    }
+
+    /// psql through the gateway at `port` to target `db`.
+    fn psql_db(&self, port: u16, db: &str, user: &str, token: &str, script: &str) -> Output {
         let mut child = Command::new(self.target.bindir().join("psql"))
             .arg(format!(
-                "host=127.0.0.1 port={port} dbname=app user={user} password={token} sslmode=disable"
+                "host=127.0.0.1 port={port} dbname={db} user={user} password={token} sslmode=disable"
             ))
             .args(["-X", "-v", "ON_ERROR_STOP=0", "-At"])
             .stdin(Stdio::piped())
@@ -269,6 +285,26 @@ fn three_gateways_share_tokens_approvals_and_one_trail() {
         .to_owned();
     let got = fleet.psql(b.port, "ci-bot", &token, "SELECT count(*) FROM items;\n");
     assert_eq!(stdout(&got).trim(), "20", "{}", stderr(&got));
+
+    // The masking hash key is the store's: one value hashes the same through every gateway.
+    let hashed: Vec<String> = fleet
+        .nodes
+        .iter()
+        .map(|n| {
+            let out = fleet.psql(
+                n.port,
+                "alice",
+                ALICE_TOKEN,
+                "SELECT ssn FROM items WHERE id = 3;\n",
+            );
+            stdout(&out).trim().to_owned()
+        })
+        .collect();
+    assert!(
+        !hashed[0].is_empty() && !hashed[0].contains("1003"),
+        "{hashed:?}"
+    );
+    assert!(hashed.iter().all(|h| *h == hashed[0]), "{hashed:?}");
 
     // A statement waiting on gateway A is released by an approval given through C.
     std::thread::scope(|s| {
@@ -489,4 +525,64 @@ fn a_gateway_killed_under_load_leaves_every_chain_verifiable() {
     let (ok, out, err) = verify(&fleet.nodes[0], &[]);
     assert!(ok, "{out}{err}");
     assert_eq!(err.matches(": ok ").count(), 3, "{err}");
+}
+
+#[test]
+fn a_grant_given_through_one_gateway_holds_on_another_and_revoking_it_anywhere_ends_the_session() {
+    let fleet = Fleet::start(3);
+    let (a, b, c) = (&fleet.nodes[0], &fleet.nodes[1], &fleet.nodes[2]);
+    let out = a.weir(&[
+        "request", "prod", "--for", "2h", "--reason", "INC-7", "--as", "alice",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let request = stdout(&out).lines().last().unwrap().trim().to_owned();
+    let ok = b.weir(&["approve", &request, "--as", "bob"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let grants = stdout(&c.weir(&["grants"]));
+    let grant = grants
+        .lines()
+        .find(|l| l.contains("alice") && l.contains("prod"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{grants}"))
+        .to_owned();
+    // Gateways read grants every 250 ms.
+    std::thread::sleep(Duration::from_secs(1));
+    std::thread::scope(|s| {
+        // A session on C relies on the grant that A's request and B's approval made.
+        let session = s.spawn(|| {
+            fleet.psql_db(
+                c.port,
+                "prod",
+                "alice",
+                ALICE_TOKEN,
+                "CREATE INDEX items_name ON items (name);\nSELECT pg_sleep(5);\nSELECT 'after';\n",
+            )
+        });
+        std::thread::sleep(Duration::from_millis(2500));
+        let out = a.weir(&["revoke", &grant]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = session.join().unwrap();
+        assert!(
+            stdout(&out)
+                .lines()
+                .next()
+                .is_some_and(|l| l.contains("CREATE INDEX") || l.is_empty()),
+            "{}",
+            stdout(&out)
+        );
+        assert!(
+            !stdout(&out).contains("after"),
+            "the session outlived the revoked grant: {}",
+            stdout(&out)
+        );
+        assert!(stderr(&out).contains(&grant), "{}", stderr(&out));
+    });
+    assert!(fleet
+        .target
+        .psql(
+            "app",
+            "SELECT indexname FROM pg_indexes WHERE indexname = 'items_name'"
+        )
+        .unwrap()
+        .contains("items_name"));
 }

@@ -16,7 +16,7 @@ use crate::StoreError;
 pub const LOCK_KEY: i64 = 0x7765_6972_0000_0001;
 
 /// `(version, SQL)`, in order. Applied once each, recorded in `weir_schema_migrations`.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
 
 const V1: &str = "
 CREATE TABLE tokens (
@@ -168,15 +168,6 @@ CREATE TABLE weir_secrets (
     value      BYTEA NOT NULL,
     created_ms BIGINT NOT NULL
 );
-";
-
-/// Failed logins counted store-wide, so throttling holds whichever gateway a client tries.
-const V2: &str = "
-CREATE TABLE auth_failures (
-    key   TEXT NOT NULL,
-    at_ms BIGINT NOT NULL
-);
-CREATE INDEX auth_failures_key ON auth_failures(key, at_ms);
 ";
 
 /// Applies every migration the store has not seen, under [`LOCK_KEY`]; returns how many.

@@ -693,6 +693,28 @@ impl Store for PgStore {
         Ok(n == 1)
     }
 
+    fn shared_secret(&self, name: &str, fresh: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let (name, fresh) = (name.to_owned(), fresh.to_vec());
+        self.pg.with(move |c| async move {
+            c.execute(
+                "INSERT INTO weir_secrets (name, value, created_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO NOTHING",
+                &[
+                    &name,
+                    &fresh,
+                    &to_i64(crate::clock::Clock::system().now_ms()),
+                ],
+            )
+            .await
+            .map_err(err)?;
+            let row = c
+                .query_one("SELECT value FROM weir_secrets WHERE name = $1", &[&name])
+                .await
+                .map_err(err)?;
+            Ok(Some(get::<Vec<u8>>(&row, 0)?))
+        })
+    }
+
     fn release_undo(&self, change: &str, by: &str) -> Result<(), StoreError> {
         self.exec(
             "UPDATE before_images SET undone_by = NULL, undone_ms = NULL WHERE change = $1 AND undone_by = $2",
